@@ -1,0 +1,973 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+GridLike's static configuration: one TOML file read with L{tomllib} into a
+frozen, validated L{Settings}.
+
+Every key has a default, so an empty file (or no file at all) is a working
+configuration: L{load_settings} with C{None} gives the embedded defaults.
+Unknown tables and keys, and values of the wrong kind or out of range, are
+start-up errors: L{ConfigError} with a message that names the table and key,
+such as C{"[scheduling] max_attemps: unknown key"}.
+
+Relative paths resolve against the directory of the configuration file (or
+the current directory when there is none). Listen addresses are Twisted
+server endpoint strings, checked here by parsing them against a
+L{MemoryReactor}, so that a typo stops start-up rather than the first
+request.
+
+L{parse_settings} is the from-string twin of L{load_settings}, for tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import TypeVar
+
+from attrs import field, frozen
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+
+from gridlike.errors import ConfigError
+
+__all__ = [
+    "AuthSettings",
+    "RegistrySettings",
+    "SchedulingSettings",
+    "ServerSettings",
+    "Settings",
+    "StorageSettings",
+    "TYPE_NAME_PATTERN",
+    "TypeSettings",
+    "WorkerSettings",
+    "load_settings",
+    "parse_settings",
+    "parse_size",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+TYPE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""
+What a job type's name must fully match: it appears in URL paths, so no dots
+and no slashes.
+"""
+
+_SIZE = re.compile(r"\s*([0-9]+)\s*([A-Za-z]*)\s*", re.ASCII)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 1024 * GiB,
+}
+
+# One path segment of [server] path_prefix: RFC 3986 unreserved characters.
+_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+# An API key travels in the X-API-KEY header: visible ASCII, with spaces only
+# inside (a header value loses its surrounding whitespace).
+_API_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+_REGISTRY_KINDS = ("journal",)
+_REGISTRY_KINDS_LATER = ("redis",)
+_STORAGE_KINDS = ("filesystem",)
+_STORAGE_KINDS_LATER = ("s3",)
+_FSYNC_MODES = ("always", "interval", "never")
+
+_TABLES = ("server", "registry", "storage", "auth", "workers", "scheduling", "types")
+
+_D = TypeVar("_D")
+
+
+@frozen
+class ServerSettings:
+    """
+    The C{[server]} table: where and how the HTTP and WebSocket server listens.
+
+    @ivar listen: Twisted server endpoint strings, one listening port each.
+    @ivar path_prefix: C{""}, or a path such as C{"/gridlike"} (leading slash,
+        no trailing slash) under which every route sits.
+    @ivar max_payload: the largest payload or result accepted, in bytes.
+    @ivar max_wait: the longest, in seconds, that a C{?wait=} request is held.
+    @ivar max_uploads: how many payload uploads may be in progress at once
+        (a GridLike extension).
+    """
+
+    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    path_prefix: str = ""
+    max_payload: int = GiB
+    max_wait: float = 300.0
+    max_uploads: int = 256
+
+
+@frozen
+class RegistrySettings:
+    """
+    The C{[registry]} table: where job metadata is kept.
+
+    @ivar kind: the registry provider; only C{"journal"} in this version.
+    @ivar path: the journal file. L{parse_settings} makes it absolute; the
+        class default is relative.
+    @ivar fsync: C{"always"} (group commit before acknowledging),
+        C{"interval"} (every C{fsync_interval} seconds) or C{"never"}.
+    @ivar fsync_interval: seconds between flushes when C{fsync} is
+        C{"interval"} (a GridLike extension).
+    @ivar compact_ratio: compact the journal when it is this many times the
+        size of the live state (a GridLike extension).
+    @ivar compact_min: never compact a journal smaller than this many bytes
+        (a GridLike extension).
+    @ivar url: the Redis URL, for C{kind = "redis"}; C{None} when unset.
+    """
+
+    kind: str = "journal"
+    path: Path = Path("gridlike-data/journal")
+    fsync: str = "always"
+    fsync_interval: float = 1.0
+    compact_ratio: float = 4.0
+    compact_min: int = 64 * MiB
+    url: str | None = None
+
+
+@frozen
+class StorageSettings:
+    """
+    The C{[storage]} table: where payloads and results are kept.
+
+    @ivar kind: the storage provider; only C{"filesystem"} in this version.
+    @ivar path: the payload directory. L{parse_settings} makes it absolute;
+        the class default is relative.
+    """
+
+    kind: str = "filesystem"
+    path: Path = Path("gridlike-data/payloads")
+
+
+@frozen
+class AuthSettings:
+    """
+    The C{[auth]} table: who may use the job API and who may work.
+
+    @ivar api_keys: keys accepted in C{X-API-KEY}; empty means the job API is
+        open.
+    @ivar worker_token: the token a worker must register with; empty means any
+        token is accepted.
+    @ivar kick_after_ms: milliseconds a new worker connection has to register.
+    @ivar dashboard_user: the dashboard's user name, or C{None}.
+    @ivar dashboard_password: the dashboard's password, or C{None}.
+    @ivar allow_anonymous: serve beyond loopback with neither API keys nor a
+        worker token.
+    """
+
+    api_keys: tuple[str, ...] = ()
+    worker_token: str = ""
+    kick_after_ms: int = 2000
+    dashboard_user: str | None = None
+    dashboard_password: str | None = None
+    allow_anonymous: bool = False
+
+
+@frozen
+class WorkerSettings:
+    """
+    The C{[workers]} table, a GridLike extension: worker connection limits.
+
+    @ivar ping_interval: seconds between WebSocket pings to a worker.
+    @ivar ping_timeout: seconds a pong may be late before the worker is
+        dropped.
+    @ivar max_registering: how many connections may be still registering at
+        once.
+    @ivar forget_after: seconds a disconnected worker stays listed.
+    @ivar max_message: the largest JSON text frame a worker may send, bytes.
+    """
+
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    max_registering: int = 1000
+    forget_after: float = 600.0
+    max_message: int = 64 * KiB
+
+
+@frozen
+class SchedulingSettings:
+    """
+    The C{[scheduling]} table.
+
+    @ivar batch_size: the most jobs in one numbered batch.
+    @ivar max_attempts: how many failed attempts make a job C{failed} for
+        good, unless its type says otherwise.
+    """
+
+    batch_size: int = 100
+    max_attempts: int = 3
+
+
+@frozen
+class TypeSettings:
+    """
+    One C{[types.NAME]} table: a configured job type.
+
+    @ivar name: the type's name, matching L{TYPE_NAME_PATTERN}.
+    @ivar description: text for people, or C{None}.
+    @ivar result_becomes: the name of the type that a done job's result is
+        submitted as, or C{None}.
+    @ivar timeout: seconds an attempt may run; C{0} means no limit.
+    @ivar max_attempts: this type's attempt limit, or C{None} for
+        C{[scheduling] max_attempts}.
+    """
+
+    name: str
+    description: str | None = None
+    result_becomes: str | None = None
+    timeout: float = 0.0
+    max_attempts: int | None = None
+
+
+def _no_types() -> Mapping[str, TypeSettings]:
+    """
+    @return: an empty, read-only type mapping.
+    """
+    return MappingProxyType({})
+
+
+@frozen
+class Settings:
+    """
+    A whole, validated GridLike configuration.
+
+    @ivar server: the C{[server]} table.
+    @ivar registry: the C{[registry]} table.
+    @ivar storage: the C{[storage]} table.
+    @ivar auth: the C{[auth]} table.
+    @ivar workers: the C{[workers]} table.
+    @ivar scheduling: the C{[scheduling]} table.
+    @ivar types: the configured types by name, read-only, in the file's
+        order; empty for an untyped instance.
+    @ivar source: the configuration file's path, or C{None} for the embedded
+        defaults.
+    """
+
+    server: ServerSettings = field(factory=ServerSettings)
+    registry: RegistrySettings = field(factory=RegistrySettings)
+    storage: StorageSettings = field(factory=StorageSettings)
+    auth: AuthSettings = field(factory=AuthSettings)
+    workers: WorkerSettings = field(factory=WorkerSettings)
+    scheduling: SchedulingSettings = field(factory=SchedulingSettings)
+    types: Mapping[str, TypeSettings] = field(factory=_no_types)
+    source: str | None = None
+
+    def attempts_for(self, type_name: str | None) -> int:
+        """
+        How many failed attempts end a job of the given type.
+
+        @param type_name: the job's type, or C{None} for an untyped job. A name
+            no longer configured (a job journaled under an older
+            configuration) gets the instance-wide limit.
+        @return: the type's C{max_attempts} when it sets one, otherwise
+            C{[scheduling] max_attempts}.
+        """
+        if type_name is not None:
+            job_type = self.types.get(type_name)
+            if job_type is not None and job_type.max_attempts is not None:
+                return job_type.max_attempts
+        return self.scheduling.max_attempts
+
+
+def parse_size(value: int | str, where: str) -> int:
+    """
+    Read a byte count written as an integer or a string with a unit.
+
+    Units are C{B}, C{KiB}, C{MiB}, C{GiB}, C{TiB} (powers of 1024) and C{KB},
+    C{MB}, C{GB}, C{TB} (powers of 1000), in any case, with optional
+    whitespace between the number and the unit: C{"64KiB"}, C{"1 GB"},
+    C{"1234"}.
+
+    @param value: the value from the configuration.
+    @param where: what to name in an error, such as C{"[server] max_payload"}.
+    @return: the number of bytes, C{>= 0}.
+    @raise ConfigError: the value is negative, fractional, not a number, or has
+        an unknown unit.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 0:
+            return value
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if match is not None:
+            unit = _SIZE_UNITS.get(match.group(2).lower())
+            if unit is not None:
+                return int(match.group(1)) * unit
+    raise ConfigError(f"{where}: not a size: {value!r}")
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None, listen: Sequence[str] = ()
+) -> Settings:
+    """
+    Read the configuration file, or take the embedded defaults.
+
+    @param path: the TOML file, or C{None} for the embedded defaults (relative
+        paths then resolve against the current directory).
+    @param listen: endpoint strings that, when given, replace
+        C{[server] listen} (from the C{--listen} command-line option).
+    @return: the validated settings.
+    @raise ConfigError: the file cannot be read, is not TOML, or has an
+        unknown or bad key.
+    """
+    if path is None:
+        return parse_settings("", Path.cwd(), None, listen)
+    source = os.fspath(path)
+    try:
+        raw = Path(source).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{source}: not valid TOML: not UTF-8 at byte {e.start}"
+        ) from None
+    return parse_settings(text, Path(source).absolute().parent, source, listen)
+
+
+def parse_settings(
+    text: str,
+    base_dir: Path,
+    source: str | None = None,
+    listen: Sequence[str] = (),
+) -> Settings:
+    """
+    Read a configuration from TOML text: the from-string twin of
+    L{load_settings}.
+
+    @param text: the TOML document.
+    @param base_dir: the directory relative paths resolve against.
+    @param source: the file the text came from, for messages and
+        L{Settings.source}; C{None} for none.
+    @param listen: endpoint strings that, when given, replace
+        C{[server] listen}.
+    @return: the validated settings.
+    @raise ConfigError: the text is not TOML, or has an unknown or bad key.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        label = source if source is not None else "<string>"
+        raise ConfigError(f"{label}: not valid TOML: {e}") from None
+    for name, value in document.items():
+        if name not in _TABLES:
+            if isinstance(value, dict):
+                raise ConfigError(f"[{name}]: unknown table")
+            raise ConfigError(
+                f"{name}: unknown key (keys belong in a table such as [server])"
+            )
+    base = Path(base_dir).absolute()
+    server, exposed = _server(_Table.of("server", document), listen)
+    registry = _registry(_Table.of("registry", document), base)
+    storage = _storage(_Table.of("storage", document), base)
+    auth = _auth(_Table.of("auth", document))
+    workers = _workers(_Table.of("workers", document))
+    scheduling = _scheduling(_Table.of("scheduling", document))
+    types = _types(document.get("types", {}))
+    _refuse_anonymous_exposure(exposed, auth)
+    return Settings(
+        server=server,
+        registry=registry,
+        storage=storage,
+        auth=auth,
+        workers=workers,
+        scheduling=scheduling,
+        types=MappingProxyType(types),
+        source=source,
+    )
+
+
+class _Table:
+    """
+    One TOML table being read. Its readers each take a key and the default
+    for when the key is unset, check the value, and raise L{ConfigError}
+    naming the table and key when it is bad; the table remembers the keys
+    read, so that L{_Table.finish} can name any unknown one.
+
+    Bounds are C{above} (the value must exceed it) or C{at_least}.
+    """
+
+    _missing = object()
+
+    def __init__(self, name: str, data: object) -> None:
+        """
+        @param name: how the table is written between brackets, such as
+            C{"server"} or C{"types.stage1"}.
+        @param data: the table's parsed contents.
+        @raise ConfigError: C{data} is not a table.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{name}]: must be a table, not {data!r}")
+        self.name = name
+        self._data: dict[str, object] = data
+        self._read: set[str] = set()
+
+    @classmethod
+    def of(cls, name: str, document: Mapping[str, object]) -> _Table:
+        """
+        @param name: a top-level table's name.
+        @param document: the parsed TOML document.
+        @return: that table, empty when the document lacks it.
+        @raise ConfigError: the document's C{name} is not a table.
+        """
+        return cls(name, document.get(name, {}))
+
+    def where(self, key: str) -> str:
+        """
+        @param key: a key of this table.
+        @return: how errors name it, such as C{"[server] listen"}.
+        """
+        return f"[{self.name}] {key}"
+
+    def get(self, key: str) -> object:
+        """
+        @param key: a key of this table.
+        @return: its raw value, or L{_Table._missing} when unset.
+        """
+        self._read.add(key)
+        return self._data.get(key, self._missing)
+
+    def finish(self) -> None:
+        """
+        @raise ConfigError: the table sets a key that was never read.
+        """
+        for key in self._data:
+            if key not in self._read:
+                raise ConfigError(f"{self.where(key)}: unknown key")
+
+    def _bad(self, key: str, expected: str, value: object) -> ConfigError:
+        """
+        @param key: the key whose value is bad.
+        @param expected: what it must be, such as C{"an integer > 0"}.
+        @param value: the bad value.
+        @return: the error to raise.
+        """
+        return ConfigError(f"{self.where(key)}: must be {expected}, not {value!r}")
+
+    def integer(
+        self, key: str, default: _D, *, above: int | None = None, at_least: int = 0
+    ) -> int | _D:
+        """
+        @param key: the key.
+        @param default: the value when the key is unset.
+        @param above: a bound the value must exceed, if any.
+        @param at_least: otherwise, the least value allowed.
+        @return: the key's integer value, or C{default}.
+        @raise ConfigError: the value is not an integer, or is out of range.
+        """
+        value = self.get(key)
+        if value is self._missing:
+            return default
+        if isinstance(value, int) and not isinstance(value, bool):
+            if _within(value, above, at_least):
+                return value
+        raise self._bad(key, f"an integer {_bound(above, at_least)}", value)
+
+    def number(
+        self,
+        key: str,
+        default: float,
+        *,
+        above: float | None = None,
+        at_least: float = 0,
+    ) -> float:
+        """
+        @param key: the key.
+        @param default: the value when the key is unset.
+        @param above: a bound the value must exceed, if any.
+        @param at_least: otherwise, the least value allowed.
+        @return: the key's value (an integer or a float) as a float, or
+            C{default}.
+        @raise ConfigError: the value is not a finite number, or is out of
+            range.
+        """
+        value = self.get(key)
+        if value is self._missing:
+            return default
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value) and _within(value, above, at_least):
+                return float(value)
+        raise self._bad(key, f"a number {_bound(above, at_least)}", value)
+
+    def size(self, key: str, default: int, *, above: int | None = None) -> int:
+        """
+        @param key: the key.
+        @param default: the value when the key is unset.
+        @param above: a bound the value must exceed, if any.
+        @return: the key's value in bytes (see L{parse_size}), or C{default}.
+        @raise ConfigError: the value is not a size, or is out of range.
+        """
+        value = self.get(key)
+        if value is self._missing:
+            return default
+        if not isinstance(value, (int, str)):
+            raise ConfigError(f"{self.where(key)}: not a size: {value!r}")
+        size = parse_size(value, self.where(key))
+        if _within(size, above, 0):
+            return size
+        raise self._bad(key, f"a size {_bound(above, 0)}", value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        """
+        @param key: the key.
+        @param default: the value when the key is unset.
+        @return: the key's value, or C{default}.
+        @raise ConfigError: the value is not C{true} or C{false}.
+        """
+        value = self.get(key)
+        if value is self._missing:
+            return default
+        if isinstance(value, bool):
+            return value
+        raise self._bad(key, "true or false", value)
+
+    def string(self, key: str, default: _D, *, empty: bool = False) -> str | _D:
+        """
+        @param key: the key.
+        @param default: the value when the key is unset.
+        @param empty: whether C{""} is allowed.
+        @return: the key's value, or C{default}.
+        @raise ConfigError: the value is not a string, or is empty when that
+            is not allowed.
+        """
+        value = self.get(key)
+        if value is self._missing:
+            return default
+        if isinstance(value, str) and (empty or value):
+            return value
+        raise self._bad(key, "a string" if empty else "a non-empty string", value)
+
+    def choice(
+        self,
+        key: str,
+        default: str,
+        choices: Sequence[str],
+        later: Sequence[str] = (),
+    ) -> str:
+        """
+        @param key: the key.
+        @param default: the value when the key is unset.
+        @param choices: the values this version accepts.
+        @param later: values of the contract this version does not provide.
+        @return: the key's value, or C{default}.
+        @raise ConfigError: the value is not one of C{choices}.
+        """
+        value = self.get(key)
+        if value is self._missing:
+            return default
+        for choice in choices:
+            if value == choice:
+                return choice
+        if value in later:
+            raise ConfigError(
+                f"{self.where(key)}: {value!r} is not available in this version"
+            )
+        allowed = ", ".join(repr(choice) for choice in choices)
+        if len(choices) > 1:
+            allowed = f"one of {allowed}"
+        raise self._bad(key, allowed, value)
+
+    def path(self, key: str, default: Path, base: Path) -> Path:
+        """
+        @param key: the key.
+        @param default: the value when the key is unset, maybe relative.
+        @param base: the absolute directory relative paths resolve against.
+        @return: the key's value (or C{default}) as an absolute path, C{~}
+            expanded.
+        @raise ConfigError: the value is not a non-empty string.
+        """
+        value = self.string(key, None)
+        return base / (default if value is None else Path(value)).expanduser()
+
+
+def _within(value: float, above: float | None, at_least: float) -> bool:
+    """
+    @param value: a number.
+    @param above: a bound C{value} must exceed, or C{None}.
+    @param at_least: when C{above} is C{None}, the least value allowed.
+    @return: whether C{value} is within the bound.
+    """
+    return value > above if above is not None else value >= at_least
+
+
+def _bound(above: float | None, at_least: float) -> str:
+    """
+    @param above: a bound the value must exceed, or C{None}.
+    @param at_least: when C{above} is C{None}, the least value allowed.
+    @return: the bound as errors write it, such as C{"> 0"}.
+    """
+    return f"> {above:g}" if above is not None else f">= {at_least:g}"
+
+
+def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[str]]:
+    """
+    @param table: the C{[server]} table.
+    @param listen: endpoint strings replacing C{listen} when not empty.
+    @return: its settings, and those of its endpoints that serve beyond this
+        machine.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = ServerSettings()
+    endpoints = _endpoints(table, defaults.listen)
+    if listen:
+        endpoints = tuple(listen)
+        for description in endpoints:
+            if not isinstance(description, str) or not description:
+                raise ConfigError(
+                    f"{table.where('listen')}: must be a non-empty endpoint"
+                    f" string, not {description!r}"
+                )
+    exposed = [
+        description
+        for description in endpoints
+        if not _listens_locally(description, table.where("listen"))
+    ]
+    settings = ServerSettings(
+        listen=endpoints,
+        path_prefix=_path_prefix(table, defaults.path_prefix),
+        max_payload=table.size("max_payload", defaults.max_payload, above=0),
+        max_wait=table.number("max_wait", defaults.max_wait),
+        max_uploads=table.integer("max_uploads", defaults.max_uploads, at_least=1),
+    )
+    table.finish()
+    return settings, exposed
+
+
+def _endpoints(table: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    @param table: the C{[server]} table.
+    @param default: the value when C{listen} is unset.
+    @return: C{listen}, unchecked.
+    @raise ConfigError: C{listen} is not a non-empty list of non-empty
+        strings.
+    """
+    value = table.get("listen")
+    if value is _Table._missing:
+        return default
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, str) and item for item in value)
+    ):
+        return tuple(value)
+    raise ConfigError(
+        f"{table.where('listen')}: must be a non-empty list of endpoint strings"
+        f' such as "tcp:8080:interface=127.0.0.1", not {value!r}'
+    )
+
+
+def _path_prefix(table: _Table, default: str) -> str:
+    """
+    @param table: the C{[server]} table.
+    @param default: the value when C{path_prefix} is unset.
+    @return: C{""} or C{"/a/b"}: a leading slash added, a trailing one
+        removed, C{"/"} read as C{""}.
+    @raise ConfigError: the value is not a plain URL path.
+    """
+    value = table.string("path_prefix", default, empty=True)
+    if value in ("", "/"):
+        return ""
+    body = value.removeprefix("/").removesuffix("/")
+    segments = body.split("/")
+    if all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
+        return "/" + "/".join(segments)
+    raise ConfigError(
+        f"{table.where('path_prefix')}: must be a plain URL path such as"
+        f" '/gridlike' (letters, digits, '.', '_', '~' and '-' between single"
+        f" slashes), not {value!r}"
+    )
+
+
+def _listens_locally(description: str, where: str) -> bool:
+    """
+    Check an endpoint string by parsing it as C{twistd} will, against a
+    L{MemoryReactor}, and listening on it there (which checks the port
+    number and, for C{ssl:}, loads the certificate and key); then tell
+    whether it serves only this machine.
+
+    The interface is read from what the endpoint asked the L{MemoryReactor}
+    for, that is from Twisted's own parse of the string, escaped colons of
+    IPv6 addresses included. UNIX sockets are local; TCP and TLS ports are
+    local when bound to a loopback address or C{localhost}. Anything else (an
+    empty or wildcard interface, a systemd socket that is not C{UNIX}, a
+    plugin's endpoint that opens none of these) counts as serving beyond this
+    machine.
+
+    @param description: a Twisted server endpoint string.
+    @param where: what to name in an error.
+    @return: whether every port it opens is local to this machine.
+    @raise ConfigError: Twisted cannot make a listening port of it.
+    """
+
+    def bad(reason: object) -> ConfigError:
+        text = str(reason) or type(reason).__name__
+        return ConfigError(f"{where}: bad endpoint {description!r}: {text}")
+
+    reactor = MemoryReactor()
+    failures: list[Failure] = []
+    try:
+        endpoint = serverFromString(reactor, description)
+        endpoint.listen(Factory()).addErrback(failures.append)
+    except Exception as e:
+        raise bad(e) from None
+    if failures:
+        raise bad(failures[0].value)
+
+    interfaces: list[str] = []
+    for port, _, _, interface in reactor.tcpServers:
+        interfaces.append(interface)
+        if not 0 <= port <= 65535:
+            raise bad(f"port {port} is out of range")
+    for port, _, _, _, interface in reactor.sslServers:
+        interfaces.append(interface)
+        if not 0 <= port <= 65535:
+            raise bad(f"port {port} is out of range")
+    families = [adopted[1] for adopted in reactor.adoptedPorts]
+    if not (interfaces or reactor.unixServers or families):
+        return False
+    return all(family == socket.AF_UNIX for family in families) and all(
+        _is_loopback(interface) for interface in interfaces
+    )
+
+
+def _is_loopback(interface: str) -> bool:
+    """
+    @param interface: the address a TCP or TLS port binds.
+    @return: whether it is C{localhost} or a loopback address
+        (C{127.0.0.0/8}, C{::1}, or an IPv4-mapped form of them).
+    """
+    if interface.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(interface)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _refuse_anonymous_exposure(exposed: Sequence[str], auth: AuthSettings) -> None:
+    """
+    Refuse to serve beyond this machine with no credentials at all.
+
+    @param exposed: the endpoint strings that serve beyond this machine.
+    @param auth: the auth settings.
+    @raise ConfigError: there is such an endpoint while there are no API
+        keys, no worker token, and C{allow_anonymous} is false.
+    """
+    if exposed and not (auth.api_keys or auth.worker_token or auth.allow_anonymous):
+        raise ConfigError(
+            f"[server] listen: {exposed[0]!r} serves beyond this machine with no"
+            " [auth] api_keys and no worker_token; set them, or"
+            " [auth] allow_anonymous = true"
+        )
+
+
+def _registry(table: _Table, base: Path) -> RegistrySettings:
+    """
+    @param table: the C{[registry]} table.
+    @param base: the directory relative paths resolve against.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = RegistrySettings()
+    settings = RegistrySettings(
+        kind=table.choice(
+            "kind", defaults.kind, _REGISTRY_KINDS, _REGISTRY_KINDS_LATER
+        ),
+        path=table.path("path", defaults.path, base),
+        fsync=table.choice("fsync", defaults.fsync, _FSYNC_MODES),
+        fsync_interval=table.number("fsync_interval", defaults.fsync_interval, above=0),
+        compact_ratio=table.number("compact_ratio", defaults.compact_ratio, above=1),
+        compact_min=table.size("compact_min", defaults.compact_min),
+        url=table.string("url", defaults.url),
+    )
+    table.finish()
+    return settings
+
+
+def _storage(table: _Table, base: Path) -> StorageSettings:
+    """
+    @param table: the C{[storage]} table.
+    @param base: the directory relative paths resolve against.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = StorageSettings()
+    settings = StorageSettings(
+        kind=table.choice("kind", defaults.kind, _STORAGE_KINDS, _STORAGE_KINDS_LATER),
+        path=table.path("path", defaults.path, base),
+    )
+    table.finish()
+    return settings
+
+
+def _auth(table: _Table) -> AuthSettings:
+    """
+    @param table: the C{[auth]} table.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad, or only one of the dashboard
+        user and password is set.
+    """
+    defaults = AuthSettings()
+    api_keys = table.get("api_keys")
+    if api_keys is _Table._missing:
+        api_keys = defaults.api_keys
+    elif not isinstance(api_keys, list) or not all(
+        isinstance(key, str) and _API_KEY.fullmatch(key) for key in api_keys
+    ):
+        raise ConfigError(
+            f"{table.where('api_keys')}: must be a list of non-empty strings of"
+            " printable ASCII without surrounding spaces"
+        )
+    settings = AuthSettings(
+        api_keys=tuple(api_keys),
+        worker_token=table.string("worker_token", defaults.worker_token, empty=True),
+        kick_after_ms=table.integer("kick_after_ms", defaults.kick_after_ms, above=0),
+        dashboard_user=table.string("dashboard_user", defaults.dashboard_user),
+        dashboard_password=table.string(
+            "dashboard_password", defaults.dashboard_password
+        ),
+        allow_anonymous=table.boolean("allow_anonymous", defaults.allow_anonymous),
+    )
+    table.finish()
+    user, password = settings.dashboard_user, settings.dashboard_password
+    if user is not None and password is None:
+        raise ConfigError(
+            f"{table.where('dashboard_password')}: must be set when dashboard_user is"
+        )
+    if password is not None and user is None:
+        raise ConfigError(
+            f"{table.where('dashboard_user')}: must be set when dashboard_password is"
+        )
+    return settings
+
+
+def _workers(table: _Table) -> WorkerSettings:
+    """
+    @param table: the C{[workers]} table.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = WorkerSettings()
+    settings = WorkerSettings(
+        ping_interval=table.number("ping_interval", defaults.ping_interval, above=0),
+        ping_timeout=table.number("ping_timeout", defaults.ping_timeout, above=0),
+        max_registering=table.integer(
+            "max_registering", defaults.max_registering, at_least=1
+        ),
+        forget_after=table.number("forget_after", defaults.forget_after),
+        max_message=table.size("max_message", defaults.max_message, above=0),
+    )
+    table.finish()
+    return settings
+
+
+def _scheduling(table: _Table) -> SchedulingSettings:
+    """
+    @param table: the C{[scheduling]} table.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = SchedulingSettings()
+    settings = SchedulingSettings(
+        batch_size=table.integer("batch_size", defaults.batch_size, above=0),
+        max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
+    )
+    table.finish()
+    return settings
+
+
+def _types(data: object) -> dict[str, TypeSettings]:
+    """
+    @param data: the C{[types]} table: one sub-table per type.
+    @return: the types by name, in the file's order.
+    @raise ConfigError: a name or key is bad, C{result_becomes} names no
+        configured type, or C{result_becomes} links form a cycle.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"[types]: must be a table of types such as [types.stage1], not {data!r}"
+        )
+    types: dict[str, TypeSettings] = {}
+    for name, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(
+                f"[types] {name}: must be a table such as [types.{name}],"
+                f" not {body!r}"
+            )
+        if not TYPE_NAME_PATTERN.fullmatch(name):
+            raise ConfigError(
+                f"[types.{name}]: bad type name {name!r}: 1 to 64 letters,"
+                " digits, '_' or '-', starting with a letter or digit"
+            )
+        types[name] = _type(_Table(f"types.{name}", body), name)
+    for name, job_type in types.items():
+        target = job_type.result_becomes
+        if target is not None and target not in types:
+            raise ConfigError(
+                f"[types.{name}] result_becomes: no type {target!r} is configured"
+            )
+    _refuse_cycles(types)
+    return types
+
+
+def _type(table: _Table, name: str) -> TypeSettings:
+    """
+    @param table: one C{[types.NAME]} table.
+    @param name: the type's name.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = TypeSettings(name)
+    settings = TypeSettings(
+        name=name,
+        description=table.string("description", defaults.description, empty=True),
+        result_becomes=table.string("result_becomes", defaults.result_becomes),
+        timeout=table.number("timeout", defaults.timeout),
+        max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
+    )
+    table.finish()
+    return settings
+
+
+def _refuse_cycles(types: Mapping[str, TypeSettings]) -> None:
+    """
+    @param types: the configured types; every C{result_becomes} names one.
+    @raise ConfigError: following C{result_becomes} from some type comes back
+        to it, naming the first such type in the file, e.g.
+        C{"[types.a] result_becomes: cycle a -> b -> a"}.
+    """
+    for start in types:
+        chain = [start]
+        following = types[start].result_becomes
+        while following is not None and following not in chain:
+            chain.append(following)
+            following = types[following].result_becomes
+        if following == start:
+            raise ConfigError(
+                f"[types.{start}] result_becomes: cycle"
+                f" {' -> '.join([*chain, start])}"
+            )
