@@ -1,0 +1,214 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+The payload storage seam: L{IStorage} keeps the bytes of jobs (their payload
+and their result) and L{IPayloadWriter} streams a new object into it.
+
+Objects are named by a job id (a canonical UUID string) and a kind
+(L{PAYLOAD} or L{RESULT}); nothing else (keys, job types) ever goes into a
+name. Payloads may be many GiB, so bytes only ever move in bounded chunks:
+into storage through an L{IPayloadWriter} (an L{IConsumer}), out of it
+through a streaming producer that L{IStorage.read} registers on a consumer.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
+from zope.interface import Attribute, Interface
+
+PAYLOAD = "payload"
+"""The kind of object a submitter uploads: the job's input bytes."""
+
+RESULT = "result"
+"""The kind of object a worker sends back: the job's output bytes."""
+
+KINDS = (PAYLOAD, RESULT)
+"""Every kind of object a job may have."""
+
+
+class TransferStopped(Exception):
+    """
+    The consumer of an L{IStorage.read} called C{stopProducing} before the
+    whole object was written to it (typically: the connection was lost).
+    """
+
+
+class IPayloadWriter(IConsumer):
+    """
+    A new object being written, obtained from L{IStorage.writer}.
+
+    Give it bytes with C{write} (directly, or by registering a producer with
+    C{registerProducer}; a streaming producer is paused while more than about
+    two chunks wait for the disk and resumed when they have drained), then
+    call L{finish} to make the object durable and visible, or L{abort} to
+    discard it. Until L{finish} fires, readers do not see the object.
+
+    Bytes written after an I/O error are discarded; the error is reported by
+    L{finish}. C{write} raises C{RuntimeError} after L{finish}, and does
+    nothing after L{abort} (but raises L{gridlike.errors.PayloadTooLarge}
+    again if that was why the writer aborted itself).
+    """
+
+    size = Attribute("C{int}: the number of bytes accepted so far.")
+
+    def finish() -> Deferred[int]:
+        """
+        Make every written byte durable: write out what is buffered, fsync
+        the file, rename it into place and fsync its directory.
+
+        @return: A L{Deferred} firing with the object's size in bytes once it
+            is durable and visible. It fails with
+            L{gridlike.errors.Unavailable} if any write, fsync or rename
+            failed (disk full, I/O error); then nothing of the object remains.
+            After L{abort} it fails at once: with
+            L{gridlike.errors.PayloadTooLarge} if the writer aborted itself
+            for size, else with L{twisted.internet.defer.CancelledError}.
+
+        @raise RuntimeError: If L{finish} was already called.
+        """
+
+    def abort() -> Deferred[None]:
+        """
+        Discard the object: drop buffered bytes and remove the temporary
+        file, so that nothing remains. Safe to call at any time, also after a
+        failure, and more than once. Once L{finish} has been called, this
+        does not undo it (use L{IStorage.delete}); it only waits for it.
+
+        @return: A L{Deferred} firing with C{None} when nothing of the object
+            remains on disk (or, after L{finish}, when L{finish} has settled).
+            It never fails; a file that cannot be removed is logged and left
+            to L{IStorage.sweep_temporary}.
+        """
+
+
+class IStorage(Interface):
+    """
+    Where the bytes of jobs live. Every method that touches the disk does so
+    off the reactor thread and returns a L{Deferred}. Every method raises
+    L{ValueError} at once for a job id that is not a canonical UUID string
+    or a kind that is not one of L{KINDS}.
+    """
+
+    def writer(job_id: str, kind: str, max_size: int | None = None) -> IPayloadWriter:
+        """
+        Start a new object; it becomes visible under (C{job_id}, C{kind})
+        only when L{IPayloadWriter.finish} succeeds, replacing any previous
+        object of that name.
+
+        @param job_id: The job's id, a canonical UUID string.
+        @param kind: L{PAYLOAD} or L{RESULT}.
+        @param max_size: The most bytes the object may have, or C{None} for
+            no limit. A C{write} that would go past it raises
+            L{gridlike.errors.PayloadTooLarge}, and the writer aborts itself.
+
+        @return: The writer, which has not touched the disk yet.
+        """
+
+    def read(
+        job_id: str, kind: str, consumer: IConsumer, offset: int = 0
+    ) -> Deferred[int]:
+        """
+        Stream an object into C{consumer}, from byte C{offset} to its end.
+
+        A streaming (push) producer is registered on C{consumer} once the
+        object is open; it reads one chunk at a time in a thread, never more
+        than one at once, stops reading while paused and is unregistered at
+        the end. Small objects cost a single thread hop.
+
+        @param job_id: The job's id, a canonical UUID string.
+        @param kind: L{PAYLOAD} or L{RESULT}.
+        @param consumer: Where the bytes go.
+        @param offset: The first byte to send (C{0} for the whole object).
+
+        @return: A L{Deferred} firing with the number of bytes written to
+            C{consumer}. It fails with L{gridlike.errors.NotFound} if there is
+            no such object (nothing was registered on C{consumer}), with
+            L{TransferStopped} if the consumer called C{stopProducing} first,
+            with L{gridlike.errors.Unavailable} if reading failed (the
+            producer is then unregistered), and cancelling it stops the
+            transfer, unregisters the producer and fails it with
+            L{twisted.internet.defer.CancelledError}.
+        """
+
+    def read_bytes(job_id: str, kind: str, limit: int) -> Deferred[bytes]:
+        """
+        Read a whole small object into memory, in one thread hop.
+
+        @param job_id: The job's id, a canonical UUID string.
+        @param kind: L{PAYLOAD} or L{RESULT}.
+        @param limit: The largest size to read, in bytes.
+
+        @return: A L{Deferred} firing with the object's bytes; it fails with
+            L{gridlike.errors.PayloadTooLarge} if the object is larger than
+            C{limit} and with L{gridlike.errors.NotFound} if there is none.
+        """
+
+    def link(src_id: str, src_kind: str, dst_id: str, dst_kind: str) -> Deferred[None]:
+        """
+        Make (C{dst_id}, C{dst_kind}) hold the same bytes as (C{src_id},
+        C{src_kind}), without copying where possible: a hard link on a
+        filesystem, falling back to a copy (in a thread) where links are not
+        supported. Any previous destination object is replaced. Deleting the
+        source afterwards leaves the destination intact.
+
+        @param src_id: The source job's id, a canonical UUID string.
+        @param src_kind: The source's kind, L{PAYLOAD} or L{RESULT}.
+        @param dst_id: The destination job's id, a canonical UUID string.
+        @param dst_kind: The destination's kind, L{PAYLOAD} or L{RESULT}.
+
+        @return: A L{Deferred} firing with C{None} once the destination is
+            durable; it fails with L{gridlike.errors.NotFound} if there is no
+            source, and with L{gridlike.errors.Unavailable} on an I/O error.
+        """
+
+    def delete(job_id: str) -> Deferred[None]:
+        """
+        Remove both kinds of object of a job; missing ones are fine.
+
+        @param job_id: The job's id, a canonical UUID string.
+
+        @return: A L{Deferred} firing with C{None} when they are gone; it
+            fails with L{gridlike.errors.Unavailable} on an I/O error.
+        """
+
+    def exists(job_id: str, kind: str) -> Deferred[bool]:
+        """
+        Tell whether an object is stored (complete: writers in progress do
+        not count).
+
+        @param job_id: The job's id, a canonical UUID string.
+        @param kind: L{PAYLOAD} or L{RESULT}.
+
+        @return: A L{Deferred} firing with C{True} or C{False}; it fails
+            with L{gridlike.errors.Unavailable} on an I/O error.
+        """
+
+    def check() -> Deferred[None]:
+        """
+        Check, for C{/healthz}, that the storage can be written now: write,
+        fsync and remove a small probe file.
+
+        @return: A L{Deferred} firing with C{None}, or failing with
+            L{gridlike.errors.Unavailable}.
+        """
+
+    def object_ids(before: float | None = None) -> Deferred[set[tuple[str, str]]]:
+        """
+        List every stored object, to find orphans at start-up.
+
+        @param before: If given, leave out objects stored or linked at or
+            after this time (seconds since the epoch), so that objects of
+            jobs being submitted while the list is made are not taken for
+            orphans.
+
+        @return: A L{Deferred} firing with a C{set} of (job id, kind) tuples.
+        """
+
+    def sweep_temporary() -> Deferred[int]:
+        """
+        Remove the temporary files a crash left behind: those of earlier
+        processes. The temporary files of this instance's writers in
+        progress are spared, so it is safe to call while serving.
+
+        @return: A L{Deferred} firing with the number of files removed.
+        """

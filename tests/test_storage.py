@@ -1,0 +1,1239 @@
+"""
+Tests for L{gridlike.storage}: the L{IStorage} interface and
+L{FilesystemStorage}.
+
+Most tests run file operations through a fake L{RunInThread} (synchronous,
+or run step by step), which counts thread hops and makes ordering
+deterministic; L{ThreadPoolTests} use a real reactor and thread pool.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, ParamSpec, TypeVar
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPullProducer,
+    IPushProducer,
+)
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+import gridlike.storage
+from gridlike.errors import NotFound, PayloadTooLarge, Unavailable
+from gridlike.storage import (
+    KINDS,
+    PAYLOAD,
+    RESULT,
+    FilesystemStorage,
+    IPayloadWriter,
+    IStorage,
+    TransferStopped,
+    filesystem,
+)
+
+JOB = "0123abcd-0000-4000-8000-000000000001"
+OTHER = "fedc9876-1111-4111-8111-111111111111"
+CHUNK = 16
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+class SyncThread:
+    """
+    A L{RunInThread} that runs each call at once, and counts the calls.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(
+        self, f: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Deferred[_T]:
+        self.calls += 1
+        try:
+            return succeed(f(*args, **kwargs))
+        except BaseException:
+            return fail()
+
+
+class ManualThread:
+    """
+    A L{RunInThread} that runs nothing until told to, so a test can look at
+    what is in flight.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(
+        self, f: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Deferred[_T]:
+        self.calls += 1
+        d: Deferred[_T] = Deferred()
+        self.pending.append((lambda: f(*args, **kwargs), d))
+        return d
+
+    def run_one(self) -> None:
+        """Run the oldest pending call and fire its Deferred."""
+        f, d = self.pending.pop(0)
+        try:
+            result = f()
+        except BaseException:
+            d.errback()
+        else:
+            d.callback(result)
+
+    def run_all(self) -> None:
+        """Run pending calls, and those they start, until none is left."""
+        while self.pending:
+            self.run_one()
+
+
+class FailingOS:
+    """
+    Stands in for the C{os} module in L{gridlike.storage.filesystem}: the
+    named functions fail with C{OSError(code)} from their C{after}+1-th
+    call on; the rest is the real C{os}.
+    """
+
+    def __init__(
+        self, names: Iterable[str], code: int = errno.ENOSPC, after: int = 0
+    ) -> None:
+        self._names = set(names)
+        self._code = code
+        self._after = after
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(os, name)
+        if name not in self._names:
+            return real
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            if self._after > 0:
+                self._after -= 1
+                return real(*args, **kwargs)
+            self.failures += 1
+            raise OSError(self._code, os.strerror(self._code))
+
+        return failing
+
+
+@implementer(IPushProducer)
+class RecordingProducer:
+    """A push producer that records what its consumer asks of it."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+@implementer(IPullProducer)
+class ListPullProducer:
+    """A pull producer writing one item of a list per C{resumeProducing}."""
+
+    def __init__(self, consumer: IConsumer, items: list[bytes]) -> None:
+        self.consumer = consumer
+        self.items = list(items)
+        self.asked = 0
+
+    def resumeProducing(self) -> None:
+        self.asked += 1
+        if self.items:
+            self.consumer.write(self.items.pop(0))
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(IConsumer)
+class RecordingConsumer:
+    """
+    A consumer recording chunks, which can pause or stop its producer from
+    within C{write}.
+    """
+
+    def __init__(
+        self, on_write: Callable[["RecordingConsumer"], None] | None = None
+    ) -> None:
+        self.producer: Any = None
+        self.streaming: bool | None = None
+        self.chunks: list[bytes] = []
+        self.unregistered = 0
+        self.on_write = on_write
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert self.producer is None
+        self.producer = producer
+        self.streaming = streaming
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.unregistered += 1
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+        if self.on_write is not None:
+            self.on_write(self)
+
+
+def payload(size: int) -> bytes:
+    """
+    @return: C{size} bytes that differ from chunk to chunk.
+    """
+    return bytes((i * 7 + i // 251) % 256 for i in range(size))
+
+
+def open_fds() -> int:
+    """
+    @return: How many file descriptors this process has open.
+    """
+    return len(os.listdir("/proc/self/fd"))
+
+
+class StorageMixin:
+    """
+    Makes a L{FilesystemStorage} on a fresh directory with a fake thread.
+    """
+
+    thread: Any
+
+    def make_storage(
+        self, run: SyncThread | ManualThread | None = None, chunk_size: int = CHUNK
+    ) -> FilesystemStorage:
+        root = Path(tempfile.mkdtemp(prefix="gridlike-storage-"))
+        self.addCleanup(shutil.rmtree, root, True)  # type: ignore[attr-defined]
+        self.root = root / "objects"
+        self.thread = SyncThread() if run is None else run
+        return FilesystemStorage(
+            self.root,
+            reactor=Clock(),  # type: ignore[arg-type]
+            threadpool=ThreadPool(),
+            chunk_size=chunk_size,
+            run_in_thread=self.thread,
+        )
+
+    def files(self) -> list[str]:
+        """
+        @return: Every file under the root, relative to it, sorted.
+        """
+        return sorted(
+            str(Path(directory, name).relative_to(self.root))
+            for directory, _, names in os.walk(self.root)
+            for name in names
+        )
+
+    def object_path(self, job_id: str = JOB, kind: str = PAYLOAD) -> str:
+        """
+        @return: Where an object is, relative to the root.
+        """
+        return f"{job_id[:2]}/{job_id[2:4]}/{job_id}.{kind}"
+
+    def settle(self, d: Deferred[Any]) -> Any:
+        """
+        @return: The result of C{d}, after running pending thread calls.
+        """
+        if isinstance(self.thread, ManualThread):
+            self.thread.run_all()
+        return self.successResultOf(d)  # type: ignore[attr-defined]
+
+
+class InterfaceTests(StorageMixin, SynchronousTestCase):
+    """
+    L{FilesystemStorage} and its writers provide their interfaces.
+    """
+
+    def test_storage_provides(self) -> None:
+        """L{FilesystemStorage} provides L{IStorage}."""
+        self.assertTrue(verifyObject(IStorage, self.make_storage()))
+
+    def test_writer_provides(self) -> None:
+        """A writer provides L{IPayloadWriter} (and so L{IConsumer})."""
+        writer = self.make_storage().writer(JOB, PAYLOAD)
+        self.assertTrue(verifyObject(IPayloadWriter, writer))
+        self.assertTrue(verifyObject(IConsumer, writer))
+
+    def test_exports(self) -> None:
+        """The package re-exports the public names."""
+        for name in gridlike.storage.__all__:
+            self.assertTrue(hasattr(gridlike.storage, name), name)
+        self.assertEqual((PAYLOAD, RESULT), ("payload", "result"))
+        self.assertEqual(KINDS, (PAYLOAD, RESULT))
+
+    def test_real_thread_pool_by_default(self) -> None:
+        """Without C{run_in_thread}, calls go to L{deferToThreadPool}."""
+        calls = []
+
+        def fake_defer(
+            reactor: object, pool: object, f: object, *args: object
+        ) -> Deferred[None]:
+            calls.append((reactor, pool, f, args))
+            return Deferred()
+
+        self.patch(filesystem, "deferToThreadPool", fake_defer)
+        clock, pool = Clock(), ThreadPool()
+        storage = FilesystemStorage(Path("/nonexistent"), reactor=clock, threadpool=pool)  # type: ignore[arg-type]
+        storage.exists(JOB, PAYLOAD)
+        self.assertEqual(len(calls), 1)
+        self.assertIs(calls[0][0], clock)
+        self.assertIs(calls[0][1], pool)
+
+
+class NamingTests(StorageMixin, SynchronousTestCase):
+    """
+    Objects are named by canonical job ids and kinds only.
+    """
+
+    BAD_IDS: list[Any] = [
+        "",
+        "x",
+        "../../etc/passwd",
+        JOB.upper(),
+        JOB.replace("-", ""),
+        "{" + JOB + "}",
+        "urn:uuid:" + JOB,
+        JOB + "\n",
+        " " + JOB,
+        JOB[:-1] + "g",
+        JOB + ".payload",
+        uuid.UUID(JOB),
+        None,
+        42,
+    ]
+
+    def test_fan_out_path(self) -> None:
+        """A finished object is at C{root/ab/cd/<job_id>.<kind>}."""
+        storage = self.make_storage()
+        writer = storage.writer(JOB, RESULT)
+        writer.write(b"hello")
+        self.successResultOf(writer.finish())
+        self.assertEqual(self.files(), ["01/23/" + JOB + ".result"])
+        self.assertEqual(
+            storage.path(JOB, RESULT), self.root / "01" / "23" / f"{JOB}.result"
+        )
+        self.assertEqual((self.root / "01/23" / f"{JOB}.result").read_bytes(), b"hello")
+
+    def test_bad_ids_rejected(self) -> None:
+        """Every method raises L{ValueError} for a non-canonical job id."""
+        storage = self.make_storage()
+        consumer = RecordingConsumer()
+        for bad in self.BAD_IDS:
+            calls: list[Callable[[], object]] = [
+                lambda: storage.writer(bad, PAYLOAD),
+                lambda: storage.read(bad, PAYLOAD, consumer),
+                lambda: storage.read_bytes(bad, PAYLOAD, 10),
+                lambda: storage.link(bad, PAYLOAD, JOB, RESULT),
+                lambda: storage.link(JOB, PAYLOAD, bad, RESULT),
+                lambda: storage.delete(bad),
+                lambda: storage.exists(bad, PAYLOAD),
+            ]
+            for call in calls:
+                self.assertRaises(ValueError, call)
+        self.assertEqual(self.thread.calls, 0)
+        self.assertFalse(self.root.exists())
+
+    def test_bad_kind_rejected(self) -> None:
+        """A kind other than C{payload} or C{result} is a L{ValueError}."""
+        storage = self.make_storage()
+        for bad in ["", "tmp", "payload/../x", "PAYLOAD", None]:
+            self.assertRaises(ValueError, storage.writer, JOB, bad)
+            self.assertRaises(ValueError, storage.exists, JOB, bad)
+        self.assertEqual(self.thread.calls, 0)
+
+    def test_bad_arguments_rejected(self) -> None:
+        """Negative sizes and offsets, and a zero chunk size, are rejected."""
+        storage = self.make_storage()
+        self.assertRaises(ValueError, storage.writer, JOB, PAYLOAD, -1)
+        self.assertRaises(
+            ValueError, storage.read, JOB, PAYLOAD, RecordingConsumer(), -1
+        )
+        self.assertRaises(ValueError, self.make_storage, None, 0)
+
+
+class WriterTests(StorageMixin, SynchronousTestCase):
+    """
+    Writing objects with L{IStorage.writer}.
+    """
+
+    def test_round_trip_small(self) -> None:
+        """A small object reads back as written."""
+        storage = self.make_storage(chunk_size=1024)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"hello, ")
+        writer.write(b"world")
+        self.assertEqual(writer.size, 12)
+        self.assertEqual(self.successResultOf(writer.finish()), 12)
+        self.assertEqual(
+            self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 100)), b"hello, world"
+        )
+        self.assertTrue(self.successResultOf(storage.exists(JOB, PAYLOAD)))
+        self.assertFalse(self.successResultOf(storage.exists(JOB, RESULT)))
+
+    def test_round_trip_multi_chunk(self) -> None:
+        """An object of many chunks, written in odd pieces, reads back."""
+        storage = self.make_storage()
+        data = payload(CHUNK * 20 + 5)
+        writer = storage.writer(JOB, PAYLOAD)
+        for start in range(0, len(data), 7):
+            writer.write(data[start : start + 7])
+        self.assertEqual(self.successResultOf(writer.finish()), len(data))
+        self.assertEqual(
+            self.successResultOf(storage.read_bytes(JOB, PAYLOAD, len(data))), data
+        )
+        consumer = StringTransport()
+        self.assertEqual(
+            self.successResultOf(storage.read(JOB, PAYLOAD, consumer)), len(data)
+        )
+        self.assertEqual(consumer.value(), data)
+        self.assertEqual(self.files(), [self.object_path()])
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        sizes=st.lists(st.integers(min_value=0, max_value=70), max_size=30),
+        chunk_size=st.integers(min_value=1, max_value=40),
+    )
+    def test_round_trip_any_writes(self, sizes: list[int], chunk_size: int) -> None:
+        """Whatever the write sizes and chunk size, bytes read back in order."""
+        directory = Path(tempfile.mkdtemp(prefix="gridlike-storage-"))
+        try:
+            storage = FilesystemStorage(
+                directory,
+                reactor=Clock(),  # type: ignore[arg-type]
+                threadpool=ThreadPool(),
+                chunk_size=chunk_size,
+                run_in_thread=SyncThread(),
+            )
+            data = payload(sum(sizes))
+            writer = storage.writer(JOB, PAYLOAD)
+            position = 0
+            for size in sizes:
+                writer.write(data[position : position + size])
+                position += size
+            self.assertEqual(self.successResultOf(writer.finish()), len(data))
+            consumer = StringTransport()
+            self.successResultOf(storage.read(JOB, PAYLOAD, consumer))
+            self.assertEqual(consumer.value(), data)
+        finally:
+            shutil.rmtree(directory)
+
+    def test_empty_object(self) -> None:
+        """An empty object can be stored and read."""
+        storage = self.make_storage()
+        self.assertEqual(self.successResultOf(storage.writer(JOB, PAYLOAD).finish()), 0)
+        self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 0)), b"")
+        consumer = StringTransport()
+        self.assertEqual(self.successResultOf(storage.read(JOB, PAYLOAD, consumer)), 0)
+
+    def test_small_object_one_hop(self) -> None:
+        """
+        A 1 KiB object costs exactly one thread hop, to write it and to read
+        it back (with either read method), with the default chunk size.
+        """
+        thread = SyncThread()
+        storage = self.make_storage(thread, chunk_size=256 * 1024)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(payload(1024))
+        self.assertEqual(thread.calls, 0)
+        self.successResultOf(writer.finish())
+        self.assertEqual(thread.calls, 1)
+        self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 2048))
+        self.assertEqual(thread.calls, 2)
+        self.successResultOf(storage.read(JOB, PAYLOAD, StringTransport()))
+        self.assertEqual(thread.calls, 3)
+
+    def test_invisible_until_finished(self) -> None:
+        """Until L{finish} fires, the object is only a temporary file."""
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(payload(CHUNK * 2))
+        thread.run_all()
+        [temporary] = self.files()
+        self.assertTrue(temporary.startswith("tmp/"))
+        self.assertTrue(temporary.endswith(".part"))
+        finished = writer.finish()
+        self.assertNoResult(finished)
+        exists = storage.exists(JOB, PAYLOAD)
+        thread.run_one()  # exists: queued after the final write
+        thread.run_all()
+        self.assertEqual(self.successResultOf(finished), CHUNK * 2)
+        self.assertTrue(self.successResultOf(exists))
+        self.assertEqual(self.files(), [self.object_path()])
+
+    def test_replaces_previous(self) -> None:
+        """A new object of the same name replaces the previous one."""
+        storage = self.make_storage()
+        for data in [b"first version", b"second"]:
+            writer = storage.writer(JOB, RESULT)
+            writer.write(data)
+            self.successResultOf(writer.finish())
+        self.assertEqual(
+            self.successResultOf(storage.read_bytes(JOB, RESULT, 100)), b"second"
+        )
+        self.assertEqual(self.files(), [self.object_path(kind=RESULT)])
+
+    def test_one_write_in_flight(self) -> None:
+        """
+        Chunks go to the thread one at a time, in order; L{finish} writes
+        whatever is still queued in its own single call.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        data = payload(CHUNK * 5)
+        writer.write(data)  # one write of five chunks: one chunk
+        writer.write(data[:CHUNK])
+        writer.write(data[:CHUNK])
+        self.assertEqual(len(thread.pending), 1)
+        finished = writer.finish()
+        self.assertEqual(len(thread.pending), 1)
+        thread.run_one()
+        self.assertEqual(len(thread.pending), 1)
+        thread.run_all()
+        self.assertEqual(self.successResultOf(finished), CHUNK * 7)
+        # The first chunk, then the queued ones with the final fsync.
+        self.assertEqual(thread.calls, 2)
+        expected = data + data[:CHUNK] * 2
+        self.assertEqual(self.settle(storage.read_bytes(JOB, PAYLOAD, 1000)), expected)
+
+    def test_flow_control(self) -> None:
+        """
+        A streaming producer is paused once more than two chunks are
+        outstanding, and resumed once at most one is; the bytes held stay
+        bounded by about three chunks.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        producer = RecordingProducer()
+        writer.registerProducer(producer, True)
+        writer.write(b"a" * CHUNK)  # in flight
+        writer.write(b"b" * CHUNK)  # queued
+        self.assertEqual(producer.events, [])
+        writer.write(b"c" * 4)  # more than two chunks outstanding
+        self.assertEqual(producer.events, ["pause"])
+        writer.write(b"c" * (CHUNK - 4))  # a paused producer may still write
+        self.assertEqual(producer.events, ["pause"])
+        thread.run_one()  # "a" done: b and c outstanding
+        self.assertEqual(producer.events, ["pause"])
+        thread.run_one()  # "b" done: c outstanding
+        self.assertEqual(producer.events, ["pause", "resume"])
+        thread.run_all()
+        self.assertEqual(producer.events, ["pause", "resume"])
+        writer.unregisterProducer()
+        finished = writer.finish()
+        thread.run_all()
+        self.assertEqual(self.successResultOf(finished), CHUNK * 3)
+        self.assertEqual(
+            self.settle(storage.read_bytes(JOB, PAYLOAD, 100)),
+            b"a" * CHUNK + b"b" * CHUNK + b"c" * CHUNK,
+        )
+
+    def test_memory_bounded(self) -> None:
+        """
+        However long a paused-and-resumed producer goes on, the bytes held
+        in memory (accepted but not yet in the file) stay within about three
+        chunks.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        producer = RecordingProducer()
+        writer.registerProducer(producer, True)
+        block = payload(10)
+        held = 0
+        while writer.size < 20_000:
+            if producer.events[-1:] == ["pause"]:
+                thread.run_one()
+            else:
+                writer.write(block)
+            temporary = list((self.root / "tmp").glob("*.part"))
+            on_disk = temporary[0].stat().st_size if temporary else 0
+            held = max(held, writer.size - on_disk)
+        self.assertLessEqual(held, 3 * CHUNK + len(block))
+        self.assertGreater(producer.events.count("pause"), 100)
+        writer.unregisterProducer()
+        finished = writer.finish()
+        thread.run_all()
+        self.assertEqual(self.successResultOf(finished), writer.size)
+
+    def test_no_resume_unless_paused(self) -> None:
+        """A producer that was never paused is never resumed."""
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        producer = RecordingProducer()
+        writer.registerProducer(producer, True)
+        writer.write(b"x" * CHUNK)
+        thread.run_all()
+        writer.write(b"x" * CHUNK)
+        thread.run_all()
+        self.assertEqual(producer.events, [])
+
+    def test_only_one_producer(self) -> None:
+        """Registering a second producer is an error."""
+        writer = self.make_storage().writer(JOB, PAYLOAD)
+        writer.registerProducer(RecordingProducer(), True)
+        self.assertRaises(
+            RuntimeError, writer.registerProducer, RecordingProducer(), True
+        )
+
+    def test_pull_producer(self) -> None:
+        """
+        A pull producer is asked for more while the disk keeps up, without
+        recursion, and no more while too much is outstanding.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        items = [bytes([65 + i]) * CHUNK for i in range(6)]
+        producer = ListPullProducer(writer, items)
+        writer.registerProducer(producer, False)
+        # Asked for three chunks (one in flight, one queued, one buffered...)
+        # until more than two are outstanding.
+        self.assertEqual(producer.asked, 3)
+        thread.run_all()
+        self.assertEqual(producer.asked, 7)  # six items, then once more
+        self.assertEqual(producer.items, [])
+        writer.unregisterProducer()
+        finished = writer.finish()
+        thread.run_all()
+        self.assertEqual(self.successResultOf(finished), CHUNK * 6)
+        self.assertEqual(
+            self.settle(storage.read_bytes(JOB, PAYLOAD, 1000)), b"".join(items)
+        )
+
+    def test_max_size(self) -> None:
+        """
+        An object may be exactly C{max_size} bytes; one more byte raises
+        L{PayloadTooLarge}, the writer aborts itself and nothing remains.
+        """
+        storage = self.make_storage()
+        writer = storage.writer(JOB, PAYLOAD, max_size=CHUNK * 3)
+        writer.write(payload(CHUNK * 3))
+        self.assertEqual(self.successResultOf(writer.finish()), CHUNK * 3)
+
+        writer = storage.writer(OTHER, PAYLOAD, max_size=CHUNK * 3)
+        writer.write(payload(CHUNK * 2))  # the temporary file exists
+        self.assertEqual(len(self.files()), 2)
+        self.assertRaises(PayloadTooLarge, writer.write, payload(CHUNK + 1))
+        self.assertEqual(self.files(), [self.object_path()])
+        self.assertRaises(PayloadTooLarge, writer.write, b"x")
+        self.failureResultOf(writer.finish(), PayloadTooLarge)
+        self.assertIsNone(self.successResultOf(writer.abort()))
+        self.assertFalse(self.successResultOf(storage.exists(OTHER, PAYLOAD)))
+
+    def test_max_size_while_writing(self) -> None:
+        """
+        Going past C{max_size} while a chunk is being written removes the
+        temporary file once that write ends.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD, max_size=CHUNK)
+        writer.write(payload(CHUNK))
+        self.assertEqual(len(thread.pending), 1)
+        self.assertRaises(PayloadTooLarge, writer.write, b"x")
+        thread.run_all()
+        self.assertEqual(self.files(), [])
+
+    def test_abort_leaves_nothing(self) -> None:
+        """L{abort} removes the temporary file; it can be called twice."""
+        storage = self.make_storage()
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(payload(CHUNK * 3 + 1))
+        self.assertEqual(len(self.files()), 1)
+        self.assertIsNone(self.successResultOf(writer.abort()))
+        self.assertEqual(self.files(), [])
+        self.assertIsNone(self.successResultOf(writer.abort()))
+        writer.write(b"ignored")
+        self.failureResultOf(writer.finish(), CancelledError)
+        self.assertFalse(self.successResultOf(storage.exists(JOB, PAYLOAD)))
+
+    def test_abort_before_any_io(self) -> None:
+        """Aborting a writer that never touched the disk costs no hop."""
+        storage = self.make_storage()
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"small")
+        self.successResultOf(writer.abort())
+        self.assertEqual(self.thread.calls, 0)
+
+    def test_abort_while_writing(self) -> None:
+        """L{abort} during a chunk write waits for it, then removes the file."""
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(payload(CHUNK * 2))
+        aborted = writer.abort()
+        second = writer.abort()
+        self.assertNoResult(aborted)
+        thread.run_all()
+        self.successResultOf(aborted)
+        self.successResultOf(second)
+        self.assertEqual(self.files(), [])
+
+    def test_abort_after_finish(self) -> None:
+        """After L{finish}, L{abort} only waits for it: the object stays."""
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        finished = writer.finish()
+        aborted = writer.abort()
+        self.assertNoResult(aborted)
+        thread.run_all()
+        self.assertEqual(self.successResultOf(finished), 4)
+        self.successResultOf(aborted)
+        self.successResultOf(writer.abort())
+        self.assertEqual(self.files(), [self.object_path()])
+
+    def test_misuse(self) -> None:
+        """Writing after L{finish}, or finishing twice, is an error."""
+        writer = self.make_storage().writer(JOB, PAYLOAD)
+        writer.finish()
+        self.assertRaises(RuntimeError, writer.write, b"x")
+        self.assertRaises(RuntimeError, writer.finish)
+
+    def test_write_failure(self) -> None:
+        """
+        When a chunk write fails (disk full), later bytes are discarded, a
+        paused producer is resumed, L{finish} fails with L{Unavailable} and
+        nothing remains, temporary files included.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        failing = FailingOS(["writev"], errno.ENOSPC, after=1)
+        self.patch(filesystem, "os", failing)
+        writer = storage.writer(JOB, PAYLOAD)
+        producer = RecordingProducer()
+        writer.registerProducer(producer, True)
+        writer.write(payload(CHUNK))
+        writer.write(payload(CHUNK))
+        writer.write(payload(CHUNK + 1))
+        self.assertEqual(producer.events, ["pause"])
+        thread.run_one()  # succeeds
+        thread.run_one()  # fails
+        self.assertEqual(failing.failures, 1)
+        self.assertEqual(producer.events, ["pause", "resume"])
+        self.assertEqual(self.files(), [])
+        writer.write(payload(CHUNK * 10))  # discarded: no thread call
+        self.assertEqual(thread.pending, [])
+        self.assertEqual(writer.size, CHUNK * 13 + 1)
+        failure = self.failureResultOf(writer.finish(), Unavailable)
+        self.assertIn("No space left on device", failure.value.problem)
+        self.assertEqual(failure.value.status, 503)
+        self.assertEqual(thread.pending, [])
+        self.successResultOf(writer.abort())
+        self.assertEqual(self.files(), [])
+
+    def test_small_write_failure(self) -> None:
+        """A write failing within L{finish} fails it; nothing remains."""
+        storage = self.make_storage()
+        self.patch(filesystem, "os", FailingOS(["writev"], errno.EIO))
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.failureResultOf(writer.finish(), Unavailable)
+        self.assertEqual(self.thread.calls, 1)
+        self.assertEqual(self.files(), [])
+        self.successResultOf(writer.abort())
+
+    def test_fsync_failure(self) -> None:
+        """A failing fsync fails L{finish}; nothing remains."""
+        storage = self.make_storage()
+        self.patch(filesystem, "os", FailingOS(["fsync"], errno.EIO))
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(payload(CHUNK * 3))
+        failure = self.failureResultOf(writer.finish(), Unavailable)
+        self.assertIn("Input/output error", failure.value.problem)
+        self.assertEqual(self.files(), [])
+
+    def test_open_failure(self) -> None:
+        """A temporary file that cannot be created fails L{finish}."""
+        storage = self.make_storage()
+        self.patch(filesystem, "os", FailingOS(["open"], errno.EMFILE))
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(payload(CHUNK * 3))
+        self.failureResultOf(writer.finish(), Unavailable)
+        self.assertEqual(self.files(), [])
+
+    def test_directory_fsync_failure(self) -> None:
+        """
+        If the directory cannot be fsync'd after the rename, L{finish}
+        fails and the object is removed again.
+        """
+        storage = self.make_storage()
+        writer = storage.writer(JOB, RESULT)
+        self.successResultOf(writer.finish())  # the directories now exist
+
+        def fail_fsync(path: object) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        self.patch(filesystem, "_fsync_directory", fail_fsync)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.failureResultOf(writer.finish(), Unavailable)
+        self.assertEqual(self.files(), [self.object_path(kind=RESULT)])
+
+
+class ReaderTests(StorageMixin, SynchronousTestCase):
+    """
+    Reading objects with L{IStorage.read} and L{IStorage.read_bytes}.
+    """
+
+    def store(
+        self,
+        storage: FilesystemStorage,
+        data: bytes,
+        job_id: str = JOB,
+        kind: str = PAYLOAD,
+    ) -> None:
+        """Store C{data} through the fake thread."""
+        writer = storage.writer(job_id, kind)
+        writer.write(data)
+        finished = writer.finish()
+        if isinstance(self.thread, ManualThread):
+            self.thread.run_all()
+        self.successResultOf(finished)
+
+    def test_read(self) -> None:
+        """
+        L{read} registers a streaming producer, writes the object chunk by
+        chunk, unregisters and fires with the size.
+        """
+        storage = self.make_storage()
+        data = payload(CHUNK * 4 + 3)
+        self.store(storage, data)
+        consumer = RecordingConsumer()
+        self.assertEqual(
+            self.successResultOf(storage.read(JOB, PAYLOAD, consumer)), len(data)
+        )
+        self.assertEqual(
+            consumer.chunks, [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+        )
+        self.assertTrue(consumer.streaming)
+        self.assertEqual(consumer.unregistered, 1)
+        self.assertIsNone(consumer.producer)
+
+    def test_read_offset(self) -> None:
+        """L{read} from an offset sends the rest of the object."""
+        storage = self.make_storage()
+        data = payload(CHUNK * 3)
+        self.store(storage, data)
+        for offset in [0, 1, CHUNK, len(data) - 1, len(data), len(data) + 5]:
+            consumer = StringTransport()
+            sent = self.successResultOf(storage.read(JOB, PAYLOAD, consumer, offset))
+            self.assertEqual(consumer.value(), data[offset:])
+            self.assertEqual(sent, len(data[offset:]))
+
+    def test_read_missing(self) -> None:
+        """Reading a missing object fails with L{NotFound}; nothing registers."""
+        storage = self.make_storage()
+        consumer = RecordingConsumer()
+        failure = self.failureResultOf(storage.read(JOB, PAYLOAD, consumer), NotFound)
+        self.assertEqual(failure.value.status, 404)
+        self.assertEqual(consumer.unregistered, 0)
+        self.assertIsNone(consumer.producer)
+        self.failureResultOf(storage.read_bytes(JOB, PAYLOAD, 10), NotFound)
+
+    def test_pause_resume(self) -> None:
+        """
+        While paused the producer reads nothing; resumed, it goes on; it
+        never has two reads in flight.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        data = payload(CHUNK * 3)
+        self.store(storage, data)
+        consumer = RecordingConsumer(lambda c: c.producer.pauseProducing())
+        sent = storage.read(JOB, PAYLOAD, consumer)
+        thread.run_one()
+        self.assertEqual(consumer.chunks, [data[:CHUNK]])
+        self.assertEqual(thread.pending, [])  # paused: no read
+        consumer.producer.resumeProducing()
+        consumer.producer.resumeProducing()
+        self.assertEqual(len(thread.pending), 1)  # one read in flight
+        consumer.producer.pauseProducing()
+        consumer.producer.resumeProducing()
+        self.assertEqual(len(thread.pending), 1)
+        thread.run_one()
+        consumer.on_write = None
+        consumer.producer.resumeProducing()
+        thread.run_all()
+        self.assertEqual(b"".join(consumer.chunks), data)
+        self.assertEqual(self.successResultOf(sent), len(data))
+
+    def test_stop_while_reading(self) -> None:
+        """
+        C{stopProducing} during a read stops the transfer, closes the file
+        and fails the L{Deferred} with L{TransferStopped}.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        data = payload(CHUNK * 3)
+        self.store(storage, data)
+        before = open_fds()
+        consumer = RecordingConsumer()
+        sent = storage.read(JOB, PAYLOAD, consumer)
+        thread.run_one()
+        self.assertEqual(open_fds(), before + 1)
+        consumer.producer.stopProducing()
+        self.assertNoResult(sent)
+        thread.run_all()
+        self.failureResultOf(sent, TransferStopped)
+        self.assertEqual(consumer.chunks, [data[:CHUNK]])
+        self.assertEqual(open_fds(), before)
+
+    def test_stop_from_write(self) -> None:
+        """C{stopProducing} from within C{write} stops at once."""
+        storage = self.make_storage()
+        data = payload(CHUNK * 3)
+        self.store(storage, data)
+        before = open_fds()
+        consumer = RecordingConsumer(lambda c: c.producer.stopProducing())
+        self.failureResultOf(storage.read(JOB, PAYLOAD, consumer), TransferStopped)
+        self.assertEqual(consumer.chunks, [data[:CHUNK]])
+        self.assertEqual(open_fds(), before)
+        self.assertEqual(consumer.unregistered, 0)
+
+    def test_stop_while_paused(self) -> None:
+        """C{stopProducing} while paused fails the L{Deferred} at once."""
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        self.store(storage, payload(CHUNK * 3))
+        consumer = RecordingConsumer(lambda c: c.producer.pauseProducing())
+        sent = storage.read(JOB, PAYLOAD, consumer)
+        thread.run_one()
+        consumer.producer.stopProducing()
+        self.failureResultOf(sent, TransferStopped)
+        consumer.producer.resumeProducing()  # ignored
+        thread.run_all()  # closes the file
+        self.assertEqual(thread.pending, [])
+
+    def test_cancel(self) -> None:
+        """
+        Cancelling the L{Deferred} stops the transfer, unregisters the
+        producer and fails with L{CancelledError}.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        self.store(storage, payload(CHUNK * 3))
+        before = open_fds()
+        consumer = RecordingConsumer()
+        sent = storage.read(JOB, PAYLOAD, consumer)
+        thread.run_one()
+        sent.cancel()
+        self.failureResultOf(sent, CancelledError)
+        self.assertEqual(consumer.unregistered, 1)
+        thread.run_all()
+        self.assertEqual(len(consumer.chunks), 1)
+        self.assertEqual(open_fds(), before)
+
+    def test_read_error(self) -> None:
+        """A failing read fails with L{Unavailable} and unregisters."""
+        storage = self.make_storage()
+        self.store(storage, payload(CHUNK * 3))
+        self.patch(filesystem, "os", FailingOS(["pread"], errno.EIO, after=1))
+        before = open_fds()
+        consumer = RecordingConsumer()
+        self.failureResultOf(storage.read(JOB, PAYLOAD, consumer), Unavailable)
+        self.assertEqual(len(consumer.chunks), 1)
+        self.assertEqual(consumer.unregistered, 1)
+        self.assertEqual(open_fds(), before)
+
+    def test_read_bytes(self) -> None:
+        """
+        L{read_bytes} returns an object no larger than the limit, and fails
+        with L{PayloadTooLarge} beyond it.
+        """
+        storage = self.make_storage()
+        data = payload(CHUNK * 3)
+        self.store(storage, data)
+        self.assertEqual(
+            self.successResultOf(storage.read_bytes(JOB, PAYLOAD, len(data))), data
+        )
+        failure = self.failureResultOf(
+            storage.read_bytes(JOB, PAYLOAD, len(data) - 1), PayloadTooLarge
+        )
+        self.assertEqual(failure.value.status, 413)
+
+
+class OperationTests(StorageMixin, SynchronousTestCase):
+    """
+    L{IStorage.link}, C{delete}, C{exists}, C{check}, C{object_ids} and
+    C{sweep_temporary}.
+    """
+
+    def store(
+        self,
+        storage: FilesystemStorage,
+        data: bytes,
+        job_id: str = JOB,
+        kind: str = PAYLOAD,
+    ) -> None:
+        writer = storage.writer(job_id, kind)
+        writer.write(data)
+        self.successResultOf(writer.finish())
+
+    def test_link_is_hard_link(self) -> None:
+        """
+        L{link} makes a hard link (same inode) in one thread hop, which
+        survives deleting the source.
+        """
+        storage = self.make_storage()
+        self.store(storage, b"the payload")
+        hops = self.thread.calls
+        self.assertIsNone(
+            self.successResultOf(storage.link(JOB, PAYLOAD, OTHER, RESULT))
+        )
+        self.assertEqual(self.thread.calls, hops + 1)
+        source, destination = storage.path(JOB, PAYLOAD), storage.path(OTHER, RESULT)
+        self.assertEqual(source.stat().st_ino, destination.stat().st_ino)
+        self.successResultOf(storage.delete(JOB))
+        self.assertEqual(
+            self.successResultOf(storage.read_bytes(OTHER, RESULT, 100)), b"the payload"
+        )
+        self.assertEqual(self.files(), [self.object_path(OTHER, RESULT)])
+
+    def test_link_same_job(self) -> None:
+        """A job's payload can be linked as its own result, twice over."""
+        storage = self.make_storage()
+        self.store(storage, b"echo")
+        self.successResultOf(storage.link(JOB, PAYLOAD, JOB, RESULT))
+        self.successResultOf(storage.link(JOB, PAYLOAD, JOB, RESULT))
+        self.successResultOf(storage.link(JOB, PAYLOAD, JOB, PAYLOAD))
+        self.assertEqual(
+            self.successResultOf(storage.read_bytes(JOB, RESULT, 10)), b"echo"
+        )
+        self.assertEqual(
+            self.files(), [self.object_path(), self.object_path(kind=RESULT)]
+        )
+
+    def test_link_replaces(self) -> None:
+        """L{link} replaces an existing destination."""
+        storage = self.make_storage()
+        self.store(storage, b"new")
+        self.store(storage, b"old", OTHER, RESULT)
+        self.successResultOf(storage.link(JOB, PAYLOAD, OTHER, RESULT))
+        self.assertEqual(
+            self.successResultOf(storage.read_bytes(OTHER, RESULT, 10)), b"new"
+        )
+        self.assertEqual(len(self.files()), 2)
+
+    def test_link_missing(self) -> None:
+        """Linking a missing object fails with L{NotFound}; nothing remains."""
+        storage = self.make_storage()
+        self.failureResultOf(storage.link(JOB, PAYLOAD, OTHER, RESULT), NotFound)
+        self.assertEqual(self.files(), [])
+
+    def test_link_falls_back_to_copy(self) -> None:
+        """
+        Where hard links fail (EXDEV, EPERM, ENOTSUP), L{link} copies, in
+        chunks, and leaves no temporary file.
+        """
+        storage = self.make_storage()
+        data = payload(CHUNK * 5 + 2)
+        self.store(storage, data)
+        for number, code in enumerate([errno.EXDEV, errno.EPERM, errno.ENOTSUP]):
+            self.patch(filesystem, "os", FailingOS(["link"], code))
+            destination = str(uuid.UUID(int=number + 1))
+            self.successResultOf(storage.link(JOB, PAYLOAD, destination, RESULT))
+            self.assertEqual(
+                self.successResultOf(storage.read_bytes(destination, RESULT, 1000)),
+                data,
+            )
+            self.assertNotEqual(
+                storage.path(destination, RESULT).stat().st_ino,
+                storage.path(JOB, PAYLOAD).stat().st_ino,
+            )
+        self.assertEqual(len(self.files()), 4)
+
+    def test_link_failure(self) -> None:
+        """Another link error is L{Unavailable}; nothing remains."""
+        storage = self.make_storage()
+        self.store(storage, b"data")
+        self.patch(filesystem, "os", FailingOS(["link"], errno.EIO))
+        self.failureResultOf(storage.link(JOB, PAYLOAD, OTHER, RESULT), Unavailable)
+        self.assertEqual(self.files(), [self.object_path()])
+
+    def test_delete(self) -> None:
+        """L{delete} removes both kinds; missing objects are fine."""
+        storage = self.make_storage()
+        self.successResultOf(storage.delete(JOB))  # nothing at all yet
+        self.store(storage, b"in")
+        self.store(storage, b"out", kind=RESULT)
+        self.store(storage, b"other", OTHER)
+        self.assertIsNone(self.successResultOf(storage.delete(JOB)))
+        self.assertFalse(self.successResultOf(storage.exists(JOB, PAYLOAD)))
+        self.assertFalse(self.successResultOf(storage.exists(JOB, RESULT)))
+        self.assertEqual(self.files(), [self.object_path(OTHER)])
+        self.successResultOf(storage.delete(JOB))
+
+    def test_object_ids(self) -> None:
+        """
+        L{object_ids} lists every stored object and ignores temporary and
+        stray files.
+        """
+        storage = self.make_storage()
+        self.assertEqual(self.successResultOf(storage.object_ids()), set())
+        self.store(storage, b"a")
+        self.store(storage, b"b", kind=RESULT)
+        self.store(storage, b"c", OTHER, RESULT)
+        storage.writer(OTHER, PAYLOAD).write(payload(CHUNK * 2))  # in progress
+        (self.root / "01" / "23" / "stray.payload").write_bytes(b"")
+        (self.root / "01" / "23" / f"{OTHER}.payload").write_bytes(b"")  # misplaced
+        (self.root / "01" / "23" / f"{JOB}.other").write_bytes(b"")
+        (self.root / "zz").mkdir()
+        self.assertEqual(
+            self.successResultOf(storage.object_ids()),
+            {(JOB, PAYLOAD), (JOB, RESULT), (OTHER, RESULT)},
+        )
+
+    def test_sweep_temporary(self) -> None:
+        """
+        L{sweep_temporary} removes what the unfinished writers of an earlier
+        instance (process) left, and spares this instance's writers.
+        """
+        storage = self.make_storage()
+        self.assertEqual(self.successResultOf(storage.sweep_temporary()), 0)
+        self.store(storage, b"kept")
+        crashed = FilesystemStorage(
+            self.root,
+            reactor=Clock(),  # type: ignore[arg-type]
+            threadpool=ThreadPool(),
+            chunk_size=CHUNK,
+            run_in_thread=SyncThread(),
+        )
+        for job_id in [JOB, OTHER]:
+            crashed.writer(job_id, RESULT).write(payload(CHUNK * 2))
+        in_progress = storage.writer(OTHER, PAYLOAD)
+        in_progress.write(payload(CHUNK * 2))
+        (self.root / "tmp" / "unrelated.txt").write_bytes(b"")
+        self.assertEqual(len(self.files()), 5)
+        self.assertEqual(self.successResultOf(storage.sweep_temporary()), 2)
+        self.assertEqual(len(self.files()), 3)
+        self.successResultOf(in_progress.finish())
+        self.assertEqual(
+            self.files(),
+            [self.object_path(), self.object_path(OTHER), "tmp/unrelated.txt"],
+        )
+
+    def test_object_ids_before(self) -> None:
+        """
+        L{object_ids} with C{before} leaves out objects changed since then.
+        """
+        storage = self.make_storage()
+        self.store(storage, b"a")
+        now = time.time()
+        self.assertEqual(
+            self.successResultOf(storage.object_ids(before=now + 60)), {(JOB, PAYLOAD)}
+        )
+        self.assertEqual(
+            self.successResultOf(storage.object_ids(before=now - 60)), set()
+        )
+
+    def test_check(self) -> None:
+        """L{check} writes and removes a probe, in one hop."""
+        storage = self.make_storage()
+        self.assertIsNone(self.successResultOf(storage.check()))
+        self.assertEqual(self.thread.calls, 1)
+        self.assertEqual(self.files(), [])
+        self.assertTrue((self.root / "tmp").is_dir())
+
+    def test_check_failure(self) -> None:
+        """L{check} fails with L{Unavailable} when nothing can be written."""
+        storage = self.make_storage()
+        self.root.write_bytes(b"not a directory")
+        self.failureResultOf(storage.check(), Unavailable)
+        self.patch(filesystem, "os", FailingOS(["fsync"], errno.ENOSPC))
+        self.root.unlink()
+        failure = self.failureResultOf(storage.check(), Unavailable)
+        self.assertIn("No space left on device", failure.value.problem)
+        self.assertEqual(self.files(), [])
+
+
+class ThreadPoolTests(TestCase):
+    """
+    L{FilesystemStorage} with the real reactor and a real thread pool.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        directory = Path(tempfile.mkdtemp(prefix="gridlike-storage-"))
+        self.addCleanup(shutil.rmtree, directory, True)
+        pool = ThreadPool(minthreads=1, maxthreads=2, name="test-storage")
+        pool.start()
+        self.addCleanup(pool.stop)
+        self.storage = FilesystemStorage(
+            directory / "objects",
+            reactor=reactor,  # type: ignore[arg-type]
+            threadpool=pool,
+            chunk_size=1024,
+        )
+
+    async def _round_trip(self) -> None:
+        import io
+
+        from twisted.protocols.basic import FileSender
+
+        data = payload(100 * 1024 + 17)
+        writer = self.storage.writer(JOB, PAYLOAD, max_size=len(data))
+        await FileSender().beginFileTransfer(io.BytesIO(data), writer)
+        self.assertEqual(await writer.finish(), len(data))
+        consumer = StringTransport()
+        self.assertEqual(await self.storage.read(JOB, PAYLOAD, consumer), len(data))
+        self.assertEqual(consumer.value(), data)
+        self.assertEqual(await self.storage.read_bytes(JOB, PAYLOAD, len(data)), data)
+        await self.storage.link(JOB, PAYLOAD, JOB, RESULT)
+        self.assertEqual(
+            await self.storage.object_ids(), {(JOB, PAYLOAD), (JOB, RESULT)}
+        )
+        await self.storage.check()
+        await self.storage.delete(JOB)
+        self.assertFalse(await self.storage.exists(JOB, RESULT))
+        self.assertEqual(await self.storage.sweep_temporary(), 0)
+
+    def test_round_trip(self) -> None:
+        """
+        A multi-chunk object goes in (from a pull producer), out, gets
+        linked, checked and deleted through real threads.
+        """
+        return Deferred.fromCoroutine(self._round_trip())  # type: ignore[return-value]
+
+    async def _too_large(self) -> None:
+        writer = self.storage.writer(JOB, PAYLOAD, max_size=2000)
+        writer.write(payload(1500))
+        with self.assertRaises(PayloadTooLarge):
+            writer.write(payload(1500))
+        await writer.abort()
+        self.assertEqual(await self.storage.sweep_temporary(), 0)
+        self.assertEqual(await self.storage.object_ids(), set())
+
+    def test_too_large(self) -> None:
+        """Going past C{max_size} leaves nothing, with real threads."""
+        return Deferred.fromCoroutine(self._too_large())  # type: ignore[return-value]
