@@ -1,0 +1,676 @@
+# -*- test-case-name: tests.test_registry -*-
+"""
+The job registry: every job's metadata in memory, each change journaled.
+
+Every durable change follows one path: check it against the state in memory,
+append its record to the journal, and only when the record is durable apply
+it with L{Registry._apply}, the same function that replays the journal at
+start-up.  So the state in memory is always what a restart would rebuild,
+except that running jobs are pending again after a restart (starting a job is
+not journaled: a crash ends every attempt anyway).
+
+Records are JSON objects with an C{op}; jobs inside them are positional
+arrays, see L{_encode_job}.  Every record sets absolute values, so applying a
+record twice is harmless: compaction relies on that (L{snapshot}).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, deque
+from typing import Any, Callable, Iterable, Iterator, Sequence
+from uuid import uuid4
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gridlike.config import Settings
+from gridlike.errors import BadRequest, Conflict, NotFound, Unavailable
+from gridlike.journal import IJournal
+from gridlike.model import (
+    KEY_PATTERN,
+    MAX_DESCRIPTION,
+    Job,
+    JobError,
+    Priority,
+    Progress,
+    Status,
+)
+from gridlike.queue import PendingQueue
+from gridlike.storage import PAYLOAD, RESULT, IStorage
+
+log = Logger()
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+@frozen
+class NewJob:
+    """
+    A job to create: its payload is already durable in storage under C{id}.
+    """
+
+    id: str
+    type: str | None
+    priority: Priority
+    payload_size: int
+    key: str | None = None
+    description: str | None = None
+
+
+def new_job_id() -> str:
+    """A fresh job id; storage object names derive from it alone."""
+    return str(uuid4())
+
+
+def _encode_job(job: Job) -> list[Any]:
+    return [
+        job.id,
+        job.key,
+        job.type,
+        job.priority.value,
+        job.seq,
+        job.batch,
+        job.submitted,
+        job.payload_size,
+        job.description,
+        job.status.value,
+        job.order,
+        job.started,
+        job.ended,
+        job.failure_count,
+        job.worker_id,
+        job.worker_name,
+        job.avoid,
+        None if job.error is None else job.error.info,
+        None if job.error is None else job.error.logs,
+        job.parent,
+        job.child,
+        job.result_size,
+    ]
+
+
+def _decode_job(row: list[Any]) -> Job:
+    (
+        id,
+        key,
+        type,
+        priority,
+        seq,
+        batch,
+        submitted,
+        payload_size,
+        description,
+        status,
+        order,
+        started,
+        ended,
+        failure_count,
+        worker_id,
+        worker_name,
+        avoid,
+        error_info,
+        error_logs,
+        parent,
+        child,
+        result_size,
+    ) = row
+    return Job(
+        id=id,
+        key=key,
+        type=type,
+        priority=Priority(priority),
+        seq=seq,
+        batch=batch,
+        submitted=submitted,
+        payload_size=payload_size,
+        description=description,
+        status=Status(status),
+        order=order,
+        started=started,
+        ended=ended,
+        failure_count=failure_count,
+        worker_id=worker_id,
+        worker_name=worker_name,
+        avoid=avoid,
+        error=(
+            None
+            if error_info is None and error_logs is None
+            else JobError(error_info, error_logs)
+        ),
+        parent=parent,
+        child=child,
+        result_size=result_size,
+    )
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return _encoder.encode(record).encode("utf-8")
+
+
+class Registry:
+    """
+    The jobs of one instance: lookup by key and id, the pending queues per
+    type, counts, and the journal that makes changes durable.
+
+    @ivar on_pending: called with each job that becomes pending (new,
+        requeued, retried), after its record is durable; dispatch sets it.
+    @ivar on_removed: called with each job that is deleted, once its record
+        is durable: dispatch withdraws it from its worker.
+
+    Neither is called while the journal is replayed.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: IJournal,
+        storage: IStorage,
+        clock: IReactorTime,
+    ) -> None:
+        self._settings = settings
+        self._journal = journal
+        self._storage = storage
+        self._clock = clock
+        self._jobs: dict[str, Job] = {}
+        self._keys: dict[str, Job] = {}
+        self._reserved: set[str] = set()
+        self._queues: dict[str | None, PendingQueue] = {}
+        self._next = 1
+        self._type_counts: Counter[str | None] = Counter()
+        self._counts: Counter[tuple[str | None, Priority, Status]] = Counter()
+        self._ended: deque[tuple[float, Status]] = deque()
+        self._watchers: dict[str, list[Deferred[Job | None]]] = {}
+        self.on_pending: Callable[[Job], None] = lambda job: None
+        self.on_removed: Callable[[Job], None] = lambda job: None
+
+    # Start-up
+
+    def load(self) -> None:
+        """
+        Replay the journal into memory.  Running jobs come back pending.
+        """
+        apply = self._apply
+        loads = json.loads
+        for raw in self._journal.replay():
+            apply(loads(raw))
+        log.info(
+            "registry loaded: {jobs} jobs, {pending} pending",
+            jobs=len(self._jobs),
+            pending=sum(len(q) for q in self._queues.values()),
+        )
+
+    # Reads
+
+    def get(self, key: str) -> Job:
+        """
+        The job with this key.
+
+        @raise NotFound: there is none.
+        """
+        job = self._keys.get(key)
+        if job is None:
+            raise NotFound(f"no job with key {key!r}")
+        return job
+
+    def by_id(self, job_id: str) -> Job | None:
+        """The job with this id, if it still exists."""
+        return self._jobs.get(job_id)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __iter__(self) -> Iterator[Job]:
+        """Every job, in submission order."""
+        return iter(self._jobs.values())
+
+    def select(
+        self,
+        status: Status | None = None,
+        type: str | None = None,
+        priority: Priority | None = None,
+        batch: int | None = None,
+        after: str | None = None,
+        limit: int = 1000,
+        typed: bool = False,
+    ) -> tuple[list[Job], bool]:
+        """
+        Jobs in submission order that match every filter given, the first
+        C{limit} of them after the job keyed C{after}.
+
+        @param typed: whether C{type} is a filter (L{None} is a real type).
+        @return: the jobs, and whether more match after them.
+        @raise BadRequest: C{after} names no job.
+        """
+        after_seq = 0
+        if after is not None:
+            mark = self._keys.get(after)
+            if mark is None:
+                raise BadRequest(f"after: no job with key {after!r}")
+            after_seq = mark.seq
+        found: list[Job] = []
+        for job in self._jobs.values():
+            if job.seq <= after_seq:
+                continue
+            if status is not None and job.status is not status:
+                continue
+            if typed and job.type != type:
+                continue
+            if priority is not None and job.priority is not priority:
+                continue
+            if batch is not None and job.batch != batch:
+                continue
+            if len(found) == limit:
+                return found, True
+            found.append(job)
+        return found, False
+
+    def pending(self, type: str | None) -> PendingQueue:
+        """The pending queue of a type."""
+        queue = self._queues.get(type)
+        if queue is None:
+            queue = self._queues[type] = PendingQueue()
+        return queue
+
+    def stats(self) -> dict[str, Any]:
+        """Job counts by status, type and priority; recent endings."""
+        self._forget_old_endings()
+        by_status: Counter[str] = Counter()
+        by_type: dict[str, Counter[str]] = {}
+        by_priority: dict[str, Counter[str]] = {}
+        for (type, priority, status), n in self._counts.items():
+            if not n:
+                continue
+            by_status[status.value] += n
+            by_type.setdefault(str(type), Counter())[status.value] += n
+            by_priority.setdefault(priority.value, Counter())[status.value] += n
+        recent = Counter(status.value for _, status in self._ended)
+        return {
+            "jobs": {s.value: by_status[s.value] for s in Status},
+            "types": {t: dict(c) for t, c in by_type.items()},
+            "priorities": {p: dict(c) for p, c in by_priority.items()},
+            "last_minute": {"done": recent["done"], "failed": recent["failed"]},
+        }
+
+    def watch(self, job: Job) -> Deferred[Job | None]:
+        """
+        Fires with the job when it is terminal, or with L{None} when it is
+        deleted.  Cancel it to stop watching.
+        """
+        if job.status.terminal:
+            return succeed(job)
+        watchers = self._watchers.setdefault(job.id, [])
+
+        def cancel(d: Deferred[Job | None]) -> None:
+            watchers.remove(d)
+            if not watchers:
+                self._watchers.pop(job.id, None)
+
+        waiter: Deferred[Job | None] = Deferred(cancel)
+        watchers.append(waiter)
+        return waiter
+
+    # Durable changes
+
+    async def submit(self, specs: Sequence[NewJob]) -> list[Job]:
+        """
+        Create jobs, all or none, durably.
+
+        @raise BadRequest: a key or description is malformed.
+        @raise Conflict: a key is in use (or given twice).
+        @raise Unavailable: the journal cannot be written.
+        """
+        keys = []
+        for spec in specs:
+            if spec.key is not None:
+                if not KEY_PATTERN.fullmatch(spec.key):
+                    raise BadRequest(f"key: not a valid key: {spec.key!r}")
+                keys.append(spec.key)
+            if spec.description is not None and len(spec.description) > MAX_DESCRIPTION:
+                raise BadRequest(
+                    f"description: longer than {MAX_DESCRIPTION} characters"
+                )
+        if len(set(keys)) != len(keys):
+            raise Conflict("key: the same key is given twice")
+        for key in keys:
+            if self._key_taken(key):
+                raise Conflict(f"key: {key!r} is already in use")
+        now = self._clock.seconds()
+        jobs = [self._new_job(spec, now) for spec in specs]
+        record = {
+            "op": "put",
+            "jobs": [_encode_job(job) for job in jobs],
+            "counts": {job.type or "": self._type_counts[job.type] for job in jobs},
+        }
+        await self._append_reserving(record, [job.key for job in jobs], jobs)
+        return jobs
+
+    async def complete(
+        self, job: Job, result_size: int, worker_id: str | None
+    ) -> Job | None:
+        """
+        Record that C{job} is done: its result is durable in storage.  With
+        a type whose result becomes another type's job, the child job is
+        created in the same record, its payload linked to this result.
+
+        @return: the child job, if any.
+        @raise Unavailable: the journal cannot be written.
+        """
+        if self._jobs.get(job.id) is not job:
+            return None
+        record: dict[str, Any] = {
+            "op": "done",
+            "id": job.id,
+            "ended": self._clock.seconds(),
+            "size": result_size,
+            "worker": worker_id,
+        }
+        child = None
+        child_type = self._settings.types[job.type].result_becomes if job.type else None
+        reserved: list[str] = []
+        if child_type is not None:
+            child_id = new_job_id()
+            key = f"{job.key}.{child_type}"
+            if len(key) > 128 or self._key_taken(key):
+                key = child_id
+            await self._storage.link(job.id, RESULT, child_id, PAYLOAD)
+            spec = NewJob(child_id, child_type, job.priority, result_size, key)
+            child = self._new_job(spec, record["ended"], parent=job.key)
+            record["child"] = _encode_job(child)
+            record["counts"] = {child_type: self._type_counts[child_type]}
+            reserved.append(key)
+        try:
+            await self._append_reserving(record, reserved, [child] if child else [])
+        except Unavailable:
+            if child is not None:
+                self._storage.delete(child.id)
+            raise
+        return child
+
+    def fail(
+        self,
+        job: Job,
+        info: str | None,
+        logs: str | None,
+        worker_id: str | None,
+    ) -> Deferred[None]:
+        """
+        End the attempt at C{job} without a result: it is pending again, or
+        failed for good once it has failed as often as its type allows.
+
+        The record is applied even when the journal cannot take it: the
+        job must not be lost in memory; at worst a restart retries it.
+        """
+        if self._jobs.get(job.id) is not job:
+            return succeed(None)
+        count = job.failure_count + 1
+        final = count >= self._settings.attempts_for(job.type)
+        record = {
+            "op": "fail",
+            "id": job.id,
+            "count": count,
+            "status": (Status.FAILED if final else Status.PENDING).value,
+            "info": info,
+            "logs": logs,
+            "ended": self._clock.seconds(),
+            "worker": worker_id,
+            "order": self._take_number(),
+        }
+        job.worker_id = worker_id
+        d = self._journal.append(_encode(record))
+
+        def apply(result: object) -> None:
+            if isinstance(result, Failure):
+                log.warn(
+                    "job {key}: failed attempt not journaled: {problem}",
+                    key=job.key,
+                    problem=result.getErrorMessage(),
+                )
+            self._apply(record)
+
+        return d.addBoth(apply)
+
+    async def delete(self, key: str) -> Job:
+        """
+        Delete a job, its payload and its result.
+
+        @raise NotFound: no such job.
+        @raise Unavailable: the journal cannot be written.
+        """
+        job = self.get(key)
+        await self._append({"op": "delete", "id": job.id})
+        try:
+            await self._storage.delete(job.id)
+        except Unavailable as e:
+            # The job is gone for good; its bytes are swept at the next start.
+            log.warn("job {key}: bytes not deleted: {problem}", key=key, problem=e.problem)
+        return job
+
+    async def retry(self, key: str) -> Job:
+        """
+        Put a failed job back to pending with no failures.
+
+        @raise NotFound: no such job.
+        @raise Conflict: the job is not failed.
+        @raise Unavailable: the journal cannot be written.
+        """
+        job = self.get(key)
+        if job.status is not Status.FAILED:
+            raise Conflict(
+                f"job {key!r} is {job.status.value}, not failed", job.status.value
+            )
+        await self._append({"op": "retry", "id": job.id, "order": self._take_number()})
+        return job
+
+    # In-memory changes: a crash ends every attempt, so these are not journaled.
+
+    def start(self, job: Job, worker_id: str, worker_name: str | None) -> None:
+        """
+        C{job}, just taken from its queue, is running on a worker.
+        """
+        self.pending(job.type).discard(job)
+        self._set_status(job, Status.RUNNING)
+        job.started = self._clock.seconds()
+        job.worker_id = worker_id
+        job.worker_name = worker_name
+        job.progress = None
+
+    def note_progress(self, job: Job, progress: Progress) -> None:
+        """The worker running C{job} reported progress."""
+        if job.status is Status.RUNNING:
+            job.progress = progress
+
+    # Compaction
+
+    def snapshot(self) -> Iterator[bytes]:
+        """
+        Records that rebuild the live state, produced lazily so that the
+        journal can write them while the registry keeps changing: a job is
+        written as it is when the snapshot reaches it, and the records that
+        changed it meanwhile are applied again after (they set absolute
+        values, so that is harmless).
+        """
+        yield _encode(
+            {
+                "op": "counters",
+                "next": self._next,
+                "counts": {t or "": n for t, n in self._type_counts.items()},
+            }
+        )
+        for job in list(self._jobs.values()):
+            if self._jobs.get(job.id) is job:
+                yield _encode({"op": "put", "jobs": [_encode_job(job)]})
+
+    # Internals
+
+    def _key_taken(self, key: str) -> bool:
+        return key in self._keys or key in self._reserved
+
+    def _take_number(self) -> int:
+        number = self._next
+        self._next += 1
+        return number
+
+    def _new_job(self, spec: NewJob, now: float, parent: str | None = None) -> Job:
+        count = self._type_counts[spec.type]
+        self._type_counts[spec.type] = count + 1
+        seq = self._take_number()
+        return Job(
+            id=spec.id,
+            key=spec.key if spec.key is not None else spec.id,
+            type=spec.type,
+            priority=spec.priority,
+            seq=seq,
+            order=seq,
+            batch=count // self._settings.scheduling.batch_size + 1,
+            submitted=now,
+            payload_size=spec.payload_size,
+            description=spec.description,
+            parent=parent,
+        )
+
+    async def _append(self, record: dict[str, Any]) -> None:
+        await self._journal.append(_encode(record))
+        self._apply(record)
+
+    async def _append_reserving(
+        self, record: dict[str, Any], keys: list[str], made: list[Job]
+    ) -> None:
+        """
+        Append a record that creates jobs, holding their keys meanwhile; once
+        durable, the very C{made} objects join the registry.
+        """
+        self._reserved.update(keys)
+        try:
+            await self._journal.append(_encode(record))
+        finally:
+            self._reserved.difference_update(keys)
+        self._apply(record, made)
+
+    def _set_status(self, job: Job, status: Status) -> None:
+        counts = self._counts
+        counts[(job.type, job.priority, job.status)] -= 1
+        counts[(job.type, job.priority, status)] += 1
+        job.status = status
+        if status.terminal:
+            for waiter in self._watchers.pop(job.id, ()):
+                waiter.callback(job)
+
+    def _note_end(self, job: Job) -> None:
+        assert job.ended is not None
+        self._ended.append((job.ended, job.status))
+        self._forget_old_endings()
+
+    def _forget_old_endings(self) -> None:
+        horizon = self._clock.seconds() - 60
+        ended = self._ended
+        while ended and ended[0][0] < horizon:
+            ended.popleft()
+
+    def _apply(self, record: dict[str, Any], made: Sequence[Job] = ()) -> None:
+        """
+        Apply one record to the state in memory: live, once the record is
+        durable, and at replay.
+
+        @param made: live, the jobs the record creates, already built; at
+            replay they are decoded from the record.
+        """
+        op = record["op"]
+        if op == "put":
+            self._count_types(record)
+            for job in made or [_decode_job(row) for row in record["jobs"]]:
+                self._insert(job)
+        elif op == "counters":
+            self._count_types(record)
+            self._next = max(self._next, record["next"])
+        elif op == "done":
+            job = self._jobs.get(record["id"])
+            if job is not None:
+                self._apply_done(job, record, made)
+        elif op in ("fail", "retry", "delete"):
+            job = self._jobs.get(record["id"])
+            if job is not None:
+                getattr(self, "_apply_" + op)(job, record)
+
+    def _count_types(self, record: dict[str, Any]) -> None:
+        for name, count in record.get("counts", {}).items():
+            type = name or None
+            self._type_counts[type] = max(self._type_counts[type], count)
+
+    def _insert(self, job: Job) -> None:
+        old = self._jobs.get(job.id)
+        if old is not None:
+            self._remove(old)
+        if job.status is Status.RUNNING:
+            job.status = Status.PENDING
+            job.started = None
+        self._next = max(self._next, job.seq + 1, job.order + 1)
+        self._jobs[job.id] = job
+        self._keys[job.key] = job
+        self._counts[(job.type, job.priority, job.status)] += 1
+        if job.status is Status.PENDING:
+            self.pending(job.type).push(job)
+            self.on_pending(job)
+
+    def _remove(self, job: Job) -> None:
+        self.pending(job.type).discard(job)
+        del self._jobs[job.id]
+        if self._keys.get(job.key) is job:
+            del self._keys[job.key]
+        self._counts[(job.type, job.priority, job.status)] -= 1
+
+    def _apply_done(self, job: Job, record: dict[str, Any], made: Sequence[Job]) -> None:
+        self.pending(job.type).discard(job)
+        job.ended = record["ended"]
+        job.result_size = record["size"]
+        job.worker_id = record["worker"]
+        job.error = None
+        job.progress = None
+        child = record.get("child")
+        if child is not None:
+            self._count_types(record)
+            child_job = made[0] if made else _decode_job(child)
+            job.child = child_job.key
+            self._insert(child_job)
+        self._set_status(job, Status.DONE)
+        self._note_end(job)
+
+    def _apply_fail(self, job: Job, record: dict[str, Any]) -> None:
+        job.failure_count = record["count"]
+        job.error = JobError(record["info"], record["logs"])
+        job.avoid = record["worker"]
+        job.worker_id = record["worker"]
+        job.order = record["order"]
+        job.progress = None
+        self._next = max(self._next, job.order + 1)
+        if record["status"] == Status.FAILED.value:
+            job.ended = record["ended"]
+            self.pending(job.type).discard(job)
+            self._set_status(job, Status.FAILED)
+            self._note_end(job)
+        else:
+            self._set_status(job, Status.PENDING)
+            self.pending(job.type).push(job)
+            self.on_pending(job)
+
+    def _apply_retry(self, job: Job, record: dict[str, Any]) -> None:
+        if job.status is not Status.FAILED:
+            return
+        job.failure_count = 0
+        job.error = None
+        job.ended = None
+        job.avoid = None
+        job.order = record["order"]
+        self._next = max(self._next, job.order + 1)
+        self._set_status(job, Status.PENDING)
+        self.pending(job.type).push(job)
+        self.on_pending(job)
+
+    def _apply_delete(self, job: Job, record: dict[str, Any]) -> None:
+        self._remove(job)
+        for waiter in self._watchers.pop(job.id, ()):
+            waiter.callback(None)
+        self.on_removed(job)

@@ -1,0 +1,147 @@
+# -*- test-case-name: tests.test_registry -*-
+"""
+In-memory fakes of GridLike's seams, for tests of GridLike and of code built
+on it: L{MemoryJournal} provides L{IJournal}, L{MemoryStorage} provides
+L{IStorage}.  Both answer synchronously, and can be told to fail like a full
+disk.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer, IProducer
+from zope.interface import implementer
+
+from gridlike.errors import NotFound, PayloadTooLarge, Unavailable
+from gridlike.journal import IJournal
+from gridlike.storage import KINDS, IPayloadWriter, IStorage
+
+
+@implementer(IJournal)
+@define
+class MemoryJournal:
+    """
+    A journal kept in a list.
+
+    @ivar records: every record, in order, as a restart would replay them.
+    @ivar broken: while true, appends fail as on a full disk.
+    """
+
+    records: list[bytes] = field(factory=list)
+    broken: bool = False
+    _compacting: list[bytes] | None = None
+
+    def replay(self) -> Iterator[bytes]:
+        return iter(list(self.records))
+
+    def append(self, record: bytes) -> Deferred[None]:
+        if self.broken:
+            return fail(Unavailable("journal cannot be written: disk full"))
+        self.records.append(record)
+        return succeed(None)
+
+    def compact(self, records: Iterable[bytes]) -> Deferred[None]:
+        self.records = list(records)
+        return succeed(None)
+
+    def size(self) -> int:
+        return sum(len(r) + 8 for r in self.records)
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+@implementer(IPayloadWriter)
+@define
+class _MemoryWriter:
+    storage: MemoryStorage
+    name: tuple[str, str]
+    max_size: int | None
+    chunks: list[bytes] = field(factory=list)
+    size: int = 0
+    producer: IProducer | None = None
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.max_size is not None and self.size > self.max_size:
+            self.chunks = []
+            raise PayloadTooLarge(f"larger than {self.max_size} bytes")
+        self.chunks.append(data)
+
+    def finish(self) -> Deferred[int]:
+        if self.storage.broken:
+            return fail(Unavailable("storage cannot be written: disk full"))
+        self.storage.objects[self.name] = b"".join(self.chunks)
+        return succeed(self.size)
+
+    def abort(self) -> Deferred[None]:
+        self.chunks = []
+        return succeed(None)
+
+
+@implementer(IStorage)
+@define
+class MemoryStorage:
+    """
+    Storage kept in a dict of (job id, kind) to bytes.
+
+    @ivar broken: while true, writes fail as on a full disk.
+    """
+
+    objects: dict[tuple[str, str], bytes] = field(factory=dict)
+    broken: bool = False
+
+    def writer(self, job_id: str, kind: str, max_size: int | None = None) -> IPayloadWriter:
+        return _MemoryWriter(self, (job_id, kind), max_size)
+
+    def read(self, job_id: str, kind: str, consumer: IConsumer, offset: int = 0) -> Deferred[int]:
+        data = self.objects.get((job_id, kind))
+        if data is None:
+            return fail(NotFound(f"no {kind} for job {job_id}"))
+        consumer.write(data[offset:])
+        return succeed(len(data) - offset)
+
+    def read_bytes(self, job_id: str, kind: str, limit: int) -> Deferred[bytes]:
+        data = self.objects.get((job_id, kind))
+        if data is None:
+            return fail(NotFound(f"no {kind} for job {job_id}"))
+        if len(data) > limit:
+            return fail(PayloadTooLarge(f"larger than {limit} bytes"))
+        return succeed(data)
+
+    def link(self, src_id: str, src_kind: str, dst_id: str, dst_kind: str) -> Deferred[None]:
+        data = self.objects.get((src_id, src_kind))
+        if data is None:
+            return fail(NotFound(f"no {src_kind} for job {src_id}"))
+        if self.broken:
+            return fail(Unavailable("storage cannot be written: disk full"))
+        self.objects[(dst_id, dst_kind)] = data
+        return succeed(None)
+
+    def delete(self, job_id: str) -> Deferred[None]:
+        for kind in KINDS:
+            self.objects.pop((job_id, kind), None)
+        return succeed(None)
+
+    def exists(self, job_id: str, kind: str) -> Deferred[bool]:
+        return succeed((job_id, kind) in self.objects)
+
+    def check(self) -> Deferred[None]:
+        if self.broken:
+            return fail(Unavailable("storage cannot be written: disk full"))
+        return succeed(None)
+
+    def object_ids(self, before: float | None = None) -> Deferred[set[tuple[str, str]]]:
+        return succeed(set(self.objects))
+
+    def sweep_temporary(self) -> Deferred[int]:
+        return succeed(0)

@@ -1,0 +1,380 @@
+"""
+Tests for L{gridlike.registry}: durable job state, replay and compaction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Coroutine, TypeVar
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gridlike.config import Settings, parse_settings
+from gridlike.errors import BadRequest, Conflict, NotFound, Unavailable
+from gridlike.model import Job, Priority, Status
+from gridlike.registry import NewJob, Registry, new_job_id
+from gridlike.storage import PAYLOAD, RESULT
+from gridlike.testing import MemoryJournal, MemoryStorage
+
+T = TypeVar("T")
+
+CHAINED = """
+[scheduling]
+batch_size = 2
+max_attempts = 2
+
+[types.first]
+result_becomes = "second"
+
+[types.second]
+max_attempts = 1
+"""
+
+
+def settings_from(text: str = "") -> Settings:
+    return parse_settings(text, Path("/nonexistent"))
+
+
+class Harness:
+    """A registry over in-memory fakes, with a hand-driven clock."""
+
+    def __init__(self, config: str = "", journal: MemoryJournal | None = None) -> None:
+        self.settings = settings_from(config)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.journal = journal or MemoryJournal()
+        self.storage = MemoryStorage()
+        self.registry = Registry(self.settings, self.journal, self.storage, self.clock)
+        self.pending: list[Job] = []
+        self.removed: list[Job] = []
+        self.registry.on_pending = self.pending.append
+        self.registry.on_removed = self.removed.append
+
+    def reopened(self) -> Registry:
+        """A registry replayed from this one's journal."""
+        again = Registry(self.settings, MemoryJournal(list(self.journal.records)), self.storage, self.clock)
+        again.load()
+        return again
+
+    def spec(
+        self,
+        key: str | None = None,
+        type: str | None = None,
+        priority: Priority = Priority.BATCH,
+    ) -> NewJob:
+        job_id = new_job_id()
+        self.storage.objects[(job_id, PAYLOAD)] = b"payload"
+        return NewJob(job_id, type, priority, 7, key)
+
+
+def run(test: SynchronousTestCase, coroutine: Coroutine[Any, Any, T]) -> T:
+    return test.successResultOf(Deferred.fromCoroutine(coroutine))
+
+
+def fails(test: SynchronousTestCase, coroutine: Coroutine[Any, Any, Any], error: type) -> Any:
+    return test.failureResultOf(Deferred.fromCoroutine(coroutine), error).value
+
+
+class SubmitTests(SynchronousTestCase):
+    def test_submit(self) -> None:
+        """
+        A submitted job is pending, keyed by its id when no key is given,
+        queued, announced, and journaled as one record.
+        """
+        h = Harness()
+        [job] = run(self, h.registry.submit([h.spec()]))
+        self.assertEqual(job.key, job.id)
+        self.assertIs(job.status, Status.PENDING)
+        self.assertIs(h.registry.get(job.key), job)
+        self.assertEqual(h.pending, [job])
+        self.assertEqual(list(h.registry.pending(None)), [job])
+        self.assertEqual(len(h.journal.records), 1)
+
+    def test_bad_key(self) -> None:
+        """A key outside the allowed pattern is a BadRequest; nothing is kept."""
+        h = Harness()
+        for key in ["", ".hidden", "a/b", "x" * 129, "spa ce", "é"]:
+            fails(self, h.registry.submit([h.spec(key)]), BadRequest)
+        self.assertEqual(h.journal.records, [])
+
+    def test_long_description(self) -> None:
+        """A description over 128 characters is a BadRequest."""
+        h = Harness()
+        spec = h.spec()
+        long = NewJob(spec.id, None, Priority.BATCH, 1, None, "d" * 129)
+        fails(self, h.registry.submit([long]), BadRequest)
+
+    def test_key_in_use(self) -> None:
+        """A key in use, or twice in one bulk, is a Conflict and creates nothing."""
+        h = Harness()
+        run(self, h.registry.submit([h.spec("k1")]))
+        fails(self, h.registry.submit([h.spec("k2"), h.spec("k1")]), Conflict)
+        fails(self, h.registry.submit([h.spec("k3"), h.spec("k3")]), Conflict)
+        self.assertEqual(len(h.registry), 1)
+        self.assertRaises(NotFound, h.registry.get, "k2")
+
+    def test_journal_down(self) -> None:
+        """
+        When the journal cannot be written, submit raises Unavailable, no job
+        exists and the key stays free.
+        """
+        h = Harness()
+        h.journal.broken = True
+        fails(self, h.registry.submit([h.spec("k")]), Unavailable)
+        self.assertEqual(len(h.registry), 0)
+        h.journal.broken = False
+        run(self, h.registry.submit([h.spec("k")]))
+        self.assertEqual(h.registry.get("k").key, "k")
+
+    def test_batches(self) -> None:
+        """Jobs are numbered into batches of batch_size per type, in order."""
+        h = Harness(CHAINED)
+        jobs = run(self, h.registry.submit([h.spec(type="first") for _ in range(5)]))
+        [other] = run(self, h.registry.submit([h.spec(type="second")]))
+        self.assertEqual([j.batch for j in jobs], [1, 1, 2, 2, 3])
+        self.assertEqual(other.batch, 1)
+
+    def test_full_batch_stays_full(self) -> None:
+        """
+        Deleting the last jobs of a batch does not reopen it, even after a
+        restart and a compaction.
+        """
+        h = Harness(CHAINED)
+        jobs = run(self, h.registry.submit([h.spec(type="first") for _ in range(2)]))
+        run(self, h.registry.delete(jobs[1].key))
+        run(self, h.journal.compact(h.registry.snapshot()) and _noop())
+        again = Harness(CHAINED, MemoryJournal(list(h.journal.records)))
+        again.registry.load()
+        [job] = run(self, again.registry.submit([again.spec(type="first")]))
+        self.assertEqual(job.batch, 2)
+
+
+async def _noop() -> None:
+    return None
+
+
+class LifecycleTests(SynchronousTestCase):
+    def test_complete(self) -> None:
+        """A completed job is done with its result size, and leaves the queue."""
+        h = Harness()
+        [job] = run(self, h.registry.submit([h.spec()]))
+        h.registry.start(job, "w1", "worker one")
+        self.assertIs(job.status, Status.RUNNING)
+        self.assertEqual(len(h.registry.pending(None)), 0)
+        self.assertIsNone(run(self, h.registry.complete(job, 11, "w1")))
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(job.result_size, 11)
+        self.assertIsNotNone(job.ended)
+
+    def test_chain(self) -> None:
+        """
+        Completing a job of a type whose result becomes another type creates
+        the child in the same record: keyed parent.child, from the parent,
+        its payload the parent's result.
+        """
+        h = Harness(CHAINED)
+        [job] = run(self, h.registry.submit([h.spec("p", "first", Priority.IMMEDIATE)]))
+        h.storage.objects[(job.id, RESULT)] = b"result"
+        h.registry.start(job, "w", None)
+        before = len(h.journal.records)
+        child = run(self, h.registry.complete(job, 6, "w"))
+        assert child is not None
+        self.assertEqual(len(h.journal.records), before + 1)
+        self.assertEqual((child.key, child.type, child.parent), ("p.second", "second", "p"))
+        self.assertIs(child.priority, Priority.IMMEDIATE)
+        self.assertEqual(job.child, "p.second")
+        self.assertEqual(h.storage.objects[(child.id, PAYLOAD)], b"result")
+        self.assertEqual(list(h.registry.pending("second")), [child])
+
+    def test_chain_key_taken(self) -> None:
+        """When parent.child is taken, the child is keyed by its id."""
+        h = Harness(CHAINED)
+        run(self, h.registry.submit([h.spec("p.second", "second")]))
+        [job] = run(self, h.registry.submit([h.spec("p", "first")]))
+        h.storage.objects[(job.id, RESULT)] = b"r"
+        child = run(self, h.registry.complete(job, 1, "w"))
+        assert child is not None
+        self.assertEqual(child.key, child.id)
+
+    def test_fail_then_final(self) -> None:
+        """
+        A failed attempt requeues the job behind fresh ones, remembering the
+        worker; at max_attempts it is failed for good with the reason.
+        """
+        h = Harness(CHAINED)
+        [job, other] = run(self, h.registry.submit([h.spec(), h.spec()]))
+        h.registry.start(job, "w1", None)
+        self.successResultOf(h.registry.fail(job, "boom", "log", "w1"))
+        self.assertIs(job.status, Status.PENDING)
+        self.assertEqual((job.failure_count, job.avoid), (1, "w1"))
+        self.assertEqual(list(h.registry.pending(None)), [other, job])
+        h.registry.start(job, "w2", None)
+        self.successResultOf(h.registry.fail(job, "boom again", None, "w2"))
+        self.assertIs(job.status, Status.FAILED)
+        self.assertEqual(job.error.info, "boom again")  # type: ignore[union-attr]
+        self.assertEqual(list(h.registry.pending(None)), [other])
+
+    def test_fail_journal_down(self) -> None:
+        """A failed attempt requeues the job even when the journal is down."""
+        h = Harness()
+        [job] = run(self, h.registry.submit([h.spec()]))
+        h.registry.start(job, "w1", None)
+        h.journal.broken = True
+        self.successResultOf(h.registry.fail(job, "x", None, "w1"))
+        self.assertIs(job.status, Status.PENDING)
+
+    def test_retry(self) -> None:
+        """Retry puts a failed job back, fresh; any other status is a Conflict."""
+        h = Harness("[scheduling]\nmax_attempts = 1\n")
+        [job] = run(self, h.registry.submit([h.spec()]))
+        error = fails(self, h.registry.retry(job.key), Conflict)
+        self.assertEqual(error.job_status, "pending")
+        h.registry.start(job, "w", None)
+        self.successResultOf(h.registry.fail(job, "x", None, "w"))
+        run(self, h.registry.retry(job.key))
+        self.assertIs(job.status, Status.PENDING)
+        self.assertEqual((job.failure_count, job.error), (0, None))
+
+    def test_delete(self) -> None:
+        """Delete removes the job and frees its key; watchers hear None."""
+        h = Harness()
+        [job] = run(self, h.registry.submit([h.spec("k")]))
+        watching = h.registry.watch(job)
+        run(self, h.registry.delete("k"))
+        self.assertIsNone(self.successResultOf(watching))
+        self.assertEqual(h.removed, [job])
+        self.assertRaises(NotFound, h.registry.get, "k")
+        run(self, h.registry.submit([h.spec("k")]))
+
+    def test_watch(self) -> None:
+        """A watch fires with the job when it ends; cancelling stops it."""
+        h = Harness()
+        [job] = run(self, h.registry.submit([h.spec()]))
+        cancelled = h.registry.watch(job)
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        watching = h.registry.watch(job)
+        self.assertNoResult(watching)
+        run(self, h.registry.complete(job, 0, None))
+        self.assertIs(self.successResultOf(watching), job)
+        self.assertIs(self.successResultOf(h.registry.watch(job)), job)
+
+    def test_stats(self) -> None:
+        """Stats count jobs by status, type and priority, and recent ends."""
+        h = Harness()
+        jobs = run(self, h.registry.submit([h.spec(), h.spec(priority=Priority.IMMEDIATE)]))
+        run(self, h.registry.complete(jobs[0], 0, None))
+        stats = h.registry.stats()
+        self.assertEqual(stats["jobs"], {"pending": 1, "running": 0, "done": 1, "failed": 0})
+        self.assertEqual(stats["priorities"]["immediate"], {"pending": 1})
+        self.assertEqual(stats["last_minute"], {"done": 1, "failed": 0})
+        h.clock.advance(61)
+        self.assertEqual(h.registry.stats()["last_minute"], {"done": 0, "failed": 0})
+
+    def test_select(self) -> None:
+        """Select filters, pages after a key, and says whether more follow."""
+        h = Harness()
+        jobs = run(self, h.registry.submit([h.spec(f"k{i}") for i in range(5)]))
+        run(self, h.registry.complete(jobs[1], 0, None))
+        page, more = h.registry.select(limit=2)
+        self.assertEqual((page, more), (jobs[:2], True))
+        page, more = h.registry.select(after="k1", limit=3)
+        self.assertEqual((page, more), (jobs[2:], False))
+        page, _ = h.registry.select(status=Status.DONE)
+        self.assertEqual(page, [jobs[1]])
+        self.assertRaises(BadRequest, h.registry.select, after="nope")
+
+
+def _state(registry: Registry) -> dict[str, Any]:
+    """What a restart must keep: jobs (running ones as pending) and queue order."""
+    jobs = {}
+    for job in registry:
+        status = Status.PENDING if job.status is Status.RUNNING else job.status
+        jobs[job.id] = (
+            job.key, job.type, job.priority, job.seq, job.batch, job.submitted,
+            job.payload_size, job.description, status, job.order, job.ended,
+            job.failure_count, job.avoid, job.error, job.parent, job.child,
+            job.result_size,
+        )
+    order = sorted(
+        (j for j in registry if j.status in (Status.PENDING, Status.RUNNING)),
+        key=lambda j: (j.type or "", j.priority.rank, j.failure_count > 0, j.order),
+    )
+    return {"jobs": jobs, "queue": [j.id for j in order]}
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.integers(1, 3), st.booleans(), st.booleans()),
+        st.tuples(st.just("start"), st.integers(0, 30)),
+        st.tuples(st.just("complete"), st.integers(0, 30)),
+        st.tuples(st.just("fail"), st.integers(0, 30)),
+        st.tuples(st.just("delete"), st.integers(0, 30)),
+        st.tuples(st.just("retry"), st.integers(0, 30)),
+        st.tuples(st.just("compact")),
+        st.tuples(st.just("tick")),
+    ),
+    max_size=40,
+)
+
+
+class ReplayTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(operations)
+    def test_replay_equals_memory(self, ops: list[tuple[Any, ...]]) -> None:
+        """
+        Whatever happens, replaying the journal (compacted or not) rebuilds
+        the same jobs in the same queue order, running jobs pending again.
+        """
+        h = Harness(CHAINED)
+        reg = h.registry
+        made = 0
+
+        def pick(n: int) -> Job | None:
+            jobs = list(reg)
+            return jobs[n % len(jobs)] if jobs else None
+
+        for op in ops:
+            name = op[0]
+            if name == "submit":
+                count, keyed, urgent = op[1:]
+                specs = []
+                for _ in range(count):
+                    made += 1
+                    specs.append(
+                        h.spec(
+                            f"key{made}" if keyed else None,
+                            ("first", "second")[made % 2],
+                            Priority.IMMEDIATE if urgent else Priority.BATCH,
+                        )
+                    )
+                run(self, reg.submit(specs))
+            elif name == "start":
+                job = reg.pending(("first", "second")[op[1] % 2]).pop()
+                if job is not None:
+                    reg.start(job, f"w{op[1] % 3}", None)
+            elif name == "tick":
+                h.clock.advance(1.5)
+            elif name == "compact":
+                self.successResultOf(h.journal.compact(reg.snapshot()))
+            else:
+                job = pick(op[1])
+                if job is None:
+                    continue
+                if name == "complete" and job.status is Status.RUNNING:
+                    h.storage.objects[(job.id, RESULT)] = b"r"
+                    run(self, reg.complete(job, 1, job.worker_id))
+                elif name == "fail" and job.status is Status.RUNNING:
+                    self.successResultOf(reg.fail(job, "x", None, job.worker_id))
+                elif name == "delete":
+                    run(self, reg.delete(job.key))
+                elif name == "retry" and job.status is Status.FAILED:
+                    run(self, reg.retry(job.key))
+        expected = _state(reg)
+        self.assertEqual(_state(h.reopened()), expected)
+        self.successResultOf(h.journal.compact(reg.snapshot()))
+        self.assertEqual(_state(h.reopened()), expected)
