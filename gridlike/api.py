@@ -1,0 +1,364 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+The HTTP API of PROTOCOL.md section 2: Klein routes, thin over the registry,
+storage and dispatch of a L{gridlike.service.GridLikeService}.
+
+Errors are raised as L{gridlike.errors.GridLikeError}s and turned into a JSON
+C{problem} with their status in one place, L{GridLikeAPI.problem}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from klein import Klein
+from twisted.internet.defer import CancelledError, DeferredList
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException
+
+from gridlike.errors import (
+    BadRequest,
+    Conflict,
+    GridLikeError,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+from gridlike.model import Job, Priority, Status, job_view
+from gridlike.registry import NewJob
+from gridlike.storage import PAYLOAD, RESULT
+from gridlike.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
+
+if TYPE_CHECKING:
+    from gridlike.service import GridLikeService
+
+log = Logger()
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10000
+
+
+def _json(request: IRequest, body: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _arg(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"{name}: given more than once")
+    try:
+        return values[0].decode("utf-8")  # type: ignore[no-any-return]
+    except UnicodeDecodeError:
+        raise BadRequest(f"{name}: not UTF-8") from None
+
+
+def _priority(value: str | None) -> Priority:
+    if value is None:
+        return Priority.BATCH
+    try:
+        return Priority(value.strip().lower())
+    except ValueError:
+        raise BadRequest(
+            f"priority: {value!r} is neither 'immediate' nor 'batch'"
+        ) from None
+
+
+def _int_arg(request: IRequest, name: str, low: int, high: int) -> int | None:
+    value = _arg(request, name)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name}: not an integer: {value!r}") from None
+    if not low <= number <= high:
+        raise BadRequest(f"{name}: must be from {low} to {high}")
+    return number
+
+
+class GridLikeAPI:
+    """
+    The routes.  C{GridLikeAPI(core).app.resource()} is the HTTP resource;
+    L{root} mounts it under the configured path prefix.
+    """
+
+    app = Klein()
+
+    def __init__(self, core: GridLikeService) -> None:
+        self._core = core
+        self._settings = core.settings
+        self.upload_policy = UploadPolicy(
+            storage=core.storage,
+            max_payload=core.settings.server.max_payload,
+            max_uploads=core.settings.server.max_uploads,
+            api_keys=core.settings.auth.api_keys,
+        )
+
+    def root(self) -> IResource:
+        """The resource to serve: the routes under C{path_prefix}."""
+        resource: IResource = self.app.resource()
+        for segment in reversed(self._settings.server.path_prefix.strip("/").split("/")):
+            if segment:
+                parent = Resource()
+                parent.putChild(segment.encode("utf-8"), resource)
+                resource = parent
+        return resource
+
+    # Errors
+
+    @app.handle_errors(GridLikeError)
+    def problem(self, request: IRequest, failure: Failure) -> bytes:
+        error: GridLikeError = failure.value
+        body: dict[str, Any] = {"problem": error.problem}
+        if isinstance(error, Conflict) and error.job_status is not None:
+            body["status"] = error.job_status
+        return _json(request, body, error.status)
+
+    @app.handle_errors(HTTPException)
+    def http_problem(self, request: IRequest, failure: Failure) -> bytes:
+        error: HTTPException = failure.value
+        status = error.code or 500
+        return _json(request, {"problem": error.name.lower()}, status)
+
+    @app.handle_errors(Exception)
+    def internal_problem(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("handling {method} {uri}", failure, method=request.method, uri=request.uri)
+        return _json(request, {"problem": "internal error"}, 500)
+
+    # Submit
+
+    @app.route("/api/jobs/submit", methods=["POST"])
+    @app.route("/api/jobs/submit/<type>", methods=["POST"])
+    async def submit(self, request: IRequest, type: str | None = None) -> bytes:
+        self._authorize(request)
+        job_type = self._job_type(type)
+        form = await self._form(request)
+        try:
+            if len(form.payloads) != 1:
+                raise BadRequest("payload: exactly one file part named 'payload' is required")
+            [payload] = form.payloads
+            [job] = await self._core.registry.submit(
+                [
+                    NewJob(
+                        id=payload.job_id,
+                        type=job_type,
+                        priority=_priority(form.one("priority")),
+                        payload_size=payload.size,
+                        key=form.one("key"),
+                        description=form.one("description"),
+                    )
+                ]
+            )
+        except BaseException:
+            await self._discard(form)
+            raise
+        return _json(request, {"created": job.key, "id": job.id}, 202)
+
+    @app.route("/api/jobs/bulk", methods=["POST"])
+    @app.route("/api/jobs/bulk/<type>", methods=["POST"])
+    async def bulk(self, request: IRequest, type: str | None = None) -> bytes:
+        self._authorize(request)
+        job_type = self._job_type(type)
+        form = await self._form(request)
+        try:
+            keys = form.fields.get("key", [])
+            if not form.payloads:
+                raise BadRequest("payload: at least one file part named 'payload' is required")
+            if keys and len(keys) != len(form.payloads):
+                raise BadRequest(
+                    f"key: {len(keys)} keys for {len(form.payloads)} payloads"
+                )
+            priority = _priority(form.one("priority"))
+            description = form.one("description")
+            jobs = await self._core.registry.submit(
+                [
+                    NewJob(
+                        id=payload.job_id,
+                        type=job_type,
+                        priority=priority,
+                        payload_size=payload.size,
+                        key=keys[i] if keys else None,
+                        description=description,
+                    )
+                    for i, payload in enumerate(form.payloads)
+                ]
+            )
+        except BaseException:
+            await self._discard(form)
+            raise
+        created = [{"created": job.key, "id": job.id} for job in jobs]
+        return _json(request, {"created": created}, 202)
+
+    # Read
+
+    @app.route("/api/jobs", methods=["GET"])
+    def jobs(self, request: IRequest) -> bytes:
+        self._authorize(request)
+        status = _arg(request, "status")
+        priority = _arg(request, "priority")
+        type = _arg(request, "type")
+        after = _arg(request, "after")
+        try:
+            status_filter = None if status is None else Status(status)
+        except ValueError:
+            raise BadRequest(f"status: unknown status {status!r}") from None
+        limit = _int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
+        batch = _int_arg(request, "batch", 1, 2**62)
+        found, more = self._core.registry.select(
+            status=status_filter,
+            type=None if type in (None, "null") else type,
+            typed=type is not None,
+            priority=None if priority is None else _priority(priority),
+            batch=batch,
+            after=after,
+            limit=limit,
+        )
+        if more and found:
+            query = {
+                k.decode("utf-8"): v[0].decode("utf-8")
+                for k, v in request.args.items()
+                if k != b"after"
+            }
+            query["after"] = found[-1].key
+            link = f"<{self._settings.server.path_prefix}/api/jobs?{urlencode(query)}>"
+            request.setHeader(b"link", f'{link}; rel="next"'.encode("utf-8"))
+        return _json(request, [job_view(job) for job in found])
+
+    @app.route("/api/jobs/<key>", methods=["GET"])
+    async def job(self, request: IRequest, key: str) -> bytes:
+        self._authorize(request)
+        job = await self._waited(request, key)
+        return _json(request, job_view(job))
+
+    @app.route("/api/jobs/<key>/result", methods=["GET"])
+    async def result(self, request: IRequest, key: str) -> bytes:
+        self._authorize(request)
+        job = await self._waited(request, key)
+        if job.status is not Status.DONE:
+            raise Conflict(f"job {key!r} is {job.status.value}, not done", job.status.value)
+        return await self._stream(request, job, RESULT, job.result_size or 0)
+
+    @app.route("/api/jobs/<key>/payload", methods=["GET"])
+    async def payload(self, request: IRequest, key: str) -> bytes:
+        self._authorize(request)
+        job = self._core.registry.get(key)
+        return await self._stream(request, job, PAYLOAD, job.payload_size)
+
+    @app.route("/api/workers", methods=["GET"])
+    def workers(self, request: IRequest) -> bytes:
+        self._authorize(request)
+        return _json(request, self._core.worker_views())
+
+    @app.route("/api/stats", methods=["GET"])
+    def stats(self, request: IRequest) -> bytes:
+        self._authorize(request)
+        return _json(request, self._core.stats())
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz(self, request: IRequest) -> bytes:
+        await self._core.check()
+        request.setHeader(b"content-type", b"text/plain")
+        return b"ok"
+
+    # Change
+
+    @app.route("/api/jobs/<key>", methods=["DELETE"])
+    @app.route("/api/jobs/<key>/delete", methods=["POST"])
+    async def delete(self, request: IRequest, key: str) -> bytes:
+        self._authorize(request)
+        job = await self._core.registry.delete(key)
+        return _json(request, {"deleted": job.key}, 202)
+
+    @app.route("/api/jobs/<key>/retry", methods=["POST"])
+    async def retry(self, request: IRequest, key: str) -> bytes:
+        self._authorize(request)
+        job = await self._core.registry.retry(key)
+        return _json(request, job_view(job), 202)
+
+    # Workers
+
+    @app.route("/api/worker", methods=["GET"])
+    @app.route("/api/worker/<type>", methods=["GET"])
+    def worker(self, request: IRequest, type: str | None = None) -> IResource:
+        return self._core.worker_resource(self._job_type(type))
+
+    # Helpers
+
+    def _authorize(self, request: IRequest) -> None:
+        if not self.upload_policy.authorized(request):
+            raise Unauthorized("an X-API-KEY header with a valid key is required")
+
+    def _job_type(self, type: str | None) -> str | None:
+        types = self._settings.types
+        if type is None:
+            if types:
+                raise NotFound("this instance has job types: add the type to the path")
+            return None
+        if type not in types:
+            raise NotFound(f"no job type {type!r}")
+        return type
+
+    async def _form(self, request: IRequest) -> UploadedForm:
+        if isinstance(request, UploadRequest):
+            if request.upload_refused is not None:
+                raise request.upload_refused
+            upload = request.upload
+        else:
+            upload = buffered_upload(self.upload_policy, request)
+        if upload is None:
+            raise BadRequest("body: must be multipart/form-data")
+        return await upload.result()
+
+    async def _discard(self, form: UploadedForm) -> None:
+        """Remove the payloads of a form that created no job."""
+        await DeferredList(
+            [self._core.storage.delete(p.job_id) for p in form.payloads],
+            consumeErrors=True,
+        )
+
+    async def _waited(self, request: IRequest, key: str) -> Job:
+        """
+        The job, once terminal or after C{?wait=} seconds, whichever is first.
+        """
+        job = self._core.registry.get(key)
+        wait = _arg(request, "wait")
+        if wait is None or job.status.terminal:
+            return job
+        try:
+            seconds = float(wait)
+        except ValueError:
+            raise BadRequest(f"wait: not a number of seconds: {wait!r}") from None
+        if not seconds >= 0:
+            raise BadRequest("wait: must be >= 0")
+        seconds = min(seconds, self._settings.server.max_wait)
+        watching = self._core.registry.watch(job)
+        timer = self._core.clock.callLater(seconds, watching.cancel)
+        request.notifyFinish().addErrback(lambda _: watching.cancel())
+        try:
+            ended = await watching
+        except CancelledError:
+            return job
+        finally:
+            if timer.active():
+                timer.cancel()
+        if ended is None:
+            raise NotFound(f"job {key!r} was deleted")
+        return ended
+
+    async def _stream(self, request: IRequest, job: Job, kind: str, size: int) -> bytes:
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(size).encode("ascii"))
+        try:
+            await self._core.storage.read(job.id, kind, request)
+        except NotFound:
+            raise Unavailable(f"the {kind} of job {job.key!r} is missing from storage")
+        return b""

@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.test_service -*-
+"""
+The core service: builds the registry, storage and dispatch of one instance
+from its settings, replays the journal at start, and keeps the journal and
+storage tidy while running.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import IResource
+
+from gridlike.config import Settings
+from gridlike.dispatch import Dispatcher
+from gridlike.errors import GridLikeError, NotFound
+from gridlike.journal import Journal
+from gridlike.registry import Registry
+from gridlike.storage import FilesystemStorage
+
+log = Logger()
+
+COMPACT_EVERY = 10.0
+"""Seconds between checks whether the journal wants compacting."""
+RECORD_ESTIMATE = 260
+"""About how many journal bytes one live job takes after compaction."""
+
+
+class GridLikeService(Service):
+    """
+    One GridLike instance's state and machinery, without its listeners.
+
+    @ivar registry: the jobs.
+    @ivar storage: their bytes.
+    """
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        self.settings = settings
+        self.clock: IReactorTime = reactor
+        self._reactor = reactor
+        self._threadpool = ThreadPool(minthreads=2, maxthreads=16, name="gridlike-io")
+        self.storage = FilesystemStorage(
+            settings.storage.path, reactor=reactor, threadpool=self._threadpool
+        )
+        self.journal = Journal(
+            settings.registry.path,
+            reactor=reactor,
+            threadpool=self._threadpool,
+            fsync=settings.registry.fsync,
+            fsync_interval=settings.registry.fsync_interval,
+        )
+        self.registry = Registry(settings, self.journal, self.storage, reactor)
+        self.dispatcher = Dispatcher(settings, self.registry, reactor)
+        self.registry.on_pending = self.dispatcher.job_pending
+        self.registry.on_removed = self.dispatcher.withdraw
+        self._compacting: Deferred[None] | None = None
+        self._compaction_check = LoopingCall(self._maybe_compact)
+        self._compaction_check.clock = reactor
+
+    # Service
+
+    def startService(self) -> None:
+        """
+        Replay the journal before anything is served, then tidy storage in
+        the background.
+
+        @raise SystemExit: the journal is damaged; the message says where.
+        """
+        super().startService()
+        self._threadpool.start()
+        os.makedirs(self.settings.registry.path.parent, exist_ok=True)
+        os.makedirs(self.settings.storage.path, exist_ok=True)
+        started = self.clock.seconds()
+        try:
+            self.registry.load()
+        except GridLikeError as e:
+            self._threadpool.stop()
+            raise SystemExit(f"gridlike: {e.problem}") from None
+        self._compaction_check.start(COMPACT_EVERY, now=False)
+        Deferred.fromCoroutine(self._tidy_storage(started)).addErrback(
+            lambda f: log.failure("tidying storage at start-up", f)
+        )
+
+    def stopService(self) -> Deferred[None]:
+        """Stop once the journal is written and synced."""
+        super().stopService()
+        if self._compaction_check.running:
+            self._compaction_check.stop()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        try:
+            if self._compacting is not None:
+                await DeferredList([self._compacting], consumeErrors=True)
+            await self.journal.close()
+        finally:
+            self._threadpool.stop()
+
+    # What the API asks
+
+    def stats(self) -> dict[str, Any]:
+        """The figures of C{GET /api/stats}."""
+        stats = self.registry.stats()
+        stats["workers"] = self.dispatcher.counts()
+        return stats
+
+    def worker_views(self) -> list[dict[str, Any]]:
+        """The worker views of C{GET /api/workers}."""
+        return self.dispatcher.views()
+
+    def worker_resource(self, job_type: str | None) -> IResource:
+        """The WebSocket resource workers of C{job_type} connect to."""
+        raise NotFound("workers are not served yet")
+
+    async def check(self) -> None:
+        """
+        Storage and the journal can be written now.
+
+        @raise Unavailable: one of them cannot.
+        """
+        await self.storage.check()
+        await self.journal.append(b'{"op":"check"}')
+
+    # Housekeeping
+
+    def _maybe_compact(self) -> None:
+        registry = self.settings.registry
+        size = self.journal.size()
+        live = len(self.registry) * RECORD_ESTIMATE
+        if self._compacting is None and size > max(
+            registry.compact_min, registry.compact_ratio * live
+        ):
+            log.info("compacting the journal: {size} bytes, {jobs} jobs", size=size, jobs=len(self.registry))
+            self._compacting = self.journal.compact(self.registry.snapshot())
+
+            def done(result: object) -> object:
+                self._compacting = None
+                return result
+
+            self._compacting.addBoth(done).addErrback(
+                lambda f: log.failure("compacting the journal", f)
+            )
+
+    async def _tidy_storage(self, started: float) -> None:
+        """
+        Remove what a crash left in storage: temporary files and the bytes of
+        jobs that no longer exist.  Only objects older than this start are
+        considered, so uploads in progress are safe.
+        """
+        removed = await self.storage.sweep_temporary()
+        orphans = {
+            job_id
+            for job_id, kind in await self.storage.object_ids(before=started)
+            if self.registry.by_id(job_id) is None
+        }
+        for job_id in orphans:
+            await self.storage.delete(job_id)
+        if removed or orphans:
+            log.info(
+                "storage tidied: {temporary} temporary files, {orphans} orphan jobs",
+                temporary=removed,
+                orphans=len(orphans),
+            )

@@ -1,0 +1,458 @@
+# -*- test-case-name: tests.test_upload -*-
+"""
+Streaming multipart uploads.
+
+twisted.web keeps a whole request body and parses a form in one piece.  Here
+the request factory parses C{multipart/form-data} bodies as they arrive:
+each C{payload} part goes straight to a storage writer (which pauses the
+connection while the disk catches up), and the small text fields are kept,
+with a cap.  The route then receives an L{UploadedForm} whose payloads are
+already durable, or the error that stopped the upload; either way nothing is
+left in storage that no job owns.
+"""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, Callable
+
+from attrs import define, field, frozen
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
+from zope.interface import implementer
+
+from gridlike.auth import matches_any
+from gridlike.errors import (
+    BadRequest,
+    GridLikeError,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from gridlike.registry import new_job_id
+from gridlike.storage import PAYLOAD, IPayloadWriter, IStorage
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+log = Logger()
+
+FIELD_LIMIT = 4096
+"""Largest text field of a form, in bytes."""
+OTHER_BODY_LIMIT = 64 * 1024
+"""Bodies of other requests are not used; at most this much is kept."""
+FORM_OVERHEAD = 1024 * 1024
+"""Allowance for part headers and fields on top of C{max_payload}."""
+
+
+@frozen
+class StoredPayload:
+    """A payload part, durable in storage under C{job_id}."""
+
+    job_id: str
+    size: int
+
+
+@frozen
+class UploadedForm:
+    """A multipart form whose payload parts are durable in storage."""
+
+    fields: dict[str, list[str]]
+    payloads: list[StoredPayload]
+
+    def one(self, name: str) -> str | None:
+        """
+        The value of a field given at most once.
+
+        @raise BadRequest: it is given more than once.
+        """
+        values = self.fields.get(name, [])
+        if len(values) > 1:
+            raise BadRequest(f"{name}: given more than once")
+        return values[0] if values else None
+
+
+@define
+class UploadPolicy:
+    """
+    What the site accepts as an upload, and how many at once.
+    """
+
+    storage: IStorage
+    max_payload: int
+    max_uploads: int
+    api_keys: tuple[str, ...]
+    active: int = 0
+
+    def authorized(self, request: Request) -> bool:
+        """Whether the request carries an API key, when keys are configured."""
+        return not self.api_keys or matches_any(
+            request.getHeader(b"x-api-key"), self.api_keys
+        )
+
+
+@define
+class ReadGate:
+    """
+    Stops reading from an uploading connection while any of its payload
+    writers asks for a pause.
+    """
+
+    request: Request
+    _closers: int = 0
+
+    def close(self) -> None:
+        self._closers += 1
+        if self._closers == 1 and self.request.channel is not None:
+            self.request.channel.transport.pauseProducing()
+
+    def open(self) -> None:
+        self._closers -= 1
+        if self._closers == 0 and self.request.channel is not None:
+            self.request.channel.transport.resumeProducing()
+
+
+@implementer(IPushProducer)
+@define
+class _Throttle:
+    """The producer one payload writer sees: pauses count on the gate once."""
+
+    gate: ReadGate
+    paused: bool = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.gate.close()
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.gate.open()
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+
+@define
+class MultipartUpload:
+    """
+    One streaming multipart body: feed it data, then take its L{result}.
+    """
+
+    policy: UploadPolicy
+    boundary: bytes
+    gate: ReadGate
+    _fields: dict[str, list[str]] = field(factory=dict)
+    _stored: list[Deferred[StoredPayload]] = field(factory=list)
+    _cleanup: list[Deferred[Any]] = field(factory=list)
+    _error: GridLikeError | None = None
+    _finished: bool = False
+    _claimed: bool = False
+    _part_headers: dict[bytes, bytes] = field(factory=dict)
+    _header_name: bytes = b""
+    _header_value: bytes = b""
+    _part_name: str | None = None
+    _part_text: bytearray | None = None
+    _writer: IPayloadWriter | None = None
+    _writer_id: str = ""
+    _throttle: _Throttle | None = None
+    _parser: MultipartParser = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        callbacks: dict[str, Callable[..., None]] = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+        self._parser = MultipartParser(self.boundary, callbacks)  # type: ignore[arg-type]
+
+    @property
+    def failed(self) -> GridLikeError | None:
+        return self._error
+
+    def feed(self, data: bytes) -> None:
+        """Parse the next piece of the body."""
+        if self._error is not None:
+            return
+        try:
+            self._parser.write(data)
+        except MultipartParseError as e:
+            self.fail(BadRequest(f"body: malformed multipart: {e}"))
+        except GridLikeError as e:
+            self.fail(e)
+
+    def fail(self, error: GridLikeError) -> None:
+        """Stop the upload and discard every payload stored for it."""
+        if self._error is None:
+            self._error = error
+            self.discard()
+
+    def discard(self) -> None:
+        """
+        Remove every payload of this upload from storage; L{result} waits
+        until they are gone.
+        """
+        writer, self._writer = self._writer, None
+        if writer is not None and self._throttle is not None:
+            self._cleanup.append(writer.abort())
+            self._release(None, writer, self._throttle)
+        for stored in self._stored:
+            self._cleanup.append(
+                stored.addCallbacks(
+                    lambda payload: self.policy.storage.delete(payload.job_id),
+                    lambda failure: None,
+                )
+            )
+        self._stored = []
+
+    async def result(self) -> UploadedForm:
+        """
+        The form, once the body is complete and every payload durable.
+
+        @raise GridLikeError: the upload was refused; nothing of it remains.
+        """
+        self._claimed = True
+        if self._error is None and not self._finished:
+            self.fail(BadRequest("body: the multipart body is incomplete"))
+        if self._error is not None:
+            await DeferredList(self._cleanup, consumeErrors=True)
+            raise self._error
+        outcomes = await DeferredList(self._stored, consumeErrors=True)
+        failures = [value for ok, value in outcomes if not ok]
+        payloads = [value for ok, value in outcomes if ok]
+        if failures:
+            await DeferredList(
+                [self.policy.storage.delete(p.job_id) for p in payloads],
+                consumeErrors=True,
+            )
+            failure: Failure = failures[0]
+            if failure.check(GridLikeError):
+                raise failure.value
+            log.failure("storing an upload", failure)
+            raise Unavailable("the payload could not be stored")
+        return UploadedForm(self._fields, payloads)
+
+    # Parser callbacks
+
+    def _part_begin(self) -> None:
+        self._part_headers = {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._part_headers[self._header_name.strip().lower()] = self._header_value.strip()
+        self._header_name = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        disposition, options = parse_options_header(
+            self._part_headers.get(b"content-disposition", b"")
+        )
+        if disposition != b"form-data" or b"name" not in options:
+            raise BadRequest("body: a part has no form-data name")
+        try:
+            name = options[b"name"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("body: a field name is not UTF-8") from None
+        self._part_name = name
+        if name == "payload":
+            self._writer_id = new_job_id()
+            writer = self.policy.storage.writer(
+                self._writer_id, PAYLOAD, max_size=self.policy.max_payload
+            )
+            self._throttle = _Throttle(self.gate)
+            writer.registerProducer(self._throttle, True)
+            self._writer = writer
+        else:
+            self._part_text = bytearray()
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._writer is not None:
+            self._writer.write(data[start:end])
+        elif self._part_text is not None:
+            self._part_text += data[start:end]
+            if len(self._part_text) > FIELD_LIMIT:
+                raise BadRequest(f"{self._part_name}: longer than {FIELD_LIMIT} bytes")
+
+    def _part_end(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            job_id = self._writer_id
+            stored = writer.finish()
+            stored.addBoth(self._release, writer, self._throttle)
+            self._stored.append(
+                stored.addCallback(lambda size: StoredPayload(job_id, size))
+            )
+        elif self._part_text is not None and self._part_name is not None:
+            try:
+                text = self._part_text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"{self._part_name}: not UTF-8") from None
+            self._fields.setdefault(self._part_name, []).append(text)
+        self._part_text = None
+        self._part_name = None
+
+    def _end(self) -> None:
+        self._finished = True
+
+    def unclaimed(self) -> None:
+        """
+        The response is sent: payloads that no route took are discarded.
+        """
+        if not self._claimed:
+            self.discard()
+
+    @staticmethod
+    def _release(result: Any, writer: IPayloadWriter, throttle: _Throttle) -> Any:
+        """
+        A writer is done: it no longer holds the connection paused.
+        """
+        writer.unregisterProducer()
+        throttle.resumeProducing()
+        return result
+
+
+def start_upload(
+    policy: UploadPolicy, request: Request, length: int | None
+) -> MultipartUpload | None:
+    """
+    Begin parsing a request body as a multipart upload.
+
+    @return: the upload, or L{None} when the body is not multipart.
+    @raise GridLikeError: the upload is refused before anything is stored.
+    """
+    mime, options = parse_options_header(request.getHeader(b"content-type") or "")
+    if mime != b"multipart/form-data":
+        return None
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("body: multipart without a boundary")
+    if not policy.authorized(request):
+        raise Unauthorized("an X-API-KEY header with a valid key is required")
+    if length is not None and length > policy.max_payload + FORM_OVERHEAD:
+        raise PayloadTooLarge(f"payload: larger than {policy.max_payload} bytes")
+    if policy.active >= policy.max_uploads:
+        raise Unavailable("too many uploads in progress; try again")
+    return MultipartUpload(policy, boundary, ReadGate(request))
+
+
+def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload | None:
+    """
+    Parse a body that a plain twisted.web request has already kept whole,
+    the same way L{UploadRequest} parses one as it arrives.
+    """
+    content = request.content
+    content.seek(0, 2)
+    upload = start_upload(policy, request, content.tell())
+    if upload is not None:
+        content.seek(0)
+        while data := content.read(65536):
+            upload.feed(data)
+    return upload
+
+
+class UploadRequest(Request):
+    """
+    A request that streams multipart bodies into storage as they arrive.
+
+    The route finds the parsed body in C{upload} (or L{None} when the body
+    was not multipart or not streamed) and C{upload_refused} when it was
+    refused before anything was stored.
+    """
+
+    upload: MultipartUpload | None = None
+    upload_refused: GridLikeError | None = None
+    _policy: UploadPolicy | None = None
+    _rejected: bool = False
+
+    def gotLength(self, length: int | None) -> None:
+        policy: UploadPolicy = self.channel.site.upload_policy
+        try:
+            upload = start_upload(policy, self, length)
+        except PayloadTooLarge as e:
+            self._reject_early(e)
+            upload = None
+        except GridLikeError as e:
+            self.upload_refused = e
+            upload = None
+        else:
+            if upload is None:
+                super().gotLength(min(length or 0, OTHER_BODY_LIMIT))
+                return
+        self.content = BytesIO()
+        if upload is not None:
+            policy.active += 1
+            self._policy = policy
+            self.upload = upload
+
+    def handleContentChunk(self, data: bytes) -> None:
+        upload = self.upload
+        if upload is None:
+            room = OTHER_BODY_LIMIT - self.content.tell()
+            if room > 0:
+                self.content.write(data[:room])
+            return
+        upload.feed(data)
+        if isinstance(upload.failed, PayloadTooLarge):
+            self._reject_early(upload.failed)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._upload_over()
+        if self.upload is not None:
+            upload = self.upload
+            self.notifyFinish().addBoth(lambda _: upload.unclaimed())
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.upload is not None and self._policy is not None:
+            self.upload.fail(BadRequest("the connection was lost mid-upload"))
+        self._upload_over()
+        super().connectionLost(reason)
+
+    def _upload_over(self) -> None:
+        """The body is complete or gone: the upload no longer counts."""
+        policy, self._policy = self._policy, None
+        if policy is not None:
+            policy.active -= 1
+
+    def _reject_early(self, error: PayloadTooLarge) -> None:
+        """
+        Answer 413 now and close, rather than read a body we will not keep.
+        """
+        self.upload_refused = error
+        if self.upload is not None:
+            self.upload.fail(error)
+        channel = self.channel
+        if self._rejected or channel is None or channel.transport is None:
+            return
+        self._rejected = True
+        body = json.dumps({"problem": error.problem}).encode("utf-8")
+        channel.transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        channel.transport.loseConnection()
+
+
+class UploadSite(Site):
+    """A L{Site} whose requests stream uploads under an L{UploadPolicy}."""
+
+    requestFactory = UploadRequest
+
+    def __init__(self, resource: Any, upload_policy: UploadPolicy, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.upload_policy = upload_policy

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.daemon import Daemon
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A started server on its embedded defaults."""
+    server = Daemon(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[object]:
+    """A factory of servers with a given configuration, stopped at the end."""
+    started: list[Daemon] = []
+
+    def make(config: str = "", start: bool = True) -> Daemon:
+        directory = tmp_path / f"server{len(started)}"
+        directory.mkdir()
+        server = Daemon(directory, config)
+        started.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
