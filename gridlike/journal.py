@@ -77,6 +77,7 @@ MAX_RECORD = 256 * 1024 * 1024
 """The largest record the journal writes or accepts at replay, in bytes."""
 
 _HEADER = struct.Struct(">II")
+_RELEASE_EVERY = 32 * 1024 * 1024
 _POLICIES = ("always", "interval", "never")
 
 _T = TypeVar("_T")
@@ -1107,7 +1108,14 @@ def _scan(view: mmap.mmap, path: str) -> Generator[bytes, None, tuple[int, str |
     last_header = size - _HEADER.size
     unpack = _HEADER.unpack_from
     crc32 = zlib.crc32
+    released = 0
     while offset <= last_header:
+        if offset - released >= _RELEASE_EVERY:
+            # Records are copied out of the map; drop the pages already read
+            # so that a large journal does not count whole in resident memory.
+            upto = offset - offset % mmap.PAGESIZE
+            view.madvise(mmap.MADV_DONTNEED, released, upto - released)
+            released = upto
         length, checksum = unpack(view, offset)
         stop = offset + 8 + length
         if stop > size:

@@ -16,12 +16,13 @@ import heapq
 from itertools import count
 from typing import Any, Iterator
 
-from gridlike.model import Job
+from gridlike.model import Job, Priority
 
 # An entry is [rank, retried, order, push number, job]; job is None once the
 # entry is dead.  The push number keeps a dead entry and a live one of the same
 # job apart, so comparisons never reach the job.
 _JOB = 4
+_RANKS = {priority: priority.rank for priority in Priority}
 
 
 class PendingQueue:
@@ -44,7 +45,7 @@ class PendingQueue:
         """
         self.discard(job)
         entry = [
-            job.priority.rank,
+            _RANKS[job.priority],
             1 if job.failure_count else 0,
             job.order,
             next(self._pushes),

@@ -16,6 +16,7 @@ record twice is harmless: compaction relies on that (L{snapshot}).
 
 from __future__ import annotations
 
+import gc
 import json
 from collections import Counter, deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -93,6 +94,10 @@ def _encode_job(job: Job) -> list[Any]:
     ]
 
 
+_PRIORITIES = {p.value: p for p in Priority}
+_STATUSES = {s.value: s for s in Status}
+
+
 def _decode_job(row: list[Any]) -> Job:
     (
         id,
@@ -118,32 +123,31 @@ def _decode_job(row: list[Any]) -> Job:
         child,
         result_size,
     ) = row
+    # Positional, and sharing equal strings and numbers: a replay builds
+    # millions of these.
     return Job(
-        id=id,
-        key=key,
-        type=type,
-        priority=Priority(priority),
-        seq=seq,
-        batch=batch,
-        submitted=submitted,
-        payload_size=payload_size,
-        description=description,
-        status=Status(status),
-        order=order,
-        started=started,
-        ended=ended,
-        failure_count=failure_count,
-        worker_id=worker_id,
-        worker_name=worker_name,
-        avoid=avoid,
-        error=(
-            None
-            if error_info is None and error_logs is None
-            else JobError(error_info, error_logs)
-        ),
-        parent=parent,
-        child=child,
-        result_size=result_size,
+        id,
+        id if key == id else key,
+        type,
+        _PRIORITIES[priority],
+        seq,
+        batch,
+        submitted,
+        payload_size,
+        description,
+        _STATUSES[status],
+        seq if order == seq else order,
+        started,
+        ended,
+        failure_count,
+        worker_id,
+        worker_name,
+        avoid,
+        None,
+        None if error_info is None and error_logs is None else JobError(error_info, error_logs),
+        parent,
+        child,
+        result_size,
     )
 
 
@@ -195,8 +199,15 @@ class Registry:
         """
         apply = self._apply
         loads = json.loads
-        for raw in self._journal.replay():
-            apply(loads(raw))
+        # Replay makes millions of long-lived objects and no garbage cycles:
+        # the cyclic collector would only rescan them again and again.
+        gc.disable()
+        try:
+            for raw in self._journal.replay():
+                apply(loads(raw))
+        finally:
+            gc.enable()
+        gc.freeze()
         log.info(
             "registry loaded: {jobs} jobs, {pending} pending",
             jobs=len(self._jobs),
@@ -607,7 +618,8 @@ class Registry:
         if job.status is Status.RUNNING:
             job.status = Status.PENDING
             job.started = None
-        self._next = max(self._next, job.seq + 1, job.order + 1)
+        if job.order >= self._next:
+            self._next = job.order + 1
         self._jobs[job.id] = job
         self._keys[job.key] = job
         self._counts[(job.type, job.priority, job.status)] += 1

@@ -68,7 +68,7 @@ class Daemon:
                 try:
                     if requests.get(f"{self.url}{self.prefix}/healthz", timeout=2).ok:
                         return
-                except requests.ConnectionError:
+                except requests.RequestException:
                     pass
             time.sleep(0.05)
         raise RuntimeError(f"gridlike did not start:\n{self.log()}")
