@@ -350,7 +350,7 @@ class Dispatcher:
                 log.warn("job {key}: result not recorded: {problem}", key=job.key, problem=e.problem)
                 await registry.fail(job, f"result could not be stored: {e.problem}", None, link.uid)
         finally:
-            del self._running[job.id]
+            self._running.pop(job.id, None)
             if record.job is job:
                 record.job = None
                 # A worker whose job was withdrawn is still busy with it; the
