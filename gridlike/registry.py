@@ -296,7 +296,7 @@ class Registry:
             if not n:
                 continue
             by_status[status.value] += n
-            by_type.setdefault(str(type), Counter())[status.value] += n
+            by_type.setdefault("null" if type is None else type, Counter())[status.value] += n
             by_priority.setdefault(priority.value, Counter())[status.value] += n
         recent = Counter(status.value for _, status in self._ended)
         return {
