@@ -21,9 +21,9 @@ from twisted.web.resource import IResource
 from gridlike.config import Settings
 from gridlike.dispatch import Dispatcher
 from gridlike.errors import GridLikeError, NotFound
-from gridlike.journal import Journal
+from gridlike.journal import IJournal, Journal
 from gridlike.registry import Registry
-from gridlike.storage import FilesystemStorage
+from gridlike.storage import FilesystemStorage, IStorage
 
 log = Logger()
 
@@ -41,15 +41,25 @@ class GridLikeService(Service):
     @ivar storage: their bytes.
     """
 
-    def __init__(self, settings: Settings, reactor: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        *,
+        storage: IStorage | None = None,
+        journal: IJournal | None = None,
+    ) -> None:
+        """
+        @param storage: where bytes go; by default the configured filesystem.
+        @param journal: where changes go; by default the configured journal.
+        """
         self.settings = settings
         self.clock: IReactorTime = reactor
-        self._reactor = reactor
         self._threadpool = ThreadPool(minthreads=2, maxthreads=16, name="gridlike-io")
-        self.storage = FilesystemStorage(
+        self.storage: IStorage = storage or FilesystemStorage(
             settings.storage.path, reactor=reactor, threadpool=self._threadpool
         )
-        self.journal = Journal(
+        self.journal: IJournal = journal or Journal(
             settings.registry.path,
             reactor=reactor,
             threadpool=self._threadpool,

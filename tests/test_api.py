@@ -1,0 +1,210 @@
+"""
+Tests for L{gridlike.api} in memory: error answers, faults of storage and
+journal, and hostile multipart bodies.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from http.client import HTTPResponse
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from gridlike.api import GridLikeAPI
+from gridlike.config import parse_settings
+from gridlike.service import GridLikeService
+from gridlike.storage import PAYLOAD
+from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.upload import UploadSite
+
+BOUNDARY = "xXx-boundary"
+
+
+def form(*parts: tuple[str, bytes], boundary: str = BOUNDARY) -> bytes:
+    body = b""
+    for name, value in parts:
+        disposition = f'form-data; name="{name}"'
+        if name == "payload":
+            disposition += '; filename="p"'
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+class _Received(io.BytesIO):
+    def makefile(self, *args: Any) -> io.BytesIO:
+        return self
+
+
+class Server:
+    """
+    The API over an in-memory core, served by the real upload site over an
+    in-memory transport, so that uploads take the streaming path.
+    """
+
+    def __init__(self, config: str = "") -> None:
+        self.settings = parse_settings(config, Path("/nonexistent"))
+        self.storage = MemoryStorage()
+        self.journal = MemoryJournal()
+        self.clock = Clock()
+        self.core = GridLikeService(
+            self.settings, self.clock, storage=self.storage, journal=self.journal
+        )
+        self.core.registry.load()
+        api = GridLikeAPI(self.core)
+        self.site = UploadSite(api.root(), api.upload_policy, reactor=self.clock)
+
+    def request(
+        self,
+        test: SynchronousTestCase,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """Send one raw HTTP/1.1 request; answer its status and body."""
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        head = f"{method} {path} HTTP/1.1\r\nHost: grid\r\nContent-Length: {len(body)}\r\n"
+        for name, value in (headers or {}).items():
+            head += f"{name}: {value}\r\n"
+        channel.dataReceived(head.encode() + b"\r\n" + body)
+        response = HTTPResponse(_Received(transport.value()))  # type: ignore[arg-type]
+        response.begin()
+        content = response.read()
+        channel.connectionLost(Failure(ConnectionDone()))
+        if response.getheader("content-type") == "application/json":
+            return response.status, json.loads(content)
+        return response.status, content
+
+    def post_form(self, test: SynchronousTestCase, body: bytes, path: str = "/api/jobs/submit") -> tuple[int, Any]:
+        content_type = f"multipart/form-data; boundary={BOUNDARY}"
+        return self.request(test, "POST", path, body, {"Content-Type": content_type})
+
+    def payload_ids(self) -> set[str]:
+        return {job_id for job_id, kind in self.storage.objects if kind == PAYLOAD}
+
+
+class FaultTests(SynchronousTestCase):
+    def test_storage_down(self) -> None:
+        """
+        When storage cannot be written, submit answers 503, nothing remains,
+        reads keep working, and it recovers when storage is back.
+        """
+        server = Server()
+        code, _ = server.post_form(self, form(("payload", b"one"), ("key", b"a")))
+        self.assertEqual(code, 202)
+        server.storage.broken = True
+        code, body = server.post_form(self, form(("payload", b"two"), ("key", b"b")))
+        self.assertEqual(code, 503)
+        self.assertIn("problem", body)
+        self.assertEqual(server.request(self, "GET", "/api/jobs/a")[0], 200)
+        self.assertEqual(server.request(self, "GET", "/healthz")[0], 503)
+        server.storage.broken = False
+        self.assertEqual(server.post_form(self, form(("payload", b"two"), ("key", b"b")))[0], 202)
+        self.assertEqual(server.request(self, "GET", "/healthz"), (200, b"ok"))
+
+    def test_journal_down(self) -> None:
+        """
+        When the journal cannot be written, submit answers 503, its payload
+        is removed, its key stays free, and submits work again after.
+        """
+        server = Server()
+        server.journal.broken = True
+        code, _ = server.post_form(self, form(("payload", b"x"), ("key", b"k")))
+        self.assertEqual(code, 503)
+        self.assertEqual(server.payload_ids(), set())
+        self.assertEqual(server.request(self, "GET", "/api/jobs/k")[0], 404)
+        server.journal.broken = False
+        self.assertEqual(server.post_form(self, form(("payload", b"x"), ("key", b"k")))[0], 202)
+        self.assertEqual(len(server.payload_ids()), 1)
+
+    def test_bulk_journal_down(self) -> None:
+        """A bulk that cannot be journaled leaves none of its payloads."""
+        server = Server()
+        server.journal.broken = True
+        body = form(("payload", b"1"), ("payload", b"2"), ("payload", b"3"))
+        self.assertEqual(server.post_form(self, body, "/api/jobs/bulk")[0], 503)
+        self.assertEqual(server.payload_ids(), set())
+
+    def test_delete_journal_down(self) -> None:
+        """A delete that cannot be journaled is a 503 and the job stays."""
+        server = Server()
+        server.post_form(self, form(("payload", b"x"), ("key", b"k")))
+        server.journal.broken = True
+        self.assertEqual(server.request(self, "DELETE", "/api/jobs/k")[0], 503)
+        server.journal.broken = False
+        self.assertEqual(server.request(self, "GET", "/api/jobs/k/payload"), (200, b"x"))
+
+
+class HostileInputTests(SynchronousTestCase):
+    def test_duplicate_fields(self) -> None:
+        """A field given twice is refused, and its payload is not kept."""
+        server = Server()
+        body = form(("payload", b"x"), ("priority", b"batch"), ("priority", b"immediate"))
+        code, answer = server.post_form(self, body)
+        self.assertEqual(code, 400)
+        self.assertIn("priority", answer["problem"])
+        body = form(("payload", b"x"), ("payload", b"y"))
+        self.assertEqual(server.post_form(self, body)[0], 400)
+        self.assertEqual(server.payload_ids(), set())
+
+    def test_invalid_utf8(self) -> None:
+        """Fields that are not UTF-8 are a 400, not a crash."""
+        server = Server()
+        code, answer = server.post_form(self, form(("payload", b"x"), ("key", b"\xff\xfe")))
+        self.assertEqual(code, 400)
+        self.assertIn("key", answer["problem"])
+
+    def test_oversize_field(self) -> None:
+        """A text field over the field limit is a 400."""
+        server = Server()
+        code, _ = server.post_form(self, form(("payload", b"x"), ("description", b"d" * 10000)))
+        self.assertEqual(code, 400)
+        self.assertEqual(server.payload_ids(), set())
+
+    def test_path_traversal(self) -> None:
+        """Keys and types that look like paths are refused."""
+        server = Server("[types.a]\n")
+        body = form(("payload", b"x"), ("key", b"../../etc/passwd"))
+        self.assertEqual(server.post_form(self, body, "/api/jobs/submit/a")[0], 400)
+        self.assertEqual(server.post_form(self, form(("payload", b"x")), "/api/jobs/submit/..%2F..")[0], 404)
+        self.assertEqual(server.request(self, "GET", "/api/jobs/..%2Fjournal")[0], 404)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["payload", "key", "priority", "description", "other", ""]),
+                st.binary(max_size=300),
+            ),
+            max_size=5,
+        ),
+        st.one_of(st.none(), st.integers(0, 400)),
+        st.binary(max_size=40),
+    )
+    def test_fuzz_multipart(self, parts: list[tuple[str, bytes]], cut: int | None, junk: bytes) -> None:
+        """
+        Whatever the body, the answer is a clean status with a JSON problem,
+        never a 500, and storage holds exactly the payloads of created jobs.
+        """
+        server = Server()
+        body = form(*parts)
+        if cut is not None:
+            body = body[:cut] + junk
+        code, answer = server.post_form(self, body)
+        self.assertIn(code, (202, 400, 409, 413))
+        if code != 202:
+            self.assertIn("problem", answer)
+        jobs = {job.id for job in server.core.registry}
+        self.assertEqual(server.payload_ids(), jobs)
