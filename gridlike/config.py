@@ -201,7 +201,7 @@ class WorkerSettings:
     ping_timeout: float = 20.0
     max_registering: int = 1000
     forget_after: float = 600.0
-    max_message: int = 64 * KiB
+    max_message: int = 2 * MiB
 
 
 @frozen

@@ -89,6 +89,8 @@ class WorkerRecord:
     name: str | None = None
     state: str = "registering"
     job: Job | None = None
+    attempt: Deferred[int] | None = None
+    """The run of C{job} on this worker, while it lasts."""
     link: IWorkerLink | None = None
     disconnected_at: float | None = None
 
@@ -298,7 +300,7 @@ class Dispatcher:
         self._registry.start(job, link.uid, link.name)
         record.state = "busy"
         record.job = job
-        running = link.run(job)
+        running = record.attempt = link.run(job)
         timeout = self._timeout(job.type)
         if timeout:
             running.addTimeout(timeout, self._clock)
@@ -350,9 +352,11 @@ class Dispatcher:
                 log.warn("job {key}: result not recorded: {problem}", key=job.key, problem=e.problem)
                 await registry.fail(job, f"result could not be stored: {e.problem}", None, link.uid)
         finally:
-            self._running.pop(job.id, None)
-            if record.job is job:
-                record.job = None
+            # The job may be on another attempt already: end only this one.
+            if self._running.get(job.id) is running:
+                del self._running[job.id]
+            if record.attempt is running:
+                record.job = record.attempt = None
                 # A worker whose job was withdrawn is still busy with it; the
                 # link asks its status once its late answer is discarded.
                 if record.link is link and not withdrawn:

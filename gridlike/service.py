@@ -20,10 +20,11 @@ from twisted.web.resource import IResource
 
 from gridlike.config import Settings
 from gridlike.dispatch import Dispatcher
-from gridlike.errors import GridLikeError, NotFound
+from gridlike.errors import GridLikeError
 from gridlike.journal import IJournal, Journal
 from gridlike.registry import Registry
 from gridlike.storage import FilesystemStorage, IStorage
+from gridlike.workers import worker_resources
 
 log = Logger()
 
@@ -70,6 +71,9 @@ class GridLikeService(Service):
         self.dispatcher = Dispatcher(settings, self.registry, reactor)
         self.registry.on_pending = self.dispatcher.job_pending
         self.registry.on_removed = self.dispatcher.withdraw
+        self._worker_resources = worker_resources(
+            settings, self.dispatcher, self.storage, reactor
+        )
         self._compacting: Deferred[None] | None = None
         self._compaction_check = LoopingCall(self._maybe_compact)
         self._compaction_check.clock = reactor
@@ -127,7 +131,7 @@ class GridLikeService(Service):
 
     def worker_resource(self, job_type: str | None) -> IResource:
         """The WebSocket resource workers of C{job_type} connect to."""
-        raise NotFound("workers are not served yet")
+        return self._worker_resources[job_type]
 
     async def check(self) -> None:
         """

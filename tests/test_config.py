@@ -104,7 +104,7 @@ def test_embedded_defaults() -> None:
             ping_timeout=20.0,
             max_registering=1000,
             forget_after=600.0,
-            max_message=64 * 1024,
+            max_message=2 * 1024 * 1024,
         ),
         scheduling=SchedulingSettings(batch_size=100, max_attempts=3),
         types={},

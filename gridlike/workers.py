@@ -1,0 +1,943 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+The worker side of the server: PROTOCOL.md section 3 as an Autobahn
+WebSocket server protocol.
+
+L{WorkerProtocol} is a thin adapter.  It decodes each message from the
+worker, feeds one input to the connection's state machine
+(L{gridlike._worker_machine}), and carries out what the machine asks:
+status requests, payloads, result writers, and telling dispatch, which
+makes every scheduling decision.  It provides L{IWorkerLink} to dispatch.
+
+Payload bytes never sit whole in memory.  A result streams frame by frame
+into a storage writer, which pauses reading from the worker while the disk
+lags behind.  A payload up to L{SMALL_PAYLOAD} bytes is read in one go and
+sent as one frame; a larger one streams from storage as one binary message
+of one frame per chunk read, with the storage producer registered on the
+transport, so that a slow worker pauses the disk reads.  (One frame per
+chunk rather than one frame for the whole payload: the keepalive pings are
+control frames, which may only go between frames.)
+
+Close codes: L{CLOSE_BAD_TOKEN}, L{CLOSE_REGISTER_TIMEOUT},
+L{CLOSE_PROTOCOL_ERROR}, and L{CLOSE_INTERNAL_ERROR} when the server fails.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from attrs import define, field, frozen
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.util import encode_truncate
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from automat import NoTransition
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from zope.interface import implementer
+
+from gridlike._worker_machine import (
+    DISCONNECTED,
+    ResultNotStored,
+    WorkerCore,
+    WorkerInputs,
+    new_worker_machine,
+)
+from gridlike.auth import matches_any
+from gridlike.config import Settings
+from gridlike.dispatch import Dispatcher, IWorkerLink, WorkerLost, WorkerRecord
+from gridlike.errors import GridLikeError, PayloadTooLarge
+from gridlike.model import Job
+from gridlike.storage import PAYLOAD, RESULT, IPayloadWriter, IStorage, TransferStopped
+
+__all__ = [
+    "CLOSE_BAD_TOKEN",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_REGISTER_TIMEOUT",
+    "MAX_LOGS",
+    "ResultNotStored",
+    "SMALL_PAYLOAD",
+    "WorkerFactory",
+    "WorkerProtocol",
+    "worker_resources",
+]
+
+CLOSE_BAD_TOKEN = 4001
+"""Close code: the register message carried a wrong token."""
+
+CLOSE_REGISTER_TIMEOUT = 4002
+"""Close code: no valid register message within C{kick_after_ms}."""
+
+CLOSE_PROTOCOL_ERROR = 4003
+"""Close code: a message out of order or malformed; the reason says which."""
+
+CLOSE_INTERNAL_ERROR = 1011
+"""Close code: the server failed (a bug, or a payload it cannot read)."""
+
+SMALL_PAYLOAD = 64 * 1024
+"""
+Payloads up to this many bytes are read whole (one thread hop) and sent as
+one frame.
+"""
+
+MAX_LOGS = 1024 * 1024
+"""The most characters of a job-failed message's C{logs} kept (the last ones)."""
+
+MAX_ID = 256
+"""The longest worker C{id} accepted, in characters."""
+
+MAX_NAME = 256
+"""The longest worker C{name} accepted, in characters."""
+
+_STATUS_REQUEST = b'{"code":2}'
+
+# What an input refused after registration means, by the name of the message.
+_OUT_OF_ORDER = {
+    "register": "a second register",
+    "a binary message": "a binary message while holding no job",
+    "progress": "progress while holding no job",
+    "job failed": "job failed while holding no job",
+}
+
+
+class _BadMessage(Exception):
+    """A text message is malformed; the message is the close reason."""
+
+
+@define
+class _ClockCall:
+    """A delayed call of L{_ClockTimer}: cancelling it twice, or late, is fine."""
+
+    call: IDelayedCall
+
+    def cancel(self) -> None:
+        if self.call.active():
+            self.call.cancel()
+
+
+@define
+class _ClockTimer:
+    """
+    Autobahn's timer (C{factory._batched_timer}: pings, handshake
+    deadlines) on the injected clock rather than the global reactor.
+    """
+
+    clock: IReactorTime
+
+    def call_later(
+        self, delay: float, f: Callable[..., object], *args: object, **kwargs: object
+    ) -> _ClockCall:
+        return _ClockCall(self.clock.callLater(delay, f, *args, **kwargs))
+
+
+@implementer(IPushProducer)
+@define
+class _ReadThrottle:
+    """
+    The connection's reading, as a producer for a result writer: the writer
+    pauses it while the disk lags behind.  L{release} resumes reading if the
+    writer left it paused (it stops throttling once finished or aborted).
+    """
+
+    transport: Any
+    paused: bool = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        # The writer wants no more; the protocol decides what happens to
+        # the connection.
+        self.resumeProducing()
+
+    def release(self) -> None:
+        self.resumeProducing()
+
+
+@define
+class _Result:
+    """A result being written: its writer, and the throttle registered on it."""
+
+    writer: IPayloadWriter
+    throttle: _ReadThrottle
+
+    def start(self) -> None:
+        self.writer.registerProducer(self.throttle, True)
+
+    def stop(self) -> None:
+        self.writer.unregisterProducer()
+        self.throttle.release()
+
+    def abort(self) -> None:
+        self.stop()
+        self.writer.abort()
+
+    def finish(self) -> Deferred[int]:
+        self.stop()
+        return self.writer.finish()
+
+
+@implementer(IConsumer)
+@define
+class _FrameWriter:
+    """
+    A consumer for L{IStorage.read} that sends each chunk as one frame of
+    the binary message begun on C{protocol}, and registers the storage
+    producer on the transport so that a slow worker pauses the reads.
+    """
+
+    protocol: WorkerProtocol
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self.protocol.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.protocol.transport.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        protocol = self.protocol
+        if data and protocol.state == protocol.STATE_OPEN:
+            protocol.beginMessageFrame(len(data))
+            protocol.sendMessageFrameData(data)
+
+
+@frozen
+class _Unsent:
+    """
+    A payload could not be sent: how to close the connection, and what the
+    job's attempt fails with.
+    """
+
+    code: int
+    reason: str
+    why: str
+
+
+_Send = Callable[[], "Deferred[_Unsent | None] | None"]
+"""
+Sends one thing: returns L{None} when it is sent at once, or a L{Deferred}
+firing when it is sent, or with L{_Unsent}.
+"""
+
+
+@define
+class _Incoming:
+    """The message being received: its kind, size so far, and text parts."""
+
+    binary: bool
+    size: int = 0
+    parts: list[bytes] = field(factory=list)
+
+
+def _address(peer: object) -> str:
+    """
+    @param peer: a transport's C{getPeer()}.
+    @return: C{host:port}, or the address as a string.
+    """
+    host = getattr(peer, "host", None)
+    port = getattr(peer, "port", None)
+    if host is None:
+        return str(peer)
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def _release_leftover_producer(transport: ITransport) -> None:
+    """
+    Served through L{WebSocketResource}, the connection comes from an HTTP
+    channel that registered itself as the transport's producer; it speaks
+    no more on this connection, and the producer slot is needed to stream
+    payloads.
+
+    @param transport: the connection's transport.
+    """
+    if getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()  # type: ignore[attr-defined]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _string(
+    message: dict[str, Any],
+    key: str,
+    *,
+    nullable: bool = False,
+    max_length: int | None = None,
+    empty: bool = True,
+) -> Any:
+    """
+    @param message: a decoded message.
+    @param key: the field to read.
+    @param nullable: whether C{null} (or a missing field) is allowed.
+    @param max_length: the most characters allowed.
+    @param empty: whether the empty string is allowed.
+    @return: the field's value.
+    @raise _BadMessage: it is missing or not as wanted.
+    """
+    value = message.get(key)
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        wanted = "a string or null" if nullable else "a string"
+        raise _BadMessage(f"{key} must be {wanted}")
+    if not empty and not value:
+        raise _BadMessage(f"{key} must not be empty")
+    if max_length is not None and len(value) > max_length:
+        raise _BadMessage(f"{key} longer than {max_length} characters")
+    return value
+
+
+def _cap_logs(logs: str | None) -> str | None:
+    """
+    @param logs: a job-failed message's logs.
+    @return: their last L{MAX_LOGS} characters, marked as cut when longer.
+    """
+    if logs is None or len(logs) <= MAX_LOGS:
+        return logs
+    return f"[{len(logs) - MAX_LOGS} characters cut]\n" + logs[-MAX_LOGS:]
+
+
+@implementer(IWorkerLink)
+class WorkerProtocol(WebSocketServerProtocol):
+    """
+    One worker's WebSocket connection.
+
+    @ivar uid: the worker's stable identity once registered, else L{None}.
+    @ivar name: its display name once registered, else L{None}.
+    @ivar job_type: the job type it serves (L{None}: an untyped instance).
+    @ivar address: where it connects from, C{host:port}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        storage: IStorage,
+        clock: IReactorTime,
+        job_type: str | None,
+        registering: set[WorkerProtocol],
+    ) -> None:
+        """
+        @param settings: the instance's settings.
+        @param dispatcher: who decides what the worker runs.
+        @param storage: where payloads and results are.
+        @param clock: the time source (the reactor).
+        @param job_type: the job type served.
+        @param registering: the factory's connections that are open and not
+            registered yet; this one is in it from its handshake to its
+            register message or its end.
+        """
+        super().__init__()
+        self._settings = settings
+        self._dispatcher = dispatcher
+        self._storage = storage
+        self._clock = clock
+        self._registering = registering
+        self.job_type = job_type
+        self.uid: str | None = None
+        self.name: str | None = None
+        self.address = "unknown"
+        self._record: WorkerRecord | None = None
+        self._kick: IDelayedCall | None = None
+        self._incoming: _Incoming | None = None
+        self._result: _Result | None = None
+        self._outgoing: deque[_Send] = deque()
+        self._sending: Deferred[_Unsent | None] | None = None
+        self._machine: WorkerInputs = new_worker_machine(WorkerCore(self))
+
+    def __repr__(self) -> str:
+        return f"<WorkerProtocol {self.uid or '(unregistered)'} at {self.address}>"
+
+    # IWorkerLink
+
+    def run(self, job: Job) -> Deferred[int]:
+        """
+        Send C{job}'s payload to the worker.
+
+        @param job: the job dispatch chose.
+        @return: fires with the size of the durable result, or fails with
+            L{JobFailed} or L{WorkerLost}; cancelling it withdraws the job.
+        """
+        running: Deferred[int] = Deferred(lambda d: self._machine.withdrawn())
+        try:
+            self._machine.assigned(job, running)
+        except NoTransition:
+            self._log.failure(
+                "{link}: job {key} assigned out of turn", link=self, key=job.key
+            )
+            if not running.called:
+                running.errback(Failure(WorkerLost("internal error")))
+        return running
+
+    def request_status(self) -> None:
+        """Ask the worker for its status (code 2); nothing once closed."""
+        self._machine.status_requested()
+
+    # Autobahn callbacks
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.address = _address(self.transport.getPeer())
+        _release_leftover_producer(self.transport)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """
+        Accept the connection unless too many are registering already.
+
+        @param request: the handshake request.
+        @raise ConnectionDeny: 503, too many registering; 500, a bug.
+        """
+        try:
+            limit = self._settings.workers.max_registering
+            if len(self._registering) >= limit:
+                self._log.warn(
+                    "refused a worker from {address}:"
+                    " {limit} connections are registering",
+                    address=self.address,
+                    limit=limit,
+                )
+                raise ConnectionDeny(
+                    ConnectionDeny.SERVICE_UNAVAILABLE,
+                    "too many workers are registering; try again later",
+                )
+            self._registering.add(self)
+            return None
+        except ConnectionDeny:
+            raise
+        except Exception:
+            self._log.failure("{link}: accepting the connection", link=self)
+            raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "internal error")
+
+    def onOpen(self) -> None:
+        with self._guard("opening"):
+            self._machine.opened()
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        with self._guard("a message"):
+            if self.state != self.STATE_OPEN:
+                self._incoming = None
+                return
+            self._incoming = _Incoming(isBinary)
+            if isBinary:
+                self._feed("a binary message", self._machine.result_begun)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        with self._guard("a frame"):
+            incoming = self._incoming
+            if incoming is None or self.state != self.STATE_OPEN:
+                return
+            incoming.size += length
+            if incoming.binary:
+                limit = self._settings.server.max_payload
+                if incoming.size > limit:
+                    self._protocol_error(f"result larger than {limit} bytes")
+            elif incoming.size > self._settings.workers.max_message:
+                self._protocol_error("message too large")
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        with self._guard("a frame"):
+            incoming = self._incoming
+            if incoming is None or self.state != self.STATE_OPEN:
+                return
+            if not incoming.binary:
+                incoming.parts.append(payload)
+            elif self._result is not None:
+                try:
+                    self._result.writer.write(payload)
+                except PayloadTooLarge as e:
+                    self._protocol_error(f"result too large: {e.problem}")
+
+    def onMessageFrameEnd(self) -> None:
+        pass  # Frames are handled as their data arrives.
+
+    def onMessageEnd(self) -> None:
+        with self._guard("a message"):
+            incoming, self._incoming = self._incoming, None
+            if incoming is None or self.state != self.STATE_OPEN:
+                return
+            if incoming.binary:
+                self._feed("a binary message", self._machine.result_ended)
+            else:
+                self._text_message(b"".join(incoming.parts))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._registering.discard(self)
+        with self._guard("closing"):
+            self._machine.lost(DISCONNECTED)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            # Autobahn calls onClose from here; in case it did not.
+            self._registering.discard(self)
+            with self._guard("closing"):
+                self._machine.lost(DISCONNECTED)
+
+    # Text messages
+
+    def _text_message(self, data: bytes) -> None:
+        """
+        Decode and act on one JSON text message.
+
+        @param data: its bytes (valid UTF-8: Autobahn checks).
+        """
+        try:
+            message = json.loads(data)
+        except (ValueError, RecursionError):
+            self._protocol_error("malformed JSON")
+            return
+        if not isinstance(message, dict):
+            self._protocol_error("a JSON text frame that is not an object")
+            return
+        code = message.get("code")
+        if not _is_int(code):
+            self._protocol_error("a message without an integer code")
+            return
+        handle = self._handlers.get(code)
+        if handle is None:
+            self._protocol_error(f"unknown code {code}")
+            return
+        try:
+            handle(self, message)
+        except _BadMessage as e:
+            self._protocol_error(f"bad code {code} message: {e}")
+
+    def _register(self, message: dict[str, Any]) -> None:
+        name = _string(message, "name", max_length=MAX_NAME)
+        uid = _string(message, "id", max_length=MAX_ID, empty=False)
+        token = _string(message, "token")
+        if self.uid is None and not self._token_ok(token):
+            self._fail(CLOSE_BAD_TOKEN, "bad token", "bad token")
+            return
+        self._feed("register", lambda: self._machine.registered(uid, name))
+
+    def _token_ok(self, token: str) -> bool:
+        """
+        @param token: the token a worker registered with.
+        @return: whether it is the configured one (any, if none is), compared
+            in constant time.
+        """
+        expected = self._settings.auth.worker_token
+        return not expected or matches_any(token, [expected])
+
+    def _status(self, message: dict[str, Any]) -> None:
+        status = message.get("status")
+        if not _is_int(status) or status not in (0, 1):
+            raise _BadMessage("status must be 0 (busy) or 1 (ready)")
+        if status:
+            self._feed("a status message", self._machine.reported_ready)
+        else:
+            self._feed("a status message", self._machine.reported_busy)
+
+    def _progress(self, message: dict[str, Any]) -> None:
+        percent = message.get("percent")
+        if percent is not None:
+            if not isinstance(percent, (int, float)) or isinstance(percent, bool):
+                raise _BadMessage("percent must be a number or null")
+            if not 0 <= percent <= 100:  # NaN too
+                raise _BadMessage("percent must be between 0 and 100")
+            percent = float(percent)
+        info = _string(message, "info", nullable=True)
+        if percent is None and info is None:
+            raise _BadMessage("percent and info are both null")
+        self._feed("progress", lambda: self._machine.progress(percent, info))
+
+    def _job_failed(self, message: dict[str, Any]) -> None:
+        info = _string(message, "info", nullable=True)
+        logs = _cap_logs(_string(message, "logs", nullable=True))
+        self._feed("job failed", lambda: self._machine.job_failed(info, logs))
+
+    _handlers: dict[int, Callable[[WorkerProtocol, dict[str, Any]], None]] = {
+        0: _register,
+        1: _status,
+        3: _progress,
+        4: _job_failed,
+    }
+
+    # Feeding the machine, and closing
+
+    def _feed(self, what: str, input: Callable[[], None]) -> None:
+        """
+        Feed one input for a message from the worker; if the state does not
+        take it, that is a protocol error.
+
+        @param what: the message, for the reason.
+        @param input: feeds the input.
+        """
+        try:
+            input()
+        except NoTransition:
+            if self.uid is None:
+                reason = f"{what} before register"
+            else:
+                reason = _OUT_OF_ORDER.get(what, f"{what} out of order")
+            self._protocol_error(reason)
+
+    def _protocol_error(self, reason: str) -> None:
+        """
+        Close with code 4003; a job held goes back to dispatch.
+
+        @param reason: what the worker did wrong.
+        """
+        self._fail(CLOSE_PROTOCOL_ERROR, reason, f"protocol error: {reason}")
+
+    def _fail(self, code: int, reason: str, why: str) -> None:
+        """
+        End the connection: the machine first (dispatch hears of it now),
+        then the close handshake.
+
+        @param code: the close code.
+        @param reason: the close reason, for the worker.
+        @param why: what a job held fails with, for the job's error.
+        """
+        self._log.info(
+            "closing {link}: {code} {reason}", link=self, code=code, reason=reason
+        )
+        self._machine.lost(why)
+        self._close(code, reason)
+
+    def _close(self, code: int, reason: str) -> None:
+        """
+        Start the close handshake, if the connection is open.
+
+        @param code: the close code.
+        @param reason: the close reason.
+        """
+        if self.state == self.STATE_OPEN:
+            if code == 1000 or 3000 <= code <= 4999:
+                self.sendClose(code, reason)
+            else:
+                self.sendCloseFrame(code, encode_truncate(reason, 123), isReply=False)
+        elif self.state == self.STATE_CONNECTING:
+            self.dropConnection(abort=True)
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """
+        Log any exception instead of letting it reach Autobahn, and close
+        the connection with L{CLOSE_INTERNAL_ERROR}.
+
+        @param what: what was being done, for the log.
+        """
+        try:
+            yield
+        except Exception:
+            self._log.failure("{link}: internal error in {what}", link=self, what=what)
+            self._broken()
+
+    def _broken(self) -> None:
+        """
+        The server failed on this connection: close it with
+        L{CLOSE_INTERNAL_ERROR}; a job held goes back to dispatch.
+        """
+        try:
+            self._machine.lost("internal error")
+        except Exception:
+            self._log.failure("{link}: internal error while closing", link=self)
+        self._close(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _kicked(self) -> None:
+        """No valid register in time: close with code 4002."""
+        self._kick = None
+        with self._guard("the register deadline"):
+            ms = self._settings.auth.kick_after_ms
+            reason = f"no register within {ms} ms"
+            self._fail(CLOSE_REGISTER_TIMEOUT, reason, reason)
+
+    # Sending, in order: a message never goes out inside a streamed payload.
+
+    def _send(self, data: bytes) -> None:
+        """
+        Send a text message, after what waits to be sent.
+
+        @param data: the JSON message.
+        """
+        self._enqueue(lambda: self._send_text(data))
+
+    def _send_text(self, data: bytes) -> None:
+        """
+        Send a text message now, if the connection is open.
+
+        @param data: the JSON message.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(data, isBinary=False)
+
+    def _enqueue(self, send: _Send) -> None:
+        """
+        Send something once what is being sent and what waits are sent.
+
+        @param send: sends it; returns L{None} when it is sent at once, or a
+            L{Deferred} firing when it is sent, or with L{_Unsent}.
+        """
+        self._outgoing.append(send)
+        self._send_next()
+
+    def _send_next(self) -> None:
+        """Send what waits, up to the first that is not sent at once."""
+        while self._sending is None and self._outgoing:
+            sending = self._outgoing.popleft()()
+            if sending is not None:
+                self._sending = sending
+                sending.addBoth(self._sent)
+
+    def _sent(self, result: _Unsent | Failure | None) -> None:
+        """
+        A payload is sent, or could not be.
+
+        @param result: L{None} when sent (or abandoned as the connection
+            closes); what went wrong otherwise.
+        """
+        self._sending = None
+        if isinstance(result, Failure):
+            self._log.failure("{link}: sending a payload", result, link=self)
+            self._broken()
+        elif result is not None:
+            self._fail(result.code, result.reason, result.why)
+        else:
+            self._send_next()
+
+    # WorkerEffects: what the machine makes happen
+
+    def start_kick_timer(self) -> None:
+        self._kick = self._clock.callLater(
+            self._settings.auth.kick_after_ms / 1000, self._kicked
+        )
+
+    def stop_kick_timer(self) -> None:
+        kick, self._kick = self._kick, None
+        if kick is not None and kick.active():
+            kick.cancel()
+
+    def tell_opened(self) -> None:
+        self._record = self._dispatcher.opened(self.address, self.job_type)
+
+    def tell_registered(self, uid: str, name: str) -> None:
+        self.uid, self.name = uid, name
+        self._registering.discard(self)
+        assert self._record is not None
+        self._log.info(
+            "worker {uid} ({name}) registered from {address}",
+            uid=uid,
+            name=name,
+            address=self.address,
+        )
+        self._dispatcher.registered(self._record, self)
+
+    def tell_ready(self) -> None:
+        self._dispatcher.ready(self)
+
+    def tell_busy(self) -> None:
+        self._dispatcher.busy(self)
+
+    def tell_progress(self, percent: float | None, info: str | None) -> None:
+        self._dispatcher.progress(self, percent, info)
+
+    def tell_closed(self) -> None:
+        self._registering.discard(self)
+        if self._record is not None:
+            self._dispatcher.closed(self._record)
+
+    def send_status_request(self) -> None:
+        self._send(_STATUS_REQUEST)
+
+    def send_payload(self, job: Job) -> None:
+        self._enqueue(lambda: Deferred.fromCoroutine(self._send_payload(job)))
+
+    def stop_sending(self) -> None:
+        self._outgoing.clear()
+        if self._sending is not None:
+            self._sending.cancel()
+
+    def open_result(self, job: Job) -> None:
+        writer = self._storage.writer(
+            job.id, RESULT, max_size=self._settings.server.max_payload
+        )
+        self._result = _Result(writer, _ReadThrottle(self.transport))
+        self._result.start()
+
+    def discard_result(self) -> None:
+        result, self._result = self._result, None
+        if result is not None:
+            result.abort()
+
+    def finish_result(self) -> None:
+        result, self._result = self._result, None
+        assert result is not None
+        Deferred.fromCoroutine(self._finish_result(result)).addErrback(
+            lambda f: self._log.failure("{link}: storing a result", f, link=self)
+        )
+
+    # Payloads and results
+
+    async def _send_payload(self, job: Job) -> _Unsent | None:
+        """
+        Send C{job}'s payload as one binary message: read whole and sent as
+        one frame if small, else streamed from storage a frame per chunk.
+
+        @param job: the job.
+        @return: L{None} once sent, or abandoned because the connection is
+            closing; if the payload cannot be read, how to close the
+            connection (with L{CLOSE_INTERNAL_ERROR}: a message may be half
+            sent) and put the job back.
+        """
+        try:
+            if job.payload_size <= SMALL_PAYLOAD:
+                data = await self._storage.read_bytes(job.id, PAYLOAD, SMALL_PAYLOAD)
+                if self.state == self.STATE_OPEN:
+                    self.sendMessage(data, isBinary=True)
+            else:
+                self.beginMessage(isBinary=True, doNotCompress=True)
+                await self._storage.read(job.id, PAYLOAD, _FrameWriter(self))
+                self.endMessage()
+        except CancelledError:
+            return None  # The connection is closing.
+        except (GridLikeError, TransferStopped) as e:
+            if self.state != self.STATE_OPEN:
+                return None  # The connection went first.
+            problem = e.problem if isinstance(e, GridLikeError) else str(e)
+            self._log.warn(
+                "{link}: the payload of job {key} could not be read: {problem}",
+                link=self,
+                key=job.key,
+                problem=problem,
+            )
+            return _Unsent(
+                CLOSE_INTERNAL_ERROR,
+                "the job's payload could not be read",
+                f"payload could not be read: {problem}",
+            )
+        except Exception:
+            self._log.failure(
+                "{link}: sending the payload of job {key}", link=self, key=job.key
+            )
+            return _Unsent(CLOSE_INTERNAL_ERROR, "internal error", "internal error")
+        return None
+
+    async def _finish_result(self, result: _Result) -> None:
+        """
+        Make the result durable, and tell the machine how that went.
+
+        @param result: the result received whole.
+        """
+        try:
+            size = await result.finish()
+        except GridLikeError as e:
+            problem = e.problem
+        except Exception:
+            self._log.failure("{link}: finishing a result", link=self)
+            problem = "internal error"
+        else:
+            self._machine.result_stored(size)
+            return
+        self._log.warn(
+            "{link}: result not stored: {problem}", link=self, problem=problem
+        )
+        self._machine.result_unstorable(problem)
+
+
+class WorkerFactory(WebSocketServerFactory):
+    """
+    Builds the L{WorkerProtocol}s of one job type's endpoint.
+
+    @ivar registering: its connections that are open and not registered yet.
+    """
+
+    protocol = WorkerProtocol
+
+    def __init__(
+        self,
+        settings: Settings,
+        dispatcher: Dispatcher,
+        storage: IStorage,
+        clock: IReactorTime,
+        job_type: str | None,
+    ) -> None:
+        """
+        @param settings: the instance's settings.
+        @param dispatcher: who decides what workers run.
+        @param storage: where payloads and results are.
+        @param clock: the time source (the reactor): register deadlines,
+            keepalive pings and handshake timeouts all run on it.
+        @param job_type: the job type served, or L{None}.
+        """
+        super().__init__(reactor=clock)
+        self._batched_timer = _ClockTimer(clock)
+        self._settings = settings
+        self._dispatcher = dispatcher
+        self._storage = storage
+        self._clock = clock
+        self.job_type = job_type
+        self.registering: set[WorkerProtocol] = set()
+        workers = settings.workers
+        self.setProtocolOptions(
+            autoPingInterval=workers.ping_interval,
+            autoPingTimeout=workers.ping_timeout,
+            # Results may be GiBs: the protocol enforces its own limits,
+            # without buffering messages.
+            maxFramePayloadSize=0,
+            maxMessagePayloadSize=0,
+            perMessageCompressionAccept=lambda offers: None,
+        )
+
+    def buildProtocol(self, addr: object) -> WorkerProtocol:
+        protocol = WorkerProtocol(
+            self._settings,
+            self._dispatcher,
+            self._storage,
+            self._clock,
+            self.job_type,
+            self.registering,
+        )
+        protocol.factory = self
+        return protocol
+
+
+def worker_resources(
+    settings: Settings, dispatcher: Dispatcher, storage: IStorage, clock: IReactorTime
+) -> dict[str | None, IResource]:
+    """
+    The WebSocket resources workers connect to.
+
+    @param settings: the instance's settings.
+    @param dispatcher: who decides what workers run.
+    @param storage: where payloads and results are.
+    @param clock: the time source (the reactor).
+    @return: one resource per configured type, by name; or, with no types
+        configured, one under L{None}.
+    """
+    types: list[str | None] = list(settings.types) or [None]
+    return {
+        job_type: WebSocketResource(
+            WorkerFactory(settings, dispatcher, storage, clock, job_type)
+        )
+        for job_type in types
+    }

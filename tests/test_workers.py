@@ -1,0 +1,1423 @@
+"""
+Tests for L{gridlike.workers} and L{gridlike._worker_machine}: the worker
+protocol of PROTOCOL.md section 3.
+
+The server protocol runs against a real Autobahn client protocol (the fake
+worker) over an in-memory connection (L{twisted.test.iosim}), with a real
+L{Dispatcher} over a real L{Registry} on L{MemoryJournal}, and either
+L{MemoryStorage} or L{FilesystemStorage} in a temporary directory with its
+"thread" calls run by the test.  Time is a L{Clock}; nothing sleeps and no
+socket is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from automat import NoTransition
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from gridlike import workers
+from gridlike._worker_machine import (
+    ABANDONED,
+    ResultNotStored,
+    WorkerCore,
+    new_worker_machine,
+)
+from gridlike.config import Settings, parse_settings
+from gridlike.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
+from gridlike.model import Job, Priority, Progress, Status
+from gridlike.registry import NewJob, Registry, new_job_id
+from gridlike.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
+from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.workers import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REGISTER_TIMEOUT,
+    MAX_LOGS,
+    WorkerFactory,
+    WorkerProtocol,
+    worker_resources,
+)
+
+KiB = 1024
+STATUS_REQUEST = {"code": 2}
+READY = {"code": 1, "status": 1}
+BUSY = {"code": 1, "status": 0}
+BAD_STATUS = "bad code 1 message: status must be 0 (busy) or 1 (ready)"
+
+
+def settings_from(text: str = "") -> Settings:
+    return parse_settings(text, Path("/nonexistent"))
+
+
+class ClockTimer:
+    """Autobahn's timer on a L{Clock}, for the fake worker's factory."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def call_later(self, delay: float, f: Callable[..., object], *args: object) -> Any:
+        call = self.clock.callLater(delay, f, *args)
+
+        class Call:
+            def cancel(self) -> None:
+                if call.active():
+                    call.cancel()
+
+        return Call()
+
+
+class ManualThreads:
+    """
+    A L{gridlike.storage.RunInThread} whose calls run only when the test
+    says: the disk is as slow as the test wants.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def run(self) -> bool:
+        """Run every call waiting, and those they start; tell whether any ran."""
+        ran = False
+        while self.calls:
+            f, args, d = self.calls.pop(0)
+            ran = True
+            try:
+                result = f(*args)
+            except Exception:
+                d.errback(Failure())
+            else:
+                d.callback(result)
+        return ran
+
+
+@implementer(IPushProducer, IConsumer)
+class ServerTransport(iosim.FakeTransport):
+    """
+    The server's end of an in-memory connection, with a TCP transport's flow
+    control: a streaming producer is paused while more than C{high_water}
+    bytes wait to be sent, and resumed once they are taken; reading stops
+    while the protocol pauses it, and what arrives meanwhile waits.
+
+    @ivar written: every byte the server wrote.
+    """
+
+    high_water = 32 * KiB
+
+    def __init__(self, protocol: Any, peer: IPv4Address) -> None:
+        super().__init__(protocol, isServer=True, peerAddress=peer)
+        self.written: list[bytes] = []
+        self.producer_paused = False
+        self.producer_pauses = 0
+        self.most_buffered = 0
+        self.reading_paused = False
+        self.reading_pauses = 0
+        self.held: list[bytes] = []
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.producer is not None:
+            raise RuntimeError("a producer is registered already")
+        super().registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        super().unregisterProducer()
+        self.producer_paused = False
+
+    def write(self, data: bytes) -> None:
+        if self.disconnecting:
+            return
+        self.written.append(data)
+        super().write(data)
+        buffered = sum(len(piece) for piece in self.stream)
+        self.most_buffered = max(self.most_buffered, buffered)
+        if (
+            self.producer is not None
+            and self.streamingProducer
+            and not self.producer_paused
+            and buffered > self.high_water
+        ):
+            self.producer_paused = True
+            self.producer_pauses += 1
+            self.producer.pauseProducing()
+
+    def getOutBuffer(self) -> Any:
+        data = super().getOutBuffer()
+        if self.producer_paused and self.producer is not None:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+        return data
+
+    def pauseProducing(self) -> None:
+        self.reading_paused = True
+        self.reading_pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.reading_paused = False
+
+    def bufferReceived(self, buf: Any) -> None:
+        if self.reading_paused or self.held:
+            self.held.append(buf)
+        else:
+            super().bufferReceived(buf)
+
+    def deliver_held(self) -> bool:
+        """Hand what waited to the protocol, if reading is on; tell whether any."""
+        if self.reading_paused or not self.held:
+            return False
+        held, self.held = self.held, []
+        self.protocol.dataReceived(b"".join(held))
+        return True
+
+
+class FakeWorker(WebSocketClientProtocol):
+    """
+    A worker speaking the protocol through Autobahn's client protocol.
+
+    @ivar received: the messages from the server: dicts for text, bytes for
+        binary.
+    @ivar frames: how many frames each binary message came in.
+    """
+
+    answer_pings = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[Any] = []
+        self.frames: list[int] = []
+        self._frames = 0
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.closed = False
+        self.opened = False
+
+    def onOpen(self) -> None:
+        self.opened = True
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._frames = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self._frames += 1
+        super().onMessageFrameBegin(length)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self.frames.append(self._frames)
+            self.received.append(payload)
+        else:
+            self.received.append(json.loads(payload))
+
+    def onPing(self, payload: bytes) -> None:
+        if self.answer_pings:
+            super().onPing(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = True
+        self.close_code = code
+        self.close_reason = reason
+
+
+class Worker:
+    """One fake worker connected to the server in memory."""
+
+    def __init__(self, harness: Harness, job_type: str | None, port: int) -> None:
+        self.harness = harness
+        factory = harness.factory(job_type)
+        self.server: WorkerProtocol = factory.buildProtocol(None)
+        client_factory = WebSocketClientFactory(
+            "ws://127.0.0.1:8080/api/worker", reactor=harness.clock
+        )
+        client_factory._batched_timer = ClockTimer(harness.clock)
+        client_factory.setProtocolOptions(serverConnectionDropTimeout=0)
+        client_factory.protocol = FakeWorker
+        self.client: FakeWorker = client_factory.buildProtocol(None)
+        self.transport = ServerTransport(
+            self.server, IPv4Address("TCP", "192.0.2.7", port)
+        )
+        self.client_transport = iosim.FakeTransport(self.client, isServer=False)
+        self.pump = iosim.connect(
+            self.server,
+            self.transport,
+            self.client,
+            self.client_transport,
+            greet=False,
+            clock=harness.clock,
+        )
+        self.flush()
+
+    def flush(self) -> None:
+        """Move bytes both ways, and run the disk, until all is quiet."""
+        while True:
+            moved = self.pump.flush()
+            moved = self.transport.deliver_held() or moved
+            moved = self.harness.run_threads() or moved
+            if not moved:
+                return
+
+    def send(self, **message: Any) -> None:
+        self.client.sendMessage(json.dumps(message).encode("utf-8"))
+        self.flush()
+
+    def send_text(self, text: bytes) -> None:
+        self.client.sendMessage(text)
+        self.flush()
+
+    def send_binary(self, data: bytes) -> None:
+        self.client.sendMessage(data, isBinary=True)
+        self.flush()
+
+    def register(
+        self, token: str = "", uid: str = "machine-1", name: str = "one"
+    ) -> None:
+        self.send(code=0, name=name, id=uid, token=token)
+
+    def take(self) -> list[Any]:
+        """The messages received since the last call."""
+        received, self.client.received = self.client.received, []
+        return received
+
+    def drop(self) -> None:
+        """The worker's TCP connection drops without a close handshake."""
+        self.client_transport.loseConnection()
+        self.flush()
+
+
+class Harness:
+    """
+    A dispatcher over a registry on in-memory fakes, with a hand-driven
+    clock, and the worker endpoints of its types.
+    """
+
+    def __init__(
+        self, test: SynchronousTestCase, config: str = "", disk: bool = False
+    ) -> None:
+        self.test = test
+        self.settings = settings_from(config)
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.threads = ManualThreads()
+        self.storage: IStorage
+        if disk:
+            root = tempfile.mkdtemp()
+            test.addCleanup(shutil.rmtree, root, True)
+            self.storage = FilesystemStorage(
+                Path(root),
+                reactor=self.clock,  # type: ignore[arg-type]
+                threadpool=None,  # type: ignore[arg-type]
+                chunk_size=16 * KiB,
+                run_in_thread=self.threads,
+            )
+        else:
+            self.storage = MemoryStorage()
+        self.registry = Registry(
+            self.settings, MemoryJournal(), self.storage, self.clock
+        )
+        self.dispatcher = Dispatcher(self.settings, self.registry, self.clock)
+        self.registry.on_pending = self.dispatcher.job_pending
+        self.registry.on_removed = self._removed
+        self.factories: dict[str | None, WorkerFactory] = {}
+        self._ports = 40000
+
+    def _removed(self, job: Job) -> None:
+        self.dispatcher.withdraw(job)
+        self.storage.delete(job.id)
+
+    def run_threads(self) -> bool:
+        return self.threads.run()
+
+    def factory(self, job_type: str | None = None) -> WorkerFactory:
+        if job_type not in self.factories:
+            self.factories[job_type] = WorkerFactory(
+                self.settings, self.dispatcher, self.storage, self.clock, job_type
+            )
+        return self.factories[job_type]
+
+    def connect(self, job_type: str | None = None) -> Worker:
+        self._ports += 1
+        return Worker(self, job_type, self._ports)
+
+    def registered(self, job_type: str | None = None, **kwargs: Any) -> Worker:
+        """A worker connected, registered and asked its status."""
+        worker = self.connect(job_type)
+        worker.register(**kwargs)
+        self.test.assertEqual(worker.take(), [STATUS_REQUEST])
+        return worker
+
+    def submit(
+        self,
+        payload: bytes = b"payload",
+        job_type: str | None = None,
+        key: str | None = None,
+    ) -> Job:
+        job_id = new_job_id()
+        writer = self.storage.writer(job_id, PAYLOAD)
+        writer.write(payload)
+        finished = writer.finish()
+        self.run_threads()
+        self.test.successResultOf(finished)
+        spec = NewJob(job_id, job_type, Priority.BATCH, len(payload), key)
+        submitted = Deferred.fromCoroutine(self.registry.submit([spec]))
+        self.run_threads()
+        [job] = self.test.successResultOf(submitted)
+        return job
+
+    def stored(self, job: Job, kind: str = RESULT) -> bytes | None:
+        reading = Deferred.fromCoroutine(self._read(job, kind))
+        self.run_threads()
+        return self.test.successResultOf(reading)
+
+    async def _read(self, job: Job, kind: str) -> bytes | None:
+        if not await self.storage.exists(job.id, kind):
+            return None
+        return await self.storage.read_bytes(job.id, kind, 1 << 30)
+
+    def view(self, uid: str) -> dict[str, Any]:
+        [view] = [v for v in self.dispatcher.views() if v["uid"] == uid]
+        return view
+
+    def assert_requeued(self, job: Job, info: str, count: int = 1) -> None:
+        self.test.assertIs(job.status, Status.PENDING)
+        self.test.assertEqual(job.failure_count, count)
+        assert job.error is not None
+        self.test.assertEqual(job.error.info, info)
+
+
+# The state machine alone
+
+
+class RecordingEffects:
+    """L{WorkerEffects} that note each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args: self.calls.append((name, *args))
+
+
+class MachineTests(SynchronousTestCase):
+    def machine(self) -> tuple[Any, WorkerCore, RecordingEffects]:
+        effects = RecordingEffects()
+        core = WorkerCore(effects)  # type: ignore[arg-type]
+        return new_worker_machine(core), core, effects
+
+    def busy_machine(
+        self,
+    ) -> tuple[Any, WorkerCore, RecordingEffects, Job, Deferred[int]]:
+        machine, core, effects = self.machine()
+        machine.opened()
+        machine.registered("uid", "name")
+        machine.reported_ready()
+        job = Job("id", "key", None, Priority.BATCH, 1, 1, 0.0, 3)
+        running: Deferred[int] = Deferred()
+        machine.assigned(job, running)
+        effects.calls.clear()
+        return machine, core, effects, job, running
+
+    def test_register_flow(self) -> None:
+        """
+        Opening starts the register deadline; registering stops it and tells
+        dispatch; the status request goes out only when dispatch asks; ready
+        is passed on; a job assigned is sent.
+        """
+        machine, core, effects = self.machine()
+        machine.opened()
+        machine.registered("uid", "name")
+        machine.status_requested()
+        machine.reported_ready()
+        job = Job("id", "key", None, Priority.BATCH, 1, 1, 0.0, 3)
+        machine.assigned(job, Deferred())
+        self.assertEqual(
+            effects.calls,
+            [
+                ("tell_opened",),
+                ("start_kick_timer",),
+                ("stop_kick_timer",),
+                ("tell_registered", "uid", "name"),
+                ("send_status_request",),
+                ("tell_ready",),
+                ("send_payload", job),
+            ],
+        )
+
+    def test_out_of_order(self) -> None:
+        """
+        Inputs the state does not take raise NoTransition, before any
+        effect: messages before register, a second register, a result,
+        progress or failure with no job.
+        """
+        machine, core, effects = self.machine()
+        machine.opened()
+        effects.calls.clear()
+        self.assertRaises(NoTransition, machine.reported_ready)
+        self.assertRaises(NoTransition, machine.result_begun)
+        machine.registered("uid", "name")
+        effects.calls.clear()
+        self.assertRaises(NoTransition, machine.registered, "uid", "name")
+        self.assertRaises(NoTransition, machine.result_begun)
+        self.assertRaises(NoTransition, machine.progress, 1.0, None)
+        self.assertRaises(NoTransition, machine.job_failed, None, None)
+        self.assertEqual(effects.calls, [])
+
+    def test_outcomes(self) -> None:
+        """
+        The run Deferred fires with the stored size, or fails with
+        JobFailed, WorkerLost (abandoned, lost) or ResultNotStored.
+        """
+        machine, core, effects, job, running = self.busy_machine()
+        machine.result_begun()
+        machine.result_ended()
+        machine.result_stored(7)
+        self.assertEqual(self.successResultOf(running), 7)
+        self.assertEqual(effects.calls, [("open_result", job), ("finish_result",)])
+
+        machine, core, effects, job, running = self.busy_machine()
+        machine.job_failed("bad", "logs")
+        failure = self.failureResultOf(running, JobFailed)
+        self.assertEqual((failure.value.info, failure.value.logs), ("bad", "logs"))
+
+        machine, core, effects, job, running = self.busy_machine()
+        machine.reported_ready()
+        lost = self.failureResultOf(running, WorkerLost).value
+        self.assertEqual(str(lost), ABANDONED)
+        self.assertEqual(effects.calls, [("tell_ready",)])
+
+        machine, core, effects, job, running = self.busy_machine()
+        machine.result_begun()
+        machine.result_ended()
+        machine.result_unstorable("disk full")
+        self.failureResultOf(running, ResultNotStored)
+
+        machine, core, effects, job, running = self.busy_machine()
+        machine.result_begun()
+        machine.lost("gone")
+        self.assertEqual(str(self.failureResultOf(running, WorkerLost).value), "gone")
+        self.assertEqual(
+            [call[0] for call in effects.calls],
+            [
+                "open_result",
+                "stop_kick_timer",
+                "stop_sending",
+                "discard_result",
+                "tell_closed",
+            ],
+        )
+
+    def test_withdrawn(self) -> None:
+        """
+        A withdrawn job's late result is discarded, then a status request is
+        sent; the run Deferred is left to its canceller.
+        """
+        machine, core, effects, job, running = self.busy_machine()
+        machine.withdrawn()
+        machine.progress(50.0, None)
+        machine.result_begun()
+        machine.result_ended()
+        self.assertNoResult(running)
+        self.assertEqual(effects.calls, [("discard_result",), ("send_status_request",)])
+        self.assertIsNone(core.attempt)
+
+    def test_lost_while_storing(self) -> None:
+        """
+        A connection lost after the whole result arrived: dispatch hears of
+        it at once, and the attempt ends as the store does.
+        """
+        machine, core, effects, job, running = self.busy_machine()
+        machine.result_begun()
+        machine.result_ended()
+        machine.lost("worker disconnected")
+        self.assertNoResult(running)
+        machine.result_stored(3)
+        self.assertEqual(self.successResultOf(running), 3)
+        self.assertIn(("tell_closed",), effects.calls)
+
+    def test_closed_ignores(self) -> None:
+        """
+        Once closed, messages are ignored, and a job handed over fails with
+        WorkerLost at once.
+        """
+        machine, core, effects = self.machine()
+        machine.opened()
+        machine.lost("gone")
+        effects.calls.clear()
+        machine.reported_ready()
+        machine.result_begun()
+        machine.status_requested()
+        running: Deferred[int] = Deferred()
+        machine.assigned(Job("id", "key", None, Priority.BATCH, 1, 1, 0.0, 3), running)
+        self.failureResultOf(running, WorkerLost)
+        self.assertEqual(effects.calls, [])
+
+
+# The protocol
+
+
+class RegisterTests(SynchronousTestCase):
+    def test_register_flow(self) -> None:
+        """
+        After a good register the server sends a status request (code 2);
+        dispatch lists the worker with its identity and address.
+        """
+        h = Harness(self)
+        worker = h.connect()
+        self.assertTrue(worker.client.opened)
+        self.assertEqual(worker.take(), [])
+        self.assertEqual(h.dispatcher.counts()["registering"], 1)
+        worker.register(uid="machine-1", name="one")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        view = h.view("machine-1")
+        self.assertEqual(view["name"], "one")
+        self.assertEqual(view["address"], "192.0.2.7:40001")
+        self.assertEqual(worker.server.uid, "machine-1")
+        self.assertEqual(h.factory().registering, set())
+        worker.send(**READY)
+        self.assertEqual(h.view("machine-1")["state"], "ready")
+        verifyObject(IWorkerLink, worker.server)
+
+    def test_register_extensions_ignored(self) -> None:
+        """
+        A register message with more fields (a protocol extension offered)
+        gets exactly the original flow.
+        """
+        h = Harness(self)
+        worker = h.connect()
+        worker.send(code=0, name="n", id="u", token="", protocol=2, slots=4)
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+
+    def test_kick(self) -> None:
+        """
+        No valid register within kick_after_ms: close code 4002, the worker
+        is gone from dispatch, and no timer is left behind.
+        """
+        h = Harness(self, "[auth]\nkick_after_ms = 3000\n")
+        worker = h.connect()
+        h.clock.advance(2)
+        worker.flush()
+        self.assertFalse(worker.client.closed)
+        h.clock.advance(1)
+        worker.flush()
+        self.assertEqual(worker.client.close_code, CLOSE_REGISTER_TIMEOUT)
+        self.assertEqual(worker.client.close_reason, "no register within 3000 ms")
+        self.assertEqual(h.dispatcher.counts()["registering"], 0)
+        self.assertEqual(h.factory().registering, set())
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_register_stops_kick(self) -> None:
+        """A good register cancels the register deadline."""
+        h = Harness(self)
+        worker = h.registered()
+        h.clock.advance(10)
+        worker.flush()
+        self.assertFalse(worker.client.closed)
+
+    def test_bad_token(self) -> None:
+        """
+        With a worker token configured, a wrong token closes with 4001 and
+        the right one registers; the comparison is matches_any's, in
+        constant time.
+        """
+        compared: list[tuple[Any, ...]] = []
+        real = workers.matches_any
+
+        def spy(given: Any, secrets: Any) -> bool:
+            secrets = list(secrets)
+            compared.append((given, secrets))
+            return real(given, secrets)
+
+        self.patch(workers, "matches_any", spy)
+
+        h = Harness(self, '[auth]\nworker_token = "s3cret"\n')
+        worker = h.connect()
+        worker.register(token="guess")
+        self.assertEqual(worker.client.close_code, CLOSE_BAD_TOKEN)
+        self.assertEqual(worker.client.close_reason, "bad token")
+        self.assertEqual(h.dispatcher.counts()["registering"], 0)
+
+        h.registered(token="s3cret")
+        self.assertEqual(compared, [("guess", ["s3cret"]), ("s3cret", ["s3cret"])])
+
+    def test_any_token_without_one_configured(self) -> None:
+        """With no worker token configured, any token is accepted."""
+        h = Harness(self)
+        h.registered(token="whatever")
+
+    def test_max_registering(self) -> None:
+        """
+        While max_registering connections are still registering, a new one
+        is refused with 503; once one registers, there is room again.
+        """
+        h = Harness(self, "[workers]\nmax_registering = 1\n")
+        first = h.connect()
+        refused = h.connect()
+        self.assertTrue(refused.transport.written[0].startswith(b"HTTP/1.1 503"))
+        self.assertFalse(refused.client.opened)
+        self.assertTrue(refused.client.closed)
+        first.register()
+        self.assertEqual(first.take(), [STATUS_REQUEST])
+        h.registered(uid="machine-2")
+
+    def test_pings(self) -> None:
+        """
+        The factory pings workers every ping_interval; a worker that does
+        not answer within ping_timeout is dropped, and its job goes back to
+        pending.
+        """
+        h = Harness(self, "[workers]\nping_interval = 5\nping_timeout = 3\n")
+        factory = h.factory()
+        self.assertEqual((factory.autoPingInterval, factory.autoPingTimeout), (5, 3))
+        self.assertEqual(factory.maxMessagePayloadSize, 0)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.take()
+        h.clock.advance(5)
+        worker.flush()
+        h.clock.advance(3)
+        worker.flush()
+        self.assertFalse(worker.client.closed)  # it answered
+        worker.client.answer_pings = False
+        h.clock.advance(5)
+        worker.flush()
+        h.clock.advance(3)
+        worker.flush()
+        self.assertTrue(worker.client.closed)
+        h.assert_requeued(job, "worker disconnected")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_resources(self) -> None:
+        """
+        worker_resources gives one WebSocket resource per configured type,
+        or one under None for an instance without types.
+        """
+        h = Harness(self)
+        resources = worker_resources(h.settings, h.dispatcher, h.storage, h.clock)
+        self.assertEqual(list(resources), [None])
+        self.assertIsInstance(resources[None], WebSocketResource)
+        typed = settings_from("[types.a]\n[types.b]\n")
+        resources = worker_resources(typed, h.dispatcher, h.storage, h.clock)
+        self.assertEqual(list(resources), ["a", "b"])
+
+
+class ProtocolErrorTests(SynchronousTestCase):
+    # (messages sent after connecting, registered first?, close reason)
+    cases: list[tuple[list[Any], bool, str]] = [
+        ([READY], False, "a status message before register"),
+        ([b"\x00\x01"], False, "a binary message before register"),
+        ([{"code": 3, "percent": 1}], False, "progress before register"),
+        ([{"code": 0, "name": "n", "id": "u", "token": ""}], True, "a second register"),
+        ([b"result"], True, "a binary message while holding no job"),
+        ([{"code": 3, "percent": 1}], True, "progress while holding no job"),
+        ([{"code": 4, "info": None}], True, "job failed while holding no job"),
+        ([READY, b"result"], True, "a binary message while holding no job"),
+        ([b"{not json"], True, "malformed JSON"),
+        ([b"[1, 2]"], True, "a JSON text frame that is not an object"),
+        ([b"[" * 20000 + b"]" * 20000], True, "malformed JSON"),
+        ([{"status": 1}], True, "a message without an integer code"),
+        ([{"code": "1"}], True, "a message without an integer code"),
+        ([{"code": True}], True, "a message without an integer code"),
+        ([{"code": 2}], True, "unknown code 2"),
+        ([{"code": 9}], True, "unknown code 9"),
+        ([{"code": 1, "status": "1"}], True, BAD_STATUS),
+        ([{"code": 1, "status": 2}], True, BAD_STATUS),
+        (
+            [{"code": 0, "name": 1, "id": "u", "token": ""}],
+            False,
+            "bad code 0 message: name must be a string",
+        ),
+        (
+            [{"code": 0, "name": "n", "id": "", "token": ""}],
+            False,
+            "bad code 0 message: id must not be empty",
+        ),
+        (
+            [{"code": 0, "name": "n", "id": "u" * 257, "token": ""}],
+            False,
+            "bad code 0 message: id longer than 256 characters",
+        ),
+        (
+            [{"code": 0, "name": "n" * 257, "id": "u", "token": ""}],
+            False,
+            "bad code 0 message: name longer than 256 characters",
+        ),
+        (
+            [{"code": 0, "name": "n", "id": "u"}],
+            False,
+            "bad code 0 message: token must be a string",
+        ),
+    ]
+
+    def test_protocol_errors(self) -> None:
+        """
+        Anything out of order or malformed closes the connection with 4003
+        and a reason saying what was wrong.
+        """
+        for messages, register, reason in self.cases:
+            h = Harness(self)
+            worker = h.registered() if register else h.connect()
+            for message in messages:
+                if isinstance(message, bytes):
+                    if message.startswith((b"{", b"[")):
+                        worker.send_text(message)
+                    else:
+                        worker.send_binary(message)
+                else:
+                    worker.send(**message)
+            self.assertEqual(
+                (worker.client.close_code, worker.client.close_reason),
+                (CLOSE_PROTOCOL_ERROR, reason),
+                f"after {messages!r}",
+            )
+            self.assertEqual(h.dispatcher.counts()["disconnected"], int(register))
+            self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_bad_job_messages(self) -> None:
+        """
+        Malformed progress and job-failed messages from a worker holding a
+        job close with 4003, and the job goes back to pending with the
+        reason.
+        """
+        cases: list[tuple[dict[str, Any], str]] = [
+            (
+                {"code": 3, "percent": None, "info": None},
+                "percent and info are both null",
+            ),
+            ({"code": 3, "percent": 101}, "percent must be between 0 and 100"),
+            ({"code": 3, "percent": -0.5}, "percent must be between 0 and 100"),
+            ({"code": 3, "percent": "50"}, "percent must be a number or null"),
+            ({"code": 3, "percent": 10**400}, "percent must be between 0 and 100"),
+            ({"code": 3, "percent": 5, "info": 5}, "info must be a string or null"),
+            ({"code": 4, "info": 5}, "info must be a string or null"),
+            ({"code": 4, "info": "x", "logs": ["a"]}, "logs must be a string or null"),
+        ]
+        for message, problem in cases:
+            h = Harness(self)
+            worker = h.registered()
+            job = h.submit()
+            worker.send(**READY)
+            self.assertEqual(worker.take(), [b"payload"])
+            worker.send(**message)
+            reason = f"bad code {message['code']} message: {problem}"
+            self.assertEqual(
+                (worker.client.close_code, worker.client.close_reason),
+                (CLOSE_PROTOCOL_ERROR, reason),
+            )
+            h.assert_requeued(job, f"protocol error: {reason}")
+
+    def test_error_while_holding_job(self) -> None:
+        """
+        A protocol error while holding a job: 4003, dispatch forgets the
+        worker, and the job is pending again as a failed attempt.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.register()
+        self.assertEqual(worker.client.close_code, CLOSE_PROTOCOL_ERROR)
+        h.assert_requeued(job, "protocol error: a second register")
+        self.assertEqual(h.view("machine-1")["state"], "disconnected")
+
+    def test_text_message_too_large(self) -> None:
+        """A text message over max_message closes with 4003."""
+        h = Harness(self, "[workers]\nmax_message = 100\n")
+        worker = h.registered()
+        worker.send(code=3, percent=1, info="x" * 100)
+        self.assertEqual(
+            (worker.client.close_code, worker.client.close_reason),
+            (CLOSE_PROTOCOL_ERROR, "message too large"),
+        )
+
+    def test_internal_error(self) -> None:
+        """
+        An exception inside the server is logged, not left to Autobahn: the
+        connection closes with 1011 and the job goes back to pending.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+
+        def broken(*args: Any) -> None:
+            raise ZeroDivisionError()
+
+        self.patch(h.dispatcher, "progress", broken)
+        worker.send(code=3, percent=10)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(worker.client.close_code, CLOSE_INTERNAL_ERROR)
+        h.assert_requeued(job, "internal error")
+
+
+class JobTests(SynchronousTestCase):
+    def test_small_payload(self) -> None:
+        """
+        A worker reporting ready gets the pending job's payload as one
+        binary message of one frame, and is busy with it.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit(b"hello")
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b"hello"])
+        self.assertEqual(worker.client.frames, [1])
+        self.assertIs(job.status, Status.RUNNING)
+        self.assertEqual(job.worker_id, "machine-1")
+        self.assertEqual(h.view("machine-1")["state"], "busy")
+
+    def test_job_while_idle(self) -> None:
+        """A job submitted while a worker waits idle goes to it at once."""
+        h = Harness(self)
+        worker = h.registered()
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [])
+        h.submit(b"later")
+        worker.flush()
+        self.assertEqual(worker.take(), [b"later"])
+
+    def test_empty_payload(self) -> None:
+        """A zero-byte payload is sent as an empty binary message."""
+        h = Harness(self)
+        worker = h.registered()
+        h.submit(b"")
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b""])
+
+    def test_large_payload_streamed(self) -> None:
+        """
+        A payload larger than SMALL_PAYLOAD streams from storage as one
+        binary message, a frame per chunk read; a worker that reads slowly
+        pauses the disk reads, so the bytes waiting to be sent stay within a
+        few chunks.
+        """
+        h = Harness(self, disk=True)
+        payload = os.urandom(1024 * KiB + 123)
+        job = h.submit(payload)
+        worker = h.registered()
+        worker.send(**READY)
+        [received] = worker.take()
+        self.assertEqual(received, payload)
+        [frames] = worker.client.frames
+        self.assertGreater(frames, 60)  # 16 KiB chunks, and the closing frame
+        self.assertGreater(worker.transport.producer_pauses, 0)
+        self.assertLess(
+            worker.transport.most_buffered, ServerTransport.high_water + 20 * KiB
+        )
+        self.assertIsNone(worker.transport.producer)
+        worker.send_binary(b"done")
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+
+    def test_ping_while_streaming(self) -> None:
+        """
+        A keepalive ping due while a payload streams out goes between its
+        frames: the worker receives the payload whole and answers the ping.
+        """
+        h = Harness(self, "[workers]\nping_interval = 5\nping_timeout = 5\n", disk=True)
+        payload = os.urandom(300 * KiB)
+        h.submit(payload)
+        worker = h.registered()
+        worker.client.sendMessage(json.dumps(READY).encode())
+        worker.pump.flush()
+        h.run_threads()  # some chunks, until the transport pauses the reads
+        self.assertGreater(worker.transport.producer_pauses, 0)
+        h.clock.advance(5)  # the ping goes out now, mid-message
+        worker.flush()
+        self.assertEqual(worker.take(), [payload])
+        self.assertIsNone(worker.server.autoPingTimeoutCall)  # the pong came back
+        h.clock.advance(5)
+        worker.flush()
+        self.assertFalse(worker.client.closed)
+
+    def test_status_request_waits_for_payload(self) -> None:
+        """
+        A status request due while a payload is still being streamed goes
+        out after the payload's last frame, never inside it.
+        """
+        h = Harness(self, disk=True)
+        job = h.submit(os.urandom(100 * KiB))
+        worker = h.registered()
+        worker.client.sendMessage(json.dumps(READY).encode())
+        worker.pump.flush()
+        self.assertTrue(h.threads.calls)  # the first chunk is being read
+        worker.client.sendMessage(json.dumps({"code": 4, "info": "no"}).encode())
+        worker.pump.flush()
+        h.assert_requeued(job, "no")
+        worker.flush()
+        received = worker.take()
+        self.assertEqual(len(received[0]), 100 * KiB)
+        self.assertEqual(received[1:], [STATUS_REQUEST])
+
+    def test_sends_in_order(self) -> None:
+        """
+        What is due while a payload streams out (a status request, the next
+        job's payload) follows it in order, never inside it.
+        """
+        h = Harness(self, disk=True)
+        first = h.submit(os.urandom(100 * KiB))
+        second = h.submit(b"second")
+        worker = h.registered()
+        worker.client.sendMessage(json.dumps(READY).encode())
+        worker.pump.flush()
+        worker.client.sendMessage(json.dumps({"code": 4, "info": "no"}).encode())
+        worker.client.sendMessage(json.dumps(READY).encode())
+        worker.pump.flush()
+        self.assertIs(second.status, Status.RUNNING)
+        worker.flush()
+        self.assertFalse(worker.client.closed)
+        received = worker.take()
+        self.assertEqual(len(received), 3)
+        self.assertTrue(received[0] == h.stored(first, PAYLOAD))
+        self.assertEqual(received[1:], [STATUS_REQUEST, b"second"])
+
+    def test_result(self) -> None:
+        """
+        A binary message from a worker holding a job is its result: stored,
+        the job done with its size, then a status request.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.take()
+        worker.send_binary(b"the result")
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(job.result_size, 10)
+        self.assertEqual(h.stored(job), b"the result")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        self.assertEqual(h.view("machine-1")["jobs_done"], 1)
+        worker.send(**READY)
+        self.assertEqual(h.view("machine-1")["state"], "ready")
+
+    def test_result_streamed(self) -> None:
+        """
+        A result arriving in many frames goes to the storage writer frame by
+        frame, never gathered in memory; a disk slower than the worker
+        pauses reading from it until the writes catch up.
+        """
+        h = Harness(self, disk=True)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.take()
+        pieces = [os.urandom(10 * KiB) for _ in range(20)]
+        client = worker.client
+        client.beginMessage(isBinary=True)
+        for piece in pieces:
+            client.beginMessageFrame(len(piece))
+            client.sendMessageFrameData(piece)
+            worker.pump.flush()
+        self.assertGreater(worker.transport.reading_pauses, 0)
+        self.assertTrue(worker.transport.reading_paused)
+        self.assertIs(job.status, Status.RUNNING)
+        client.endMessage()
+        worker.flush()
+        self.assertFalse(worker.transport.reading_paused)
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(h.stored(job), b"".join(pieces))
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+
+    def test_result_too_large(self) -> None:
+        """
+        A result over max_payload closes with 4003 as soon as its frame
+        header says so; nothing is stored and the job is pending again.
+        """
+        h = Harness(self, '[server]\nmax_payload = "1KiB"\n')
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.send_binary(b"x" * 1025)
+        self.assertEqual(
+            (worker.client.close_code, worker.client.close_reason),
+            (CLOSE_PROTOCOL_ERROR, "result larger than 1024 bytes"),
+        )
+        h.assert_requeued(job, "protocol error: result larger than 1024 bytes")
+        self.assertIsNone(h.stored(job))
+
+    def test_result_not_stored(self) -> None:
+        """
+        A result that storage cannot make durable fails the attempt with
+        ResultNotStored's reason; the worker keeps its connection and is
+        asked its status.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.take()
+        assert isinstance(h.storage, MemoryStorage)
+        h.storage.broken = True
+        worker.send_binary(b"result")
+        h.assert_requeued(
+            job, "result could not be stored: storage cannot be written: disk full"
+        )
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        self.assertFalse(worker.client.closed)
+
+    def test_result_complete_before_drop(self) -> None:
+        """
+        A worker that drops its connection after its whole result arrived
+        still gets the job done once the result is durable.
+        """
+        h = Harness(self, disk=True)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.client.sendMessage(b"result", isBinary=True)
+        worker.pump.flush()
+        worker.client_transport.loseConnection()
+        worker.pump.flush()
+        self.assertEqual(h.view("machine-1")["state"], "disconnected")
+        self.assertIs(job.status, Status.RUNNING)
+        h.run_threads()
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(h.stored(job), b"result")
+
+    def test_failed_job_handed_to_other_worker(self) -> None:
+        """
+        A job that fails on one worker and goes at once to another idle one
+        runs there to the end: its result is recorded and that worker is
+        asked its status.
+        """
+        h = Harness(self)
+        first = h.registered(uid="first")
+        second = h.registered(uid="second")
+        job = h.submit()
+        first.send(**READY)
+        self.assertEqual(first.take(), [b"payload"])
+        second.send(**READY)
+        first.send(code=4, info="crashed")
+        self.assertEqual(first.take(), [STATUS_REQUEST])
+        second.flush()
+        self.assertEqual(second.take(), [b"payload"])
+        second.send_binary(b"result")
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(second.take(), [STATUS_REQUEST])
+
+    def test_handed_over_job_withdrawn(self) -> None:
+        """
+        A job handed to a second worker after failing on a first one is
+        still withdrawn from the second when deleted: its late result is
+        discarded, then it is asked its status.
+        """
+        h = Harness(self)
+        first = h.registered(uid="first")
+        second = h.registered(uid="second")
+        job = h.submit()
+        first.send(**READY)
+        second.send(**READY)
+        first.send(code=4, info="crashed")
+        second.flush()
+        self.assertEqual(second.take(), [b"payload"])
+        self.successResultOf(Deferred.fromCoroutine(h.registry.delete(job.key)))
+        second.send_binary(b"late")
+        self.assertIsNone(h.stored(job))
+        self.assertEqual(second.take(), [STATUS_REQUEST])
+
+    def test_job_failed(self) -> None:
+        """
+        A job-failed message records info and logs and puts the job back to
+        pending, then the worker is asked its status; at max_attempts the
+        job is failed for good.
+        """
+        h = Harness(self, "[scheduling]\nmax_attempts = 2\n")
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b"payload"])
+        worker.send(code=4, info="segfault", logs="core dumped")
+        h.assert_requeued(job, "segfault")
+        assert job.error is not None
+        self.assertEqual(job.error.logs, "core dumped")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b"payload"])
+        worker.send(code=4, info=None, logs=None)
+        self.assertIs(job.status, Status.FAILED)
+        self.assertEqual(job.failure_count, 2)
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        self.assertEqual(h.view("machine-1")["jobs_failed"], 2)
+
+    def test_logs_capped(self) -> None:
+        """Logs longer than MAX_LOGS keep their last MAX_LOGS characters."""
+        h = Harness(self, '[workers]\nmax_message = "4MiB"\n')
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        logs = "a" * 10 + "b" * MAX_LOGS
+        worker.send(code=4, info="oops", logs=logs)
+        assert job.error is not None and job.error.logs is not None
+        self.assertEqual(job.error.logs, "[10 characters cut]\n" + "b" * MAX_LOGS)
+
+    def test_progress(self) -> None:
+        """Progress is recorded on the job held."""
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.send(code=3, percent=42.5, info="halfway")
+        self.assertEqual(job.progress, Progress(42.5, "halfway"))
+        worker.send(code=3, percent=None, info="almost")
+        self.assertEqual(job.progress, Progress(None, "almost"))
+        worker.send(code=3, percent=100)
+        self.assertEqual(job.progress, Progress(100.0, None))
+        self.assertEqual(
+            h.view("machine-1")["progress"], {"percent": 100.0, "info": None}
+        )
+        self.assertFalse(worker.client.closed)
+
+    def test_busy_status(self) -> None:
+        """
+        A worker reporting busy gets no job until it reports ready; a busy
+        status while holding a job changes nothing.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**BUSY)
+        self.assertEqual(worker.take(), [])
+        self.assertIs(job.status, Status.PENDING)
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b"payload"])
+        worker.send(**BUSY)
+        self.assertIs(job.status, Status.RUNNING)
+        self.assertFalse(worker.client.closed)
+
+    def test_ready_while_holding(self) -> None:
+        """
+        A worker reporting ready while holding a job has abandoned it: the
+        job is pending again as a failed attempt, and the worker, ready,
+        gets the next job (here the same one).
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b"payload"])
+        worker.send(**READY)
+        self.assertEqual(job.failure_count, 1)
+        assert job.error is not None
+        self.assertEqual(job.error.info, ABANDONED)
+        self.assertIs(job.status, Status.RUNNING)
+        self.assertEqual(worker.take(), [b"payload"])
+        self.assertFalse(worker.client.closed)
+
+    def test_disconnect_mid_job(self) -> None:
+        """
+        When a worker's connection drops, its job is pending again at once
+        with "worker disconnected"; nothing is left scheduled.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.drop()
+        h.assert_requeued(job, "worker disconnected")
+        self.assertEqual(h.view("machine-1")["state"], "disconnected")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        worker.server.request_status()  # a no-op once closed
+        self.assertEqual(worker.transport.held, [])
+
+    def test_disconnect_mid_result(self) -> None:
+        """
+        A connection dropping while a result streams in aborts the writer:
+        nothing is stored and the job is pending again.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        client = worker.client
+        client.beginMessage(isBinary=True)
+        client.beginMessageFrame(100)
+        client.sendMessageFrameData(b"x" * 50)
+        worker.pump.flush()
+        worker.drop()
+        h.assert_requeued(job, "worker disconnected")
+        self.assertIsNone(h.stored(job))
+
+    def test_disconnect_mid_payload(self) -> None:
+        """
+        A connection dropping while a payload streams out stops the disk
+        reads; the job is pending again.
+        """
+        h = Harness(self, disk=True)
+        job = h.submit(os.urandom(200 * KiB))
+        worker = h.registered()
+        worker.client.sendMessage(json.dumps(READY).encode())
+        worker.pump.flush()
+        worker.drop()
+        h.assert_requeued(job, "worker disconnected")
+        self.assertEqual(worker.client.received, [])
+        self.assertIsNone(worker.transport.producer)
+
+    def test_payload_missing(self) -> None:
+        """
+        A payload that cannot be read closes the connection with 1011 and
+        puts the job back to pending.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        h.storage.delete(job.id)
+        worker.send(**READY)
+        self.assertEqual(worker.client.close_code, CLOSE_INTERNAL_ERROR)
+        self.assertEqual(
+            worker.client.close_reason, "the job's payload could not be read"
+        )
+        assert job.error is not None and job.error.info is not None
+        self.assertTrue(
+            job.error.info.startswith("payload could not be read: no payload")
+        )
+
+
+class WithdrawTests(SynchronousTestCase):
+    def test_deleted_late_result(self) -> None:
+        """
+        A running job that is deleted is withdrawn: the worker's late result
+        is read and discarded, then it is asked its status.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.take()
+        self.successResultOf(Deferred.fromCoroutine(h.registry.delete(job.key)))
+        worker.flush()
+        self.assertEqual(worker.take(), [])
+        worker.send(code=3, percent=90)  # still welcome, ignored
+        worker.send_binary(b"late")
+        self.assertIsNone(h.stored(job))
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        self.assertFalse(worker.client.closed)
+        worker.send(**READY)
+        self.assertEqual(h.view("machine-1")["state"], "ready")
+
+    def test_deleted_late_failure(self) -> None:
+        """A withdrawn job's late failure is discarded too, then a status request."""
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.take()
+        self.successResultOf(Deferred.fromCoroutine(h.registry.delete(job.key)))
+        worker.send(code=4, info="late")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        self.assertFalse(worker.client.closed)
+
+    def test_deleted_while_receiving(self) -> None:
+        """
+        A job deleted while its result streams in: the writer is aborted,
+        the rest of the message discarded, then a status request.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(**READY)
+        worker.take()
+        client = worker.client
+        client.beginMessage(isBinary=True)
+        client.beginMessageFrame(4)
+        client.sendMessageFrameData(b"half")
+        worker.pump.flush()
+        self.successResultOf(Deferred.fromCoroutine(h.registry.delete(job.key)))
+        client.beginMessageFrame(4)
+        client.sendMessageFrameData(b"more")
+        client.endMessage()
+        worker.flush()
+        self.assertEqual(h.storage.objects, {})  # type: ignore[attr-defined]
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+
+    def test_timeout(self) -> None:
+        """
+        A job running past its type's timeout is pending again with "timed
+        out after N s"; the worker's late result is discarded, then it is
+        asked its status.
+        """
+        h = Harness(self, "[types.slow]\ntimeout = 10\n")
+        worker = h.registered("slow")
+        job = h.submit(job_type="slow")
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b"payload"])
+        h.clock.advance(10)
+        worker.flush()
+        h.assert_requeued(job, "timed out after 10 s")
+        self.assertEqual(worker.take(), [])
+        worker.send_binary(b"late")
+        self.assertIsNone(h.stored(job))
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b"payload"])
+        self.assertEqual(job.failure_count, 1)
+
+
+class WebResourceTests(SynchronousTestCase):
+    def test_through_site(self) -> None:
+        """
+        Served through the HTTP site's WebSocketResource, whose channel
+        leaves itself registered as the transport's producer, a worker runs
+        a streamed payload and sends back its result.
+        """
+        h = Harness(self, disk=True)
+        resource = worker_resources(h.settings, h.dispatcher, h.storage, h.clock)[None]
+        site = Site(resource, reactor=h.clock)
+        channel = site.buildProtocol(None)
+        client_factory = WebSocketClientFactory(
+            "ws://127.0.0.1:8080/api/worker", reactor=h.clock
+        )
+        client_factory._batched_timer = ClockTimer(h.clock)
+        client_factory.setProtocolOptions(serverConnectionDropTimeout=0)
+        client_factory.protocol = FakeWorker
+        client = client_factory.buildProtocol(None)
+        transport = ServerTransport(channel, IPv4Address("TCP", "192.0.2.9", 5000))
+        client_transport = iosim.FakeTransport(client, isServer=False)
+        pump = iosim.connect(
+            channel, transport, client, client_transport, greet=False, clock=h.clock
+        )
+        self.assertIsNotNone(transport.producer)  # the HTTP channel
+        pump.flush()
+        self.assertTrue(client.opened)
+        self.assertIsInstance(transport.protocol, WorkerProtocol)
+        payload = os.urandom(300 * KiB)
+        job = h.submit(payload)
+
+        def send(message: Any, binary: bool = False) -> None:
+            data = message if binary else json.dumps(message).encode()
+            client.sendMessage(data, isBinary=binary)
+            while pump.flush() or transport.deliver_held() or h.run_threads():
+                pass
+
+        send({"code": 0, "name": "w", "id": "site-worker", "token": ""})
+        send(READY)
+        self.assertEqual(client.received, [STATUS_REQUEST, payload])
+        send(b"result", binary=True)
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(client.received[-1], STATUS_REQUEST)
+        client_transport.loseConnection()
+        pump.flush()
+        self.assertEqual(h.view("site-worker")["state"], "disconnected")
