@@ -18,7 +18,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
-PORT_LINE = re.compile(rb"UploadSite starting on (\d+)")
+PORT_LINE = re.compile(rb"UploadSite (?:\(TLS\) )?starting on (\d+)")
 
 
 class Daemon:

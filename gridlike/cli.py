@@ -1,0 +1,622 @@
+# -*- test-case-name: tests.integration.test_cli -*-
+"""
+The C{gridlike} command: submit jobs, follow them, fetch results, and look
+at the server, through L{gridlike.client.GridLikeClient}.  See
+C{docs/client.md} for the reference.
+
+Exit codes (L{exit_code} is the one place errors map to them)::
+
+    0  ok
+    1  a job failed (result --wait, submit --wait)
+    2  usage: bad arguments, a file that cannot be read or written, or a
+       request the server found malformed (400)
+    3  the server refused (401, 409 such as a retry of a job that is not
+       failed or a result not done yet, 413), failed (5xx), or cannot be
+       reached
+    4  not found: no such job or type
+    70  internal error: a bug in gridlike (its traceback is printed)
+    130 interrupted
+
+Adding a subcommand from another module (the worker agent and the benchmark
+do this)::
+
+    # gridlike/agent.py
+    from gridlike.cli import Context, command
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("argv", nargs="+", help="the command to run per job")
+
+    @command("worker", "run a command for each job", add_arguments)
+    async def run_worker(context: Context) -> int:
+        ...  # context.options, context.reactor, context.client
+        return 0
+
+and name the module in L{EXTENSIONS}.  The module is imported each time the
+command line is parsed: keep its top-level imports light and import heavy
+things inside C{run}.  C{run} is awaited on the reactor (under
+L{twisted.internet.task.react}); it returns the exit code, or raises an
+error that L{exit_code} maps (L{CommandError} carries its own code).  The
+global options C{--server}, C{--api-key}, C{--ca-file} and C{--json} are
+added to every subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from functools import partial
+from importlib import import_module
+from pathlib import Path
+from typing import IO, Any, Awaitable, Callable, Coroutine, NoReturn, Sequence, TypeVar
+
+from attrs import define, frozen
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import react
+from twisted.internet.threads import deferToThread
+
+from gridlike import __version__
+from gridlike.client import BadRequest, Conflict, GridLikeClient, GridLikeClientError
+from gridlike.client import NotFound, Unauthorized
+
+T = TypeVar("T")
+
+OK, JOB_FAILED, USAGE, SERVER, NOT_FOUND, BUG, INTERRUPTED = 0, 1, 2, 3, 4, 70, 130
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXTENSIONS = ("gridlike.agent", "gridlike.bench")
+"""Modules that add subcommands with L{command}; a missing one is skipped."""
+PARALLEL = 4
+"""Uploads, waits and downloads in flight at once."""
+
+
+class CommandError(Exception):
+    """An expected failure: C{gridlike: <message>} and exit C{code}."""
+
+    def __init__(self, message: str, code: int = USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def exit_code(error: BaseException) -> int | None:
+    """The exit code of an expected error; L{None} for a bug."""
+    if isinstance(error, CommandError):
+        return error.code
+    if isinstance(error, NotFound):
+        return NOT_FOUND
+    if isinstance(error, Conflict) and error.job_status == "failed":
+        return JOB_FAILED
+    if isinstance(error, BadRequest):
+        return USAGE
+    if isinstance(error, GridLikeClientError):
+        return SERVER
+    if isinstance(error, OSError):
+        return USAGE
+    return None
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, Unauthorized):
+        return f"{error} (give --api-key or set GRIDLIKE_API_KEY)"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
+
+
+# The registry of subcommands
+
+
+Run = Callable[["Context"], Coroutine[Any, Any, "int | None"]]
+"""A subcommand: C{async def run(context) -> exit code (None: 0)}."""
+
+
+@frozen
+class Command:
+    """A subcommand: its arguments, and what it does."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Run
+
+
+COMMANDS: dict[str, Command] = {}
+"""The subcommands, by name, in the order they were registered."""
+
+
+def command(
+    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
+) -> Callable[[Run], Run]:
+    """
+    Register the decorated C{async def run(context) -> exit code} as the
+    subcommand C{name}; C{add_arguments} adds its own arguments.
+    """
+
+    def register(run: Run) -> Run:
+        COMMANDS[name] = Command(name, help, add_arguments, run)
+        return run
+
+    return register
+
+
+@define
+class Context:
+    """
+    What a running subcommand gets: the parsed options, the reactor, a
+    client (made on first use) and the ways to report.
+
+    @ivar code: the worst exit code of the failures reported so far.
+    """
+
+    reactor: Any
+    options: argparse.Namespace
+    stdout: IO[str] = sys.stdout
+    stderr: IO[str] = sys.stderr
+    code: int = OK
+    _client: GridLikeClient | None = None
+
+    @property
+    def client(self) -> GridLikeClient:
+        """The client of C{--server}, with C{--api-key} and C{--ca-file}."""
+        if self._client is None:
+            o = self.options
+            try:
+                self._client = GridLikeClient(
+                    o.server, o.api_key, reactor=self.reactor, ca_file=o.ca_file
+                )
+            except ValueError as e:
+                raise CommandError(str(e)) from None
+        return self._client
+
+    def print(self, text: str) -> None:
+        print(text, file=self.stdout)
+
+    def json(self, value: Any) -> None:
+        self.print(json.dumps(value, indent=2))
+
+    def fail(self, code: int, message: str) -> None:
+        """Report a failure on stderr; the command ends with the worst code."""
+        print(f"gridlike: {message}", file=self.stderr)
+        self.code = max(self.code, code)
+
+    async def attempt(self, work: Awaitable[T], about: str | None = None) -> T | None:
+        """
+        Await C{work}; an expected error is reported (prefixed with
+        C{about}) and gives L{None}, so that the command goes on.
+        """
+        try:
+            return await work
+        except Exception as e:
+            code = exit_code(e)
+            if code is None:
+                raise
+            self.fail(code, f"{about}: {_message(e)}" if about else _message(e))
+            return None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+async def _parallel(calls: Sequence[Callable[[], Coroutine[Any, Any, T]]]) -> list[T]:
+    """Run coroutine functions, L{PARALLEL} at a time; results in order."""
+    semaphore = DeferredSemaphore(PARALLEL)
+    return await gatherResults([semaphore.run(call) for call in calls], consumeErrors=True)
+
+
+# Output
+
+
+def _cells(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None) -> list[list[str]]:
+    cells = [["-" if v is None else str(v) for v in row] for row in rows]
+    return ([list(headers)] if headers else []) + cells
+
+
+def column_widths(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None) -> list[int]:
+    """The width of each column of L{table}, to share between tables."""
+    cells = _cells(rows, headers)
+    return [max(len(row[i]) for row in cells) for i in range(len(cells[0]))] if cells else []
+
+
+def table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str] | None = None,
+    widths: Sequence[int] | None = None,
+) -> str:
+    """
+    Rows (under headers, if given) in columns aligned with two spaces
+    between; L{None} shows as C{-}.
+
+    @param widths: the columns' widths, from L{column_widths}; a longer
+        cell widens its row only.  By default, the widest cell's.
+    """
+    widths = column_widths(rows, headers) if widths is None else widths
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in _cells(rows, headers)]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _when(timestamp: str | None) -> str | None:
+    """C{2024-05-01T12:00:00.123Z} as C{2024-05-01 12:00:00}."""
+    return None if timestamp is None else timestamp[:19].replace("T", " ")
+
+
+class _Progress:
+    """A one-line progress bar on stderr, when it is a terminal."""
+
+    def __init__(self, stream: IO[str], total: int, what: str) -> None:
+        self._stream, self._total, self._what, self._done = stream, total, what, 0
+        self._shown = total > 1 and stream.isatty()
+        self.step(0)
+
+    def step(self, n: int = 1) -> None:
+        self._done += n
+        if self._shown:
+            filled = 30 * self._done // self._total
+            bar = "#" * filled + "." * (30 - filled)
+            self._stream.write(f"\r{self._what} [{bar}] {self._done}/{self._total}")
+            if self._done == self._total:
+                self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+
+# The subcommands
+
+
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="payload files; - reads stdin")
+    parser.add_argument("--type", help="the job type, on a server with types")
+    parser.add_argument("--priority", choices=["immediate", "batch"], default="batch")
+    parser.add_argument("--key", help="the job's key (one FILE only); default: its id")
+    parser.add_argument("--description", help="at most 128 characters")
+    parser.add_argument("--wait", action="store_true", help="wait for each job and save its result")
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help="with --wait: give up after S seconds"
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", help="with --wait: write results in DIR, not beside inputs"
+    )
+
+
+@command("submit", "submit files as jobs and print their keys", _submit_arguments)
+async def _submit(context: Context) -> int:
+    o = context.options
+    if o.key is not None and len(o.files) > 1:
+        raise CommandError("--key names one job: give one FILE")
+    if o.files.count("-") > 1:
+        raise CommandError("- (stdin) can be given once")
+    for name in o.files:
+        if name != "-" and not os.path.isfile(name):
+            raise CommandError(f"{name}: not a readable file")
+    outputs = [_result_path(name, o.out) for name in o.files] if o.wait else []
+    if len(set(outputs)) < len(outputs):
+        raise CommandError("two inputs would write the same .result file: use distinct names")
+    progress = _Progress(context.stderr, len(o.files), "submitting")
+
+    async def submit(name: str) -> Any:
+        payload: Any = Path(name) if name != "-" else await deferToThread(_spool_stdin)
+        try:
+            return await context.client.submit(payload, o.type, o.priority, o.key, o.description)
+        finally:
+            progress.step()
+            if name == "-":
+                payload.close()  # the temporary file vanishes
+
+    async def attempt(name: str) -> Any:
+        return await context.attempt(submit(name), name)
+
+    created = await _parallel([partial(attempt, name) for name in o.files])
+    jobs = [(name, job) for name, job in zip(o.files, created) if job is not None]
+    if not o.wait:
+        if o.json:
+            context.json([{"file": name, "key": job.key, "id": job.id} for name, job in jobs])
+        elif jobs:
+            context.print("\n".join(job.key for _, job in jobs))
+        return OK
+    if o.out is not None:
+        Path(o.out).mkdir(parents=True, exist_ok=True)
+    outcome = dict(zip(o.files, outputs))
+    waited = await _parallel(
+        [partial(_finish, context, job.key, outcome[name]) for name, job in jobs]
+    )
+    reports = [
+        {"file": name, "key": job.key, "id": job.id, **report}
+        for (name, job), report in zip(jobs, waited)
+    ]
+    if o.json:
+        context.json(reports)
+    else:
+        rows = [(r["key"], r["status"], r["result"]) for r in reports]
+        context.print(table(rows, ["KEY", "STATUS", "RESULT"]))
+    return OK
+
+
+def _result_path(name: str, out: str | None) -> str:
+    if name == "-":
+        if out is None:
+            raise CommandError("--wait with - (stdin) needs --out DIR")
+        name = "stdin"
+    return os.path.join(out, os.path.basename(name)) + ".result" if out else name + ".result"
+
+
+def _spool_stdin() -> IO[bytes]:
+    """Standard input copied to a temporary file (run in a thread)."""
+    spool = tempfile.TemporaryFile()
+    shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+    spool.seek(0)
+    return spool
+
+
+async def _finish(context: Context, key: str, output: str) -> dict[str, Any]:
+    """Wait for a submitted job and save its result; report how it ended."""
+    timeout = context.options.timeout
+    view = await context.attempt(context.client.wait(key, timeout), key)
+    view = view or {"status": None, "error": None}
+    status, saved = view["status"], None
+    if status == "done":
+        if await context.attempt(context.client.result_to(key, output), key) is not None:
+            saved = output
+    elif status == "failed":
+        context.fail(JOB_FAILED, f"job {key} failed: {(view['error'] or {}).get('info')}")
+    elif status is not None:
+        context.fail(SERVER, f"job {key} is still {status} after {timeout} s")
+    return {"status": status, "result": saved, "error": view["error"]}
+
+
+def _key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("key", metavar="KEY")
+
+
+@command("status", "show a job", _key_argument)
+async def _status(context: Context) -> int:
+    view = await context.client.job(context.options.key)
+    if context.options.json:
+        context.json(view)
+        return OK
+    shown = dict(view)
+    for when in ("submitted", "started", "ended"):
+        shown[when] = _when(view[when])
+    if view["progress"]:
+        progress = view["progress"]
+        shown["progress"] = f"{progress['percent']}% {progress['info'] or ''}".strip()
+    if view["error"]:
+        shown["error"] = view["error"]["info"]
+        shown["logs"] = view["error"]["logs"]
+    context.print(table(list(shown.items())))
+    return OK
+
+
+def _result_arguments(parser: argparse.ArgumentParser) -> None:
+    _key_argument(parser)
+    parser.add_argument("-o", "--output", metavar="FILE", help="write it to FILE, not stdout")
+    parser.add_argument(
+        "--wait", type=float, metavar="S", help="wait up to S seconds for the job to end"
+    )
+
+
+@command("result", "write a done job's result to stdout or a file", _result_arguments)
+async def _result(context: Context) -> int:
+    o = context.options
+    target: Any = o.output if o.output is not None else sys.stdout.buffer
+    size = await context.client.result_to(o.key, target, o.wait)
+    if o.output is None:
+        sys.stdout.buffer.flush()
+    elif o.json:
+        context.json({"key": o.key, "output": o.output, "size": size})
+    return OK
+
+
+def _ls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", choices=["pending", "running", "done", "failed"])
+    parser.add_argument("--type", help="a job type (null: jobs without one)")
+    parser.add_argument("--priority", choices=["immediate", "batch"])
+    parser.add_argument("--batch", type=int, help="a batch number")
+    parser.add_argument("--limit", type=int, metavar="N", help="show at most N jobs")
+
+
+@command("ls", "list jobs, in submission order", _ls_arguments)
+async def _ls(context: Context) -> int:
+    o = context.options
+    if o.limit is not None and o.limit < 1:
+        raise CommandError("--limit must be at least 1")
+    headers = ["KEY", "TYPE", "STATUS", "PRIORITY", "BATCH", "SUBMITTED", "FAILURES"]
+    widths: list[int] | None = None
+    async for views in context.client.pages(o.status, o.type, o.priority, o.batch, o.limit):
+        if o.json:  # a JSON array, written page by page
+            text = ",\n".join(json.dumps(view) for view in views)
+            context.stdout.write(("[\n" if widths is None else ",\n") + text)
+            widths = []
+            continue
+        rows = [
+            (v["key"], v["type"], v["status"], v["priority"], v["batch"], _when(v["submitted"]),
+             v["failure_count"])
+            for v in views
+        ]
+        if widths is None:  # the first page sizes the columns
+            widths = column_widths(rows, headers)
+            context.print(table(rows, headers, widths))
+        else:
+            context.print(table(rows, None, widths))
+    if widths is None:
+        context.print("[]" if o.json else table([], headers))
+    elif o.json:
+        context.print("\n]")
+    return OK
+
+
+def _keys_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("keys", nargs="+", metavar="KEY")
+
+
+@command("rm", "delete jobs (a running job is withdrawn)", _keys_argument)
+async def _rm(context: Context) -> int:
+    return await _each(context, context.client.delete, "deleted")
+
+
+@command("retry", "put failed jobs back to pending", _keys_argument)
+async def _retry(context: Context) -> int:
+    return await _each(context, context.client.retry, "retried")
+
+
+async def _each(context: Context, change: Callable[[str], Deferred[Any]], done: str) -> int:
+    """Apply C{change} to each key given, going on after failures."""
+    changed = []
+    for key in context.options.keys:
+        if await context.attempt(_done(change(key)), key):
+            changed.append(key)
+    if context.options.json:
+        context.json({done: changed})
+    else:
+        for key in changed:
+            context.print(f"{done} {key}")
+    return OK
+
+
+async def _done(d: Deferred[Any]) -> bool:
+    await d
+    return True
+
+
+@command("workers", "list the connected workers")
+async def _workers(context: Context) -> int:
+    views = await context.client.workers()
+    if context.options.json:
+        context.json(views)
+        return OK
+    headers = ["ID", "NAME", "TYPE", "STATE", "ADDRESS", "JOB", "DONE", "FAILED", "CONNECTED"]
+    rows = [
+        (w["id"], w["name"], w["type"], w["state"], w["address"], w["job"], w["jobs_done"],
+         w["jobs_failed"], _when(w["connected_at"]))
+        for w in views
+    ]
+    context.print(table(rows, headers))
+    return OK
+
+
+@command("stats", "show job and worker counts")
+async def _stats(context: Context) -> int:
+    stats = await context.client.stats()
+    if context.options.json:
+        context.json(stats)
+        return OK
+    for name, value in stats.items():
+        if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()) and value:
+            context.print(f"{name}:")
+            for sub, counts in value.items():
+                context.print(f"  {sub}: {_counts(counts)}")
+        else:
+            context.print(f"{name}: {_counts(value) if isinstance(value, dict) else value}")
+    return OK
+
+
+def _counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items()) or "-"
+
+
+# Parsing and dispatch
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line: C{gridlike: <problem>}, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"gridlike: {message} (see {self.prog} --help)\n")
+
+
+def _global_options(defaults: bool) -> _Parser:
+    """The options of every subcommand; only the top level has defaults."""
+    keep: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    parser = _Parser(add_help=False)
+    group = parser.add_argument_group("global options")
+    for name, metavar, help in [
+        ("--server", "URL", f"the server (env GRIDLIKE_URL, default {DEFAULT_URL})"),
+        ("--api-key", "KEY", "the API key (env GRIDLIKE_API_KEY)"),
+        ("--ca-file", "PEM", "trust these CAs for https:// instead of the system's"),
+    ]:
+        group.add_argument(name, metavar=metavar, help=help, **keep)
+    group.add_argument("--json", action="store_true", help="machine-readable output", **keep)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the whole command line, extensions included."""
+    for name in EXTENSIONS:
+        try:
+            import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+    parser = _Parser(
+        prog="gridlike",
+        description="Submit and follow GridLike jobs.",
+        parents=[_global_options(True)],
+    )
+    parser.add_argument("--version", action="version", version=f"gridlike {__version__}")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
+    for entry in COMMANDS.values():
+        sub = subparsers.add_parser(
+            entry.name,
+            help=entry.help,
+            description=entry.help,
+            parents=[_global_options(False)],
+        )
+        entry.add_arguments(sub)
+    return parser
+
+
+def parse(
+    argv: Sequence[str] | None = None, environ: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """Parse a command line; environment variables fill in global options."""
+    environ = dict(os.environ) if environ is None else environ
+    options = build_parser().parse_args(argv)
+    options.server = options.server or environ.get("GRIDLIKE_URL") or DEFAULT_URL
+    options.api_key = options.api_key or environ.get("GRIDLIKE_API_KEY") or None
+    return options
+
+
+async def dispatch(reactor: Any, options: argparse.Namespace) -> NoReturn:
+    """
+    Run the subcommand and end with its exit code: the one place errors
+    become codes and one-line messages (through L{exit_code}).
+    """
+    context = Context(reactor, options)
+    running: Deferred[int | None] = Deferred.fromCoroutine(COMMANDS[options.command].run(context))
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", running.cancel)
+    try:
+        code = await running or OK
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = OK
+    except Exception as e:
+        error = e.subFailure.value if isinstance(e, FirstError) else e
+        if isinstance(error, CancelledError):
+            context.fail(INTERRUPTED, "interrupted")
+            code = INTERRUPTED
+        elif (code := exit_code(error)) is not None:  # type: ignore[assignment]
+            context.fail(code, _message(error))
+        else:
+            traceback.print_exception(error, file=context.stderr)
+            context.fail(BUG, f"internal error, please report it: {error!r}")
+            code = BUG
+    finally:
+        reactor.removeSystemEventTrigger(trigger)
+        await context.close()
+    raise SystemExit(max(code, context.code))
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The C{gridlike} console script."""
+    options = parse(argv)
+    react(dispatch, (options,))
+
+
+if __name__ == "__main__":
+    from gridlike.cli import main as installed_main  # one registry of commands, not two
+
+    installed_main()

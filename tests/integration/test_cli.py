@@ -1,0 +1,481 @@
+"""
+The C{gridlike} command line against a real daemon: each test runs the CLI
+as a child process, as a user would, and checks its output and exit code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import pty
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import websocket
+
+from tests.integration.daemon import ROOT, Daemon
+
+
+
+def gridlike(
+    *args: str,
+    server: Daemon | None = None,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    stderr: int | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run C{gridlike ARGS} (against C{server} by GRIDLIKE_URL) and return how it went."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLIKE_")}
+    environment["PYTHONPATH"] = str(ROOT)
+    if server is not None:
+        environment["GRIDLIKE_URL"] = server.url
+    environment.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "gridlike.cli", *args],
+        input=input,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if stderr is None else stderr,
+        env=environment,
+        cwd=cwd,
+        timeout=60,
+    )
+    assert b"Traceback" not in (result.stderr or b""), result.stderr.decode()
+    return result
+
+
+def refused(result: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """The one-line message of a command that ended with C{code}."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    message = result.stderr.decode()
+    assert message.startswith("gridlike: ") and message.count("\n") == 1, message
+    return message
+
+
+def out(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def run_worker(
+    server: Daemon, jobs: int, answer: Callable[[bytes], bytes | None]
+) -> threading.Thread:
+    """
+    A minimal worker of PROTOCOL.md section 3, in a thread: it runs C{jobs}
+    jobs, sending C{answer(payload)} as the result, or failing the job when
+    that is L{None}.
+    """
+    ws = websocket.create_connection(server.ws_url + "/api/worker", timeout=30)
+    ws.send(json.dumps({"code": 0, "name": "t", "id": "t1", "token": ""}))
+    assert json.loads(ws.recv())["code"] == 2
+
+    def work() -> None:
+        for _ in range(jobs):
+            ws.send(json.dumps({"code": 1, "status": 1}))
+            payload = ws.recv()
+            result = answer(payload)
+            if result is None:
+                ws.send(json.dumps({"code": 4, "info": "boom", "logs": None}))
+            else:
+                ws.send_binary(result)
+            assert json.loads(ws.recv())["code"] == 2
+        ws.close()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_submit_files_and_stdin(daemon: Daemon, tmp_path: Path) -> None:
+    """Files and stdin become jobs; the keys are printed, or JSON with --json."""
+    (tmp_path / "a.bin").write_bytes(b"alpha")
+    (tmp_path / "b.bin").write_bytes(b"\x00\xffbeta\r\n")
+    keys = out(
+        gridlike(
+            "submit", str(tmp_path / "a.bin"), str(tmp_path / "b.bin"), server=daemon
+        )
+    ).split()
+    assert len(keys) == 2
+    created = json.loads(
+        out(
+            gridlike(
+                "submit",
+                "-",
+                "--key",
+                "from-stdin",
+                "--priority",
+                "immediate",
+                "--description",
+                "piped",
+                "--json",
+                server=daemon,
+                input=b"standard input",
+            )
+        )
+    )
+    assert [(c["file"], c["key"]) for c in created] == [("-", "from-stdin")]
+    view = json.loads(out(gridlike("status", "from-stdin", "--json", server=daemon)))
+    assert (view["status"], view["priority"], view["description"]) == (
+        "pending",
+        "immediate",
+        "piped",
+    )
+    assert view["payload_size"] == len(b"standard input")
+    sizes = {
+        v["key"]: v["payload_size"]
+        for v in json.loads(out(gridlike("--json", "ls", server=daemon)))
+    }
+    assert sizes == {keys[0]: 5, keys[1]: 8, "from-stdin": 14}
+
+
+def test_progress_bar(daemon: Daemon, tmp_path: Path) -> None:
+    """Several files show a progress bar when stderr is a terminal."""
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"{i}.bin"))
+        Path(files[-1]).write_bytes(b"x")
+    leader, follower = pty.openpty()
+    result = gridlike("submit", *files, server=daemon, stderr=follower)
+    os.close(follower)
+    assert result.returncode == 0
+    shown = os.read(leader, 65536).decode()
+    os.close(leader)
+    assert "3/3" in shown and "submitting" in shown
+
+
+def test_status_text(daemon: Daemon) -> None:
+    """status shows the job's fields, one per line."""
+    gridlike("submit", "-", "--key", "k", server=daemon, input=b"data")
+    lines = out(gridlike("status", "k", server=daemon)).splitlines()
+    fields = dict(line.split(None, 1) for line in lines)
+    assert (
+        fields["key"] == "k"
+        and fields["status"] == "pending"
+        and fields["payload_size"] == "4"
+    )
+    assert fields["type"] == "-"
+
+
+def test_ls_table_and_filters(daemon: Daemon) -> None:
+    """ls prints an aligned table; filters and --limit narrow it."""
+    for key, priority in [
+        ("first", "batch"),
+        ("second-job", "immediate"),
+        ("third", "immediate"),
+    ]:
+        gridlike(
+            "submit",
+            "-",
+            "--key",
+            key,
+            "--priority",
+            priority,
+            server=daemon,
+            input=key.encode(),
+        )
+    lines = out(gridlike("ls", server=daemon)).splitlines()
+    assert lines[0].split() == [
+        "KEY",
+        "TYPE",
+        "STATUS",
+        "PRIORITY",
+        "BATCH",
+        "SUBMITTED",
+        "FAILURES",
+    ]
+    assert [line.split()[0] for line in lines[1:]] == ["first", "second-job", "third"]
+    column = lines[0].index("STATUS")
+    assert all(line[column:].startswith("pending") for line in lines[1:])
+    lines = out(
+        gridlike("ls", "--priority", "immediate", "--limit", "1", server=daemon)
+    ).splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["second-job"]
+    assert out(gridlike("ls", "--status", "done", server=daemon)).splitlines()[1:] == []
+    assert (
+        json.loads(out(gridlike("ls", "--status", "failed", "--json", server=daemon)))
+        == []
+    )
+    views = json.loads(
+        out(gridlike("ls", "--type", "null", "--json", "--limit", "2", server=daemon))
+    )
+    assert [v["key"] for v in views] == ["first", "second-job"]
+
+
+def test_rm(daemon: Daemon) -> None:
+    """rm deletes each job it can and reports the others: exit 4 for an unknown key."""
+    gridlike("submit", "-", "--key", "gone", server=daemon, input=b"x")
+    result = gridlike("rm", "gone", "never", server=daemon)
+    assert "never" in refused(result, 4)
+    assert result.stdout.decode() == "deleted gone\n"
+    refused(gridlike("status", "gone", server=daemon), 4)
+    gridlike("submit", "-", "--key", "j", server=daemon, input=b"x")
+    assert json.loads(out(gridlike("rm", "j", "--json", server=daemon))) == {
+        "deleted": ["j"]
+    }
+
+
+def test_retry_refused(daemon: Daemon) -> None:
+    """Retrying a job that has not failed is a server refusal: exit 3."""
+    gridlike("submit", "-", "--key", "fine", server=daemon, input=b"x")
+    assert "not failed" in refused(gridlike("retry", "fine", server=daemon), 3)
+    refused(gridlike("retry", "nope", server=daemon), 4)
+
+
+def test_result_not_done(daemon: Daemon) -> None:
+    """result --wait of a job that stays pending ends after the wait: exit 3."""
+    gridlike("submit", "-", "--key", "slow", server=daemon, input=b"x")
+    started = time.monotonic()
+    result = gridlike("result", "slow", "--wait", "0.2", server=daemon)
+    assert time.monotonic() - started >= 0.2
+    assert "pending" in refused(result, 3)
+    assert result.stdout == b""
+
+
+def test_not_found(daemon: Daemon, tmp_path: Path) -> None:
+    """An unknown key is exit 4, and result -o leaves no file."""
+    refused(gridlike("status", "nope", server=daemon), 4)
+    (tmp_path / "out").mkdir()
+    refused(
+        gridlike("result", "nope", "-o", str(tmp_path / "out" / "r"), server=daemon), 4
+    )
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_server_down() -> None:
+    """A server that cannot be reached is exit 3, naming it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = gridlike("stats", env={"GRIDLIKE_URL": f"http://127.0.0.1:{port}"})
+    assert f"cannot reach http://127.0.0.1:{port}" in refused(result, 3)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ([], "COMMAND"),
+        (["frobnicate"], "frobnicate"),
+        (["ls", "--status", "bogus"], "bogus"),
+        (["ls", "--limit", "0"], "--limit"),
+        (["submit"], "FILE"),
+        (["submit", "/nonexistent/file"], "/nonexistent/file"),
+        (["submit", "--key", "k", "setup.py", "README.md"], "--key"),
+        (["submit", "--wait", "-"], "--out"),
+        (["--server", "ftp://example.com", "stats"], "ftp://"),
+        (["result", "k", "--wait", "soon"], "soon"),
+    ],
+)
+def test_usage(daemon: Daemon, args: list[str], words: str) -> None:
+    """Bad command lines are exit 2 with a one-line reason."""
+    assert words in refused(gridlike(*args, server=daemon, cwd=ROOT), 2)
+
+
+def test_bad_key(daemon: Daemon) -> None:
+    """A key the server finds malformed is a usage error too."""
+    assert "key" in refused(
+        gridlike("submit", "-", "--key", "no/slash", server=daemon, input=b"x"), 2
+    )
+
+
+def test_api_key(make_daemon: Callable[..., Daemon]) -> None:
+    """With API keys configured, the key comes from --api-key or GRIDLIKE_API_KEY."""
+    server = make_daemon('[auth]\napi_keys = ["sesame"]\n')
+    assert "GRIDLIKE_API_KEY" in refused(gridlike("stats", server=server), 3)
+    refused(gridlike("stats", "--api-key", "wrong", server=server), 3)
+    stats = json.loads(
+        out(
+            gridlike(
+                "stats", "--json", server=server, env={"GRIDLIKE_API_KEY": "sesame"}
+            )
+        )
+    )
+    assert stats["jobs"]["pending"] == 0
+    assert out(gridlike("--api-key", "sesame", "workers", server=server)).split() == [
+        "ID",
+        "NAME",
+        "TYPE",
+        "STATE",
+        "ADDRESS",
+        "JOB",
+        "DONE",
+        "FAILED",
+        "CONNECTED",
+    ]
+
+
+EXTENSION = """
+from gridlike import cli
+
+@cli.command("hello", "greet", lambda parser: parser.add_argument("name"))
+async def hello(context: cli.Context) -> int:
+    context.print(f"hello {context.options.name} via {context.options.server}")
+    raise cli.CommandError("and goodbye", cli.NOT_FOUND)
+
+cli.main(["hello", "you", "--server", "http://example.com:1"])
+"""
+
+
+def test_extension_command() -> None:
+    """Another module adds a subcommand; it gets the global options and the exit codes."""
+    result = subprocess.run(
+        [sys.executable, "-c", EXTENSION],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert result.stdout == b"hello you via http://example.com:1\n"
+    assert refused(result, 4) == "gridlike: and goodbye\n"
+
+
+class TLSDaemon(Daemon):
+    """A daemon serving HTTPS on localhost with a certificate of its own."""
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    names = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """https:// is verified: an unknown certificate is refused, --ca-file trusts it."""
+    cert, key = make_certificate(tmp_path)
+    monkeypatch.setenv(
+        "REQUESTS_CA_BUNDLE", str(cert)
+    )  # for Daemon.start's health check
+    server = TLSDaemon(tmp_path)
+    server.listen = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    try:
+        server.start()
+        assert "TLS" in refused(gridlike("stats", server=server), 3)
+        gridlike(
+            "submit",
+            "-",
+            "--key",
+            "secure",
+            "--ca-file",
+            str(cert),
+            server=server,
+            input=b"x",
+        )
+        view = json.loads(
+            out(
+                gridlike(
+                    "status", "secure", "--json", "--ca-file", str(cert), server=server
+                )
+            )
+        )
+        assert view["payload_size"] == 1
+    finally:
+        server.stop()
+
+
+# With a worker
+
+
+def test_result(daemon: Daemon, tmp_path: Path) -> None:
+    """A done job's result goes to stdout byte for byte, or into a file with -o."""
+    binary = bytes(range(256)) * 100 + b"\r\n\x00"
+    gridlike("submit", "-", "--key", "k", server=daemon, input=b"in")
+    run_worker(daemon, 1, lambda payload: binary).join(30)
+    result = gridlike("result", "k", "--wait", "10", server=daemon)
+    assert result.returncode == 0 and result.stdout == binary
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "out.bin"
+    report = json.loads(
+        out(gridlike("result", "k", "-o", str(target), "--json", server=daemon))
+    )
+    assert report == {"key": "k", "output": str(target), "size": len(binary)}
+    assert target.read_bytes() == binary
+    assert list(target.parent.iterdir()) == [target]
+
+
+def test_submit_wait(daemon: Daemon, tmp_path: Path) -> None:
+    """submit --wait writes each result beside its input, or into --out DIR."""
+    inputs = []
+    for name in ["one.txt", "two.txt"]:
+        inputs.append(tmp_path / name)
+        inputs[-1].write_bytes(name.encode())
+    worker = run_worker(daemon, 4, lambda payload: payload.upper())
+    reports = json.loads(
+        out(gridlike("submit", "--wait", "--json", *map(str, inputs), server=daemon))
+    )
+    assert [r["status"] for r in reports] == ["done", "done"]
+    assert (tmp_path / "one.txt.result").read_bytes() == b"ONE.TXT"
+    assert reports[1]["result"] == str(tmp_path / "two.txt.result")
+    out_dir = tmp_path / "results"
+    lines = out(
+        gridlike(
+            "submit",
+            "--wait",
+            "--out",
+            str(out_dir),
+            str(inputs[0]),
+            "-",
+            server=daemon,
+            input=b"stdin",
+        )
+    ).splitlines()
+    assert lines[0].split() == ["KEY", "STATUS", "RESULT"] and len(lines) == 3
+    assert (out_dir / "one.txt.result").read_bytes() == b"ONE.TXT"
+    assert (out_dir / "stdin.result").read_bytes() == b"STDIN"
+    worker.join(30)
+
+
+def test_job_failed(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """A job that ends failed is exit 1, for submit --wait and result --wait."""
+    server = make_daemon("[scheduling]\nmax_attempts = 1\n")
+    worker = run_worker(server, 1, lambda payload: None)
+    source = tmp_path / "doomed.txt"
+    source.write_bytes(b"x")
+    assert "boom" in refused(
+        gridlike("submit", "--wait", "--key", "doomed", str(source), server=server), 1
+    )
+    assert not (tmp_path / "doomed.txt.result").exists()
+    assert "failed" in refused(
+        gridlike("result", "doomed", "--wait", "5", server=server), 1
+    )
+    worker.join(30)
