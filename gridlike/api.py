@@ -15,6 +15,13 @@ from urllib.parse import urlencode
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, DeferredList
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+)
+from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -31,7 +38,7 @@ from gridlike.errors import (
 )
 from gridlike.model import Job, Priority, Status, job_view
 from gridlike.registry import NewJob
-from gridlike.storage import PAYLOAD, RESULT
+from gridlike.storage import PAYLOAD, RESULT, TransferStopped
 from gridlike.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
 
 if TYPE_CHECKING:
@@ -357,8 +364,68 @@ class GridLikeAPI:
     async def _stream(self, request: IRequest, job: Job, kind: str, size: int) -> bytes:
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(size).encode("ascii"))
+        guard = _StallGuard(request, self._core.clock, self._settings.server.idle_timeout)
         try:
-            await self._core.storage.read(job.id, kind, request)
+            await self._core.storage.read(job.id, kind, guard)
         except NotFound:
             raise Unavailable(f"the {kind} of job {job.key!r} is missing from storage")
+        except TransferStopped:
+            guard.unregisterProducer()  # the client went away; nothing to answer
         return b""
+
+
+@implementer(IConsumer, IPushProducer)
+class _StallGuard:
+    """
+    Passes a download to the request, and closes the connection of a client
+    that reads none of it for C{timeout} seconds: a stalled reader must not
+    hold a connection and an open file forever.
+    """
+
+    def __init__(self, request: IRequest, clock: IReactorTime, timeout: float) -> None:
+        self._request = request
+        self._clock = clock
+        self._timeout = timeout
+        self._producer: IPushProducer | None = None
+        self._timer: IDelayedCall | None = None
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self._producer = producer
+        self._request.registerProducer(self, True)
+
+    def unregisterProducer(self) -> None:
+        self._cancel_timer()
+        self._producer = None
+        self._request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self._request.write(data)
+
+    def pauseProducing(self) -> None:
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._stalled)
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._cancel_timer()
+        if self._producer is not None:
+            self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._cancel_timer()
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _stalled(self) -> None:
+        self._timer = None
+        log.info("closing a download its client stopped reading")
+        transport = getattr(self._request, "transport", None)
+        if transport is not None:
+            transport.abortConnection()

@@ -55,7 +55,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     core = GridLikeService(settings, reactor)
     core.setServiceParent(root)
     api = GridLikeAPI(core)
-    site = UploadSite(api.root(), api.upload_policy, reactor=reactor)
+    site = UploadSite(
+        api.root(),
+        api.upload_policy,
+        reactor=reactor,
+        timeout=settings.server.idle_timeout,
+    )
     site.displayTracebacks = False
     for description in settings.server.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(root)

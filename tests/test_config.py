@@ -78,6 +78,7 @@ def test_embedded_defaults() -> None:
             max_payload=1024**3,
             max_wait=300.0,
             max_uploads=256,
+            idle_timeout=60.0,
         ),
         registry=RegistrySettings(
             kind="journal",

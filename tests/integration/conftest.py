@@ -15,6 +15,7 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     server.start()
     yield server
     server.stop()
+    assert_clean_log(server)
 
 
 @pytest.fixture
@@ -34,3 +35,11 @@ def make_daemon(tmp_path: Path) -> Iterator[object]:
     yield make
     for server in started:
         server.stop()
+    for server in started:
+        assert_clean_log(server)
+
+
+def assert_clean_log(server: Daemon) -> None:
+    """No error reached the server's log: every failure was expected and handled."""
+    log = server.log() if server.log_path.exists() else ""
+    assert "Traceback" not in log and "Unhandled" not in log, log[-5000:]
