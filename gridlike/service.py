@@ -57,9 +57,14 @@ class GridLikeService(Service):
         self.settings = settings
         self.clock: IReactorTime = reactor
         self._threadpool = ThreadPool(minthreads=2, maxthreads=16, name="gridlike-io")
-        self.storage: IStorage = storage or FilesystemStorage(
-            settings.storage.path, reactor=reactor, threadpool=self._threadpool
+        self._filesystem = None if storage is not None else FilesystemStorage(
+            settings.storage.path,
+            reactor=reactor,
+            threadpool=self._threadpool,
+            sync=settings.registry.fsync,
+            sync_interval=settings.registry.fsync_interval,
         )
+        self.storage: IStorage = storage or self._filesystem
         self.journal: IJournal = journal or Journal(
             settings.registry.path,
             reactor=reactor,
@@ -114,6 +119,8 @@ class GridLikeService(Service):
             if self._compacting is not None:
                 await DeferredList([self._compacting], consumeErrors=True)
             await self.journal.close()
+            if self._filesystem is not None:
+                await self._filesystem.close()
         finally:
             self._threadpool.stop()
 

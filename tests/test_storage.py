@@ -4,7 +4,9 @@ L{FilesystemStorage}.
 
 Most tests run file operations through a fake L{RunInThread} (synchronous,
 or run step by step), which counts thread hops and makes ordering
-deterministic; L{ThreadPoolTests} use a real reactor and thread pool.
+deterministic, and a fake C{syncfs} (L{FakeSyncfs}) through the L{SyncOps}
+seam, which counts syncs and can fail them; L{ThreadPoolTests} use a real
+reactor, thread pool and C{syncfs}.
 """
 
 from __future__ import annotations
@@ -12,15 +14,23 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterable, ParamSpec, TypeVar
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    fail,
+    succeed,
+)
 from twisted.internet.interfaces import (
     IConsumer,
     IPullProducer,
@@ -39,12 +49,27 @@ from gridlike.storage import (
     KINDS,
     PAYLOAD,
     RESULT,
+    SYNC_POLICIES,
     FilesystemStorage,
     IPayloadWriter,
     IStorage,
+    SyncOps,
     TransferStopped,
+    _fs_common,
+    _fs_reader,
+    _fs_sync,
+    _fs_writer,
     filesystem,
 )
+
+STORAGE_MODULES: list[ModuleType] = [
+    filesystem,
+    _fs_common,
+    _fs_reader,
+    _fs_sync,
+    _fs_writer,
+]
+"""The modules whose C{os} a test may replace."""
 
 JOB = "0123abcd-0000-4000-8000-000000000001"
 OTHER = "fedc9876-1111-4111-8111-111111111111"
@@ -81,6 +106,7 @@ class ManualThread:
     def __init__(self) -> None:
         self.calls = 0
         self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+        self.names: list[str] = []
 
     def __call__(
         self, f: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
@@ -88,11 +114,13 @@ class ManualThread:
         self.calls += 1
         d: Deferred[_T] = Deferred()
         self.pending.append((lambda: f(*args, **kwargs), d))
+        self.names.append(getattr(f, "__name__", ""))
         return d
 
-    def run_one(self) -> None:
-        """Run the oldest pending call and fire its Deferred."""
-        f, d = self.pending.pop(0)
+    def run_one(self, index: int = 0) -> None:
+        """Run a pending call (the oldest by default) and fire its Deferred."""
+        self.names.pop(index)
+        f, d = self.pending.pop(index)
         try:
             result = f()
         except BaseException:
@@ -108,9 +136,10 @@ class ManualThread:
 
 class FailingOS:
     """
-    Stands in for the C{os} module in L{gridlike.storage.filesystem}: the
-    named functions fail with C{OSError(code)} from their C{after}+1-th
-    call on; the rest is the real C{os}.
+    Stands in for the C{os} module in L{gridlike.storage.filesystem} and its
+    private modules (see L{StorageMixin.patch_os}): the named functions fail
+    with C{OSError(code)} from their C{after}+1-th call on; the rest is the
+    real C{os}.
     """
 
     def __init__(
@@ -134,6 +163,48 @@ class FailingOS:
             raise OSError(self._code, os.strerror(self._code))
 
         return failing
+
+
+class CountingOS:
+    """
+    Stands in for the C{os} module like L{FailingOS}, counting the calls of
+    the named functions (by name, in C{counts}) and passing them on.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.counts = {name: 0 for name in names}
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(os, name)
+        if name not in self.counts:
+            return real
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            self.counts[name] += 1
+            return real(*args, **kwargs)
+
+        return counting
+
+
+class FakeSyncfs:
+    """
+    Stands in for C{syncfs(2)} in L{SyncOps}: counts the calls, checks that
+    it gets an open directory, and fails with C{OSError(fail_with)} while
+    that is set. C{events}, if given, gets C{"sync"} appended per call.
+    """
+
+    def __init__(self, events: list[Any] | None = None) -> None:
+        self.calls = 0
+        self.fail_with: int | None = None
+        self.events = events
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        assert os.path.isdir(f"/proc/self/fd/{fd}") or sys.platform != "linux"
+        if self.events is not None:
+            self.events.append("sync")
+        if self.fail_with is not None:
+            raise OSError(self.fail_with, os.strerror(self.fail_with))
 
 
 @implementer(IPushProducer)
@@ -218,25 +289,54 @@ def open_fds() -> int:
 
 class StorageMixin:
     """
-    Makes a L{FilesystemStorage} on a fresh directory with a fake thread.
+    Makes a L{FilesystemStorage} on a fresh directory with a fake thread and
+    a fake C{syncfs} (batched syncs), or none (C{batched = False}: objects
+    are fsync'd one by one).
     """
 
     thread: Any
+    batched = True
 
     def make_storage(
-        self, run: SyncThread | ManualThread | None = None, chunk_size: int = CHUNK
+        self,
+        run: SyncThread | ManualThread | None = None,
+        chunk_size: int = CHUNK,
+        *,
+        sync: str = "always",
+        batched: bool | None = None,
     ) -> FilesystemStorage:
         root = Path(tempfile.mkdtemp(prefix="gridlike-storage-"))
         self.addCleanup(shutil.rmtree, root, True)  # type: ignore[attr-defined]
         self.root = root / "objects"
         self.thread = SyncThread() if run is None else run
+        self.clock = Clock()
+        if batched is None:
+            batched = self.batched
+        self.syncfs = FakeSyncfs()
         return FilesystemStorage(
             self.root,
-            reactor=Clock(),  # type: ignore[arg-type]
+            reactor=self.clock,  # type: ignore[arg-type]
             threadpool=ThreadPool(),
             chunk_size=chunk_size,
             run_in_thread=self.thread,
+            sync=sync,
+            sync_ops=SyncOps(syncfs=self.syncfs if batched else None),
         )
+
+    @property
+    def sync_hops(self) -> int:
+        """
+        @return: The thread hops a lone change costs beyond its own: one
+            sync when batched, none when fsync'd on its own.
+        """
+        return 1 if self.batched else 0
+
+    def patch_os(self, fake: Any) -> None:
+        """
+        Replace C{os} in every storage module with C{fake}.
+        """
+        for module in STORAGE_MODULES:
+            self.patch(module, "os", fake)  # type: ignore[attr-defined]
 
     def files(self) -> list[str]:
         """
@@ -295,7 +395,7 @@ class InterfaceTests(StorageMixin, SynchronousTestCase):
             calls.append((reactor, pool, f, args))
             return Deferred()
 
-        self.patch(filesystem, "deferToThreadPool", fake_defer)
+        self.patch(_fs_common, "deferToThreadPool", fake_defer)
         clock, pool = Clock(), ThreadPool()
         storage = FilesystemStorage(Path("/nonexistent"), reactor=clock, threadpool=pool)  # type: ignore[arg-type]
         storage.exists(JOB, PAYLOAD)
@@ -377,7 +477,8 @@ class NamingTests(StorageMixin, SynchronousTestCase):
 
 class WriterTests(StorageMixin, SynchronousTestCase):
     """
-    Writing objects with L{IStorage.writer}.
+    Writing objects with L{IStorage.writer}, made durable by batched syncs.
+    L{FallbackWriterTests} runs them all again with per-object fsyncs.
     """
 
     def test_round_trip_small(self) -> None:
@@ -412,7 +513,12 @@ class WriterTests(StorageMixin, SynchronousTestCase):
         self.assertEqual(consumer.value(), data)
         self.assertEqual(self.files(), [self.object_path()])
 
-    @settings(max_examples=60, deadline=None)
+    @settings(
+        max_examples=60,
+        deadline=None,
+        # Run by two classes, which differ only in how objects are synced.
+        suppress_health_check=[HealthCheck.differing_executors],
+    )
     @given(
         sizes=st.lists(st.integers(min_value=0, max_value=70), max_size=30),
         chunk_size=st.integers(min_value=1, max_value=40),
@@ -427,6 +533,7 @@ class WriterTests(StorageMixin, SynchronousTestCase):
                 threadpool=ThreadPool(),
                 chunk_size=chunk_size,
                 run_in_thread=SyncThread(),
+                sync_ops=SyncOps(syncfs=FakeSyncfs() if self.batched else None),
             )
             data = payload(sum(sizes))
             writer = storage.writer(JOB, PAYLOAD)
@@ -451,8 +558,11 @@ class WriterTests(StorageMixin, SynchronousTestCase):
 
     def test_small_object_one_hop(self) -> None:
         """
-        A 1 KiB object costs exactly one thread hop, to write it and to read
-        it back (with either read method), with the default chunk size.
+        With the default chunk size, a 1 KiB object costs exactly one thread
+        hop to be written and renamed into place, plus its share of one
+        batched sync (a hop of its own when it is alone; none where each
+        object is fsync'd within its hop); and one hop to be read back, with
+        either read method.
         """
         thread = SyncThread()
         storage = self.make_storage(thread, chunk_size=256 * 1024)
@@ -460,14 +570,19 @@ class WriterTests(StorageMixin, SynchronousTestCase):
         writer.write(payload(1024))
         self.assertEqual(thread.calls, 0)
         self.successResultOf(writer.finish())
-        self.assertEqual(thread.calls, 1)
+        self.assertEqual(thread.calls, 1 + self.sync_hops)
+        hops = thread.calls
         self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 2048))
-        self.assertEqual(thread.calls, 2)
+        self.assertEqual(thread.calls, hops + 1)
         self.successResultOf(storage.read(JOB, PAYLOAD, StringTransport()))
-        self.assertEqual(thread.calls, 3)
+        self.assertEqual(thread.calls, hops + 2)
 
     def test_invisible_until_finished(self) -> None:
-        """Until L{finish} fires, the object is only a temporary file."""
+        """
+        Until the final thread call of L{finish} renames it into place, the
+        object is only a temporary file; L{finish} fires only after that
+        (and, batched, after a sync).
+        """
         thread = ManualThread()
         storage = self.make_storage(thread)
         writer = storage.writer(JOB, PAYLOAD)
@@ -479,11 +594,17 @@ class WriterTests(StorageMixin, SynchronousTestCase):
         finished = writer.finish()
         self.assertNoResult(finished)
         exists = storage.exists(JOB, PAYLOAD)
-        thread.run_one()  # exists: queued after the final write
-        thread.run_all()
-        self.assertEqual(self.successResultOf(finished), CHUNK * 2)
-        self.assertTrue(self.successResultOf(exists))
+        self.assertEqual(len(thread.pending), 2)  # the final write, exists
+        thread.run_one(1)  # exists, before the rename
+        self.assertFalse(self.successResultOf(exists))
+        thread.run_one()  # the final write
         self.assertEqual(self.files(), [self.object_path()])
+        if self.batched:
+            self.assertNoResult(finished)
+            self.assertEqual(len(thread.pending), 1)  # the sync
+            thread.run_one()
+        self.assertEqual(thread.pending, [])
+        self.assertEqual(self.successResultOf(finished), CHUNK * 2)
 
     def test_replaces_previous(self) -> None:
         """A new object of the same name replaces the previous one."""
@@ -516,8 +637,9 @@ class WriterTests(StorageMixin, SynchronousTestCase):
         self.assertEqual(len(thread.pending), 1)
         thread.run_all()
         self.assertEqual(self.successResultOf(finished), CHUNK * 7)
-        # The first chunk, then the queued ones with the final fsync.
-        self.assertEqual(thread.calls, 2)
+        # The first chunk, then the queued ones with the rename (and the
+        # fsyncs, where there is no batched sync).
+        self.assertEqual(thread.calls, 2 + self.sync_hops)
         expected = data + data[:CHUNK] * 2
         self.assertEqual(self.settle(storage.read_bytes(JOB, PAYLOAD, 1000)), expected)
 
@@ -728,7 +850,7 @@ class WriterTests(StorageMixin, SynchronousTestCase):
         thread = ManualThread()
         storage = self.make_storage(thread)
         failing = FailingOS(["writev"], errno.ENOSPC, after=1)
-        self.patch(filesystem, "os", failing)
+        self.patch_os(failing)
         writer = storage.writer(JOB, PAYLOAD)
         producer = RecordingProducer()
         writer.registerProducer(producer, True)
@@ -754,18 +876,21 @@ class WriterTests(StorageMixin, SynchronousTestCase):
     def test_small_write_failure(self) -> None:
         """A write failing within L{finish} fails it; nothing remains."""
         storage = self.make_storage()
-        self.patch(filesystem, "os", FailingOS(["writev"], errno.EIO))
+        self.patch_os(FailingOS(["writev"], errno.EIO))
         writer = storage.writer(JOB, PAYLOAD)
         writer.write(b"data")
         self.failureResultOf(writer.finish(), Unavailable)
-        self.assertEqual(self.thread.calls, 1)
+        self.assertEqual(self.thread.calls, 1)  # no sync for it
         self.assertEqual(self.files(), [])
         self.successResultOf(writer.abort())
 
     def test_fsync_failure(self) -> None:
-        """A failing fsync fails L{finish}; nothing remains."""
-        storage = self.make_storage()
-        self.patch(filesystem, "os", FailingOS(["fsync"], errno.EIO))
+        """
+        Where objects are fsync'd one by one, a failing fsync fails
+        L{finish}; nothing remains.
+        """
+        storage = self.make_storage(batched=False)
+        self.patch_os(FailingOS(["fsync"], errno.EIO))
         writer = storage.writer(JOB, PAYLOAD)
         writer.write(payload(CHUNK * 3))
         failure = self.failureResultOf(writer.finish(), Unavailable)
@@ -775,7 +900,7 @@ class WriterTests(StorageMixin, SynchronousTestCase):
     def test_open_failure(self) -> None:
         """A temporary file that cannot be created fails L{finish}."""
         storage = self.make_storage()
-        self.patch(filesystem, "os", FailingOS(["open"], errno.EMFILE))
+        self.patch_os(FailingOS(["open"], errno.EMFILE))
         writer = storage.writer(JOB, PAYLOAD)
         writer.write(payload(CHUNK * 3))
         self.failureResultOf(writer.finish(), Unavailable)
@@ -783,17 +908,18 @@ class WriterTests(StorageMixin, SynchronousTestCase):
 
     def test_directory_fsync_failure(self) -> None:
         """
-        If the directory cannot be fsync'd after the rename, L{finish}
-        fails and the object is removed again.
+        Where objects are fsync'd one by one, if the directory cannot be
+        fsync'd after the rename, L{finish} fails and the object is removed
+        again.
         """
-        storage = self.make_storage()
+        storage = self.make_storage(batched=False)
         writer = storage.writer(JOB, RESULT)
         self.successResultOf(writer.finish())  # the directories now exist
 
         def fail_fsync(path: object) -> None:
             raise OSError(errno.EIO, "Input/output error")
 
-        self.patch(filesystem, "_fsync_directory", fail_fsync)
+        self.patch(_fs_sync, "fsync_directory", fail_fsync)
         writer = storage.writer(JOB, PAYLOAD)
         writer.write(b"data")
         self.failureResultOf(writer.finish(), Unavailable)
@@ -957,7 +1083,7 @@ class ReaderTests(StorageMixin, SynchronousTestCase):
         """A failing read fails with L{Unavailable} and unregisters."""
         storage = self.make_storage()
         self.store(storage, payload(CHUNK * 3))
-        self.patch(filesystem, "os", FailingOS(["pread"], errno.EIO, after=1))
+        self.patch_os(FailingOS(["pread"], errno.EIO, after=1))
         before = open_fds()
         consumer = RecordingConsumer()
         self.failureResultOf(storage.read(JOB, PAYLOAD, consumer), Unavailable)
@@ -1001,8 +1127,8 @@ class OperationTests(StorageMixin, SynchronousTestCase):
 
     def test_link_is_hard_link(self) -> None:
         """
-        L{link} makes a hard link (same inode) in one thread hop, which
-        survives deleting the source.
+        L{link} makes a hard link (same inode) in one thread hop (plus its
+        share of a batched sync), which survives deleting the source.
         """
         storage = self.make_storage()
         self.store(storage, b"the payload")
@@ -1010,7 +1136,7 @@ class OperationTests(StorageMixin, SynchronousTestCase):
         self.assertIsNone(
             self.successResultOf(storage.link(JOB, PAYLOAD, OTHER, RESULT))
         )
-        self.assertEqual(self.thread.calls, hops + 1)
+        self.assertEqual(self.thread.calls, hops + 1 + self.sync_hops)
         source, destination = storage.path(JOB, PAYLOAD), storage.path(OTHER, RESULT)
         self.assertEqual(source.stat().st_ino, destination.stat().st_ino)
         self.successResultOf(storage.delete(JOB))
@@ -1059,7 +1185,7 @@ class OperationTests(StorageMixin, SynchronousTestCase):
         data = payload(CHUNK * 5 + 2)
         self.store(storage, data)
         for number, code in enumerate([errno.EXDEV, errno.EPERM, errno.ENOTSUP]):
-            self.patch(filesystem, "os", FailingOS(["link"], code))
+            self.patch_os(FailingOS(["link"], code))
             destination = str(uuid.UUID(int=number + 1))
             self.successResultOf(storage.link(JOB, PAYLOAD, destination, RESULT))
             self.assertEqual(
@@ -1076,7 +1202,7 @@ class OperationTests(StorageMixin, SynchronousTestCase):
         """Another link error is L{Unavailable}; nothing remains."""
         storage = self.make_storage()
         self.store(storage, b"data")
-        self.patch(filesystem, "os", FailingOS(["link"], errno.EIO))
+        self.patch_os(FailingOS(["link"], errno.EIO))
         self.failureResultOf(storage.link(JOB, PAYLOAD, OTHER, RESULT), Unavailable)
         self.assertEqual(self.files(), [self.object_path()])
 
@@ -1127,6 +1253,7 @@ class OperationTests(StorageMixin, SynchronousTestCase):
             threadpool=ThreadPool(),
             chunk_size=CHUNK,
             run_in_thread=SyncThread(),
+            sync_ops=SyncOps(syncfs=FakeSyncfs()),
         )
         for job_id in [JOB, OTHER]:
             crashed.writer(job_id, RESULT).write(payload(CHUNK * 2))
@@ -1169,16 +1296,516 @@ class OperationTests(StorageMixin, SynchronousTestCase):
         storage = self.make_storage()
         self.root.write_bytes(b"not a directory")
         self.failureResultOf(storage.check(), Unavailable)
-        self.patch(filesystem, "os", FailingOS(["fsync"], errno.ENOSPC))
+        self.patch_os(FailingOS(["fsync"], errno.ENOSPC))
         self.root.unlink()
         failure = self.failureResultOf(storage.check(), Unavailable)
         self.assertIn("No space left on device", failure.value.problem)
         self.assertEqual(self.files(), [])
 
 
+class FallbackWriterTests(WriterTests):
+    """
+    L{WriterTests} where C{syncfs} is unavailable: each object is fsync'd
+    (file, directory, parents of new directories) in its own thread call.
+    """
+
+    batched = False
+
+
+class FallbackOperationTests(OperationTests):
+    """
+    L{OperationTests} where C{syncfs} is unavailable.
+    """
+
+    batched = False
+
+
+def job_ids(count: int) -> list[str]:
+    """
+    @return: C{count} job ids in different fan-out directories.
+    """
+    return [str(uuid.UUID(int=(n + 1) * 0x0101_0000 << 96)) for n in range(count)]
+
+
+class RecordingOS:
+    """
+    Stands in for C{os} in L{gridlike.storage._fs_sync}: appends
+    C{("rename", name)} to C{events} for each C{replace} into place.
+    """
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def replace(self, source: Any, destination: Any) -> None:
+        os.replace(source, destination)
+        self.events.append(("rename", Path(destination).name))
+
+
+class GroupCommitTests(StorageMixin, SynchronousTestCase):
+    """
+    Objects, links and removals finishing at about the same time share one
+    batched C{syncfs}, and none is acknowledged before a sync that started
+    after its rename.
+    """
+
+    def finish(
+        self, storage: FilesystemStorage, job_id: str, data: bytes
+    ) -> Deferred[int]:
+        """
+        @return: L{finish} of a new object of C{data}.
+        """
+        writer = storage.writer(job_id, PAYLOAD)
+        writer.write(data)
+        return writer.finish()
+
+    def test_batch_shares_one_sync(self) -> None:
+        """
+        Objects renamed into place while a sync runs all wait for the next
+        one, and that one sync acknowledges them all; no second sync starts
+        while one runs.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        first, *ids = job_ids(11)
+        early = self.finish(storage, first, b"first")
+        thread.run_one()  # its write and rename; then its sync starts
+        self.assertEqual(thread.names, ["sync"])
+        self.assertEqual(self.syncfs.calls, 1)  # the probe, before any write
+        finishing = [self.finish(storage, job_id, payload(100)) for job_id in ids]
+        while thread.names != ["sync"]:
+            thread.run_one(1)  # the writes and renames, not the sync
+        thread.run_one()
+        self.assertEqual(self.successResultOf(early), 5)
+        for finished in finishing:
+            # That sync may have started before their renames.
+            self.assertNoResult(finished)
+        self.assertEqual(thread.names, ["sync"])
+        thread.run_one()
+        for finished in finishing:
+            self.assertEqual(self.successResultOf(finished), 100)
+        self.assertEqual(thread.pending, [])
+        self.assertEqual(self.syncfs.calls, 3)
+        self.assertEqual(len(self.files()), 11)
+
+    def test_no_fsync_when_batched(self) -> None:
+        """
+        A batched object costs no fsync at all, even in new directories:
+        the sync of the filesystem covers the file, the rename and them.
+        (Only creating the storage root fsyncs its parent, once.)
+        """
+        counting = CountingOS(["fsync"])
+        self.patch_os(counting)
+        storage = self.make_storage()
+        for job_id in job_ids(3):
+            self.successResultOf(self.finish(storage, job_id, payload(CHUNK * 3)))
+        self.assertEqual(counting.counts["fsync"], 1)
+        self.assertEqual(self.syncfs.calls, 1 + 3)
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(data=st.data())
+    def test_acknowledged_only_after_a_later_sync(self, data: st.DataObject) -> None:
+        """
+        However the thread calls interleave, an object's L{finish} fires
+        only after a sync that ran after its rename; at most one sync is in
+        flight at a time; every object is acknowledged in the end.
+        """
+        events: list[Any] = []
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        self.syncfs.events = events
+        self.patch(_fs_sync, "os", RecordingOS(events))
+        count = data.draw(st.integers(min_value=1, max_value=6), label="objects")
+        ids = job_ids(count)
+        writers = []
+        for job_id in ids:
+            writer = storage.writer(job_id, PAYLOAD)
+            writer.write(payload(data.draw(st.integers(0, CHUNK * 3), label="size")))
+            writers.append(writer)
+        unfinished = list(range(count))
+        acknowledged: list[Deferred[int]] = []
+        while unfinished or thread.pending:
+            choice = data.draw(
+                st.integers(0, len(thread.pending) + len(unfinished) - 1),
+                label="step",
+            )
+            if choice < len(thread.pending):
+                thread.run_one(choice)
+            else:
+                n = unfinished.pop(choice - len(thread.pending))
+                finished = writers[n].finish()
+                finished.addCallback(
+                    lambda size, n=n: events.append(("fired", f"{ids[n]}.payload"))
+                )
+                acknowledged.append(finished)
+            self.assertLessEqual(thread.names.count("sync"), 1)
+        for finished in acknowledged:
+            self.successResultOf(finished)
+        for job_id in ids:
+            name = f"{job_id}.payload"
+            renamed = events.index(("rename", name))
+            fired = events.index(("fired", name))
+            self.assertIn("sync", events[renamed:fired], events)
+
+    def test_sync_failure_fails_the_batch(self) -> None:
+        """
+        A failing sync fails every object of its batch with L{Unavailable}
+        and removes their files; objects of earlier batches stay; the next
+        batch works again.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        first, *batch, later = job_ids(6)
+        early = self.finish(storage, first, b"durable")
+        thread.run_one()
+        failing = [self.finish(storage, job_id, b"lost") for job_id in batch]
+        while thread.names != ["sync"]:
+            thread.run_one(1)
+        thread.run_one()  # the first object's sync succeeds
+        self.successResultOf(early)
+        self.syncfs.fail_with = errno.EIO
+        thread.run_one()  # the batch's sync fails
+        self.assertEqual(len(self.files()), 5)  # not yet acknowledged...
+        for finished in failing:
+            self.assertNoResult(finished)
+        thread.run_one()  # ...until their files are removed
+        for finished in failing:
+            failure = self.failureResultOf(finished, Unavailable)
+            self.assertIn("Input/output error", failure.value.problem)
+            self.assertEqual(failure.value.status, 503)
+        self.assertEqual(self.files(), [self.object_path(first)])
+        self.assertEqual(thread.pending, [])
+        self.syncfs.fail_with = None
+        again = self.finish(storage, later, b"again")
+        thread.run_all()
+        self.assertEqual(self.successResultOf(again), 5)
+        self.assertEqual(
+            self.files(), sorted([self.object_path(first), self.object_path(later)])
+        )
+
+    def test_failed_sync_spares_a_newer_object(self) -> None:
+        """
+        A newer object of the same name, renamed over one whose sync then
+        fails, is not removed with it, and is acknowledged by its own sync.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        old = self.finish(storage, JOB, b"old")
+        thread.run_one()  # renamed; its sync is in flight
+        new = self.finish(storage, JOB, b"new")
+        thread.run_one(1)  # renamed over it; waits for the next sync
+        self.syncfs.fail_with = errno.EIO
+        thread.run_one()  # the old one's sync fails
+        thread.run_one()  # removing its file: not there any more
+        self.failureResultOf(old, Unavailable)
+        self.syncfs.fail_with = None
+        thread.run_all()
+        self.assertEqual(self.successResultOf(new), 3)
+        self.assertEqual(self.settle(storage.read_bytes(JOB, PAYLOAD, 10)), b"new")
+
+    def test_failed_link(self) -> None:
+        """
+        A link whose sync fails fails with L{Unavailable} and leaves no
+        destination (the source stays), and so does a link of the same pair
+        that found it already linked and waited for a later sync.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        self.settle(self.finish(storage, JOB, b"source"))
+        linked = storage.link(JOB, PAYLOAD, OTHER, RESULT)
+        thread.run_one()  # linked into place; its sync starts
+        again = storage.link(JOB, PAYLOAD, OTHER, RESULT)
+        thread.run_one(1)  # already linked: relies on the first link
+        self.syncfs.fail_with = errno.EIO
+        thread.run_all()
+        self.failureResultOf(linked, Unavailable)
+        self.failureResultOf(again, Unavailable)
+        self.assertEqual(self.files(), [self.object_path()])
+        self.syncfs.fail_with = None
+        self.assertIsNone(self.settle(storage.link(JOB, PAYLOAD, OTHER, RESULT)))
+        self.assertEqual(self.settle(storage.read_bytes(OTHER, RESULT, 10)), b"source")
+
+    def test_link_and_delete_share_the_sync(self) -> None:
+        """
+        L{link} and L{delete} wait for a batched sync too (not for an fsync
+        of their own), and share it with objects.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        self.settle(self.finish(storage, JOB, b"source"))
+        self.settle(self.finish(storage, OTHER, b"other"))
+        syncs = self.syncfs.calls
+        counting = CountingOS(["fsync"])
+        self.patch_os(counting)
+        blocker = self.finish(storage, job_ids(1)[0], b"x")
+        thread.run_one()  # its sync is in flight
+        linked = storage.link(JOB, PAYLOAD, JOB, RESULT)
+        deleted = storage.delete(OTHER)
+        thread.run_one(1)
+        thread.run_one(1)
+        thread.run_one()  # the blocker's sync
+        self.successResultOf(blocker)
+        self.assertNoResult(linked)
+        self.assertNoResult(deleted)
+        thread.run_all()
+        self.assertIsNone(self.successResultOf(linked))
+        self.assertIsNone(self.successResultOf(deleted))
+        self.assertEqual(self.syncfs.calls, syncs + 2)
+        self.assertEqual(counting.counts["fsync"], 0)
+
+    def test_delete_failure(self) -> None:
+        """A removal whose sync fails fails with L{Unavailable}."""
+        storage = self.make_storage()
+        self.successResultOf(self.finish(storage, JOB, b"data"))
+        self.syncfs.fail_with = errno.EIO
+        self.failureResultOf(storage.delete(JOB), Unavailable)
+        self.assertEqual(self.files(), [])
+        self.syncfs.fail_with = None
+        # Nothing to remove: nothing to sync.
+        syncs = self.syncfs.calls
+        self.successResultOf(storage.delete(JOB))
+        self.assertEqual(self.syncfs.calls, syncs)
+
+
+class FallbackTests(StorageMixin, SynchronousTestCase):
+    """
+    Where C{syncfs} is unavailable (another system, an older kernel, or
+    C{ENOSYS}), each object is fsync'd on its own.
+    """
+
+    def test_without_syncfs(self) -> None:
+        """
+        Without C{syncfs}, an object's one thread hop fsyncs the file, its
+        directory and the parents of new directories.
+        """
+        counting = CountingOS(["fsync"])
+        self.patch_os(counting)
+        storage = self.make_storage(batched=False)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.successResultOf(writer.finish())
+        self.assertEqual(self.thread.calls, 1)
+        # The parents of the new root, root/tmp, root/01 and root/01/23;
+        # then the file, and root/01/23 after the rename.
+        self.assertEqual(counting.counts["fsync"], 6)
+        self.assertEqual(self.syncfs.calls, 0)
+
+    def test_enosys(self) -> None:
+        """
+        If C{syncfs} fails with C{ENOSYS} when first tried, before any
+        object is written, the storage fsyncs objects one by one from then
+        on, and never tries C{syncfs} again.
+        """
+        counting = CountingOS(["fsync"])
+        self.patch_os(counting)
+        storage = self.make_storage()
+        self.syncfs.fail_with = errno.ENOSYS
+        for job_id in job_ids(2):
+            writer = storage.writer(job_id, PAYLOAD)
+            writer.write(b"data")
+            self.successResultOf(writer.finish())
+        self.assertEqual(self.thread.calls, 2)
+        self.assertEqual(self.syncfs.calls, 1)
+        self.assertGreaterEqual(counting.counts["fsync"], 4)
+        self.assertEqual(len(self.files()), 2)
+
+    def test_first_sync_fails(self) -> None:
+        """
+        If C{syncfs} fails otherwise when first tried, the object fails with
+        L{Unavailable} and nothing remains; the next object tries again.
+        """
+        storage = self.make_storage()
+        self.syncfs.fail_with = errno.EIO
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.failureResultOf(writer.finish(), Unavailable)
+        self.assertEqual(self.files(), [])
+        self.syncfs.fail_with = None
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.successResultOf(writer.finish())
+        self.assertEqual(self.syncfs.calls, 3)  # failed probe, probe, sync
+
+    def test_load_syncfs(self) -> None:
+        """
+        L{_fs_sync.load_syncfs} finds C{syncfs} on Linux 5.8 and later only
+        (before, it did not report writeback errors).
+        """
+        self.assertIsNone(_fs_sync.load_syncfs("darwin", "23.1.0"))
+        self.assertIsNone(_fs_sync.load_syncfs("linux", "5.7.19-generic"))
+        self.assertIsNone(_fs_sync.load_syncfs("linux", "unknown"))
+        self.assertEqual(_fs_sync._kernel_version("6.1.0-13-amd64"), (6, 1))
+        if not sys.platform.startswith("linux"):
+            return
+        syncfs = _fs_sync.load_syncfs("linux", "5.8.0")
+        assert syncfs is not None
+        directory = tempfile.mkdtemp(prefix="gridlike-storage-")
+        self.addCleanup(os.rmdir, directory)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            syncfs(fd)
+        finally:
+            os.close(fd)
+        error = self.assertRaises(OSError, syncfs, fd)
+        self.assertEqual(error.errno, errno.EBADF)
+
+
+class PolicyTests(StorageMixin, SynchronousTestCase):
+    """
+    The C{sync} policies: C{"always"} (the default, tested above),
+    C{"interval"} and C{"never"}.
+    """
+
+    def test_bad_policy(self) -> None:
+        """An unknown policy or a non-positive interval is a L{ValueError}."""
+        self.assertEqual(SYNC_POLICIES, ("always", "interval", "never"))
+        for arguments in [{"sync": "sometimes"}, {"sync_interval": 0}]:
+            self.assertRaises(
+                ValueError,
+                FilesystemStorage,
+                Path("/nonexistent"),
+                reactor=Clock(),  # type: ignore[arg-type]
+                threadpool=ThreadPool(),
+                **arguments,
+            )
+
+    def test_never(self) -> None:
+        """
+        Under C{"never"}, L{finish}, L{link} and L{delete} fire after their
+        one thread hop, with no sync or fsync at all, and no timer.
+        """
+        for batched in [True, False]:
+            counting = CountingOS(["fsync"])
+            self.patch_os(counting)
+            storage = self.make_storage(sync="never", batched=batched)
+            writer = storage.writer(JOB, PAYLOAD)
+            writer.write(payload(CHUNK * 3))
+            self.successResultOf(writer.finish())
+            self.successResultOf(storage.link(JOB, PAYLOAD, OTHER, RESULT))
+            self.successResultOf(storage.delete(JOB))
+            # A chunk, the last write and rename, the link, the removal.
+            self.assertEqual(self.thread.calls, 4)
+            self.assertEqual(self.syncfs.calls, 0)
+            self.assertEqual(counting.counts["fsync"], 0)
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+            self.successResultOf(storage.close())
+
+    def test_interval(self) -> None:
+        """
+        Under C{"interval"}, L{finish} fires after its thread hop; the
+        filesystem is synced once per interval while anything changed, and
+        no timer runs while nothing does.
+        """
+        storage = self.make_storage(sync="interval")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        for job_id in [JOB, *job_ids(2)]:
+            writer = storage.writer(job_id, PAYLOAD)
+            writer.write(b"data")
+            self.successResultOf(writer.finish())
+        self.assertEqual(self.thread.calls, 3)
+        self.assertEqual(self.syncfs.calls, 1)  # the probe
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.5)
+        self.successResultOf(storage.link(JOB, PAYLOAD, JOB, RESULT))
+        self.clock.advance(0.5)
+        self.assertEqual(self.syncfs.calls, 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10)
+        self.assertEqual(self.syncfs.calls, 2)
+
+    def test_interval_failure(self) -> None:
+        """
+        Under C{"interval"}, a failed sync (logged) is tried again at the
+        next interval.
+        """
+        storage = self.make_storage(sync="interval")
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.successResultOf(writer.finish())
+        self.syncfs.fail_with = errno.EIO
+        self.clock.advance(1)
+        self.assertEqual(self.syncfs.calls, 2)
+        self.assertEqual(self.files(), [self.object_path()])  # acknowledged
+        self.syncfs.fail_with = None
+        self.clock.advance(1)
+        self.assertEqual(self.syncfs.calls, 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_interval_without_syncfs(self) -> None:
+        """
+        Under C{"interval"} where C{syncfs} is unavailable, the periodic
+        sync is C{sync(2)}.
+        """
+        synced = []
+        root = Path(tempfile.mkdtemp(prefix="gridlike-storage-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        clock = Clock()
+        storage = FilesystemStorage(
+            root,
+            reactor=clock,  # type: ignore[arg-type]
+            threadpool=ThreadPool(),
+            run_in_thread=SyncThread(),
+            sync="interval",
+            sync_ops=SyncOps(syncfs=None, sync_all=lambda: synced.append(1)),
+        )
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.successResultOf(writer.finish())
+        self.assertEqual(synced, [])
+        clock.advance(1)
+        self.assertEqual(synced, [1])
+
+    def test_close_interval(self) -> None:
+        """
+        L{close} under C{"interval"} runs the sync that was due, stops the
+        timer and closes the descriptor syncs use.
+        """
+        storage = self.make_storage(sync="interval")
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.successResultOf(writer.finish())
+        before = open_fds()
+        self.successResultOf(storage.close())
+        self.assertEqual(self.syncfs.calls, 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(open_fds(), before - 1)
+
+    def test_close_waits(self) -> None:
+        """
+        L{close} fires only after the sync in flight, and fails with
+        L{Unavailable} if a last sync due under C{"interval"} fails.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        finished = writer.finish()
+        thread.run_one()
+        closed = storage.close()
+        self.assertNoResult(closed)
+        thread.run_all()
+        self.successResultOf(finished)
+        self.successResultOf(closed)
+
+        storage = self.make_storage(sync="interval")
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"data")
+        self.successResultOf(writer.finish())
+        self.syncfs.fail_with = errno.EIO
+        self.failureResultOf(storage.close(), Unavailable)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class ThreadPoolTests(TestCase):
     """
-    L{FilesystemStorage} with the real reactor and a real thread pool.
+    L{FilesystemStorage} with the real reactor, a real thread pool and the
+    real C{syncfs} (where there is one).
     """
 
     def setUp(self) -> None:
@@ -1189,12 +1816,22 @@ class ThreadPoolTests(TestCase):
         pool = ThreadPool(minthreads=1, maxthreads=2, name="test-storage")
         pool.start()
         self.addCleanup(pool.stop)
+        self.syncs = 0
+        real = _fs_sync.system_syncfs()
+
+        def counting(fd: int) -> None:
+            self.syncs += 1
+            assert real is not None
+            real(fd)
+
         self.storage = FilesystemStorage(
             directory / "objects",
             reactor=reactor,  # type: ignore[arg-type]
             threadpool=pool,
             chunk_size=1024,
+            sync_ops=SyncOps(syncfs=None if real is None else counting),
         )
+        self.addCleanup(self.storage.close)
 
     async def _round_trip(self) -> None:
         import io
@@ -1237,3 +1874,27 @@ class ThreadPoolTests(TestCase):
     def test_too_large(self) -> None:
         """Going past C{max_size} leaves nothing, with real threads."""
         return Deferred.fromCoroutine(self._too_large())  # type: ignore[return-value]
+
+    async def _concurrent(self) -> None:
+        ids = job_ids(40)
+        finishing = []
+        for n, job_id in enumerate(ids):
+            writer = self.storage.writer(job_id, RESULT)
+            writer.write(payload(n * 100))
+            finishing.append(writer.finish())
+        sizes = await DeferredList(finishing, fireOnOneErrback=True)
+        self.assertEqual([size for _, size in sizes], [n * 100 for n in range(40)])
+        self.assertEqual(
+            await self.storage.object_ids(), {(job_id, RESULT) for job_id in ids}
+        )
+        if _fs_sync.system_syncfs() is not None:
+            # The probe, then a few batches (on two threads, writes land
+            # many times faster than a sync).
+            self.assertLess(self.syncs, 20)
+
+    def test_concurrent(self) -> None:
+        """
+        Many objects finishing at once are all acknowledged, through few
+        real syncs.
+        """
+        return Deferred.fromCoroutine(self._concurrent())  # type: ignore[return-value]

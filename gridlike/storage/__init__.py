@@ -4,7 +4,7 @@ Payload storage: L{IStorage}, which alone touches the bytes of jobs, and its
 providers (L{FilesystemStorage}, the default).
 """
 
-from .filesystem import FilesystemStorage, RunInThread
+from .filesystem import SYNC_POLICIES, FilesystemStorage, RunInThread, SyncOps
 from .interface import (
     KINDS,
     PAYLOAD,
@@ -22,5 +22,7 @@ __all__ = [
     "PAYLOAD",
     "RESULT",
     "RunInThread",
+    "SYNC_POLICIES",
+    "SyncOps",
     "TransferStopped",
 ]

@@ -41,7 +41,10 @@ class IPayloadWriter(IConsumer):
     C{registerProducer}; a streaming producer is paused while more than about
     two chunks wait for the disk and resumed when they have drained), then
     call L{finish} to make the object durable and visible, or L{abort} to
-    discard it. Until L{finish} fires, readers do not see the object.
+    discard it. Readers do not see the object before L{finish} has put it in
+    place, which a provider may do a little before L{finish} fires (while
+    the object waits for a sync shared with others); it counts as stored
+    only once L{finish} has fired, and if L{finish} fails it is removed.
 
     Bytes written after an I/O error are discarded; the error is reported by
     L{finish}. C{write} raises C{RuntimeError} after L{finish}, and does
@@ -53,13 +56,16 @@ class IPayloadWriter(IConsumer):
 
     def finish() -> Deferred[int]:
         """
-        Make every written byte durable: write out what is buffered, fsync
-        the file, rename it into place and fsync its directory.
+        Make every written byte durable: write out what is buffered, put the
+        object in place and sync it to disk (how, and whether at all, is the
+        provider's durability policy: the default is to fire only once the
+        object and its name are on disk).
 
         @return: A L{Deferred} firing with the object's size in bytes once it
             is durable and visible. It fails with
-            L{gridlike.errors.Unavailable} if any write, fsync or rename
-            failed (disk full, I/O error); then nothing of the object remains.
+            L{gridlike.errors.Unavailable} if any write, sync or rename
+            failed (disk full, I/O error); then nothing of the object remains
+            (nor of a previous object of that name that it replaced).
             After L{abort} it fails at once: with
             L{gridlike.errors.PayloadTooLarge} if the writer aborted itself
             for size, else with L{twisted.internet.defer.CancelledError}.
@@ -92,8 +98,8 @@ class IStorage(Interface):
     def writer(job_id: str, kind: str, max_size: int | None = None) -> IPayloadWriter:
         """
         Start a new object; it becomes visible under (C{job_id}, C{kind})
-        only when L{IPayloadWriter.finish} succeeds, replacing any previous
-        object of that name.
+        only when L{IPayloadWriter.finish} puts it in place, replacing any
+        previous object of that name.
 
         @param job_id: The job's id, a canonical UUID string.
         @param kind: L{PAYLOAD} or L{RESULT}.
@@ -157,8 +163,10 @@ class IStorage(Interface):
         @param dst_kind: The destination's kind, L{PAYLOAD} or L{RESULT}.
 
         @return: A L{Deferred} firing with C{None} once the destination is
-            durable; it fails with L{gridlike.errors.NotFound} if there is no
-            source, and with L{gridlike.errors.Unavailable} on an I/O error.
+            durable (under the provider's durability policy); it fails with
+            L{gridlike.errors.NotFound} if there is no source, and with
+            L{gridlike.errors.Unavailable} on an I/O error (a destination it
+            had put in place is removed again).
         """
 
     def delete(job_id: str) -> Deferred[None]:
@@ -167,8 +175,9 @@ class IStorage(Interface):
 
         @param job_id: The job's id, a canonical UUID string.
 
-        @return: A L{Deferred} firing with C{None} when they are gone; it
-            fails with L{gridlike.errors.Unavailable} on an I/O error.
+        @return: A L{Deferred} firing with C{None} when they are gone (for
+            good, under the provider's durability policy); it fails with
+            L{gridlike.errors.Unavailable} on an I/O error.
         """
 
     def exists(job_id: str, kind: str) -> Deferred[bool]:
