@@ -575,7 +575,9 @@ def parse(
     """Parse a command line; environment variables fill in global options."""
     environ = dict(os.environ) if environ is None else environ
     options = build_parser().parse_args(argv)
-    options.server = options.server or environ.get("GRIDLIKE_URL") or DEFAULT_URL
+    options.server = options.server or environ.get("GRIDLIKE_URL")
+    options.server_given = options.server is not None
+    options.server = options.server or DEFAULT_URL
     options.api_key = options.api_key or environ.get("GRIDLIKE_API_KEY") or None
     return options
 

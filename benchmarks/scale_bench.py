@@ -1,0 +1,160 @@
+"""
+Scale from outside, against a real daemon, with the server's memory read
+from /proc/PID/status:
+
+- a large job (default 1 GiB) submitted, run through an echo worker and
+  downloaded, checked by SHA-256: the server's peak resident memory;
+- many idle workers (default 1,000) connected and ready at once, then a job
+  each: every one registers, and every job is done.
+
+Run from the repository::
+
+    python benchmarks/scale_bench.py [--payload-mib 1024] [--workers 1000]
+
+For a million pending jobs, see benchmarks/replay_bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import requests  # noqa: E402
+import websocket  # noqa: E402
+
+from tests.integration.daemon import Daemon  # noqa: E402
+
+CHUNK = 1 << 20
+
+
+def memory(pid: int) -> tuple[int, int]:
+    """Resident and peak resident memory of a process, in MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
+
+
+def random_file(path: Path, mib: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        block = os.urandom(CHUNK)
+        for i in range(mib):
+            piece = block[i % 64 :] + block[: i % 64]
+            digest.update(piece)
+            out.write(piece)
+    return digest.hexdigest()
+
+
+def echo_once(server: Daemon) -> None:
+    """A plain worker that echoes one job back, in one binary message."""
+    ws = websocket.create_connection(server.ws_url + "/api/worker", timeout=600)
+    ws.send(json.dumps({"code": 0, "name": "echo", "id": "echo", "token": ""}))
+    ws.recv()
+    ws.send(json.dumps({"code": 1, "status": 1}))
+    opcode, data = ws.recv_data()
+    ws.send_binary(data)
+    del data
+    ws.recv()
+    ws.close()
+
+
+def big_job(mib: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        source = root / "payload.bin"
+        expected = random_file(source, mib)
+        server = Daemon(root, f'[server]\nmax_payload = "{mib + 1}MiB"\n')
+        server.start()
+        assert server.process is not None
+        pid = server.process.pid
+        worker = threading.Thread(target=echo_once, args=(server,))
+        worker.start()
+        began = time.monotonic()
+        with open(source, "rb") as payload:
+            response = requests.post(
+                server.url + "/api/jobs/submit", files={"payload": payload}, data={"key": "big"}
+            )
+        assert response.status_code == 202, response.text
+        submitted = time.monotonic()
+        digest = hashlib.sha256()
+        with requests.get(server.url + "/api/jobs/big/result?wait=600", stream=True) as result:
+            assert result.status_code == 200, result.text
+            for piece in result.iter_content(CHUNK):
+                digest.update(piece)
+        ended = time.monotonic()
+        worker.join()
+        rss, peak = memory(pid)
+        server.stop()
+        assert digest.hexdigest() == expected, "the result differs from the payload"
+        print(
+            f"{mib} MiB job: upload {submitted - began:.1f} s, run and download "
+            f"{ended - submitted:.1f} s, result verified; server RSS {rss} MiB, "
+            f"peak {peak} MiB",
+            flush=True,
+        )
+
+
+def idle_workers(count: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the daemon inherits it
+    with tempfile.TemporaryDirectory() as directory:
+        server = Daemon(Path(directory), f"[workers]\nmax_registering = {count}\n")
+        server.start()
+        assert server.process is not None
+        began = time.monotonic()
+        sockets = []
+        for n in range(count):
+            ws = websocket.create_connection(server.ws_url + "/api/worker", timeout=60)
+            ws.send(json.dumps({"code": 0, "name": f"idle {n}", "id": f"idle-{n}", "token": ""}))
+            sockets.append(ws)
+        for ws in sockets:
+            assert json.loads(ws.recv()) == {"code": 2}
+            ws.send(json.dumps({"code": 1, "status": 1}))
+        connected = time.monotonic()
+        states = requests.get(server.url + "/api/stats").json()["workers"]
+        while states["ready"] < count:
+            time.sleep(0.1)
+            states = requests.get(server.url + "/api/stats").json()["workers"]
+        rss, peak = memory(server.process.pid)
+        files = [("payload", (f"p{n}", f"{n}".encode())) for n in range(count)]
+        assert requests.post(server.url + "/api/jobs/bulk", files=files).status_code == 202
+        for ws in sockets:
+            opcode, data = ws.recv_data()
+            ws.send_binary(data)
+        for ws in sockets:
+            assert json.loads(ws.recv()) == {"code": 2}
+        done = requests.get(server.url + "/api/stats").json()["jobs"]["done"]
+        for ws in sockets:
+            ws.close()
+        server.stop()
+        print(
+            f"{count} idle workers: connected and ready in {connected - began:.1f} s, "
+            f"{states['ready']} ready; then {done} jobs done, one each; server RSS "
+            f"{rss} MiB idle, peak {peak} MiB",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--payload-mib", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=1000)
+    options = parser.parse_args()
+    big_job(options.payload_mib)
+    idle_workers(options.workers)
+
+
+if __name__ == "__main__":
+    main()

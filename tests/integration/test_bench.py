@@ -1,0 +1,50 @@
+"""
+The C{gridlike bench} and C{gridlike worker} commands, end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import requests
+
+from tests.integration.daemon import ROOT, Daemon
+
+
+def gridlike(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "gridlike.cli", *args],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=timeout,
+    )
+
+
+def test_bench_small_run() -> None:
+    """A small bench run starts its own server and prints every figure."""
+    done = gridlike("bench", "--jobs", "300", "--workers", "2", "--latency-jobs", "20", "--json")
+    assert done.returncode == 0, done.stderr.decode()
+    figures = json.loads(done.stdout)
+    assert figures["jobs"] == 300 and figures["workers"] == 2
+    assert figures["end_to_end_jobs_per_s"] > 0 and figures["submit_jobs_per_s"] > 0
+    assert set(figures["latency_ms"]) == {"p50", "p90", "p99"}
+    assert figures["server_peak_rss_mib"] > 0
+
+
+def test_worker_command(daemon: Daemon) -> None:
+    """gridlike worker -- COMMAND runs the command for each job."""
+    key = requests.post(daemon.url + "/api/jobs/submit", files={"payload": b"shout"}).json()["created"]
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "gridlike.cli", "worker", "--server", daemon.url, "--", "tr", "a-z", "A-Z"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        result = requests.get(f"{daemon.url}/api/jobs/{key}/result?wait=30")
+        assert result.content == b"SHOUT"
+    finally:
+        agent.terminate()
+        assert agent.wait(timeout=30) == 0
