@@ -111,6 +111,8 @@ class ServerSettings:
     @ivar idle_timeout: seconds an HTTP connection may send nothing while a
         request is expected, or read nothing of a download, before it is
         closed (a GridLike extension).
+    @ivar access_log: whether each HTTP request is logged (a GridLike
+        extension).
     """
 
     listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
@@ -119,6 +121,7 @@ class ServerSettings:
     max_wait: float = 300.0
     max_uploads: int = 256
     idle_timeout: float = 60.0
+    access_log: bool = False
 
 
 @frozen
@@ -654,6 +657,7 @@ def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[
         max_wait=table.number("max_wait", defaults.max_wait),
         max_uploads=table.integer("max_uploads", defaults.max_uploads, at_least=1),
         idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
+        access_log=table.boolean("access_log", defaults.access_log),
     )
     table.finish()
     return settings, exposed

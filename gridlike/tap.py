@@ -58,6 +58,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site = UploadSite(
         api.root(),
         api.upload_policy,
+        access_log=settings.server.access_log,
         reactor=reactor,
         timeout=settings.server.idle_timeout,
     )

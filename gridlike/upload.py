@@ -449,10 +449,24 @@ class UploadRequest(Request):
 
 
 class UploadSite(Site):
-    """A L{Site} whose requests stream uploads under an L{UploadPolicy}."""
+    """
+    A L{Site} whose requests stream uploads under an L{UploadPolicy}, and
+    which logs each request only when asked to.
+    """
 
     requestFactory = UploadRequest
 
-    def __init__(self, resource: Any, upload_policy: UploadPolicy, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        upload_policy: UploadPolicy,
+        access_log: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, **kwargs)
         self.upload_policy = upload_policy
+        self._access_log = access_log
+
+    def log(self, request: Request) -> None:
+        if self._access_log:
+            super().log(request)

@@ -79,6 +79,7 @@ def test_embedded_defaults() -> None:
             max_wait=300.0,
             max_uploads=256,
             idle_timeout=60.0,
+            access_log=False,
         ),
         registry=RegistrySettings(
             kind="journal",
