@@ -100,6 +100,10 @@ class ServerProcess:
                 return int(line.split()[1]) // 1024
         return 0
 
+    def log_tail(self) -> str:
+        """The end of the server's log, to explain a failed run."""
+        return self._log.read_text(errors="replace")[-4000:]
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=60)
@@ -199,6 +203,10 @@ async def run_bench(context: Context) -> int:
         submit_rate, end_to_end = await _throughput(context, client)
         latencies = await _latencies(context, client) if options.latency_jobs else []
         peak = server.peak_memory() if server is not None else None
+    except Exception:
+        if server is not None:
+            print(f"the server's log ends with:\n{server.log_tail()}", file=sys.stderr)
+        raise
     finally:
         for worker in workers:
             worker.terminate()

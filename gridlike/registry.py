@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from collections import Counter, deque
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
-from uuid import uuid4
+from uuid import UUID
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
@@ -62,9 +64,19 @@ class NewJob:
     description: str | None = None
 
 
-def new_job_id() -> str:
-    """A fresh job id; storage object names derive from it alone."""
-    return str(uuid4())
+def _random_ids() -> Iterator[str]:
+    """
+    Random (version 4) UUIDs, from the system's randomness fetched 4 KiB at
+    a time: one system call per id was a tenth of a busy server's time.
+    """
+    while True:
+        pool = os.urandom(16 * 256)
+        for start in range(0, len(pool), 16):
+            yield str(UUID(bytes=pool[start : start + 16], version=4))
+
+
+new_job_id = partial(next, _random_ids())
+"""A fresh job id; storage object names derive from it alone."""
 
 
 def _encode_job(job: Job) -> list[Any]:

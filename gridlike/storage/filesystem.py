@@ -28,6 +28,7 @@ thread pool belongs to the caller, who starts and stops it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from contextlib import suppress
@@ -138,6 +139,7 @@ class FilesystemStorage:
         self._root = Path(root)
         self._temporary = self._root / TEMP_DIRECTORY
         self._prefix = f"{secrets.token_hex(4)}-"
+        self._names = itertools.count()
         self._chunk_size = chunk_size
         self._run_in_thread: RunInThread = (
             PoolRunner(reactor, threadpool) if run_in_thread is None else run_in_thread
@@ -180,7 +182,8 @@ class FilesystemStorage:
         @return: A fresh name in the temporary directory, starting with
             this instance's prefix so that L{sweep_temporary} spares it.
         """
-        name = f"{self._prefix}{what}{secrets.token_hex(12)}{TEMP_SUFFIX}"
+        # Unique within this instance; the random prefix sets instances apart.
+        name = f"{self._prefix}{what}{next(self._names)}{TEMP_SUFFIX}"
         return self._temporary / name
 
     def _run(
