@@ -23,12 +23,12 @@ L{ServerUnreachable}.
 from __future__ import annotations
 
 import atexit
-import io
 import json
 import os
 import re
 import threading
 import uuid
+from contextlib import suppress
 from functools import wraps
 from pathlib import Path
 from types import TracebackType
@@ -39,18 +39,19 @@ from urllib.parse import quote, urljoin
 import treq
 from attrs import frozen
 from treq.client import HTTPClient
-from treq.multipart import MultiPartProducer
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.internet.task import Cooperator, deferLater
+from twisted.internet.interfaces import IConsumer
+from twisted.internet.task import Cooperator, TaskFinished, TaskStopped, deferLater
 from twisted.internet.threads import blockingCallFromThread
 from twisted.python import threadable
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from twisted.web.client import HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
 
 __all__ = [
     "BadRequest", "BlockingClient", "Conflict", "GridLikeClient", "GridLikeClientError",
@@ -216,57 +217,116 @@ def _deferred(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Deferr
     return wrapper
 
 
-class _BorrowedFile:
-    """
-    A caller's file as L{FileBodyProducer} reads it: never closed by us, and
-    without C{seek} when it cannot seek, so its length is unknown and the
-    upload is chunked.
-    """
-
-    def __init__(self, file: IO[bytes]) -> None:
-        self.read = file.read
-        if getattr(file, "seekable", lambda: False)():
-            self.seek, self.tell = file.seek, file.tell
-
-    def close(self) -> None:
-        pass
-
-
+@implementer(IBodyProducer)
 class _Form:
-    """The multipart body of a submission; closes the files it opened."""
+    """
+    The multipart body of a submission, written by one cooperative task a
+    chunk at a time, so that pausing it pauses the whole upload.  Files are
+    streamed, never read whole; it closes the files it opened.  Its length
+    is known unless a caller's file cannot seek: then the upload is chunked.
+    """
 
-    def __init__(self, cooperator: Cooperator) -> None:
+    CHUNK = 64 * 1024
+
+    def __init__(
+        self,
+        cooperator: Cooperator,
+        fields: list[tuple[str, str]],
+        payloads: Sequence[Payload],
+    ) -> None:
         self._cooperator = cooperator
+        self._task: Any = None
         self._opened: list[IO[bytes]] = []
+        boundary = uuid.uuid4().hex
+        self.content_type = f"multipart/form-data; boundary={boundary}".encode("ascii")
+        self._parts: list[tuple[bytes, bytes | IO[bytes]]] = []
+        self._sizes: list[int | None] = []
+        for name, value in fields:
+            self._add(boundary, f'name="{name}"', value.encode("utf-8"))
+        try:
+            for payload in payloads:
+                self._add_payload(boundary, payload)
+        except BaseException:
+            self.close()
+            raise
+        self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+        sizes = self._sizes
+        self.length = (
+            UNKNOWN_LENGTH
+            if None in sizes
+            else sum(len(head) for head, _ in self._parts)
+            + sum(size for size in sizes if size is not None)
+            + len(self._tail)
+        )
 
-    def part(self, payload: Payload) -> tuple[str, str, Any]:
+    def _add(self, boundary: str, disposition: str, source: bytes | IO[bytes], size: int | None = None, extra: str = "") -> None:
+        lead = "" if not self._parts else "\r\n"
+        head = f"{lead}--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n{extra}\r\n"
+        self._parts.append((head.encode("utf-8"), source))
+        self._sizes.append(len(source) if isinstance(source, bytes) else size)
+
+    def _add_payload(self, boundary: str, payload: Payload) -> None:
         """
-        A file part streaming C{payload}.
-
         @raise OSError: a file cannot be opened.
         """
-        source: Any
+        source: bytes | IO[bytes]
+        size: int | None
         if isinstance(payload, (bytes, bytearray, memoryview)):
-            source, name = io.BytesIO(payload), "payload"
+            source, name, size = bytes(payload), "payload", len(payload)
         elif isinstance(payload, (str, os.PathLike)):
             source = open(payload, "rb")
             self._opened.append(source)
-            name = os.path.basename(os.fspath(payload))
+            name, size = os.path.basename(os.fspath(payload)), os.fstat(source.fileno()).st_size
         else:
-            source = _BorrowedFile(payload)
+            source = payload
             name = os.path.basename(str(getattr(payload, "name", "payload")))
-        producer = FileBodyProducer(source, cooperator=self._cooperator)
-        return (name or "payload", "application/octet-stream", producer)
+            size = None
+            if getattr(payload, "seekable", lambda: False)():
+                here = payload.tell()
+                size = payload.seek(0, os.SEEK_END) - here
+                payload.seek(here)
+        filename = re.sub(r'[\r\n"]', "", name) or "payload"
+        self._add(
+            boundary,
+            f'name="payload"; filename="{filename}"',
+            source,
+            size,
+            "Content-Type: application/octet-stream\r\n",
+        )
 
-    def body(
-        self, fields: list[tuple[str, str]], payloads: Sequence[Payload]
-    ) -> tuple[Any, bytes]:
-        """The body producer (payload parts in order) and its content type."""
-        parts: list[tuple[str, Any]] = list(fields)
-        parts.extend(("payload", self.part(payload)) for payload in payloads)
-        boundary = uuid.uuid4().hex.encode("ascii")
-        producer = MultiPartProducer(parts, boundary=boundary, cooperator=self._cooperator)
-        return producer, b"multipart/form-data; boundary=" + boundary
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._task = self._cooperator.cooperate(self._write(consumer))
+        done: Deferred[Any] = self._task.whenDone()
+
+        def stopped(reason: Failure) -> Deferred[None]:
+            reason.trap(TaskStopped)
+            return Deferred()  # the request was abandoned; never fires
+
+        return done.addCallbacks(lambda _: None, stopped)
+
+    def _write(self, consumer: IConsumer) -> Iterator[None]:
+        for head, source in self._parts:
+            consumer.write(head)
+            if isinstance(source, bytes):
+                consumer.write(source)
+                yield None
+                continue
+            while chunk := source.read(self.CHUNK):
+                consumer.write(chunk)
+                yield None
+        consumer.write(self._tail)
+
+    def pauseProducing(self) -> None:
+        with suppress(TaskFinished):  # flow control may outlive the upload
+            self._task.pause()
+
+    def resumeProducing(self) -> None:
+        with suppress(TaskFinished):
+            self._task.resume()
+
+    def stopProducing(self) -> None:
+        with suppress(TaskFinished):
+            self._task.stop()
 
     def close(self) -> None:
         for file in self._opened:
@@ -274,6 +334,10 @@ class _Form:
 
 
 # The asynchronous client
+
+
+IDLE_REUSE = 20.0
+"""Seconds an idle connection is kept for reuse."""
 
 
 class GridLikeClient:
@@ -314,6 +378,10 @@ class GridLikeClient:
         self._pool: HTTPConnectionPool | None = None
         if http is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
+            # Reuse an idle connection only well within the server's
+            # idle_timeout (60 s by default): a request sent on a connection
+            # the server is closing is lost, and a POST is not retried.
+            self._pool.cachedConnectionTimeout = IDLE_REUSE
             self._pool.maxPersistentPerHost = 8
             trust = None if ca_file is None else _trust_root(ca_file)
             policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
@@ -578,10 +646,9 @@ class GridLikeClient:
         payloads: Sequence[Payload],
     ) -> Any:
         path = f"/api/jobs/{route}" + ("" if type is None else "/" + quote(type, safe=""))
-        form = _Form(self._cooperator)
+        form = _Form(self._cooperator, fields, payloads)
         try:
-            body, content_type = form.body(fields, payloads)
-            response = await self._request("POST", path, body=body, content_type=content_type)
+            response = await self._request("POST", path, body=form, content_type=form.content_type)
             return await self._json(response)
         finally:
             form.close()

@@ -210,9 +210,10 @@ class SubmitTests(ClientTestCase):
         written in chunks of at most 64 KiB.
         """
         clock = Clock()
-        form = _Form(Cooperator(scheduler=lambda work: clock.callLater(0, work)))
         source = io.BytesIO(b"z" * 1_000_000)
-        producer, content_type = form.body([("priority", "batch")], [source])
+        cooperator = Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        producer = _Form(cooperator, [("priority", "batch")], [source])
+        content_type = producer.content_type
         self.assertEqual(source.tell(), 0)
         self.assertGreater(producer.length, 1_000_000)
         self.assertTrue(content_type.startswith(b"multipart/form-data; boundary="))
@@ -225,6 +226,10 @@ class SubmitTests(ClientTestCase):
         while not done.called:
             clock.advance(0)
         self.assertEqual(sum(len(c) for c in chunks), producer.length)
+        producer.pauseProducing()  # a finished upload ignores flow control
+        body = b"".join(chunks)
+        self.assertEqual(body.count(b"z"), 1_000_000)
+        self.assertTrue(body.endswith(b"--\r\n"))
         self.assertLessEqual(max(len(c) for c in chunks), 65536)
 
     def test_unseekable_file(self) -> None:
