@@ -23,7 +23,7 @@ import os
 import resource
 import sys
 import tempfile
-import threading
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -57,17 +57,21 @@ def random_file(path: Path, mib: int) -> str:
     return digest.hexdigest()
 
 
-def echo_once(server: Daemon) -> None:
-    """A plain worker that echoes one job back, in one binary message."""
-    ws = websocket.create_connection(server.ws_url + "/api/worker", timeout=600)
-    ws.send(json.dumps({"code": 0, "name": "echo", "id": "echo", "token": ""}))
-    ws.recv()
-    ws.send(json.dumps({"code": 1, "status": 1}))
-    opcode, data = ws.recv_data()
-    ws.send_binary(data)
-    del data
-    ws.recv()
-    ws.close()
+ECHO = """
+import shutil, sys
+from twisted.internet import reactor
+from gridlike.worker import Worker
+worker = Worker(sys.argv[1], lambda source, sink, progress: shutil.copyfileobj(source, sink, 1 << 20),
+                streaming=True, name="echo", uid="echo")
+worker.start()
+reactor.run()
+"""
+
+
+def echo_worker(server: Daemon) -> subprocess.Popen[bytes]:
+    """An echo worker of the streaming SDK: payload and result via temporary files."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.Popen([sys.executable, "-c", ECHO, server.url], env=env)
 
 
 def big_job(mib: int) -> None:
@@ -79,8 +83,7 @@ def big_job(mib: int) -> None:
         server.start()
         assert server.process is not None
         pid = server.process.pid
-        worker = threading.Thread(target=echo_once, args=(server,))
-        worker.start()
+        worker = echo_worker(server)
         began = time.monotonic()
         with open(source, "rb") as payload:
             response = requests.post(
@@ -94,7 +97,8 @@ def big_job(mib: int) -> None:
             for piece in result.iter_content(CHUNK):
                 digest.update(piece)
         ended = time.monotonic()
-        worker.join()
+        worker.terminate()
+        worker.wait()
         rss, peak = memory(pid)
         server.stop()
         assert digest.hexdigest() == expected, "the result differs from the payload"
