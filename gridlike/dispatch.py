@@ -28,7 +28,7 @@ from zope.interface import Attribute, Interface
 
 from gridlike.config import Settings
 from gridlike.errors import Unavailable
-from gridlike.model import Job, Progress, Status, timestamp
+from gridlike.model import Job, Progress, timestamp
 from gridlike.registry import Registry
 
 log = Logger()

@@ -21,7 +21,7 @@ import json
 import os
 from collections import Counter, deque
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from uuid import UUID
 
 from attrs import frozen

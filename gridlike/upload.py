@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from attrs import define, field, frozen
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.server import Request, Site

@@ -56,6 +56,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gridlike._clock import AutobahnTimer
 from gridlike import __version__
 from gridlike.client import _trust_root
 
@@ -403,25 +404,6 @@ class _Pacer:
         self.resumeProducing()
 
 
-@define
-class _ClockTimer:
-    """Autobahn's timers (handshake deadlines, pings) on the injected reactor."""
-
-    clock: Any
-
-    def call_later(self, delay: float, f: Callable[..., object], *args: object, **kwargs: object) -> _ClockCall:
-        return _ClockCall(self.clock.callLater(delay, f, *args, **kwargs))
-
-
-@define
-class _ClockCall:
-    call: IDelayedCall
-
-    def cancel(self) -> None:
-        if self.call.active():
-            self.call.cancel()
-
-
 # The connection
 
 
@@ -585,7 +567,7 @@ class _WorkerFactory(WebSocketClientFactory):
 
     def __init__(self, worker: Worker, reactor: Any) -> None:
         super().__init__(url=worker.url, reactor=reactor, useragent=f"GridLike-worker/{__version__}")
-        self._batched_timer = _ClockTimer(reactor)
+        self._batched_timer = AutobahnTimer(reactor)
         self._worker = worker
         self.setProtocolOptions(
             autoPingInterval=PING_INTERVAL,

@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from gridlike._clock import AutobahnTimer
 from gridlike._worker_machine import (
     DISCONNECTED,
     ResultNotStored,
@@ -117,32 +118,6 @@ _OUT_OF_ORDER = {
 
 class _BadMessage(Exception):
     """A text message is malformed; the message is the close reason."""
-
-
-@define
-class _ClockCall:
-    """A delayed call of L{_ClockTimer}: cancelling it twice, or late, is fine."""
-
-    call: IDelayedCall
-
-    def cancel(self) -> None:
-        if self.call.active():
-            self.call.cancel()
-
-
-@define
-class _ClockTimer:
-    """
-    Autobahn's timer (C{factory._batched_timer}: pings, handshake
-    deadlines) on the injected clock rather than the global reactor.
-    """
-
-    clock: IReactorTime
-
-    def call_later(
-        self, delay: float, f: Callable[..., object], *args: object, **kwargs: object
-    ) -> _ClockCall:
-        return _ClockCall(self.clock.callLater(delay, f, *args, **kwargs))
 
 
 @implementer(IPushProducer)
@@ -890,7 +865,7 @@ class WorkerFactory(WebSocketServerFactory):
         @param job_type: the job type served, or L{None}.
         """
         super().__init__(reactor=clock)
-        self._batched_timer = _ClockTimer(clock)
+        self._batched_timer = AutobahnTimer(clock)
         self._settings = settings
         self._dispatcher = dispatcher
         self._storage = storage

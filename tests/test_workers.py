@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from automat import NoTransition
