@@ -881,6 +881,9 @@ class WorkerFactory(WebSocketServerFactory):
             maxFramePayloadSize=0,
             maxMessagePayloadSize=0,
             perMessageCompressionAccept=lambda offers: None,
+            # A WebSocket-level violation (invalid UTF-8, a bad frame) gets a
+            # close frame with its code and reason, not a silent drop.
+            failByDrop=False,
         )
 
     def buildProtocol(self, addr: object) -> WorkerProtocol:

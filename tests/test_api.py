@@ -208,3 +208,34 @@ class HostileInputTests(SynchronousTestCase):
             self.assertIn("problem", answer)
         jobs = {job.id for job in server.core.registry}
         self.assertEqual(server.payload_ids(), jobs)
+
+
+class LimitTests(SynchronousTestCase):
+    def test_oversize_headers(self) -> None:
+        """Headers past Twisted's limit are refused with a 400, not a crash."""
+        server = Server()
+        junk = {f"X-Junk-{n}": "j" * 2000 for n in range(10)}
+        code, _ = server.request(self, "GET", "/api/jobs", headers=junk)
+        self.assertEqual(code, 400)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_max_uploads(self) -> None:
+        """
+        With max_uploads uploads in progress, another upload is refused with
+        a 503 and stores nothing; once one ends, uploads are accepted again.
+        """
+        server = Server("[server]\nmax_uploads = 1\n")
+        channel = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        channel.makeConnection(StringTransport())
+        body = form(("payload", b"x" * 1000))
+        channel.dataReceived(
+            b"POST /api/jobs/submit HTTP/1.1\r\nHost: grid\r\n"
+            b"Content-Type: multipart/form-data; boundary=" + BOUNDARY.encode() + b"\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:100]
+        )
+        code, answer = server.post_form(self, form(("payload", b"y")))
+        self.assertEqual(code, 503)
+        self.assertIn("uploads", answer["problem"])
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(server.payload_ids(), set())
+        self.assertEqual(server.post_form(self, form(("payload", b"y")))[0], 202)

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from automat import NoTransition
@@ -1420,3 +1422,59 @@ class WebResourceTests(SynchronousTestCase):
         client_transport.loseConnection()
         pump.flush()
         self.assertEqual(h.view("site-worker")["state"], "disconnected")
+
+
+# Hostile input
+
+
+_message = st.one_of(
+    st.binary(max_size=64).map(lambda data: ("binary", data)),
+    st.text(max_size=40).map(lambda text: ("text", text.encode("utf-8"))),
+    st.binary(max_size=40).map(lambda data: ("text", data)),
+    st.fixed_dictionaries(
+        {"code": st.one_of(st.integers(-2, 6), st.none(), st.text(max_size=3))},
+        optional={
+            "status": st.one_of(st.integers(-1, 2), st.text(max_size=3), st.none()),
+            "percent": st.one_of(st.floats(allow_nan=True), st.none(), st.text(max_size=3)),
+            "info": st.one_of(st.text(max_size=20), st.none(), st.integers()),
+            "logs": st.one_of(st.text(max_size=20), st.none()),
+            "name": st.one_of(st.text(max_size=20), st.integers()),
+            "id": st.one_of(st.text(max_size=20), st.none()),
+            "token": st.one_of(st.text(max_size=8), st.none()),
+        },
+    ).map(lambda message: ("text", json.dumps(message).encode("utf-8"))),
+)
+
+
+class FuzzTests(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None)
+    @given(st.booleans(), st.lists(_message, max_size=8))
+    def test_any_messages(self, holding: bool, messages: list[tuple[str, bytes]]) -> None:
+        """
+        Whatever a registered worker sends, no exception escapes the
+        protocol, an error closes the connection with 4003 (or 1007 for a
+        text frame that is not UTF-8), and the job it held is never lost: it
+        ends pending, running on it, or done.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        if holding:
+            worker.send(code=1, status=1)
+        for kind, data in messages:
+            if worker.client.close_code is not None:
+                break
+            if kind == "binary":
+                worker.send_binary(data)
+            else:
+                worker.send_text(data)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        code = worker.client.close_code
+        self.assertIn(code, (None, 4003, 1007))
+        if code is not None:
+            self.assertIsNot(job.status, Status.RUNNING)
+        self.assertIn(job.status, (Status.PENDING, Status.RUNNING, Status.DONE, Status.FAILED))
+        if job.status is Status.DONE:
+            self.assertIsNotNone(h.stored(job))
+        elif job.status is Status.PENDING:
+            self.assertIsNotNone(job.queue_entry)
