@@ -332,3 +332,24 @@ def test_anonymous_exposure_refused(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "allow_anonymous" in (result.stdout + result.stderr).decode()
+
+
+def test_unix_socket_listener(make_daemon: Callable[..., Daemon]) -> None:
+    """Any Twisted endpoint serves: a unix: socket next to TCP."""
+    import http.client
+    import socket as socket_module
+
+    server = make_daemon(start=False)
+    path = server.directory / "gridlike.sock"
+    server.start("--listen", f"unix:{path}")
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+            self.sock.connect(str(path))
+
+    connection = UnixConnection("localhost")
+    connection.request("GET", "/healthz")
+    answer = connection.getresponse()
+    assert (answer.status, answer.read()) == (200, b"ok")
+    connection.close()
