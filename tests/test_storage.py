@@ -280,11 +280,11 @@ def payload(size: int) -> bytes:
     return bytes((i * 7 + i // 251) % 256 for i in range(size))
 
 
-def open_fds() -> int:
+def open_fds(root: Path) -> int:
     """
-    @return: How many file descriptors this process has open on files of
-        these tests' storage (other descriptors come and go with the rest of
-        the process, e.g. sockets other tests left to the collector).
+    @return: How many file descriptors this process has open on files under
+        C{root} (other descriptors come and go with the rest of the process,
+        e.g. sockets or storages that other tests left to the collector).
     """
     count = 0
     for fd in os.listdir("/proc/self/fd"):
@@ -292,7 +292,7 @@ def open_fds() -> int:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        count += "gridlike-storage-" in target
+        count += target.startswith(str(root))
     return count
 
 
@@ -1031,28 +1031,28 @@ class ReaderTests(StorageMixin, SynchronousTestCase):
         storage = self.make_storage(thread)
         data = payload(CHUNK * 3)
         self.store(storage, data)
-        before = open_fds()
+        before = open_fds(self.root.parent)
         consumer = RecordingConsumer()
         sent = storage.read(JOB, PAYLOAD, consumer)
         thread.run_one()
-        self.assertEqual(open_fds(), before + 1)
+        self.assertEqual(open_fds(self.root.parent), before + 1)
         consumer.producer.stopProducing()
         self.assertNoResult(sent)
         thread.run_all()
         self.failureResultOf(sent, TransferStopped)
         self.assertEqual(consumer.chunks, [data[:CHUNK]])
-        self.assertEqual(open_fds(), before)
+        self.assertEqual(open_fds(self.root.parent), before)
 
     def test_stop_from_write(self) -> None:
         """C{stopProducing} from within C{write} stops at once."""
         storage = self.make_storage()
         data = payload(CHUNK * 3)
         self.store(storage, data)
-        before = open_fds()
+        before = open_fds(self.root.parent)
         consumer = RecordingConsumer(lambda c: c.producer.stopProducing())
         self.failureResultOf(storage.read(JOB, PAYLOAD, consumer), TransferStopped)
         self.assertEqual(consumer.chunks, [data[:CHUNK]])
-        self.assertEqual(open_fds(), before)
+        self.assertEqual(open_fds(self.root.parent), before)
         self.assertEqual(consumer.unregistered, 0)
 
     def test_stop_while_paused(self) -> None:
@@ -1077,7 +1077,7 @@ class ReaderTests(StorageMixin, SynchronousTestCase):
         thread = ManualThread()
         storage = self.make_storage(thread)
         self.store(storage, payload(CHUNK * 3))
-        before = open_fds()
+        before = open_fds(self.root.parent)
         consumer = RecordingConsumer()
         sent = storage.read(JOB, PAYLOAD, consumer)
         thread.run_one()
@@ -1086,19 +1086,19 @@ class ReaderTests(StorageMixin, SynchronousTestCase):
         self.assertEqual(consumer.unregistered, 1)
         thread.run_all()
         self.assertEqual(len(consumer.chunks), 1)
-        self.assertEqual(open_fds(), before)
+        self.assertEqual(open_fds(self.root.parent), before)
 
     def test_read_error(self) -> None:
         """A failing read fails with L{Unavailable} and unregisters."""
         storage = self.make_storage()
         self.store(storage, payload(CHUNK * 3))
         self.patch_os(FailingOS(["pread"], errno.EIO, after=1))
-        before = open_fds()
+        before = open_fds(self.root.parent)
         consumer = RecordingConsumer()
         self.failureResultOf(storage.read(JOB, PAYLOAD, consumer), Unavailable)
         self.assertEqual(len(consumer.chunks), 1)
         self.assertEqual(consumer.unregistered, 1)
-        self.assertEqual(open_fds(), before)
+        self.assertEqual(open_fds(self.root.parent), before)
 
     def test_read_bytes(self) -> None:
         """
@@ -1779,11 +1779,11 @@ class PolicyTests(StorageMixin, SynchronousTestCase):
         writer = storage.writer(JOB, PAYLOAD)
         writer.write(b"data")
         self.successResultOf(writer.finish())
-        before = open_fds()
+        before = open_fds(self.root.parent)
         self.successResultOf(storage.close())
         self.assertEqual(self.syncfs.calls, 2)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(open_fds(), before - 1)
+        self.assertEqual(open_fds(self.root.parent), before - 1)
 
     def test_close_waits(self) -> None:
         """
