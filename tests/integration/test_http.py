@@ -5,6 +5,7 @@ HTTP requests as any client would send them.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Callable
 import pytest
 import requests
 
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import ROOT, TWISTD, Daemon
 
 
 def submit(
@@ -296,42 +297,33 @@ def test_torn_tail_is_dropped(daemon: Daemon) -> None:
     assert keys == ["t0", "t1"]
 
 
-def test_bad_config_exits_cleanly(tmp_path: Path) -> None:
-    """A bad configuration exits non-zero naming the key, with no traceback."""
-    config = tmp_path / "bad.toml"
-    config.write_text("[scheduling]\nmax_attemps = 3\n")
-    from tests.integration.daemon import ROOT, TWISTD
-    import os
-
+def run_twistd(tmp_path: Path, config: str) -> tuple[int, str]:
+    """Run the daemon on a configuration that should stop it at start-up."""
+    path = tmp_path / "gridlike.toml"
+    path.write_text(config)
     result = subprocess.run(
-        [str(TWISTD), "-n", "gridlike", "--config", str(config)],
+        [str(TWISTD), "-n", "gridlike", "--config", str(path)],
         capture_output=True,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         cwd=tmp_path,
         timeout=60,
     )
-    output = (result.stdout + result.stderr).decode()
-    assert result.returncode != 0
+    return result.returncode, (result.stdout + result.stderr).decode()
+
+
+def test_bad_config_exits_cleanly(tmp_path: Path) -> None:
+    """A bad configuration exits non-zero naming the key, with no traceback."""
+    code, output = run_twistd(tmp_path, "[scheduling]\nmax_attemps = 3\n")
+    assert code != 0
     assert "[scheduling] max_attemps: unknown key" in output
     assert "Traceback" not in output
 
 
 def test_anonymous_exposure_refused(tmp_path: Path) -> None:
     """Serving beyond loopback with no auth is refused unless allowed."""
-    from tests.integration.daemon import ROOT, TWISTD
-    import os
-
-    config = tmp_path / "open.toml"
-    config.write_text('[server]\nlisten = ["tcp:0"]\n')
-    result = subprocess.run(
-        [str(TWISTD), "-n", "gridlike", "--config", str(config)],
-        capture_output=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert result.returncode != 0
-    assert "allow_anonymous" in (result.stdout + result.stderr).decode()
+    code, output = run_twistd(tmp_path, '[server]\nlisten = ["tcp:0"]\n')
+    assert code != 0
+    assert "allow_anonymous" in output
 
 
 def test_unix_socket_listener(make_daemon: Callable[..., Daemon]) -> None:
