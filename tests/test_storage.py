@@ -313,6 +313,7 @@ class StorageMixin:
         *,
         sync: str = "always",
         batched: bool | None = None,
+        memory: int = 0,
     ) -> FilesystemStorage:
         root = Path(tempfile.mkdtemp(prefix="gridlike-storage-"))
         self.addCleanup(shutil.rmtree, root, True)  # type: ignore[attr-defined]
@@ -330,6 +331,7 @@ class StorageMixin:
             run_in_thread=self.thread,
             sync=sync,
             sync_ops=SyncOps(syncfs=self.syncfs if batched else None),
+            memory=memory,
         )
 
     @property
@@ -1907,3 +1909,71 @@ class ThreadPoolTests(TestCase):
         real syncs.
         """
         return Deferred.fromCoroutine(self._concurrent())  # type: ignore[return-value]
+
+
+class SmallObjectTests(StorageMixin, SynchronousTestCase):
+    """Recently written small objects are read from memory."""
+
+    batched = True
+
+    def store(self, storage: FilesystemStorage, data: bytes, job_id: str = JOB) -> None:
+        writer = storage.writer(job_id, PAYLOAD)
+        writer.write(data)
+        self.successResultOf(writer.finish())
+
+    def test_read_without_thread(self) -> None:
+        """
+        A small object just written is read back with no thread call, by
+        read_bytes and by read; a large one still goes to disk.
+        """
+        storage = self.make_storage(memory=1 << 20)
+        self.store(storage, b"small")
+        calls = self.thread.calls
+        self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 100)), b"small")
+        consumer = RecordingConsumer()
+        self.assertEqual(self.successResultOf(storage.read(JOB, PAYLOAD, consumer, 2)), 3)
+        self.assertEqual(b"".join(consumer.chunks), b"all")
+        self.assertEqual(self.thread.calls, calls)
+        self.store(storage, b"x" * (65 * 1024), OTHER)
+        calls = self.thread.calls
+        self.assertEqual(len(self.successResultOf(storage.read_bytes(OTHER, PAYLOAD, 1 << 20))), 65 * 1024)
+        self.assertGreater(self.thread.calls, calls)
+
+    def test_limit_still_applies(self) -> None:
+        """A cached object larger than read_bytes' limit is refused."""
+        storage = self.make_storage(memory=1 << 20)
+        self.store(storage, b"0123456789")
+        self.failureResultOf(storage.read_bytes(JOB, PAYLOAD, 5), PayloadTooLarge)
+
+    def test_forgotten(self) -> None:
+        """Deleting or rewriting an object forgets it; a link copies it."""
+        storage = self.make_storage(memory=1 << 20)
+        self.store(storage, b"first")
+        self.successResultOf(storage.link(JOB, PAYLOAD, OTHER, RESULT))
+        calls = self.thread.calls
+        self.assertEqual(self.successResultOf(storage.read_bytes(OTHER, RESULT, 100)), b"first")
+        self.assertEqual(self.thread.calls, calls)
+        self.store(storage, b"second")
+        self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 100)), b"second")
+        self.successResultOf(storage.delete(JOB))
+        self.failureResultOf(storage.read_bytes(JOB, PAYLOAD, 100), NotFound)
+
+    def test_failed_write_not_kept(self) -> None:
+        """An object whose write failed is not served from memory."""
+        storage = self.make_storage(memory=1 << 20)
+        self.patch_os(FailingOS(["write", "writev"], errno.ENOSPC))
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"doomed")
+        self.failureResultOf(writer.finish(), Unavailable)
+        self.failureResultOf(storage.read_bytes(JOB, PAYLOAD, 100), NotFound)
+
+    def test_budget(self) -> None:
+        """Past the budget the least recently used objects are dropped."""
+        storage = self.make_storage(memory=10)
+        self.store(storage, b"123456")
+        self.store(storage, b"abcdef", OTHER)
+        calls = self.thread.calls
+        self.assertEqual(self.successResultOf(storage.read_bytes(OTHER, PAYLOAD, 100)), b"abcdef")
+        self.assertEqual(self.thread.calls, calls)
+        self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 100)), b"123456")
+        self.assertGreater(self.thread.calls, calls)

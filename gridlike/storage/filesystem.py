@@ -61,6 +61,7 @@ from ._fs_common import (
     subdirectories,
     write_all,
 )
+from ._fs_cache import BUDGET, CachingWriter, SmallObjects
 from ._fs_reader import FileReader, read_whole
 from ._fs_sync import SYNC_POLICIES, Placed, Plan, SyncBatcher, SyncOps, SyncTarget
 from ._fs_writer import FileWriter
@@ -102,6 +103,7 @@ class FilesystemStorage:
         sync: str = "always",
         sync_interval: float = 1.0,
         sync_ops: SyncOps | None = None,
+        memory: int = BUDGET,
     ) -> None:
         """
         @param root: The directory to keep objects in; it is created when
@@ -112,6 +114,8 @@ class FilesystemStorage:
             caller starts it before using the storage and stops it after.
         @param chunk_size: How many bytes move per thread call; memory per
             transfer is a small multiple of it.
+        @param memory: How many bytes of recently written small objects to
+            keep in memory for reading (C{0}: none; every read goes to disk).
         @param run_in_thread: How to run blocking work; by default with
             L{deferToThreadPool} on C{reactor} and C{threadpool}. For tests.
         @param sync: When objects, links and removals are made durable: the
@@ -147,6 +151,7 @@ class FilesystemStorage:
         self._sync_target = SyncTarget(
             self._root, sync, SyncOps() if sync_ops is None else sync_ops
         )
+        self._small = SmallObjects(memory)
         self._sync_batcher = SyncBatcher(
             self._sync_target,
             run_in_thread=self._run_in_thread,
@@ -256,7 +261,7 @@ class FilesystemStorage:
         final = self.path(job_id, kind)
         if max_size is not None and max_size < 0:
             raise ValueError(f"max_size must be >= 0, not {max_size}")
-        return FileWriter(
+        writer = FileWriter(
             job_id=job_id,
             kind=kind,
             temporary=self._new_temporary(),
@@ -267,6 +272,9 @@ class FilesystemStorage:
             sync_target=self._sync_target,
             sync_batcher=self._sync_batcher,
         )
+        if not self._small.budget:
+            return writer
+        return CachingWriter(writer, self._small, (job_id, kind))
 
     def read(
         self, job_id: str, kind: str, consumer: IConsumer, offset: int = 0
@@ -286,6 +294,10 @@ class FilesystemStorage:
         path = self.path(job_id, kind)
         if offset < 0:
             raise ValueError(f"offset must be >= 0, not {offset}")
+        cached = self._small.get((job_id, kind))
+        if cached is not None:
+            consumer.write(cached[offset:])
+            return succeed(max(0, len(cached) - offset))
         return FileReader(
             job_id=job_id,
             kind=kind,
@@ -309,6 +321,9 @@ class FilesystemStorage:
         @raise ValueError: If an argument is invalid.
         """
         path = self.path(job_id, kind)
+        cached = self._small.get((job_id, kind))
+        if cached is not None and len(cached) <= limit:
+            return succeed(cached)
         return self._run("read", read_whole, path, job_id, kind, limit)
 
     def link(
@@ -328,9 +343,19 @@ class FilesystemStorage:
         """
         source = self.path(src_id, src_kind)
         destination = self.path(dst_id, dst_kind)
-        return self._run(
-            "link", self._link, source, destination, f"no {src_kind} for {src_id}"
-        ).addCallback(self._settle)
+        self._small.forget((dst_id, dst_kind))
+        cached = self._small.get((src_id, src_kind))
+
+        def linked(result: None) -> None:
+            if cached is not None:
+                self._small.put((dst_id, dst_kind), cached)
+            return result
+
+        return (
+            self._run("link", self._link, source, destination, f"no {src_kind} for {src_id}")
+            .addCallback(self._settle)
+            .addCallback(linked)
+        )
 
     def delete(self, job_id: str) -> Deferred[None]:
         """
@@ -343,6 +368,8 @@ class FilesystemStorage:
         @raise ValueError: If C{job_id} is invalid.
         """
         paths = [self.path(job_id, kind) for kind in KINDS]
+        for kind in KINDS:
+            self._small.forget((job_id, kind))
         return self._run("delete", self._delete, paths).addCallback(self._settle)
 
     def exists(self, job_id: str, kind: str) -> Deferred[bool]:
