@@ -94,14 +94,18 @@ class GridLikeService(Service):
         """
         super().startService()
         self._threadpool.start()
-        os.makedirs(self.settings.registry.path.parent, exist_ok=True)
-        os.makedirs(self.settings.storage.path, exist_ok=True)
         started = self.clock.seconds()
         try:
+            for directory in (self.settings.registry.path.parent, self.settings.storage.path):
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                except OSError as e:
+                    raise GridLikeError(f"cannot create {directory}: {e.strerror}") from None
             self.registry.load()
-        except GridLikeError as e:
+        except (GridLikeError, OSError) as e:
             self._threadpool.stop()
-            raise SystemExit(f"gridlike: {e.problem}") from None
+            problem = e.problem if isinstance(e, GridLikeError) else f"{e.filename}: {e.strerror}"
+            raise SystemExit(f"gridlike: {problem}") from None
         self._compaction_check.start(COMPACT_EVERY, now=False)
         Deferred.fromCoroutine(self._tidy_storage(started)).addErrback(
             lambda f: log.failure("tidying storage at start-up", f)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from gridlike.api import GridLikeAPI
@@ -64,5 +66,25 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     site.displayTracebacks = False
     for description in settings.server.listen:
-        strports.service(description, site, reactor=reactor).setServiceParent(root)
+        Listener(description, serverFromString(reactor, description), site).setServiceParent(root)
     return root
+
+
+class Listener(StreamServerEndpointService):
+    """
+    One configured endpoint.  A port that cannot be bound stops start-up
+    with one line naming it, rather than a traceback.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise SystemExit(f"gridlike: cannot listen on {self.description}: {reason}") from None

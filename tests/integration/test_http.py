@@ -345,3 +345,25 @@ def test_unix_socket_listener(make_daemon: Callable[..., Daemon]) -> None:
     answer = connection.getresponse()
     assert (answer.status, answer.read()) == (200, b"ok")
     connection.close()
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    """A port already in use stops start-up with one line naming it."""
+    import socket as socket_module
+
+    with socket_module.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = run_twistd(tmp_path, f'[server]\nlisten = ["tcp:{port}:interface=127.0.0.1"]\n')
+    assert code != 0
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use" in output
+    assert "Traceback" not in output
+
+
+def test_unusable_data_directory(tmp_path: Path) -> None:
+    """A data directory that cannot be made stops start-up with one line."""
+    (tmp_path / "occupied").write_text("a file, not a directory")
+    code, output = run_twistd(tmp_path, '[registry]\npath = "occupied/journal"\n')
+    assert code != 0
+    assert "occupied" in output and "Traceback" not in output
