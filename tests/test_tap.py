@@ -4,6 +4,8 @@ Tests for the twistd plugin, L{gridlike.tap} and L{gridlike.service}.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from twisted.application.service import IServiceMaker
@@ -48,7 +50,9 @@ class OptionsTests(SynchronousTestCase):
 
     def test_bad_config_is_a_usage_error(self) -> None:
         """A bad configuration is a usage error naming the key."""
-        path = Path(self.mktemp())
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        path = directory / "gridlike.toml"
         path.write_text("[scheduling]\nbatch_size = 0\n")
         options = tap.Options()
         error = self.assertRaises(UsageError, options.parseOptions, ["--config", str(path)])
