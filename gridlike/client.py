@@ -22,17 +22,13 @@ L{ServerUnreachable}.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import re
-import threading
 import uuid
-from contextlib import suppress
 from functools import wraps
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, AsyncIterator, Callable, Concatenate, Coroutine, Iterator
+from typing import IO, Any, AsyncIterator, Callable, Coroutine
 from typing import ParamSpec, Sequence, TypeVar, Union, cast
 from urllib.parse import quote, urljoin
 
@@ -43,15 +39,13 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
-from twisted.internet.interfaces import IConsumer
-from twisted.internet.task import Cooperator, TaskFinished, TaskStopped, deferLater
-from twisted.internet.threads import blockingCallFromThread
-from twisted.python import threadable
+from twisted.internet.task import Cooperator, deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from twisted.web.client import HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+
+from gridlike._multipart import _Form
 
 __all__ = [
     "BadRequest", "BlockingClient", "Conflict", "GridLikeClient", "GridLikeClientError",
@@ -215,122 +209,6 @@ def _deferred(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Deferr
         return Deferred.fromCoroutine(method(*args, **kwargs))
 
     return wrapper
-
-
-@implementer(IBodyProducer)
-class _Form:
-    """
-    The multipart body of a submission, written by one cooperative task a
-    chunk at a time, so that pausing it pauses the whole upload.  Files are
-    streamed, never read whole; it closes the files it opened.  Its length
-    is known unless a caller's file cannot seek: then the upload is chunked.
-    """
-
-    CHUNK = 64 * 1024
-
-    def __init__(
-        self,
-        cooperator: Cooperator,
-        fields: list[tuple[str, str]],
-        payloads: Sequence[Payload],
-    ) -> None:
-        self._cooperator = cooperator
-        self._task: Any = None
-        self._opened: list[IO[bytes]] = []
-        boundary = uuid.uuid4().hex
-        self.content_type = f"multipart/form-data; boundary={boundary}".encode("ascii")
-        self._parts: list[tuple[bytes, bytes | IO[bytes]]] = []
-        self._sizes: list[int | None] = []
-        for name, value in fields:
-            self._add(boundary, f'name="{name}"', value.encode("utf-8"))
-        try:
-            for payload in payloads:
-                self._add_payload(boundary, payload)
-        except BaseException:
-            self.close()
-            raise
-        self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
-        sizes = self._sizes
-        self.length = (
-            UNKNOWN_LENGTH
-            if None in sizes
-            else sum(len(head) for head, _ in self._parts)
-            + sum(size for size in sizes if size is not None)
-            + len(self._tail)
-        )
-
-    def _add(self, boundary: str, disposition: str, source: bytes | IO[bytes], size: int | None = None, extra: str = "") -> None:
-        lead = "" if not self._parts else "\r\n"
-        head = f"{lead}--{boundary}\r\nContent-Disposition: form-data; {disposition}\r\n{extra}\r\n"
-        self._parts.append((head.encode("utf-8"), source))
-        self._sizes.append(len(source) if isinstance(source, bytes) else size)
-
-    def _add_payload(self, boundary: str, payload: Payload) -> None:
-        """
-        @raise OSError: a file cannot be opened.
-        """
-        source: bytes | IO[bytes]
-        size: int | None
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            source, name, size = bytes(payload), "payload", len(payload)
-        elif isinstance(payload, (str, os.PathLike)):
-            source = open(payload, "rb")
-            self._opened.append(source)
-            name, size = os.path.basename(os.fspath(payload)), os.fstat(source.fileno()).st_size
-        else:
-            source = payload
-            name = os.path.basename(str(getattr(payload, "name", "payload")))
-            size = None
-            if getattr(payload, "seekable", lambda: False)():
-                here = payload.tell()
-                size = payload.seek(0, os.SEEK_END) - here
-                payload.seek(here)
-        filename = re.sub(r'[\r\n"]', "", name) or "payload"
-        self._add(
-            boundary,
-            f'name="payload"; filename="{filename}"',
-            source,
-            size,
-            "Content-Type: application/octet-stream\r\n",
-        )
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        self._task = self._cooperator.cooperate(self._write(consumer))
-        done: Deferred[Any] = self._task.whenDone()
-
-        def stopped(reason: Failure) -> Deferred[None]:
-            reason.trap(TaskStopped)
-            return Deferred()  # the request was abandoned; never fires
-
-        return done.addCallbacks(lambda _: None, stopped)
-
-    def _write(self, consumer: IConsumer) -> Iterator[None]:
-        for head, source in self._parts:
-            consumer.write(head)
-            if isinstance(source, bytes):
-                consumer.write(source)
-                yield None
-                continue
-            while chunk := source.read(self.CHUNK):
-                consumer.write(chunk)
-                yield None
-        consumer.write(self._tail)
-
-    def pauseProducing(self) -> None:
-        with suppress(TaskFinished):  # flow control may outlive the upload
-            self._task.pause()
-
-    def resumeProducing(self) -> None:
-        with suppress(TaskFinished):
-            self._task.resume()
-
-    def stopProducing(self) -> None:
-        with suppress(TaskFinished):
-            self._task.stop()
-
-    def close(self) -> None:
-        for file in self._opened:
-            file.close()
 
 
 # The asynchronous client
@@ -749,133 +627,5 @@ def _trust_root(ca_file: str | os.PathLike[str]) -> Any:
     return trustRootFromCertificates([Certificate.loadPEM(block) for block in blocks])
 
 
-# The blocking facade
-
-_reactor_lock = threading.Lock()
-_reactor_thread: threading.Thread | None = None
-
-
-def _running_reactor() -> Any:
-    """
-    The global reactor, running: started in a daemon thread the first time,
-    unless the program already runs it (then requests go to it).
-
-    @raise RuntimeError: on the reactor thread itself, where blocking would
-        deadlock, or when the reactor has stopped for good.
-    """
-    global _reactor_thread
-    from twisted.internet import reactor as installed
-
-    reactor: Any = installed
-
-    if threadable.isInIOThread():
-        raise RuntimeError("BlockingClient cannot block the reactor thread: use GridLikeClient")
-    with _reactor_lock:
-        if reactor.running:
-            return reactor
-        if _reactor_thread is not None:
-            raise RuntimeError("the Twisted reactor has stopped; BlockingClient cannot run")
-        started = threading.Event()
-        reactor.callWhenRunning(started.set)
-        thread = threading.Thread(
-            target=reactor.run, kwargs={"installSignalHandlers": False},
-            name="gridlike-reactor", daemon=True,
-        )
-        thread.start()
-        while not started.wait(0.05):
-            if not thread.is_alive():
-                raise RuntimeError("the Twisted reactor could not start (has it run before?)")
-        _reactor_thread = thread
-        atexit.register(_stop_reactor, reactor, thread)
-    return reactor
-
-
-def _stop_reactor(reactor: Any, thread: threading.Thread) -> None:
-    reactor.callFromThread(reactor.stop)
-    thread.join(5)
-
-
-def _blocking(
-    method: Callable[Concatenate[GridLikeClient, P], Deferred[T]]
-) -> Callable[Concatenate[BlockingClient, P], T]:
-    """A L{BlockingClient} method calling C{method} and waiting for it."""
-
-    @wraps(method)
-    def call(self: BlockingClient, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._call(method, self._client, *args, **kwargs)
-
-    return call
-
-
-class BlockingClient:
-    """
-    L{GridLikeClient}'s methods, synchronous: each blocks until done, then
-    returns the result or raises the same errors.  Several may be made and
-    used from several threads; none on the reactor thread of a Twisted
-    program (use L{GridLikeClient} there).  Parameters as for
-    L{GridLikeClient}; use it as a context manager or call L{close}.
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        self._reactor = _running_reactor()
-        self._client: GridLikeClient = self._call(
-            GridLikeClient, base_url, api_key, None, self._reactor, ca_file, connect_timeout
-        )
-        self.base_url = self._client.base_url
-
-    def _call(self, function: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> Any:
-        if threadable.isInIOThread():
-            raise RuntimeError("BlockingClient cannot block the reactor thread: use GridLikeClient")
-        return blockingCallFromThread(self._reactor, function, *args, **kwargs)
-
-    def __enter__(self) -> BlockingClient:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    close = _blocking(GridLikeClient.close)
-    submit = _blocking(GridLikeClient.submit)
-    bulk = _blocking(GridLikeClient.bulk)
-    job = _blocking(GridLikeClient.job)
-    wait = _blocking(GridLikeClient.wait)
-    result = _blocking(GridLikeClient.result)
-    result_to = _blocking(GridLikeClient.result_to)
-    payload = _blocking(GridLikeClient.payload)
-    payload_to = _blocking(GridLikeClient.payload_to)
-    jobs_page = _blocking(GridLikeClient.jobs_page)
-    workers = _blocking(GridLikeClient.workers)
-    stats = _blocking(GridLikeClient.stats)
-    health = _blocking(GridLikeClient.health)
-    delete = _blocking(GridLikeClient.delete)
-    retry = _blocking(GridLikeClient.retry)
-
-    def jobs(
-        self, status: str | None = None, type: str | None = None, priority: str | None = None,
-        batch: int | None = None, limit: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """L{GridLikeClient.jobs} as a generator, fetching page by page."""
-        pages = self._client.pages(status, type, priority, batch, limit)
-
-        async def next_page() -> list[dict[str, Any]]:
-            return await pages.__anext__()
-
-        while True:
-            try:
-                views: list[dict[str, Any]] = self._call(
-                    lambda: Deferred.fromCoroutine(next_page())
-                )
-            except StopAsyncIteration:
-                return
-            yield from views
+# Last: gridlike._blocking builds on GridLikeClient, above.
+from gridlike._blocking import BlockingClient  # noqa: E402
