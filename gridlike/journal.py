@@ -937,6 +937,25 @@ class Journal:
             compaction.size += size
             yield self._run(partial(_write_slice, self._ops, compaction.fd, parts))
 
+    def _compaction_failed(self, failure: Failure) -> Failure:
+        """
+        Log why a compaction failed; an I/O error becomes L{Unavailable}.
+
+        @param failure: what went wrong.
+        @return: the failure to report.
+        """
+        if not failure.check(OSError):
+            log.failure(
+                "journal {path} cannot be compacted", failure=failure, path=str(self._path)
+            )
+            return failure
+        error = cast(OSError, failure.value)
+        reason = error.strerror or str(error)
+        log.error(
+            "journal {path} cannot be compacted: {reason}", path=str(self._path), reason=reason
+        )
+        return Failure(Unavailable(f"journal cannot be compacted: {reason}"))
+
     def _abandon(self, compaction: _Compaction, failure: Failure) -> None:
         """
         A compaction failed before its swap: remove its file, keep the old
@@ -945,21 +964,7 @@ class Journal:
         @param compaction: the compaction.
         @param failure: what went wrong.
         """
-        if failure.check(OSError):
-            error = cast(OSError, failure.value)
-            reason = error.strerror or str(error)
-            log.error(
-                "journal {path} cannot be compacted: {reason}",
-                path=str(self._path),
-                reason=reason,
-            )
-            failure = Failure(Unavailable(f"journal cannot be compacted: {reason}"))
-        else:
-            log.failure(
-                "journal {path} cannot be compacted",
-                failure=failure,
-                path=str(self._path),
-            )
+        failure = self._compaction_failed(failure)
 
         def cleaned(ignored: object) -> None:
             self._compaction = None
@@ -1002,21 +1007,7 @@ class Journal:
         """
         self._compaction = None
         if isinstance(outcome, Failure):
-            if outcome.check(OSError):
-                error = cast(OSError, outcome.value)
-                reason = error.strerror or str(error)
-                log.error(
-                    "journal {path} cannot be compacted: {reason}",
-                    path=str(self._path),
-                    reason=reason,
-                )
-                outcome = Failure(Unavailable(f"journal cannot be compacted: {reason}"))
-            else:
-                log.failure(
-                    "journal {path} cannot be compacted",
-                    failure=outcome,
-                    path=str(self._path),
-                )
+            outcome = self._compaction_failed(outcome)
             self._busy = False
             compaction.finish(outcome)
         else:
