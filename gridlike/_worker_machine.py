@@ -86,7 +86,7 @@ class WorkerInputs(Protocol):
         "The WebSocket handshake is done: the register deadline starts."
 
     def registered(self, uid: str, uid_source: str, name: str | None) -> None:
-        "A register message (code 0) with a good token; C{uid_source} says what C{uid} is."
+        "A good register (code 0); C{uid_source} says what C{uid} comes from."
 
     def status_requested(self) -> None:
         "Dispatch asks for the worker's status (message code 2)."

@@ -57,7 +57,8 @@ class IWorkerLink(Interface):
 
     uid = Attribute("C{str}: the worker's stable identity, from its register message.")
     uid_source = Attribute(
-        'C{str}: what C{uid} comes from: C{"id"}, or a fallback, C{"name"} or C{"address"}.'
+        'C{str}: what C{uid} comes from: C{"id"}, or a fallback:'
+        ' C{"name"} or C{"address"}.'
     )
     name = Attribute("C{str} or C{None}: the worker's display name.")
     job_type = Attribute("C{str} or C{None}: the job type it serves.")

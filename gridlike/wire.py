@@ -31,7 +31,7 @@ import json
 import math
 import re
 import string as _string
-from typing import Any, Callable, Union
+from typing import Any, Callable, TypeGuard, Union
 
 from attrs import frozen
 
@@ -83,7 +83,9 @@ CLOSE_REGISTER_TIMEOUT = 4002
 CLOSE_PROTOCOL_ERROR = 4003
 """Close code: a message out of order or malformed; the reason says which."""
 
-STATUS_REQUEST_FRAME = json.dumps({"code": STATUS_REQUEST}, separators=(",", ":")).encode()
+STATUS_REQUEST_FRAME = json.dumps(
+    {"code": STATUS_REQUEST}, separators=(",", ":")
+).encode()
 """The status request, as the server sends it."""
 
 MAX_ID = 256
@@ -102,7 +104,7 @@ class BadMessage(Exception):
     """A text frame the server cannot take; the message is the close reason."""
 
 
-def _is_integer(value: object) -> bool:
+def _is_integer(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

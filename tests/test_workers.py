@@ -1447,9 +1447,15 @@ class WireTests(SynchronousTestCase):
         Of keys that differ only in case, the last in the frame wins, as an
         exactly repeated key does.
         """
-        self.assertEqual(wire.read(b'{"code": 1, "status": 0, "Status": 1}'), wire.Status(True))
-        self.assertEqual(wire.read(b'{"code": 1, "Status": 1, "status": 0}'), wire.Status(False))
-        self.assertEqual(wire.read(b'{"code": 1, "status": 0, "status": 1}'), wire.Status(True))
+        self.assertEqual(
+            wire.read(b'{"code": 1, "status": 0, "Status": 1}'), wire.Status(True)
+        )
+        self.assertEqual(
+            wire.read(b'{"code": 1, "Status": 1, "status": 0}'), wire.Status(False)
+        )
+        self.assertEqual(
+            wire.read(b'{"code": 1, "status": 0, "status": 1}'), wire.Status(True)
+        )
 
     def test_only_ascii_folded(self) -> None:
         """
@@ -1472,7 +1478,10 @@ class WireTests(SynchronousTestCase):
         for frame, reason in [
             (b'{"code": true, "status": 1}', "a message without an integer code"),
             (b'{"code": 1, "status": true}', BAD_STATUS),
-            (b'{"code": 3, "percent": true}', "bad code 3 message: percent must be a number or null"),
+            (
+                b'{"code": 3, "percent": true}',
+                "bad code 3 message: percent must be a number or null",
+            ),
         ]:
             with self.assertRaises(wire.BadMessage) as raised:
                 wire.read(frame)
@@ -1500,7 +1509,10 @@ class WireTests(SynchronousTestCase):
         integer too large for a float is an infinity; nothing else is a
         number.
         """
-        read = lambda value: wire.number({"p": value}, "p")  # noqa: E731
+
+        def read(value: Any) -> float | None:
+            return wire.number({"p": value}, "p")
+
         self.assertEqual(read(42), 42.0)
         self.assertEqual(read("42"), 42.0)
         self.assertEqual(read(" -4.5e1 "), -45.0)
@@ -1522,7 +1534,10 @@ class WireTests(SynchronousTestCase):
             (b'{"code": 3, "percent": 1e999}', wire.Progress(100.0, None)),
             (b'{"code": 3, "percent": NaN, "info": "x"}', wire.Progress(None, "x")),
             (b'{"code": 3, "percent": null, "info": null}', wire.Progress(None, None)),
-            (b'{"code": 3, "percent": ' + b"9" * 400 + b"}", wire.Progress(100.0, None)),
+            (
+                b'{"code": 3, "percent": ' + b"9" * 400 + b"}",
+                wire.Progress(100.0, None),
+            ),
         ]
         for frame, progress in cases:
             self.assertEqual(wire.read(frame), progress, frame)
@@ -1532,7 +1547,9 @@ class WireTests(SynchronousTestCase):
         A worker's identity is its C{id}; without one, its name; without a
         name either, the host it connects from.
         """
-        self.assertEqual(wire.Register("n", "u", None).identity("192.0.2.7"), ("u", "id"))
+        self.assertEqual(
+            wire.Register("n", "u", None).identity("192.0.2.7"), ("u", "id")
+        )
         self.assertEqual(
             wire.Register("n", None, None).identity("192.0.2.7"), ("name:n", "name")
         )
@@ -1544,7 +1561,11 @@ class WireTests(SynchronousTestCase):
 
     def test_one_set_of_codes(self) -> None:
         """The server and the worker SDK use the codes of L{gridlike.wire}."""
-        for name in ("CLOSE_BAD_TOKEN", "CLOSE_REGISTER_TIMEOUT", "CLOSE_PROTOCOL_ERROR"):
+        for name in (
+            "CLOSE_BAD_TOKEN",
+            "CLOSE_REGISTER_TIMEOUT",
+            "CLOSE_PROTOCOL_ERROR",
+        ):
             self.assertIs(getattr(workers, name), getattr(wire, name))
             self.assertIs(getattr(worker_sdk, name), getattr(wire, name))
         self.assertEqual(json.loads(wire.STATUS_REQUEST_FRAME), STATUS_REQUEST)
@@ -1568,7 +1589,8 @@ class OriginalWorkerTests(SynchronousTestCase):
         self.assertEqual(worker.take(), [STATUS_REQUEST])
         view = h.view("name:render-1")
         self.assertEqual(
-            (view["uid_source"], view["name"], view["state"]), ("name", "render-1", "busy")
+            (view["uid_source"], view["name"], view["state"]),
+            ("name", "render-1", "busy"),
         )
         self.assertEqual(worker.server.uid, "name:render-1")
 
@@ -1630,7 +1652,10 @@ class OriginalWorkerTests(SynchronousTestCase):
         With a worker token configured, a null or missing token is a wrong
         token (4001), and the right one in any case of C{Token} registers.
         """
-        for message in [{"code": 0, "name": "n", "token": None}, {"code": 0, "name": "n"}]:
+        for message in [
+            {"code": 0, "name": "n", "token": None},
+            {"code": 0, "name": "n"},
+        ]:
             h = Harness(self, '[auth]\nworker_token = "s3cret"\n')
             worker = h.connect()
             worker.send(**message)
@@ -1693,12 +1718,19 @@ class OriginalWorkerTests(SynchronousTestCase):
 _fields = st.fixed_dictionaries(
     {
         "code": st.one_of(
-            st.integers(-2, 6), st.integers(-2, 6).map(float), st.none(), st.text(max_size=3)
+            st.integers(-2, 6),
+            st.integers(-2, 6).map(float),
+            st.none(),
+            st.text(max_size=3),
         )
     },
     optional={
         "status": st.one_of(
-            st.integers(-1, 2), st.floats(-1, 2), st.booleans(), st.text(max_size=3), st.none()
+            st.integers(-1, 2),
+            st.floats(-1, 2),
+            st.booleans(),
+            st.text(max_size=3),
+            st.none(),
         ),
         "percent": st.one_of(st.floats(allow_nan=True), st.none(), st.text(max_size=3)),
         "info": st.one_of(st.text(max_size=20), st.none(), st.integers()),
@@ -1718,7 +1750,9 @@ _message = st.one_of(
     st.builds(
         lambda fields, spell: (
             "text",
-            json.dumps({spell(key): value for key, value in fields.items()}).encode("utf-8"),
+            json.dumps({spell(key): value for key, value in fields.items()}).encode(
+                "utf-8"
+            ),
         ),
         _fields,
         _spelling,
