@@ -85,8 +85,8 @@ class WorkerInputs(Protocol):
     def opened(self) -> None:
         "The WebSocket handshake is done: the register deadline starts."
 
-    def registered(self, uid: str, name: str) -> None:
-        "A register message (code 0) with a good token."
+    def registered(self, uid: str, uid_source: str, name: str | None) -> None:
+        "A good register (code 0); C{uid_source} says what C{uid} comes from."
 
     def status_requested(self) -> None:
         "Dispatch asks for the worker's status (message code 2)."
@@ -140,8 +140,8 @@ class WorkerEffects(Protocol):
     def tell_opened(self) -> None:
         "Tell dispatch a connection is open."
 
-    def tell_registered(self, uid: str, name: str) -> None:
-        "Take C{uid} and C{name} as the link's identity and tell dispatch."
+    def tell_registered(self, uid: str, uid_source: str, name: str | None) -> None:
+        "Take C{uid}, its source and C{name} as the link's identity and tell dispatch."
 
     def tell_ready(self) -> None:
         "Tell dispatch the worker is ready."
@@ -273,10 +273,16 @@ def _build() -> TypeMachine[WorkerInputs, WorkerCore]:
     connecting.upon(WorkerInputs.lost).to(closed).returns(None)
 
     @registering.upon(WorkerInputs.registered).to(asking)
-    def _register(inputs: WorkerInputs, core: WorkerCore, uid: str, name: str) -> None:
+    def _register(
+        inputs: WorkerInputs,
+        core: WorkerCore,
+        uid: str,
+        uid_source: str,
+        name: str | None,
+    ) -> None:
         core.effects.stop_kick_timer()
         # Dispatch answers with request_status(): status_requested, in asking.
-        core.effects.tell_registered(uid, name)
+        core.effects.tell_registered(uid, uid_source, name)
 
     # Asking and ready: no job held.
 

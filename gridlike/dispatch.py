@@ -56,7 +56,11 @@ class IWorkerLink(Interface):
     """
 
     uid = Attribute("C{str}: the worker's stable identity, from its register message.")
-    name = Attribute("C{str}: the worker's display name.")
+    uid_source = Attribute(
+        'C{str}: what C{uid} comes from: C{"id"}, or a fallback:'
+        ' C{"name"} or C{"address"}.'
+    )
+    name = Attribute("C{str} or C{None}: the worker's display name.")
     job_type = Attribute("C{str} or C{None}: the job type it serves.")
     address = Attribute("C{str}: where it connects from.")
 
@@ -86,6 +90,7 @@ class WorkerRecord:
     connected_at: float
     type: str | None
     uid: str | None = None
+    uid_source: str | None = None
     name: str | None = None
     state: str = "registering"
     job: Job | None = None
@@ -169,7 +174,8 @@ class Dispatcher:
     def registered(self, record: WorkerRecord, link: IWorkerLink) -> None:
         """The worker registered with a good token; it is asked its status."""
         del self._records[record.id]
-        record.uid, record.name, record.link = link.uid, link.name, link
+        record.uid, record.uid_source = link.uid, link.uid_source
+        record.name, record.link = link.name, link
         record.state = "busy"
         self._records[link] = record
         self._totals.setdefault(link.uid, _Totals())
@@ -263,6 +269,7 @@ class Dispatcher:
                 {
                     "id": str(record.id),
                     "uid": record.uid,
+                    "uid_source": record.uid_source,
                     "name": record.name,
                     "type": record.type,
                     "state": record.state,

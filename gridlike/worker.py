@@ -59,6 +59,16 @@ from zope.interface import implementer
 from gridlike._clock import AutobahnTimer
 from gridlike import __version__
 from gridlike.client import _trust_root
+from gridlike.wire import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_REGISTER_TIMEOUT,
+    JOB_FAILED,
+    PROGRESS,
+    REGISTER,
+    STATUS,
+    STATUS_REQUEST,
+)
 
 __all__ = [
     "CLOSE_BAD_TOKEN", "CLOSE_PROTOCOL_ERROR", "CLOSE_REGISTER_TIMEOUT", "Handler",
@@ -72,13 +82,6 @@ Handler = Callable[[bytes, Progress], bytes]
 """C{handler(payload, progress) -> result}."""
 StreamingHandler = Callable[[BinaryIO, BinaryIO, Progress], None]
 """C{handler(input, output, progress)}: read C{input}, write the result to C{output}."""
-
-CLOSE_BAD_TOKEN = 4001
-"""Close code: the server refused the worker's token."""
-CLOSE_REGISTER_TIMEOUT = 4002
-"""Close code: the register message did not arrive in time."""
-CLOSE_PROTOCOL_ERROR = 4003
-"""Close code: the server found a message out of order or malformed."""
 
 MACHINE_ID = Path("/etc/machine-id")
 """Where L{default_uid} looks first."""
@@ -264,7 +267,7 @@ class _ProgressReporter:
     def _update(self, percent: float | None, info: str | None) -> None:
         if self._closed:
             return
-        self._latest = {"code": 3, "percent": percent, "info": info}
+        self._latest = {"code": PROGRESS, "percent": percent, "info": info}
         if self._timer is None:
             delay = self._next - self._reactor.seconds()
             if delay > 0:
@@ -503,7 +506,7 @@ class _WorkerProtocol(WebSocketClientProtocol):
             message = json.loads(data)
         except ValueError:
             message = None
-        if isinstance(message, dict) and message.get("code") == 2:
+        if isinstance(message, dict) and message.get("code") == STATUS_REQUEST:
             self._worker._status_requested(self)
         elif self.is_live():
             self._log.warn("ignored a message from the server: {data!r}", data=data[:200])
@@ -750,7 +753,7 @@ class Worker:
 
     def _opened(self, protocol: _WorkerProtocol) -> None:
         self._protocol = protocol
-        protocol.send_json({"code": 0, "name": self.name, "id": self.uid, "token": self._token})
+        protocol.send_json({"code": REGISTER, "name": self.name, "id": self.uid, "token": self._token})
 
     def _status_requested(self, protocol: _WorkerProtocol) -> None:
         if protocol is not self._protocol:
@@ -764,7 +767,7 @@ class Worker:
             return
         ready = self._job is None and self._state == "running"
         protocol.answered_busy = not ready
-        protocol.send_json({"code": 1, "status": 1 if ready else 0})
+        protocol.send_json({"code": STATUS, "status": 1 if ready else 0})
 
     def _payload_begun(self, protocol: _WorkerProtocol) -> _Job | None:
         if self._job is not None:
@@ -883,7 +886,7 @@ class Worker:
         self._awaiting_ack = True
         if isinstance(outcome, JobFailed):
             self._log.info("job failed: {info}", info=outcome.info)
-            protocol.send_json({"code": 4, "info": outcome.info, "logs": outcome.logs})
+            protocol.send_json({"code": JOB_FAILED, "info": outcome.info, "logs": outcome.logs})
         elif isinstance(outcome, bytes):
             buffer = io.BytesIO(outcome)
             await protocol.send_result(lambda n: succeed(buffer.read(n)), len(outcome))
@@ -905,4 +908,4 @@ class Worker:
             protocol = self._protocol
             if protocol is not None and protocol.registered and protocol.answered_busy:
                 protocol.answered_busy = False
-                protocol.send_json({"code": 1, "status": 1})
+                protocol.send_json({"code": STATUS, "status": 1})

@@ -18,13 +18,14 @@ transport, so that a slow worker pauses the disk reads.  (One frame per
 chunk rather than one frame for the whole payload: the keepalive pings are
 control frames, which may only go between frames.)
 
+Frames are read by L{gridlike.wire}, as the original server read them.
 Close codes: L{CLOSE_BAD_TOKEN}, L{CLOSE_REGISTER_TIMEOUT},
-L{CLOSE_PROTOCOL_ERROR}, and L{CLOSE_INTERNAL_ERROR} when the server fails.
+L{CLOSE_PROTOCOL_ERROR} (from L{gridlike.wire}), and L{CLOSE_INTERNAL_ERROR}
+when the server fails.
 """
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -50,6 +51,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from gridlike import wire
 from gridlike._clock import AutobahnTimer
 from gridlike._worker_machine import (
     DISCONNECTED,
@@ -64,6 +66,7 @@ from gridlike.dispatch import Dispatcher, IWorkerLink, WorkerLost, WorkerRecord
 from gridlike.errors import GridLikeError, PayloadTooLarge
 from gridlike.model import Job
 from gridlike.storage import PAYLOAD, RESULT, IPayloadWriter, IStorage, TransferStopped
+from gridlike.wire import CLOSE_BAD_TOKEN, CLOSE_PROTOCOL_ERROR, CLOSE_REGISTER_TIMEOUT
 
 __all__ = [
     "CLOSE_BAD_TOKEN",
@@ -78,15 +81,6 @@ __all__ = [
     "worker_resources",
 ]
 
-CLOSE_BAD_TOKEN = 4001
-"""Close code: the register message carried a wrong token."""
-
-CLOSE_REGISTER_TIMEOUT = 4002
-"""Close code: no valid register message within C{kick_after_ms}."""
-
-CLOSE_PROTOCOL_ERROR = 4003
-"""Close code: a message out of order or malformed; the reason says which."""
-
 CLOSE_INTERNAL_ERROR = 1011
 """Close code: the server failed (a bug, or a payload it cannot read)."""
 
@@ -99,14 +93,6 @@ one frame.
 MAX_LOGS = 1024 * 1024
 """The most characters of a job-failed message's C{logs} kept (the last ones)."""
 
-MAX_ID = 256
-"""The longest worker C{id} accepted, in characters."""
-
-MAX_NAME = 256
-"""The longest worker C{name} accepted, in characters."""
-
-_STATUS_REQUEST = b'{"code":2}'
-
 # What an input refused after registration means, by the name of the message.
 _OUT_OF_ORDER = {
     "register": "a second register",
@@ -114,10 +100,6 @@ _OUT_OF_ORDER = {
     "progress": "progress while holding no job",
     "job failed": "job failed while holding no job",
 }
-
-
-class _BadMessage(Exception):
-    """A text message is malformed; the message is the close reason."""
 
 
 @implementer(IPushProducer)
@@ -253,40 +235,6 @@ def _release_leftover_producer(transport: ITransport) -> None:
         transport.unregisterProducer()  # type: ignore[attr-defined]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _string(
-    message: dict[str, Any],
-    key: str,
-    *,
-    nullable: bool = False,
-    max_length: int | None = None,
-    empty: bool = True,
-) -> Any:
-    """
-    @param message: a decoded message.
-    @param key: the field to read.
-    @param nullable: whether C{null} (or a missing field) is allowed.
-    @param max_length: the most characters allowed.
-    @param empty: whether the empty string is allowed.
-    @return: the field's value.
-    @raise _BadMessage: it is missing or not as wanted.
-    """
-    value = message.get(key)
-    if value is None and nullable:
-        return None
-    if not isinstance(value, str):
-        wanted = "a string or null" if nullable else "a string"
-        raise _BadMessage(f"{key} must be {wanted}")
-    if not empty and not value:
-        raise _BadMessage(f"{key} must not be empty")
-    if max_length is not None and len(value) > max_length:
-        raise _BadMessage(f"{key} longer than {max_length} characters")
-    return value
-
-
 def _cap_logs(logs: str | None) -> str | None:
     """
     @param logs: a job-failed message's logs.
@@ -303,7 +251,9 @@ class WorkerProtocol(WebSocketServerProtocol):
     One worker's WebSocket connection.
 
     @ivar uid: the worker's stable identity once registered, else L{None}.
-    @ivar name: its display name once registered, else L{None}.
+    @ivar uid_source: what C{uid} comes from once registered (C{"id"},
+        C{"name"} or C{"address"}: L{wire.Register.identity}), else L{None}.
+    @ivar name: its display name once registered (L{None} if it gave none).
     @ivar job_type: the job type it serves (L{None}: an untyped instance).
     @ivar address: where it connects from, C{host:port}.
     """
@@ -337,8 +287,10 @@ class WorkerProtocol(WebSocketServerProtocol):
         self._registering = registering
         self.job_type = job_type
         self.uid: str | None = None
+        self.uid_source: str | None = None
         self.name: str | None = None
         self.address = "unknown"
+        self._host = "unknown"
         self._record: WorkerRecord | None = None
         self._kick: IDelayedCall | None = None
         self._incoming: _Incoming | None = None
@@ -379,7 +331,9 @@ class WorkerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.address = _address(self.transport.getPeer())
+        peer = self.transport.getPeer()
+        self.address = _address(peer)
+        self._host = getattr(peer, "host", None) or self.address
         _release_leftover_producer(self.transport)
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -480,39 +434,27 @@ class WorkerProtocol(WebSocketServerProtocol):
 
     def _text_message(self, data: bytes) -> None:
         """
-        Decode and act on one JSON text message.
+        Read and act on one JSON text message.
 
         @param data: its bytes (valid UTF-8: Autobahn checks).
         """
         try:
-            message = json.loads(data)
-        except (ValueError, RecursionError):
-            self._protocol_error("malformed JSON")
+            message = wire.read(data)
+        except wire.BadMessage as e:
+            self._protocol_error(str(e))
             return
-        if not isinstance(message, dict):
-            self._protocol_error("a JSON text frame that is not an object")
-            return
-        code = message.get("code")
-        if not _is_int(code):
-            self._protocol_error("a message without an integer code")
-            return
-        handle = self._handlers.get(code)
-        if handle is None:
-            self._protocol_error(f"unknown code {code}")
-            return
-        try:
-            handle(self, message)
-        except _BadMessage as e:
-            self._protocol_error(f"bad code {code} message: {e}")
+        self._handlers[type(message)](self, message)
 
-    def _register(self, message: dict[str, Any]) -> None:
-        name = _string(message, "name", max_length=MAX_NAME)
-        uid = _string(message, "id", max_length=MAX_ID, empty=False)
-        token = _string(message, "token")
-        if self.uid is None and not self._token_ok(token):
+    def _register(self, message: wire.Register) -> None:
+        # The original's workers may send no token; that is the empty one.
+        if self.uid is None and not self._token_ok(message.token or ""):
             self._fail(CLOSE_BAD_TOKEN, "bad token", "bad token")
             return
-        self._feed("register", lambda: self._machine.registered(uid, name))
+        uid, uid_source = message.identity(self._host)
+        self._feed(
+            "register",
+            lambda: self._machine.registered(uid, uid_source, message.name),
+        )
 
     def _token_ok(self, token: str) -> bool:
         """
@@ -523,38 +465,26 @@ class WorkerProtocol(WebSocketServerProtocol):
         expected = self._settings.auth.worker_token
         return not expected or matches_any(token, [expected])
 
-    def _status(self, message: dict[str, Any]) -> None:
-        status = message.get("status")
-        if not _is_int(status) or status not in (0, 1):
-            raise _BadMessage("status must be 0 (busy) or 1 (ready)")
-        if status:
+    def _status(self, message: wire.Status) -> None:
+        if message.ready:
             self._feed("a status message", self._machine.reported_ready)
         else:
             self._feed("a status message", self._machine.reported_busy)
 
-    def _progress(self, message: dict[str, Any]) -> None:
-        percent = message.get("percent")
-        if percent is not None:
-            if not isinstance(percent, (int, float)) or isinstance(percent, bool):
-                raise _BadMessage("percent must be a number or null")
-            if not 0 <= percent <= 100:  # NaN too
-                raise _BadMessage("percent must be between 0 and 100")
-            percent = float(percent)
-        info = _string(message, "info", nullable=True)
-        if percent is None and info is None:
-            raise _BadMessage("percent and info are both null")
-        self._feed("progress", lambda: self._machine.progress(percent, info))
+    def _progress(self, message: wire.Progress) -> None:
+        self._feed(
+            "progress", lambda: self._machine.progress(message.percent, message.info)
+        )
 
-    def _job_failed(self, message: dict[str, Any]) -> None:
-        info = _string(message, "info", nullable=True)
-        logs = _cap_logs(_string(message, "logs", nullable=True))
-        self._feed("job failed", lambda: self._machine.job_failed(info, logs))
+    def _job_failed(self, message: wire.JobFailed) -> None:
+        logs = _cap_logs(message.logs)
+        self._feed("job failed", lambda: self._machine.job_failed(message.info, logs))
 
-    _handlers: dict[int, Callable[[WorkerProtocol, dict[str, Any]], None]] = {
-        0: _register,
-        1: _status,
-        3: _progress,
-        4: _job_failed,
+    _handlers: dict[type, Callable[[WorkerProtocol, Any], None]] = {
+        wire.Register: _register,
+        wire.Status: _status,
+        wire.Progress: _progress,
+        wire.JobFailed: _job_failed,
     }
 
     # Feeding the machine, and closing
@@ -715,8 +645,8 @@ class WorkerProtocol(WebSocketServerProtocol):
     def tell_opened(self) -> None:
         self._record = self._dispatcher.opened(self.address, self.job_type)
 
-    def tell_registered(self, uid: str, name: str) -> None:
-        self.uid, self.name = uid, name
+    def tell_registered(self, uid: str, uid_source: str, name: str | None) -> None:
+        self.uid, self.uid_source, self.name = uid, uid_source, name
         self._registering.discard(self)
         assert self._record is not None
         self._log.info(
@@ -734,6 +664,8 @@ class WorkerProtocol(WebSocketServerProtocol):
         self._dispatcher.busy(self)
 
     def tell_progress(self, percent: float | None, info: str | None) -> None:
+        if percent is None and info is None:
+            return  # It says nothing; recording it would erase what did.
         self._dispatcher.progress(self, percent, info)
 
     def tell_closed(self) -> None:
@@ -742,7 +674,7 @@ class WorkerProtocol(WebSocketServerProtocol):
             self._dispatcher.closed(self._record)
 
     def send_status_request(self) -> None:
-        self._send(_STATUS_REQUEST)
+        self._send(wire.STATUS_REQUEST_FRAME)
 
     def send_payload(self, job: Job) -> None:
         self._enqueue(lambda: Deferred.fromCoroutine(self._send_payload(job)))

@@ -42,6 +42,7 @@ class FakeLink:
 
     uid: str
     job_type: str | None = "render"
+    uid_source: str = "id"
     name: str = "fake"
     address: str = "127.0.0.1"
     running: dict[str, Deferred[int]] = field(factory=dict)

@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gridlike import workers
+from gridlike import wire, worker as worker_sdk, workers
 from gridlike._worker_machine import (
     ABANDONED,
     ResultNotStored,
@@ -434,7 +434,7 @@ class MachineTests(SynchronousTestCase):
     ) -> tuple[Any, WorkerCore, RecordingEffects, Job, Deferred[int]]:
         machine, core, effects = self.machine()
         machine.opened()
-        machine.registered("uid", "name")
+        machine.registered("uid", "id", "name")
         machine.reported_ready()
         job = Job("id", "key", None, Priority.BATCH, 1, 1, 0.0, 3)
         running: Deferred[int] = Deferred()
@@ -450,7 +450,7 @@ class MachineTests(SynchronousTestCase):
         """
         machine, core, effects = self.machine()
         machine.opened()
-        machine.registered("uid", "name")
+        machine.registered("uid", "id", "name")
         machine.status_requested()
         machine.reported_ready()
         job = Job("id", "key", None, Priority.BATCH, 1, 1, 0.0, 3)
@@ -461,7 +461,7 @@ class MachineTests(SynchronousTestCase):
                 ("tell_opened",),
                 ("start_kick_timer",),
                 ("stop_kick_timer",),
-                ("tell_registered", "uid", "name"),
+                ("tell_registered", "uid", "id", "name"),
                 ("send_status_request",),
                 ("tell_ready",),
                 ("send_payload", job),
@@ -479,7 +479,7 @@ class MachineTests(SynchronousTestCase):
         effects.calls.clear()
         self.assertRaises(NoTransition, machine.reported_ready)
         self.assertRaises(NoTransition, machine.result_begun)
-        machine.registered("uid", "name")
+        machine.registered("uid", "id", "name")
         effects.calls.clear()
         self.assertRaises(NoTransition, machine.registered, "uid", "name")
         self.assertRaises(NoTransition, machine.result_begun)
@@ -744,18 +744,29 @@ class ProtocolErrorTests(SynchronousTestCase):
         ([{"code": "1"}], True, "a message without an integer code"),
         ([{"code": True}], True, "a message without an integer code"),
         ([{"code": 2}], True, "unknown code 2"),
+        ([{"Code": 9}], True, "unknown code 9"),
+        ([{"Code": 0, "Name": "again", "Token": ""}], True, "a second register"),
+        ([{"CODE": 3, "Percent": 50}], True, "progress while holding no job"),
         ([{"code": 9}], True, "unknown code 9"),
         ([{"code": 1, "status": "1"}], True, BAD_STATUS),
         ([{"code": 1, "status": 2}], True, BAD_STATUS),
+        ([{"code": 1.5, "status": 1}], True, "a message without an integer code"),
+        ([{"Code": 1, "Status": True}], True, BAD_STATUS),
+        ([{"code": 1, "status": None}], True, BAD_STATUS),
         (
             [{"code": 0, "name": 1, "id": "u", "token": ""}],
             False,
-            "bad code 0 message: name must be a string",
+            "bad code 0 message: name must be a string or null",
         ),
         (
-            [{"code": 0, "name": "n", "id": "", "token": ""}],
+            [{"code": 0, "name": "n", "id": 7, "token": ""}],
             False,
-            "bad code 0 message: id must not be empty",
+            "bad code 0 message: id must be a string or null",
+        ),
+        (
+            [{"Code": 0, "Name": "n", "Token": ["t"]}],
+            False,
+            "bad code 0 message: token must be a string or null",
         ),
         (
             [{"code": 0, "name": "n", "id": "u" * 257, "token": ""}],
@@ -766,11 +777,6 @@ class ProtocolErrorTests(SynchronousTestCase):
             [{"code": 0, "name": "n" * 257, "id": "u", "token": ""}],
             False,
             "bad code 0 message: name longer than 256 characters",
-        ),
-        (
-            [{"code": 0, "name": "n", "id": "u"}],
-            False,
-            "bad code 0 message: token must be a string",
         ),
     ]
 
@@ -805,14 +811,9 @@ class ProtocolErrorTests(SynchronousTestCase):
         reason.
         """
         cases: list[tuple[dict[str, Any], str]] = [
-            (
-                {"code": 3, "percent": None, "info": None},
-                "percent and info are both null",
-            ),
-            ({"code": 3, "percent": 101}, "percent must be between 0 and 100"),
-            ({"code": 3, "percent": -0.5}, "percent must be between 0 and 100"),
-            ({"code": 3, "percent": "50"}, "percent must be a number or null"),
-            ({"code": 3, "percent": 10**400}, "percent must be between 0 and 100"),
+            ({"code": 3, "percent": "half"}, "percent must be a number or null"),
+            ({"code": 3, "percent": True}, "percent must be a number or null"),
+            ({"code": 3, "percent": [50]}, "percent must be a number or null"),
             ({"code": 3, "percent": 5, "info": 5}, "info must be a string or null"),
             ({"code": 4, "info": 5}, "info must be a string or null"),
             ({"code": 4, "info": "x", "logs": ["a"]}, "logs must be a string or null"),
@@ -1424,25 +1425,338 @@ class WebResourceTests(SynchronousTestCase):
         self.assertEqual(h.view("site-worker")["state"], "disconnected")
 
 
+# What the original GridLike's workers send
+
+
+class WireTests(SynchronousTestCase):
+    """L{gridlike.wire} reads frames as Newtonsoft.Json's defaults did."""
+
+    def test_any_case(self) -> None:
+        """Field names match regardless of ASCII case."""
+        self.assertEqual(
+            wire.decode(b'{"Code": 0, "NAME": "a", "tOkEn": "", "Id": "u"}'),
+            {"code": 0, "name": "a", "token": "", "id": "u"},
+        )
+        self.assertEqual(
+            wire.read(b'{"Code": 0, "Name": "a", "Token": ""}'),
+            wire.Register("a", None, ""),
+        )
+
+    def test_duplicate_case_last_wins(self) -> None:
+        """
+        Of keys that differ only in case, the last in the frame wins, as an
+        exactly repeated key does.
+        """
+        self.assertEqual(
+            wire.read(b'{"code": 1, "status": 0, "Status": 1}'), wire.Status(True)
+        )
+        self.assertEqual(
+            wire.read(b'{"code": 1, "Status": 1, "status": 0}'), wire.Status(False)
+        )
+        self.assertEqual(
+            wire.read(b'{"code": 1, "status": 0, "status": 1}'), wire.Status(True)
+        )
+
+    def test_only_ascii_folded(self) -> None:
+        """
+        Only ASCII letters fold: a key with the Kelvin sign is not C{token}
+        (though Python's lower() would make it so), and is ignored.
+        """
+        message = wire.read('{"code": 0, "name": "a", "to\u212aen": "x"}'.encode())
+        self.assertEqual(message, wire.Register("a", None, None))
+
+    def test_integral_floats(self) -> None:
+        """An integral float is the integer; other floats stay floats."""
+        decoded = wire.decode(b'{"code": 1.0, "status": 1e0, "percent": 1.5}')
+        self.assertEqual(decoded, {"code": 1, "status": 1, "percent": 1.5})
+        self.assertIs(type(decoded["code"]), int)
+        self.assertIs(type(decoded["status"]), int)
+        self.assertEqual(wire.read(b'{"code": 1.0, "status": 1.0}'), wire.Status(True))
+
+    def test_booleans_are_not_integers(self) -> None:
+        """C{true} is neither code 1 nor status 1, nor a percent."""
+        for frame, reason in [
+            (b'{"code": true, "status": 1}', "a message without an integer code"),
+            (b'{"code": 1, "status": true}', BAD_STATUS),
+            (
+                b'{"code": 3, "percent": true}',
+                "bad code 3 message: percent must be a number or null",
+            ),
+        ]:
+            with self.assertRaises(wire.BadMessage) as raised:
+                wire.read(frame)
+            self.assertEqual(str(raised.exception), reason)
+
+    def test_missing_is_null(self) -> None:
+        """A missing field and null read the same."""
+        self.assertEqual(wire.read(b'{"code": 0}'), wire.Register(None, None, None))
+        self.assertEqual(
+            wire.read(b'{"code": 0, "name": null, "id": null, "token": null}'),
+            wire.Register(None, None, None),
+        )
+        self.assertEqual(wire.read(b'{"code": 4}'), wire.JobFailed(None, None))
+
+    def test_empty_id_is_no_id(self) -> None:
+        """An empty C{id} is no C{id}."""
+        self.assertEqual(
+            wire.read(b'{"code": 0, "name": "a", "id": "", "token": ""}'),
+            wire.Register("a", None, ""),
+        )
+
+    def test_number_reader(self) -> None:
+        """
+        A number, or a number written as a string, is read as a float; an
+        integer too large for a float is an infinity; nothing else is a
+        number.
+        """
+
+        def read(value: Any) -> float | None:
+            return wire.number({"p": value}, "p")
+
+        self.assertEqual(read(42), 42.0)
+        self.assertEqual(read("42"), 42.0)
+        self.assertEqual(read(" -4.5e1 "), -45.0)
+        self.assertEqual(read(10**400), float("inf"))
+        self.assertEqual(read(-(10**400)), float("-inf"))
+        self.assertIsNone(read(None))
+        for value in ["", "4 2", "1_000", "nan", "0x10", True, [1], {}]:
+            self.assertRaises(wire.BadMessage, read, value)
+
+    def test_progress_clamped(self) -> None:
+        """
+        A percent outside 0-100 is clamped into it, and NaN is no percent,
+        so that odd progress never ends an attempt.
+        """
+        cases: list[tuple[bytes, wire.Progress]] = [
+            (b'{"code": 3, "percent": 150}', wire.Progress(100.0, None)),
+            (b'{"code": 3, "percent": -5}', wire.Progress(0.0, None)),
+            (b'{"code": 3, "percent": "42"}', wire.Progress(42.0, None)),
+            (b'{"code": 3, "percent": 1e999}', wire.Progress(100.0, None)),
+            (b'{"code": 3, "percent": NaN, "info": "x"}', wire.Progress(None, "x")),
+            (b'{"code": 3, "percent": null, "info": null}', wire.Progress(None, None)),
+            (
+                b'{"code": 3, "percent": ' + b"9" * 400 + b"}",
+                wire.Progress(100.0, None),
+            ),
+        ]
+        for frame, progress in cases:
+            self.assertEqual(wire.read(frame), progress, frame)
+
+    def test_identity(self) -> None:
+        """
+        A worker's identity is its C{id}; without one, its name; without a
+        name either, the host it connects from.
+        """
+        self.assertEqual(
+            wire.Register("n", "u", None).identity("192.0.2.7"), ("u", "id")
+        )
+        self.assertEqual(
+            wire.Register("n", None, None).identity("192.0.2.7"), ("name:n", "name")
+        )
+        for name in (None, ""):
+            self.assertEqual(
+                wire.Register(name, None, None).identity("192.0.2.7"),
+                ("address:192.0.2.7", "address"),
+            )
+
+    def test_one_set_of_codes(self) -> None:
+        """The server and the worker SDK use the codes of L{gridlike.wire}."""
+        for name in (
+            "CLOSE_BAD_TOKEN",
+            "CLOSE_REGISTER_TIMEOUT",
+            "CLOSE_PROTOCOL_ERROR",
+        ):
+            self.assertIs(getattr(workers, name), getattr(wire, name))
+            self.assertIs(getattr(worker_sdk, name), getattr(wire, name))
+        self.assertEqual(json.loads(wire.STATUS_REQUEST_FRAME), STATUS_REQUEST)
+
+
+class OriginalWorkerTests(SynchronousTestCase):
+    """
+    Workers of the original GridLike run unchanged: what its server took,
+    this one takes (PROTOCOL.md section 3).
+    """
+
+    def test_register_without_id(self) -> None:
+        """
+        A register with only C{Name} and C{Token}, PascalCase as the
+        original's C# sent it, registers; the worker's identity is its
+        name, and its view says so.
+        """
+        h = Harness(self)
+        worker = h.connect()
+        worker.send(Code=0, Name="render-1", Token="")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        view = h.view("name:render-1")
+        self.assertEqual(
+            (view["uid_source"], view["name"], view["state"]),
+            ("name", "render-1", "busy"),
+        )
+        self.assertEqual(worker.server.uid, "name:render-1")
+
+    def test_register_empty_or_null_id(self) -> None:
+        """An empty or null C{id} falls back to the name, as a missing one."""
+        for uid in ("", None):
+            h = Harness(self)
+            worker = h.connect()
+            worker.send(code=0, name="n", id=uid, token="")
+            self.assertEqual(worker.take(), [STATUS_REQUEST])
+            self.assertEqual(h.view("name:n")["uid_source"], "name")
+
+    def test_register_with_id(self) -> None:
+        """A worker that gives its C{id} is known by it."""
+        h = Harness(self)
+        h.registered(uid="machine-1")
+        self.assertEqual(h.view("machine-1")["uid_source"], "id")
+
+    def test_register_with_nothing(self) -> None:
+        """
+        A register with no name and no id registers too, known by the host
+        it connects from; two such from one host share that identity and
+        both run jobs.
+        """
+        h = Harness(self)
+        first, second = h.registered(uid=None, name=None), h.connect()
+        second.send(code=0)
+        self.assertEqual(second.take(), [STATUS_REQUEST])
+        views = [v for v in h.dispatcher.views() if v["uid"] == "address:192.0.2.7"]
+        self.assertEqual(
+            [(v["uid_source"], v["name"]) for v in views], [("address", None)] * 2
+        )
+        one, two = h.submit(b"one"), h.submit(b"two")
+        first.send(**READY)
+        second.send(**READY)
+        self.assertEqual((first.take(), second.take()), ([b"one"], [b"two"]))
+        self.assertEqual(one.worker_id, "address:192.0.2.7")
+        self.assertIsNone(two.worker_name)
+
+    def test_null_or_missing_token(self) -> None:
+        """
+        With no worker token configured, a null or missing token is
+        accepted, as is a null or missing name.
+        """
+        for message in [
+            {"code": 0, "name": "n", "id": "u", "token": None},
+            {"code": 0, "name": "n", "id": "u"},
+            {"code": 0, "name": None, "id": "u", "token": ""},
+            {"code": 0, "id": "u"},
+        ]:
+            h = Harness(self)
+            worker = h.connect()
+            worker.send(**message)
+            self.assertEqual(worker.take(), [STATUS_REQUEST], message)
+            self.assertEqual(h.view("u")["name"], message.get("name"))
+
+    def test_null_or_missing_token_configured(self) -> None:
+        """
+        With a worker token configured, a null or missing token is a wrong
+        token (4001), and the right one in any case of C{Token} registers.
+        """
+        for message in [
+            {"code": 0, "name": "n", "token": None},
+            {"code": 0, "name": "n"},
+        ]:
+            h = Harness(self, '[auth]\nworker_token = "s3cret"\n')
+            worker = h.connect()
+            worker.send(**message)
+            self.assertEqual(
+                (worker.client.close_code, worker.client.close_reason),
+                (CLOSE_BAD_TOKEN, "bad token"),
+            )
+        worker = h.connect()
+        worker.send(Code=0, Name="n", TOKEN="s3cret")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+
+    def test_original_job_flow(self) -> None:
+        """
+        A job runs to done on a worker that speaks PascalCase throughout,
+        with integral floats for integers and odd progress, and the attempt
+        is never counted as failed.
+        """
+        h = Harness(self)
+        worker = h.connect()
+        worker.send(Code=0, Name="cs", Token="")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        job = h.submit(b"in")
+        worker.send(Code=1, Status=0)
+        self.assertEqual(worker.take(), [])
+        worker.send(Code=1.0, Status=1.0)
+        self.assertEqual(worker.take(), [b"in"])
+        worker.send(Code=3, Percent=150, Info=None)
+        self.assertEqual(job.progress, Progress(100.0, None))
+        worker.send(CODE=3, PERCENT="42", INFO="half")
+        self.assertEqual(job.progress, Progress(42.0, "half"))
+        worker.send(Code=3, Percent=None, Info=None)
+        self.assertEqual(job.progress, Progress(42.0, "half"))  # said nothing
+        worker.send(code=3, percent=-3)
+        self.assertEqual(job.progress, Progress(0.0, None))
+        worker.send_binary(b"out")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual((job.failure_count, job.worker_id), (0, "name:cs"))
+        self.assertEqual(h.stored(job), b"out")
+        self.assertEqual(h.view("name:cs")["jobs_done"], 1)
+        self.assertFalse(worker.client.closed)
+
+    def test_job_failed_any_case(self) -> None:
+        """A PascalCase job-failed message fails the attempt with its info."""
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        worker.send(Code=1, Status=1)
+        worker.take()
+        worker.send(Code=4, Info="boom", Logs="trace")
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        h.assert_requeued(job, "boom")
+        assert job.error is not None
+        self.assertEqual(job.error.logs, "trace")
+
+
 # Hostile input
 
+
+_fields = st.fixed_dictionaries(
+    {
+        "code": st.one_of(
+            st.integers(-2, 6),
+            st.integers(-2, 6).map(float),
+            st.none(),
+            st.text(max_size=3),
+        )
+    },
+    optional={
+        "status": st.one_of(
+            st.integers(-1, 2),
+            st.floats(-1, 2),
+            st.booleans(),
+            st.text(max_size=3),
+            st.none(),
+        ),
+        "percent": st.one_of(st.floats(allow_nan=True), st.none(), st.text(max_size=3)),
+        "info": st.one_of(st.text(max_size=20), st.none(), st.integers()),
+        "logs": st.one_of(st.text(max_size=20), st.none()),
+        "name": st.one_of(st.text(max_size=20), st.integers()),
+        "id": st.one_of(st.text(max_size=20), st.none()),
+        "token": st.one_of(st.text(max_size=8), st.none()),
+    },
+)
+# The original's workers wrote PascalCase keys.
+_spelling = st.sampled_from([str.lower, str.upper, str.capitalize])
 
 _message = st.one_of(
     st.binary(max_size=64).map(lambda data: ("binary", data)),
     st.text(max_size=40).map(lambda text: ("text", text.encode("utf-8"))),
     st.binary(max_size=40).map(lambda data: ("text", data)),
-    st.fixed_dictionaries(
-        {"code": st.one_of(st.integers(-2, 6), st.none(), st.text(max_size=3))},
-        optional={
-            "status": st.one_of(st.integers(-1, 2), st.text(max_size=3), st.none()),
-            "percent": st.one_of(st.floats(allow_nan=True), st.none(), st.text(max_size=3)),
-            "info": st.one_of(st.text(max_size=20), st.none(), st.integers()),
-            "logs": st.one_of(st.text(max_size=20), st.none()),
-            "name": st.one_of(st.text(max_size=20), st.integers()),
-            "id": st.one_of(st.text(max_size=20), st.none()),
-            "token": st.one_of(st.text(max_size=8), st.none()),
-        },
-    ).map(lambda message: ("text", json.dumps(message).encode("utf-8"))),
+    st.builds(
+        lambda fields, spell: (
+            "text",
+            json.dumps({spell(key): value for key, value in fields.items()}).encode(
+                "utf-8"
+            ),
+        ),
+        _fields,
+        _spelling,
+    ),
 )
 
 

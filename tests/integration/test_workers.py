@@ -192,6 +192,79 @@ def test_protocol_error_requeues(daemon: Daemon) -> None:
         time.sleep(0.05)
 
 
+def original_worker(server: Daemon, register: str) -> websocket.WebSocket:
+    """A connection registered with C{register}, a frame as the original's C# wrote it."""
+    ws = websocket.create_connection(server.ws_url + "/api/worker", timeout=10)
+    ws.send(register)
+    assert json.loads(ws.recv()) == {"code": 2}
+    return ws
+
+
+def settled(ws: websocket.WebSocket) -> None:
+    """Wait until the server has handled every frame sent before: a ping's pong."""
+    ws.ping(b"settled")
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_PONG and data == b"settled":
+            return
+
+
+def test_original_worker(daemon: Daemon) -> None:
+    """
+    A worker of the original GridLike, sending exactly its frames (PascalCase
+    keys, a register with only Name and Token, a 1.0 status, progress the
+    original never checked), runs jobs to done without a failed attempt.
+    """
+    submit(daemon, b"first", key="o1")
+    submit(daemon, b"second", key="o2")
+    ws = original_worker(daemon, '{"Code":0,"Name":"legacy","Token":""}')
+    ws.send('{"Code":1,"Status":1}')
+    assert ws.recv_data() == (websocket.ABNF.OPCODE_BINARY, b"first")
+    ws.send('{"Code":3,"Percent":150,"Info":"over"}')
+    settled(ws)
+    assert view(daemon, "o1")["progress"] == {"percent": 100.0, "info": "over"}
+    ws.send('{"Code":3,"Percent":"42","Info":null}')
+    ws.send('{"Code":3,"Percent":null,"Info":null}')
+    settled(ws)
+    assert view(daemon, "o1")["progress"] == {"percent": 42.0, "info": None}
+    ws.send_binary(b"FIRST")
+    assert json.loads(ws.recv()) == {"code": 2}
+    ws.send('{"Code":1,"Status":1.0}')
+    assert ws.recv_data() == (websocket.ABNF.OPCODE_BINARY, b"second")
+    ws.send_binary(b"SECOND")
+    assert json.loads(ws.recv()) == {"code": 2}
+    for key, result in [("o1", b"FIRST"), ("o2", b"SECOND")]:
+        job = view(daemon, key)
+        assert (job["status"], job["failure_count"], job["worker_id"]) == ("done", 0, "name:legacy")
+        assert requests.get(f"{daemon.url}/api/jobs/{key}/result", timeout=10).content == result
+    [listed] = requests.get(daemon.url + "/api/workers", timeout=10).json()
+    assert (listed["uid"], listed["uid_source"], listed["jobs_done"]) == ("name:legacy", "name", 2)
+    ws.close()
+
+
+def test_original_worker_without_name(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    A register with a null name and token and no id is known by its
+    address; with a worker token configured, a null token is refused (4001).
+    """
+    server = make_daemon()
+    ws = original_worker(server, '{"Code":0,"Name":null,"Token":null}')
+    submit(server, b"x", key="n")
+    ws.send('{"Code":1,"Status":1}')
+    assert ws.recv_data() == (websocket.ABNF.OPCODE_BINARY, b"x")
+    ws.send_binary(b"y")
+    assert json.loads(ws.recv()) == {"code": 2}
+    job = view(server, "n")
+    assert (job["status"], job["failure_count"], job["worker_id"]) == ("done", 0, "address:127.0.0.1")
+    [listed] = requests.get(server.url + "/api/workers", timeout=10).json()
+    assert (listed["uid_source"], listed["name"]) == ("address", None)
+    ws.close()
+    guarded = make_daemon('[auth]\nworker_token = "t0ken"\n')
+    refused = PlainWorker(guarded, "w")
+    refused.ws.send('{"Code":0,"Name":"legacy","Token":null}')
+    assert refused.closed_with() == (4001, "bad token")
+
+
 def test_chaining(make_daemon: Callable[..., Daemon]) -> None:
     """A stage1 result becomes a stage2 job, keyed and linked to its parent."""
     server = make_daemon('[types.stage1]\nresult_becomes = "stage2"\n[types.stage2]\n')

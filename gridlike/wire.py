@@ -1,0 +1,340 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+The worker protocol's wire format (PROTOCOL.md section 3), for both ends:
+the server (L{gridlike.workers}) and the worker SDK (L{gridlike.worker}).
+It imports nothing else from GridLike, so that either end can use it alone.
+
+Workers written for the original GridLike must run unchanged, and the
+original server read their frames with Newtonsoft.Json's defaults.  So
+L{decode} reads a text frame the way Newtonsoft does:
+
+  - Field names match regardless of ASCII case: C{Code}, C{CODE} and
+    C{code} are one field.  When a frame holds several keys that differ
+    only in case, the last one in the frame wins: Newtonsoft sets the
+    property once per key, in document order, and Python's JSON reader
+    treats a repeated key the same way.
+  - A missing field and C{null} are the same.
+  - Unknown fields are ignored.
+  - A number with an integral value (C{1.0}, C{1e2}) is that integer; a
+    boolean is never a number.
+
+The field readers (L{string}, L{number}) and the v1 message shapes then
+read typed fields from the normalised object.  What protects the server
+stays strict: a frame that is not a JSON object, a missing or unknown code,
+or a field of the wrong type is a L{BadMessage}, which the server answers
+with L{CLOSE_PROTOCOL_ERROR}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string as _string
+from typing import Any, Callable, TypeGuard, Union
+
+from attrs import frozen
+
+__all__ = [
+    "CLOSE_BAD_TOKEN",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_REGISTER_TIMEOUT",
+    "JOB_FAILED",
+    "MAX_ID",
+    "MAX_NAME",
+    "PROGRESS",
+    "REGISTER",
+    "STATUS",
+    "STATUS_REQUEST",
+    "STATUS_REQUEST_FRAME",
+    "BadMessage",
+    "JobFailed",
+    "Message",
+    "Progress",
+    "Register",
+    "Status",
+    "decode",
+    "number",
+    "read",
+    "string",
+]
+
+REGISTER = 0
+"""Message code, worker to server: register C{name}, C{id}, C{token}."""
+
+STATUS = 1
+"""Message code, worker to server: C{status} 0 (busy) or 1 (ready)."""
+
+STATUS_REQUEST = 2
+"""Message code, server to worker: report your status."""
+
+PROGRESS = 3
+"""Message code, worker to server: C{percent} and C{info} of the job held."""
+
+JOB_FAILED = 4
+"""Message code, worker to server: the job held failed, with C{info}, C{logs}."""
+
+CLOSE_BAD_TOKEN = 4001
+"""Close code: the register message carried a wrong token."""
+
+CLOSE_REGISTER_TIMEOUT = 4002
+"""Close code: no valid register message within C{kick_after_ms}."""
+
+CLOSE_PROTOCOL_ERROR = 4003
+"""Close code: a message out of order or malformed; the reason says which."""
+
+STATUS_REQUEST_FRAME = json.dumps(
+    {"code": STATUS_REQUEST}, separators=(",", ":")
+).encode()
+"""The status request, as the server sends it."""
+
+MAX_ID = 256
+"""The longest worker C{id} accepted, in characters."""
+
+MAX_NAME = 256
+"""The longest worker C{name} accepted, in characters."""
+
+_ASCII_LOWER = str.maketrans(_string.ascii_uppercase, _string.ascii_lowercase)
+
+_NUMERIC = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+"""A number written as a string, as .NET's invariant culture parses one."""
+
+
+class BadMessage(Exception):
+    """A text frame the server cannot take; the message is the close reason."""
+
+
+def _is_integer(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fold(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """
+    Build one JSON object the way Newtonsoft reads it into a class.
+
+    @param pairs: its keys and values, in the order of the frame.
+    @return: the object with its keys in ASCII lower case (the last of keys
+        equal but for case wins) and integral floats made integers.
+    """
+    folded: dict[str, Any] = {}
+    for key, value in pairs:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        folded[key.translate(_ASCII_LOWER)] = value
+    return folded
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """
+    Decode a worker's text frame, normalised as the module docstring says.
+
+    @param data: the frame's bytes.
+    @return: the JSON object, with lower-case field names.
+    @raise BadMessage: it is not JSON, or not an object.
+    """
+    try:
+        message = json.loads(data, object_pairs_hook=_fold)
+    except (ValueError, RecursionError):
+        raise BadMessage("malformed JSON") from None
+    if not isinstance(message, dict):
+        raise BadMessage("a JSON text frame that is not an object")
+    return message
+
+
+def string(
+    message: dict[str, Any], key: str, *, max_length: int | None = None
+) -> str | None:
+    """
+    Read a string field.
+
+    @param message: a decoded message.
+    @param key: the field's (lower-case) name.
+    @param max_length: the most characters allowed.
+    @return: the string, or L{None} when the field is missing or null.
+    @raise BadMessage: it is not a string, or too long.
+    """
+    value = message.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadMessage(f"{key} must be a string or null")
+    if max_length is not None and len(value) > max_length:
+        raise BadMessage(f"{key} longer than {max_length} characters")
+    return value
+
+
+def number(message: dict[str, Any], key: str) -> float | None:
+    """
+    Read a number field.  A number written as a string (C{"42"}) counts, as
+    Newtonsoft reads one into a C{double}.
+
+    @param message: a decoded message.
+    @param key: the field's (lower-case) name.
+    @return: the number (an integer too large for a float is an infinity of
+        its sign), or L{None} when the field is missing or null.
+    @raise BadMessage: it is neither a number nor a numeric string.
+    """
+    value = message.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, float):
+        return value
+    if _is_integer(value):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    raise BadMessage(f"{key} must be a number or null")
+
+
+@frozen
+class Register:
+    """
+    Code 0.  The original's register had only C{Name} and C{Token}, so every
+    field may be missing.
+
+    @ivar name: the display name, or L{None}.
+    @ivar id: the stable identity the worker gave, or L{None} (also for C{""}).
+    @ivar token: the worker token, or L{None}.
+    """
+
+    name: str | None
+    id: str | None
+    token: str | None
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Register:
+        """
+        @param message: a decoded code 0 message.
+        @return: the register.
+        @raise BadMessage: a field is of the wrong type, or too long.
+        """
+        name = string(message, "name", max_length=MAX_NAME)
+        uid = string(message, "id", max_length=MAX_ID)
+        token = string(message, "token")
+        return cls(name, uid or None, token)
+
+    def identity(self, host: str) -> tuple[str, str]:
+        """
+        The worker's stable identity, and what it comes from.  Without an
+        C{id} it is the name; without a name either, the host the worker
+        connects from (without the port, which changes on each connection).
+        The prefixes keep a fallback from meeting a worker's own C{id}.
+
+        @param host: the address the worker connects from.
+        @return: C{(uid, source)}: C{(id, "id")}, C{("name:" + name,
+            "name")} or C{("address:" + host, "address")}.
+        """
+        if self.id is not None:
+            return self.id, "id"
+        if self.name:
+            return f"name:{self.name}", "name"
+        return f"address:{host}", "address"
+
+
+@frozen
+class Status:
+    """
+    Code 1.
+
+    @ivar ready: whether the worker reported ready (1) rather than busy (0).
+    """
+
+    ready: bool
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Status:
+        """
+        @param message: a decoded code 1 message.
+        @return: the status.
+        @raise BadMessage: the status is not 0 or 1.
+        """
+        status = message.get("status")
+        if not _is_integer(status) or status not in (0, 1):
+            raise BadMessage("status must be 0 (busy) or 1 (ready)")
+        return cls(status == 1)
+
+
+@frozen
+class Progress:
+    """
+    Code 3.  The original never checked progress, and a job must not lose
+    its attempt over it: a percent outside 0-100 is clamped into it, NaN
+    counts as no percent, and a message with neither field says nothing.
+
+    @ivar percent: from 0 to 100, or L{None}.
+    @ivar info: free text, or L{None}.
+    """
+
+    percent: float | None
+    info: str | None
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Progress:
+        """
+        @param message: a decoded code 3 message.
+        @return: the progress, clamped.
+        @raise BadMessage: the percent is not a number (nor a numeric
+            string), or the info not a string.
+        """
+        percent = number(message, "percent")
+        if percent is not None:
+            percent = None if math.isnan(percent) else min(max(percent, 0.0), 100.0)
+        return cls(percent, string(message, "info"))
+
+
+@frozen
+class JobFailed:
+    """
+    Code 4.
+
+    @ivar info: why, or L{None}.
+    @ivar logs: the worker's logs, or L{None}.
+    """
+
+    info: str | None
+    logs: str | None
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> JobFailed:
+        """
+        @param message: a decoded code 4 message.
+        @return: the failure.
+        @raise BadMessage: a field is not a string.
+        """
+        return cls(string(message, "info"), string(message, "logs"))
+
+
+Message = Union[Register, Status, Progress, JobFailed]
+"""What a worker may send in a text frame."""
+
+_SHAPES: dict[int, Callable[[dict[str, Any]], Message]] = {
+    REGISTER: Register.from_message,
+    STATUS: Status.from_message,
+    PROGRESS: Progress.from_message,
+    JOB_FAILED: JobFailed.from_message,
+}
+
+
+def read(data: bytes) -> Message:
+    """
+    Read a worker's text frame.
+
+    @param data: the frame's bytes.
+    @return: the message.
+    @raise BadMessage: it is malformed, has no integer code or an unknown
+        one, or a field of the wrong type; the message says which.
+    """
+    message = decode(data)
+    code = message.get("code")
+    if not _is_integer(code):
+        raise BadMessage("a message without an integer code")
+    shape = _SHAPES.get(code)
+    if shape is None:
+        raise BadMessage(f"unknown code {code}")
+    try:
+        return shape(message)
+    except BadMessage as e:
+        raise BadMessage(f"bad code {code} message: {e}") from None
