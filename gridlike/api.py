@@ -5,8 +5,9 @@ storage and dispatch of a L{gridlike.service.GridLikeService}.
 
 Errors are raised as L{gridlike.errors.GridLikeError}s and turned into a JSON
 C{problem} with their status in one place, L{problem_body}: for the routes
-through L{GridLikeAPI.problem}, and for the gate's refusals, which come
-before any route, in L{_Admitted}.
+through L{GridLikeAPI.problem}, and for what is answered before any route
+(the gate's refusals, paths outside C{path_prefix}) through L{_Problem}.
+Every request passes L{gridlike.auth.Gate} first, in L{_Admitted}.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class GridLikeAPI:
         resource: IResource = _Admitted(self.app.resource(), self.gate)
         for segment in reversed(self._settings.server.path_prefix.strip("/").split("/")):
             if segment:
-                parent = Resource()
+                parent = _Prefix()
                 parent.putChild(segment.encode("utf-8"), resource)
                 resource = parent
         return resource
@@ -412,9 +413,49 @@ class _Admitted(Resource):
         if admission.preflight:
             request.setResponseCode(204)
             return b""
-        if admission.refusal is not None:
-            return problem_body(request, admission.refusal)
+        error = admission.refusal or _undecodable(request)
+        if error is not None:
+            return problem_body(request, error)
         return self._routes.render(request)  # type: ignore[no-any-return]
+
+
+def _undecodable(request: IRequest) -> BadRequest | None:
+    """
+    A URL that is not UTF-8 once percent-decoded is a 400 here, where Klein
+    would log a traceback and answer plain text.
+    """
+    try:
+        b"/".join(request.prepath + request.postpath).decode("utf-8")
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest("the URL is not UTF-8 once percent-decoded")
+    return None
+
+
+class _Problem(Resource):
+    """Answers every request with one JSON problem."""
+
+    isLeaf = True
+
+    def __init__(self, error: GridLikeError) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: IRequest) -> bytes:
+        return problem_body(request, self._error)
+
+
+_OUTSIDE_PREFIX = "no such path: the API is under its path_prefix"
+
+
+class _Prefix(Resource):
+    """A segment of C{path_prefix}: whatever is not under it is a JSON 404."""
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return _Problem(NotFound(_OUTSIDE_PREFIX))
+
+    def render(self, request: IRequest) -> bytes:
+        return problem_body(request, NotFound(_OUTSIDE_PREFIX))
 
 
 @implementer(IConsumer, IPushProducer)

@@ -395,6 +395,26 @@ class ErrorPageTests(SynchronousTestCase):
             code, answer = server.request(self, "POST", "/api/jobs/submit", b"garbage", headers)
             self.assertEqual((code, answer["problem"]), (401, "an X-API-KEY header with a valid key is required"))
 
+    def test_undecodable_path(self) -> None:
+        """A path that is not UTF-8 once decoded is a 400 problem, not a traceback."""
+        server = Server()
+        code, answer = server.request(self, "GET", "/api/jobs/%FF")
+        self.assertEqual(code, 400)
+        self.assertIn("UTF-8", answer["problem"])
+        self.assertEqual(server.request(self, "POST", "/api/jobs/%FF/retry")[0], 400)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_outside_prefix(self) -> None:
+        """Outside path_prefix, every path is a JSON 404, the root included."""
+        server = Server('[server]\npath_prefix = "/grid"\n')
+        for path in ["/", "/other", "/api/jobs", "/gridx/api/jobs"]:
+            with self.subTest(path=path):
+                code, answer = server.request(self, "GET", path)
+                self.assertEqual(code, 404)
+                self.assertIn("path_prefix", answer["problem"])
+        self.assertEqual(server.request(self, "GET", "/grid/api/jobs"), (200, []))
+        self.assertEqual(server.request(self, "GET", "/grid/nothing")[0], 404)
+
     def test_unknown_route_needs_key(self) -> None:
         """
         With API keys, only health and the worker endpoints are open: a
