@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, DeferredList
+from twisted.internet.defer import DeferredList
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -364,16 +364,12 @@ class GridLikeAPI:
         if not seconds >= 0:
             raise BadRequest("wait: must be >= 0")
         seconds = min(seconds, self._settings.server.max_wait)
-        watching = self._core.registry.watch(job)
-        timer = self._core.clock.callLater(seconds, watching.cancel)
-        request.notifyFinish().addErrback(lambda _: watching.cancel())
-        try:
-            ended = await watching
-        except CancelledError:
-            return job
-        finally:
-            if timer.active():
-                timer.cancel()
+        # When the client goes away, Klein cancels the route: that
+        # cancellation must go on up, so that nothing is answered (and
+        # logged as unanswerable); only the end of the wait answers the job.
+        ended = await self._core.registry.watch(job).addTimeout(
+            seconds, self._core.clock, onTimeoutCancel=lambda result, timeout: job
+        )
         if ended is None:
             raise NotFound(f"job {key!r} was deleted")
         return ended

@@ -425,3 +425,42 @@ class ErrorPageTests(SynchronousTestCase):
         self.assertEqual(server.request(self, "GET", "/nothing", headers={"X-API-KEY": "k"})[0], 404)
         self.assertEqual(server.request(self, "GET", "/healthz"), (200, b"ok"))
 
+
+class WaitTests(SynchronousTestCase):
+    def open(self, server: Server, path: str) -> tuple[Any, StringTransport]:
+        channel = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40004))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(f"GET {path} HTTP/1.1\r\nHost: grid\r\n\r\n".encode())
+        return channel, transport
+
+    def test_wait_ends(self) -> None:
+        """
+        When ?wait= ends before the job does, the view is answered as it
+        is, and a result with a 409 problem.
+        """
+        server = Server()
+        server.post_form(self, form(("payload", b"x"), ("key", b"k")))
+        channel, transport = self.open(server, "/api/jobs/k/result?wait=5")
+        server.clock.advance(4)
+        self.assertEqual(transport.value(), b"")
+        server.clock.advance(1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 409 "))
+        self.assertIn(b'"status":"pending"', transport.value())
+        channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_client_gives_up(self) -> None:
+        """
+        A client that goes away during ?wait= gets nothing, and when the
+        wait would have ended nothing is logged as an error; no timer is
+        left behind.
+        """
+        server = Server()
+        server.post_form(self, form(("payload", b"x"), ("key", b"k")))
+        for path in ["/api/jobs/k/result?wait=30", "/api/jobs/k?wait=30"]:
+            channel, transport = self.open(server, path)
+            channel.connectionLost(Failure(ConnectionDone()))
+            server.clock.advance(30)
+            self.assertEqual(transport.value(), b"")
+            self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(server.clock.getDelayedCalls(), [])
