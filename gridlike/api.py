@@ -4,7 +4,10 @@ The HTTP API of PROTOCOL.md section 2: Klein routes, thin over the registry,
 storage and dispatch of a L{gridlike.service.GridLikeService}.
 
 Errors are raised as L{gridlike.errors.GridLikeError}s and turned into a JSON
-C{problem} with their status in one place, L{GridLikeAPI.problem}.
+C{problem} with their status in one place, L{problem_body}: for the routes
+through L{GridLikeAPI.problem}, and for what is answered before any route
+(the gate's refusals, paths outside C{path_prefix}) through L{_Problem}.
+Every request passes L{gridlike.auth.Gate} first, in L{_Admitted}.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, DeferredList
+from twisted.internet.defer import DeferredList
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -28,12 +31,12 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
+from gridlike.auth import Gate
 from gridlike.errors import (
     BadRequest,
     Conflict,
     GridLikeError,
     NotFound,
-    Unauthorized,
     Unavailable,
 )
 from gridlike.model import Job, Priority, Status, job_view
@@ -54,6 +57,31 @@ def _json(request: IRequest, body: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def problem_body(request: IRequest, error: GridLikeError) -> bytes:
+    """
+    @param request: the request to answer.
+    @param error: why it failed.
+    @return: the JSON problem; the status and content type are set.
+    """
+    body: dict[str, Any] = {"problem": error.problem}
+    if isinstance(error, Conflict) and error.job_status is not None:
+        body["status"] = error.job_status
+    return _json(request, body, error.status)
+
+
+def _open_route(path: list[bytes]) -> bool:
+    """
+    Whether the route at C{path} (its segments under C{path_prefix}) is open
+    without an API key: health, and the worker endpoints, which have their
+    own token.  Anything else is protected, routes added later included.
+    """
+    joined = b"/" + b"/".join(path)
+    if joined in (b"/healthz", b"/api/worker"):
+        return True
+    rest = joined.removeprefix(b"/api/worker/")
+    return rest != joined and b"/" not in rest
 
 
 def _arg(request: IRequest, name: str) -> str | None:
@@ -103,19 +131,26 @@ class GridLikeAPI:
     def __init__(self, core: GridLikeService) -> None:
         self._core = core
         self._settings = core.settings
+        self.gate = Gate(
+            allowed_origins=frozenset(core.settings.server.allowed_origins),
+            api_keys=core.settings.auth.api_keys,
+        )
         self.upload_policy = UploadPolicy(
             storage=core.storage,
             max_payload=core.settings.server.max_payload,
             max_uploads=core.settings.server.max_uploads,
-            api_keys=core.settings.auth.api_keys,
+            gate=self.gate,
         )
 
     def root(self) -> IResource:
-        """The resource to serve: the routes under C{path_prefix}."""
-        resource: IResource = self.app.resource()
+        """
+        The resource to serve: the routes behind the gate, under
+        C{path_prefix}.
+        """
+        resource: IResource = _Admitted(self.app.resource(), self.gate)
         for segment in reversed(self._settings.server.path_prefix.strip("/").split("/")):
             if segment:
-                parent = Resource()
+                parent = _Prefix()
                 parent.putChild(segment.encode("utf-8"), resource)
                 resource = parent
         return resource
@@ -124,11 +159,7 @@ class GridLikeAPI:
 
     @app.handle_errors(GridLikeError)
     def problem(self, request: IRequest, failure: Failure) -> bytes:
-        error: GridLikeError = failure.value
-        body: dict[str, Any] = {"problem": error.problem}
-        if isinstance(error, Conflict) and error.job_status is not None:
-            body["status"] = error.job_status
-        return _json(request, body, error.status)
+        return problem_body(request, failure.value)
 
     @app.handle_errors(HTTPException)
     def http_problem(self, request: IRequest, failure: Failure) -> bytes:
@@ -146,7 +177,6 @@ class GridLikeAPI:
     @app.route("/api/jobs/submit", methods=["POST"])
     @app.route("/api/jobs/submit/<type>", methods=["POST"])
     async def submit(self, request: IRequest, type: str | None = None) -> bytes:
-        self._authorize(request)
         job_type = self._job_type(type)
         form = await self._form(request)
         try:
@@ -173,7 +203,6 @@ class GridLikeAPI:
     @app.route("/api/jobs/bulk", methods=["POST"])
     @app.route("/api/jobs/bulk/<type>", methods=["POST"])
     async def bulk(self, request: IRequest, type: str | None = None) -> bytes:
-        self._authorize(request)
         job_type = self._job_type(type)
         form = await self._form(request)
         try:
@@ -209,7 +238,6 @@ class GridLikeAPI:
 
     @app.route("/api/jobs", methods=["GET"])
     def jobs(self, request: IRequest) -> bytes:
-        self._authorize(request)
         status = _arg(request, "status")
         priority = _arg(request, "priority")
         type = _arg(request, "type")
@@ -242,13 +270,11 @@ class GridLikeAPI:
 
     @app.route("/api/jobs/<key>", methods=["GET"])
     async def job(self, request: IRequest, key: str) -> bytes:
-        self._authorize(request)
         job = await self._waited(request, key)
         return _json(request, job_view(job))
 
     @app.route("/api/jobs/<key>/result", methods=["GET"])
     async def result(self, request: IRequest, key: str) -> bytes:
-        self._authorize(request)
         job = await self._waited(request, key)
         if job.status is not Status.DONE:
             raise Conflict(f"job {key!r} is {job.status.value}, not done", job.status.value)
@@ -256,18 +282,15 @@ class GridLikeAPI:
 
     @app.route("/api/jobs/<key>/payload", methods=["GET"])
     async def payload(self, request: IRequest, key: str) -> bytes:
-        self._authorize(request)
         job = self._core.registry.get(key)
         return await self._stream(request, job, PAYLOAD, job.payload_size)
 
     @app.route("/api/workers", methods=["GET"])
     def workers(self, request: IRequest) -> bytes:
-        self._authorize(request)
         return _json(request, self._core.worker_views())
 
     @app.route("/api/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:
-        self._authorize(request)
         return _json(request, self._core.stats())
 
     @app.route("/healthz", methods=["GET"])
@@ -281,13 +304,11 @@ class GridLikeAPI:
     @app.route("/api/jobs/<key>", methods=["DELETE"])
     @app.route("/api/jobs/<key>/delete", methods=["POST"])
     async def delete(self, request: IRequest, key: str) -> bytes:
-        self._authorize(request)
         job = await self._core.registry.delete(key)
         return _json(request, {"deleted": job.key}, 202)
 
     @app.route("/api/jobs/<key>/retry", methods=["POST"])
     async def retry(self, request: IRequest, key: str) -> bytes:
-        self._authorize(request)
         job = await self._core.registry.retry(key)
         return _json(request, job_view(job), 202)
 
@@ -299,10 +320,6 @@ class GridLikeAPI:
         return self._core.worker_resource(self._job_type(type))
 
     # Helpers
-
-    def _authorize(self, request: IRequest) -> None:
-        if not self.upload_policy.authorized(request):
-            raise Unauthorized("an X-API-KEY header with a valid key is required")
 
     def _job_type(self, type: str | None) -> str | None:
         types = self._settings.types
@@ -347,16 +364,12 @@ class GridLikeAPI:
         if not seconds >= 0:
             raise BadRequest("wait: must be >= 0")
         seconds = min(seconds, self._settings.server.max_wait)
-        watching = self._core.registry.watch(job)
-        timer = self._core.clock.callLater(seconds, watching.cancel)
-        request.notifyFinish().addErrback(lambda _: watching.cancel())
-        try:
-            ended = await watching
-        except CancelledError:
-            return job
-        finally:
-            if timer.active():
-                timer.cancel()
+        # When the client goes away, Klein cancels the route: that
+        # cancellation must go on up, so that nothing is answered (and
+        # logged as unanswerable); only the end of the wait answers the job.
+        ended = await self._core.registry.watch(job).addTimeout(
+            seconds, self._core.clock, onTimeoutCancel=lambda result, timeout: job
+        )
         if ended is None:
             raise NotFound(f"job {key!r} was deleted")
         return ended
@@ -372,6 +385,73 @@ class GridLikeAPI:
         except TransferStopped:
             guard.unregisterProducer()  # the client went away; nothing to answer
         return b""
+
+
+class _Admitted(Resource):
+    """
+    The routes behind the gate: a request is answered by the routes only
+    once L{Gate.admit} lets it through, with the CORS headers it decided.
+    A leaf, as the Klein resource it wraps, so that both see the same
+    C{prepath} and C{postpath}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: IResource, gate: Gate) -> None:
+        super().__init__()
+        self._routes = routes
+        self._gate = gate
+
+    def render(self, request: IRequest) -> bytes | int:
+        admission = self._gate.admit(request, protected=not _open_route(request.postpath))
+        for name, value in admission.headers:
+            request.setHeader(name, value)
+        if admission.preflight:
+            request.setResponseCode(204)
+            return b""
+        error = admission.refusal or _undecodable(request)
+        if error is not None:
+            return problem_body(request, error)
+        return self._routes.render(request)  # type: ignore[no-any-return]
+
+
+def _undecodable(request: IRequest) -> BadRequest | None:
+    """
+    A URL that is not UTF-8 once percent-decoded is a 400 here, where Klein
+    would log a traceback and answer plain text.
+    """
+    try:
+        b"/".join(request.prepath + request.postpath).decode("utf-8")
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest("the URL is not UTF-8 once percent-decoded")
+    return None
+
+
+class _Problem(Resource):
+    """Answers every request with one JSON problem."""
+
+    isLeaf = True
+
+    def __init__(self, error: GridLikeError) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: IRequest) -> bytes:
+        return problem_body(request, self._error)
+
+
+_OUTSIDE_PREFIX = "no such path: the API is under its path_prefix"
+
+
+class _Prefix(Resource):
+    """A segment of C{path_prefix}: whatever is not under it is a JSON 404."""
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return _Problem(NotFound(_OUTSIDE_PREFIX))
+
+    def render(self, request: IRequest) -> bytes:
+        return problem_body(request, NotFound(_OUTSIDE_PREFIX))
 
 
 @implementer(IConsumer, IPushProducer)

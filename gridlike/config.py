@@ -39,6 +39,7 @@ from gridlike._config_table import (
     parse_size,
 )
 from gridlike.errors import ConfigError
+from gridlike.origin import canonical_origin
 
 __all__ = [
     "AuthSettings",
@@ -96,6 +97,9 @@ class ServerSettings:
         closed (a GridLike extension).
     @ivar access_log: whether each HTTP request is logged (a GridLike
         extension).
+    @ivar allowed_origins: the web origins, besides the server's own, whose
+        pages may use the API and the worker endpoints, in canonical form
+        (see L{gridlike.origin}).
     """
 
     listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
@@ -105,6 +109,7 @@ class ServerSettings:
     max_uploads: int = 256
     idle_timeout: float = 60.0
     access_log: bool = False
+    allowed_origins: tuple[str, ...] = ()
 
 
 @frozen
@@ -393,9 +398,47 @@ def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[
         max_uploads=table.integer("max_uploads", defaults.max_uploads, at_least=1),
         idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
         access_log=table.boolean("access_log", defaults.access_log),
+        allowed_origins=_allowed_origins(table, defaults.allowed_origins),
     )
     table.finish()
     return settings, exposed
+
+
+def _allowed_origins(table: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    @param table: the C{[server]} table.
+    @param default: the value when C{allowed_origins} is unset.
+    @return: the origins, canonical (lower case, no default port).
+    @raise ConfigError: the value is not a list of http(s) origins, or
+        lists C{"null"}, which every web site can send from a sandboxed
+        frame, so allowing it would allow them all.
+    """
+    where = table.where("allowed_origins")
+    value = table.get("allowed_origins")
+    if value is _Table._missing:
+        return default
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: must be a list of origins, not {value!r}")
+    origins: list[str] = []
+    for item in value:
+        if item == "null":
+            raise ConfigError(
+                f"{where}: \"null\" cannot be allowed: any web site can send"
+                " Origin null from a sandboxed frame; serve the page from an"
+                " http(s) origin and list that"
+            )
+        try:
+            if isinstance(item, str):
+                origins.append(canonical_origin(item))
+                continue
+        except ValueError:
+            pass
+        raise ConfigError(
+            f"{where}: {item!r} is not an origin such as"
+            ' "https://app.example" or "http://localhost:3000"'
+            " (scheme, host and optional port; no path, no trailing slash)"
+        )
+    return tuple(origins)
 
 
 

@@ -33,6 +33,12 @@ class Unauthorized(GridLikeError):
     status = 401
 
 
+class Forbidden(GridLikeError):
+    """The request comes from a web page that may not use this server."""
+
+    status = 403
+
+
 class NotFound(GridLikeError):
     """No such job, type or route."""
 

@@ -26,12 +26,11 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from gridlike.auth import matches_any
+from gridlike.auth import Gate
 from gridlike.errors import (
     BadRequest,
     GridLikeError,
     PayloadTooLarge,
-    Unauthorized,
     Unavailable,
 )
 from gridlike.registry import new_job_id
@@ -81,19 +80,15 @@ class UploadedForm:
 class UploadPolicy:
     """
     What the site accepts as an upload, and how many at once.
+
+    @ivar gate: who may upload at all, asked before the body is read.
     """
 
     storage: IStorage
     max_payload: int
     max_uploads: int
-    api_keys: tuple[str, ...]
+    gate: Gate
     active: int = 0
-
-    def authorized(self, request: Request) -> bool:
-        """Whether the request carries an API key, when keys are configured."""
-        return not self.api_keys or matches_any(
-            request.getHeader(b"x-api-key"), self.api_keys
-        )
 
 
 @define
@@ -333,16 +328,19 @@ def start_upload(
     Begin parsing a request body as a multipart upload.
 
     @return: the upload, or L{None} when the body is not multipart.
-    @raise GridLikeError: the upload is refused before anything is stored.
+    @raise GridLikeError: the upload is refused before anything is stored;
+        the gate's refusal (a foreign web page, no valid API key) comes
+        first, so that an unauthorized client learns nothing of its body.
     """
     mime, options = parse_options_header(request.getHeader(b"content-type") or "")
     if mime != b"multipart/form-data":
         return None
+    refusal = policy.gate.upload_refusal(request)
+    if refusal is not None:
+        raise refusal
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("body: multipart without a boundary")
-    if not policy.authorized(request):
-        raise Unauthorized("an X-API-KEY header with a valid key is required")
     if length is not None and length > policy.max_payload + FORM_OVERHEAD:
         raise PayloadTooLarge(f"payload: larger than {policy.max_payload} bytes")
     if policy.active >= policy.max_uploads:
@@ -371,7 +369,9 @@ class UploadRequest(Request):
 
     The route finds the parsed body in C{upload} (or L{None} when the body
     was not multipart or not streamed) and C{upload_refused} when it was
-    refused before anything was stored.
+    refused before anything was stored.  The body of a refused upload is
+    dropped as it arrives: kept, twisted.web would parse it as a form itself
+    and answer a bare 400 when it is malformed.
     """
 
     upload: MultipartUpload | None = None
@@ -402,6 +402,8 @@ class UploadRequest(Request):
     def handleContentChunk(self, data: bytes) -> None:
         upload = self.upload
         if upload is None:
+            if self.upload_refused is not None:
+                return
             room = OTHER_BODY_LIMIT - self.content.tell()
             if room > 0:
                 self.content.write(data[:room])

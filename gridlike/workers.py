@@ -43,11 +43,13 @@ from twisted.internet.interfaces import (
     IProducer,
     IPushProducer,
     IReactorTime,
+    ISSLTransport,
     ITransport,
 )
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
@@ -64,6 +66,7 @@ from gridlike.auth import matches_any
 from gridlike.config import Settings
 from gridlike.dispatch import Dispatcher, IWorkerLink, WorkerLost, WorkerRecord
 from gridlike.errors import GridLikeError, PayloadTooLarge
+from gridlike.origin import Origin, classify, foreign
 from gridlike.model import Job
 from gridlike.storage import PAYLOAD, RESULT, IPayloadWriter, IStorage, TransferStopped
 from gridlike.wire import CLOSE_BAD_TOKEN, CLOSE_PROTOCOL_ERROR, CLOSE_REGISTER_TIMEOUT
@@ -338,12 +341,30 @@ class WorkerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         """
-        Accept the connection unless too many are registering already.
+        Accept the connection unless a foreign web page opens it (it would
+        be handed jobs), or too many are registering already.
 
         @param request: the handshake request.
-        @raise ConnectionDeny: 503, too many registering; 500, a bug.
+        @raise ConnectionDeny: 403, a foreign origin; 503, too many
+            registering; 500, a bug.
         """
         try:
+            origin = request.headers.get("origin")
+            if (
+                classify(
+                    origin,
+                    request.headers.get("host"),
+                    ISSLTransport.providedBy(self.transport),
+                    self._settings.server.allowed_origins,
+                )
+                is Origin.FOREIGN
+            ):
+                self._log.info(
+                    "refused a worker from {address}: origin {origin!r}",
+                    address=self.address,
+                    origin=origin,
+                )
+                raise ConnectionDeny(ConnectionDeny.FORBIDDEN, foreign(origin).problem)
             limit = self._settings.workers.max_registering
             if len(self._registering) >= limit:
                 self._log.warn(
@@ -363,6 +384,24 @@ class WorkerProtocol(WebSocketServerProtocol):
         except Exception:
             self._log.failure("{link}: accepting the connection", link=self)
             raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "internal error")
+
+    def sendHttpErrorResponse(
+        self,
+        code: int,
+        reason: str,
+        responseHeaders: list[tuple[str, str]] | None = None,
+    ) -> None:
+        """
+        Refuse the handshake as the HTTP API refuses a request: a JSON
+        problem, where Autobahn would send a status line alone.
+        """
+        body = json.dumps({"problem": reason}).encode("utf-8")
+        phrase = RESPONSES.get(code, b"Error").decode("ascii")
+        head = f"HTTP/1.1 {code} {phrase}\r\nContent-Type: application/json\r\n"
+        for name, value in responseHeaders or ():
+            head += f"{name}: {value}\r\n"
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        self.sendData(head.encode("latin-1") + body)
 
     def onOpen(self) -> None:
         with self._guard("opening"):
@@ -816,6 +855,9 @@ class WorkerFactory(WebSocketServerFactory):
             # A WebSocket-level violation (invalid UTF-8, a bad frame) gets a
             # close frame with its code and reason, not a silent drop.
             failByDrop=False,
+            # The origin is checked in onConnect, "null" included, so that
+            # every refusal is a 403 with a problem.
+            allowNullOrigin=True,
         )
 
     def buildProtocol(self, addr: object) -> WorkerProtocol:

@@ -239,3 +239,228 @@ class LimitTests(SynchronousTestCase):
         channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(server.payload_ids(), set())
         self.assertEqual(server.post_form(self, form(("payload", b"y")))[0], 202)
+
+
+EVIL = {"Origin": "http://evil.example"}
+MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+class OriginTests(SynchronousTestCase):
+    def test_foreign_submit(self) -> None:
+        """
+        A cross-site multipart POST, as a form on any page may send it, is a
+        403 problem: no job is created and nothing reaches storage.
+        """
+        server = Server()
+        body = form(("payload", b"stolen"), ("key", b"k"))
+        code, answer = server.request(self, "POST", "/api/jobs/submit", body, {**EVIL, **MULTIPART})
+        self.assertEqual(code, 403)
+        self.assertIn("http://evil.example", answer["problem"])
+        self.assertEqual(list(server.core.registry), [])
+        self.assertEqual(server.storage.objects, {})
+
+    def test_foreign_changes(self) -> None:
+        """Delete and retry from a foreign page are refused; the job stays."""
+        server = Server()
+        server.post_form(self, form(("payload", b"x"), ("key", b"k")))
+        self.assertEqual(server.request(self, "DELETE", "/api/jobs/k", headers=EVIL)[0], 403)
+        self.assertEqual(server.request(self, "POST", "/api/jobs/k/delete", headers=EVIL)[0], 403)
+        self.assertEqual(server.request(self, "POST", "/api/jobs/k/retry", headers=EVIL)[0], 403)
+        self.assertEqual(server.request(self, "GET", "/api/jobs/k")[0], 200)
+
+    def test_foreign_reads(self) -> None:
+        """
+        A foreign page's reads are served, without CORS headers: the browser
+        keeps the answer from the page.
+        """
+        server = Server()
+        channel = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40002))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(
+            b"GET /api/jobs HTTP/1.1\r\nHost: grid\r\nOrigin: http://evil.example\r\n\r\n"
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertNotIn(b"access-control", transport.value().lower())
+        channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_null_origin(self) -> None:
+        """A local file's page (Origin null) is refused with a 403 problem."""
+        server = Server()
+        headers = {"Origin": "null", **MULTIPART}
+        code, answer = server.request(self, "POST", "/api/jobs/submit", form(("payload", b"x")), headers)
+        self.assertEqual(code, 403)
+        self.assertIn("null", answer["problem"])
+
+    def test_same_origin(self) -> None:
+        """A page of the server itself may submit."""
+        server = Server()
+        headers = {"Origin": "http://grid", **MULTIPART}
+        code, _ = server.request(self, "POST", "/api/jobs/submit", form(("payload", b"x")), headers)
+        self.assertEqual(code, 202)
+
+    def test_foreign_before_auth(self) -> None:
+        """With API keys, a foreign page is refused for its origin, key or not."""
+        server = Server('[auth]\napi_keys = ["k"]\n')
+        headers = {**EVIL, **MULTIPART, "X-API-KEY": "k"}
+        code, _ = server.request(self, "POST", "/api/jobs/submit", form(("payload", b"x")), headers)
+        self.assertEqual(code, 403)
+        self.assertEqual(server.storage.objects, {})
+
+
+ALLOWED = '[server]\nallowed_origins = ["https://app.example"]\n'
+APP = {"Origin": "https://app.example"}
+
+
+def raw(server: Server, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send one raw request; answer its status, headers and body."""
+    channel = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40003))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(request)
+    response = HTTPResponse(_Received(transport.value()))  # type: ignore[arg-type]
+    response.begin()
+    content = response.read()
+    channel.connectionLost(Failure(ConnectionDone()))
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, content
+
+
+class CORSTests(SynchronousTestCase):
+    def test_preflight(self) -> None:
+        """
+        An allowed origin's preflight is answered 204 with the methods and
+        headers the API takes, how long to keep them, and Vary: Origin;
+        it needs no API key (browsers send none with it).
+        """
+        server = Server(ALLOWED + '[auth]\napi_keys = ["k"]\n')
+        status, headers, body = raw(
+            server,
+            b"OPTIONS /api/jobs/submit HTTP/1.1\r\nHost: grid\r\n"
+            b"Origin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n"
+            b"Access-Control-Request-Headers: x-api-key\r\n\r\n",
+        )
+        self.assertEqual((status, body), (204, b""))
+        self.assertEqual(headers["access-control-allow-origin"], "https://app.example")
+        self.assertEqual(headers["access-control-allow-methods"], "GET, HEAD, POST, DELETE")
+        self.assertEqual(headers["access-control-allow-headers"], "X-API-KEY, Content-Type")
+        self.assertEqual(headers["access-control-max-age"], "3600")
+        self.assertEqual(headers["vary"], "Origin")
+
+    def test_foreign_preflight(self) -> None:
+        """Another origin's preflight is a 403 problem without CORS headers."""
+        server = Server(ALLOWED)
+        status, headers, body = raw(
+            server,
+            b"OPTIONS /api/jobs/submit HTTP/1.1\r\nHost: grid\r\n"
+            b"Origin: http://evil.example\r\nAccess-Control-Request-Method: POST\r\n\r\n",
+        )
+        self.assertEqual(status, 403)
+        self.assertIn("problem", json.loads(body))
+        self.assertNotIn("access-control-allow-origin", headers)
+
+    def test_allowed_submit(self) -> None:
+        """An allowed origin submits, and may read the answer and its errors."""
+        server = Server(ALLOWED + '[auth]\napi_keys = ["k"]\n')
+        body = form(("payload", b"x"))
+        for key, status in [("k", 202), ("wrong", 401)]:
+            head = (
+                f"POST /api/jobs/submit HTTP/1.1\r\nHost: grid\r\nOrigin: https://app.example\r\n"
+                f"X-API-KEY: {key}\r\nContent-Type: {MULTIPART['Content-Type']}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
+            code, headers, _ = raw(server, head.encode() + body)
+            self.assertEqual(code, status)
+            self.assertEqual(headers["access-control-allow-origin"], "https://app.example")
+            self.assertEqual(headers["access-control-expose-headers"], "Link")
+            self.assertEqual(headers["vary"], "Origin")
+        self.assertEqual(len(server.payload_ids()), 1)
+
+    def test_no_cors_without_origin(self) -> None:
+        """A program's request gets no Access-Control headers, only Vary."""
+        server = Server(ALLOWED)
+        _, headers, _ = raw(server, b"GET /api/jobs HTTP/1.1\r\nHost: grid\r\n\r\n")
+        self.assertNotIn("access-control-allow-origin", headers)
+        self.assertEqual(headers["vary"], "Origin")
+
+
+class ErrorPageTests(SynchronousTestCase):
+    def test_unauthorized_malformed_upload(self) -> None:
+        """
+        With API keys, a malformed multipart body without a key is a 401
+        problem: the key is checked before the body is parsed.
+        """
+        server = Server('[auth]\napi_keys = ["k"]\n')
+        for content_type in ["multipart/form-data; boundary=x", "multipart/form-data"]:
+            headers = {"Content-Type": content_type}
+            code, answer = server.request(self, "POST", "/api/jobs/submit", b"garbage", headers)
+            self.assertEqual((code, answer["problem"]), (401, "an X-API-KEY header with a valid key is required"))
+
+    def test_undecodable_path(self) -> None:
+        """A path that is not UTF-8 once decoded is a 400 problem, not a traceback."""
+        server = Server()
+        code, answer = server.request(self, "GET", "/api/jobs/%FF")
+        self.assertEqual(code, 400)
+        self.assertIn("UTF-8", answer["problem"])
+        self.assertEqual(server.request(self, "POST", "/api/jobs/%FF/retry")[0], 400)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_outside_prefix(self) -> None:
+        """Outside path_prefix, every path is a JSON 404, the root included."""
+        server = Server('[server]\npath_prefix = "/grid"\n')
+        for path in ["/", "/other", "/api/jobs", "/gridx/api/jobs"]:
+            with self.subTest(path=path):
+                code, answer = server.request(self, "GET", path)
+                self.assertEqual(code, 404)
+                self.assertIn("path_prefix", answer["problem"])
+        self.assertEqual(server.request(self, "GET", "/grid/api/jobs"), (200, []))
+        self.assertEqual(server.request(self, "GET", "/grid/nothing")[0], 404)
+
+    def test_unknown_route_needs_key(self) -> None:
+        """
+        With API keys, only health and the worker endpoints are open: a
+        path the API does not have is a 401 without a key, a 404 with one.
+        """
+        server = Server('[auth]\napi_keys = ["k"]\n')
+        self.assertEqual(server.request(self, "GET", "/nothing")[0], 401)
+        self.assertEqual(server.request(self, "GET", "/nothing", headers={"X-API-KEY": "k"})[0], 404)
+        self.assertEqual(server.request(self, "GET", "/healthz"), (200, b"ok"))
+
+
+class WaitTests(SynchronousTestCase):
+    def open(self, server: Server, path: str) -> tuple[Any, StringTransport]:
+        channel = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40004))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(f"GET {path} HTTP/1.1\r\nHost: grid\r\n\r\n".encode())
+        return channel, transport
+
+    def test_wait_ends(self) -> None:
+        """
+        When ?wait= ends before the job does, the view is answered as it
+        is, and a result with a 409 problem.
+        """
+        server = Server()
+        server.post_form(self, form(("payload", b"x"), ("key", b"k")))
+        channel, transport = self.open(server, "/api/jobs/k/result?wait=5")
+        server.clock.advance(4)
+        self.assertEqual(transport.value(), b"")
+        server.clock.advance(1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 409 "))
+        self.assertIn(b'"status":"pending"', transport.value())
+        channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_client_gives_up(self) -> None:
+        """
+        A client that goes away during ?wait= gets nothing, and when the
+        wait would have ended nothing is logged as an error; no timer is
+        left behind.
+        """
+        server = Server()
+        server.post_form(self, form(("payload", b"x"), ("key", b"k")))
+        for path in ["/api/jobs/k/result?wait=30", "/api/jobs/k?wait=30"]:
+            channel, transport = self.open(server, path)
+            channel.connectionLost(Failure(ConnectionDone()))
+            server.clock.advance(30)
+            self.assertEqual(transport.value(), b"")
+            self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(server.clock.getDelayedCalls(), [])

@@ -80,6 +80,7 @@ def test_embedded_defaults() -> None:
             max_uploads=256,
             idle_timeout=60.0,
             access_log=False,
+            allowed_origins=(),
         ),
         registry=RegistrySettings(
             kind="journal",
@@ -198,6 +199,7 @@ def test_every_key_set() -> None:
         max_payload = "10MB"
         max_wait = 2.5
         max_uploads = 4
+        allowed_origins = ["https://app.example"]
         [registry]
         kind = "journal"
         path = "/var/lib/g/journal"
@@ -232,6 +234,7 @@ def test_every_key_set() -> None:
         max_payload=10_000_000,
         max_wait=2.5,
         max_uploads=4,
+        allowed_origins=("https://app.example",),
     )
     assert settings.registry == RegistrySettings(
         kind="journal",
@@ -767,6 +770,35 @@ def test_path_prefix_must_be_plain(value: str) -> None:
         " (letters, digits, '.', '_', '~' and '-' between single slashes),"
         f" not {value!r}"
     )
+
+
+def test_allowed_origins_canonical() -> None:
+    """
+    C{allowed_origins} are kept as browsers write origins: lower case,
+    without the scheme's default port.
+    """
+    settings = parse(
+        '[server]\nallowed_origins = ["HTTPS://App.Example:443", "http://localhost:3000"]'
+    )
+    assert settings.server.allowed_origins == ("https://app.example", "http://localhost:3000")
+
+
+@pytest.mark.parametrize(
+    "value", ['"http://x.example"', '[3]', '["x.example"]', '["http://x.example/"]', '["*"]']
+)
+def test_allowed_origins_must_be_origins(value: str) -> None:
+    """Anything but a list of http(s) origins is refused, naming the key."""
+    message = error(f"[server]\nallowed_origins = {value}")
+    assert message.startswith("[server] allowed_origins: ")
+
+
+def test_null_origin_cannot_be_allowed() -> None:
+    """
+    C{"null"} is refused: every web site can send it from a sandboxed frame,
+    so allowing it would allow them all.
+    """
+    message = error('[server]\nallowed_origins = ["null"]')
+    assert message.startswith('[server] allowed_origins: "null" cannot be allowed')
 
 
 # Types

@@ -246,12 +246,18 @@ class FakeWorker(WebSocketClientProtocol):
 class Worker:
     """One fake worker connected to the server in memory."""
 
-    def __init__(self, harness: Harness, job_type: str | None, port: int) -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        job_type: str | None,
+        port: int,
+        origin: str | None = None,
+    ) -> None:
         self.harness = harness
         factory = harness.factory(job_type)
         self.server: WorkerProtocol = factory.buildProtocol(None)
         client_factory = WebSocketClientFactory(
-            "ws://127.0.0.1:8080/api/worker", reactor=harness.clock
+            "ws://127.0.0.1:8080/api/worker", origin=origin, reactor=harness.clock
         )
         client_factory._batched_timer = ClockTimer(harness.clock)
         client_factory.setProtocolOptions(serverConnectionDropTimeout=0)
@@ -358,9 +364,9 @@ class Harness:
             )
         return self.factories[job_type]
 
-    def connect(self, job_type: str | None = None) -> Worker:
+    def connect(self, job_type: str | None = None, origin: str | None = None) -> Worker:
         self._ports += 1
-        return Worker(self, job_type, self._ports)
+        return Worker(self, job_type, self._ports, origin)
 
     def registered(self, job_type: str | None = None, **kwargs: Any) -> Worker:
         """A worker connected, registered and asked its status."""
@@ -683,6 +689,33 @@ class RegisterTests(SynchronousTestCase):
         first.register()
         self.assertEqual(first.take(), [STATUS_REQUEST])
         h.registered(uid="machine-2")
+
+    def test_foreign_origin(self) -> None:
+        """
+        A web page of another origin, or a local file's (Origin null),
+        cannot open a worker connection: the upgrade is a 403 problem.
+        """
+        h = Harness(self, '[server]\nallowed_origins = ["https://app.example"]\n')
+        for origin in ["http://evil.example", "null", "http://127.0.0.1:8081"]:
+            refused = h.connect(origin=origin)
+            head, body = b"".join(refused.transport.written).split(b"\r\n\r\n", 1)
+            self.assertTrue(head.startswith(b"HTTP/1.1 403 Forbidden\r\n"))
+            self.assertIn(b"Content-Type: application/json", head)
+            self.assertIn(origin, json.loads(body)["problem"])
+            self.assertFalse(refused.client.opened)
+            self.assertEqual(h.factory().registering, set())
+
+    def test_origins_that_may(self) -> None:
+        """
+        A program (no Origin), the server's own page and an allowed origin's
+        page open worker connections.
+        """
+        h = Harness(self, '[server]\nallowed_origins = ["https://app.example"]\n')
+        for n, origin in enumerate([None, "http://127.0.0.1:8080", "https://app.example"]):
+            worker = h.connect(origin=origin)
+            self.assertTrue(worker.client.opened)
+            worker.register(uid=f"machine-{n}")
+            self.assertEqual(worker.take(), [STATUS_REQUEST])
 
     def test_pings(self) -> None:
         """

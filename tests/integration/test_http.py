@@ -5,7 +5,9 @@ HTTP requests as any client would send them.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Callable
 
 import pytest
 import requests
+import websocket
 
 from tests.integration.daemon import ROOT, TWISTD, Daemon
 
@@ -367,3 +370,101 @@ def test_unusable_data_directory(tmp_path: Path) -> None:
     code, output = run_twistd(tmp_path, '[registry]\npath = "occupied/journal"\n')
     assert code != 0
     assert "occupied" in output and "Traceback" not in output
+
+
+# Browsers (PROTOCOL.md section 4; docs/api.md "Browsers")
+
+EVIL = {"Origin": "http://evil.example"}
+
+
+def test_cross_site_submit_refused(daemon: Daemon) -> None:
+    """
+    A multipart form POST from another site, which a browser sends without
+    a preflight, is a 403 problem: no job, no payload file.
+    """
+    text = problem(submit(daemon, b"secret", headers=EVIL, key="k"), 403)
+    assert "http://evil.example" in text
+    assert requests.get(daemon.url + "/api/jobs").json() == []
+    assert payload_files(daemon) == []
+    problem(requests.post(daemon.url + "/api/jobs/k/delete", headers=EVIL), 403)
+
+
+def test_null_origin_refused(daemon: Daemon) -> None:
+    """A local file's page (Origin null) is refused with a 403 problem, not a bare 400."""
+    problem(submit(daemon, headers={"Origin": "null"}), 403)
+    assert payload_files(daemon) == []
+
+
+def test_same_origin_submit(daemon: Daemon) -> None:
+    """A page of the server itself submits as a program does."""
+    response = submit(daemon, headers={"Origin": daemon.url})
+    assert response.status_code == 202, response.text
+
+
+def test_worker_upgrade_origin(daemon: Daemon) -> None:
+    """
+    A foreign page cannot open a worker connection (403 problem); without an
+    Origin, or from the server's own page, the worker registers.
+    """
+    refused = websocket.WebSocket()
+    with pytest.raises(websocket.WebSocketBadStatusException) as failure:
+        refused.connect(daemon.ws_url + "/api/worker", origin="http://evil.example", timeout=5)
+    assert failure.value.status_code == 403
+    assert "evil.example" in json.loads(failure.value.resp_body)["problem"]
+    for options in [{"suppress_origin": True}, {"origin": daemon.url}]:
+        worker = websocket.create_connection(daemon.ws_url + "/api/worker", timeout=10, **options)
+        worker.send(json.dumps({"code": 0, "name": "w", "id": "w", "token": ""}))
+        assert json.loads(worker.recv()) == {"code": 2}
+        worker.close()
+
+
+def test_allowed_origin_cors(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    With allowed_origins, a browser app there gets its preflight answered
+    and submits with CORS headers on the answer; other origins stay refused.
+    """
+    server = make_daemon(
+        '[server]\nallowed_origins = ["http://app.example:3000"]\n[auth]\napi_keys = ["k"]\n'
+    )
+    app = "http://app.example:3000"
+    preflight = requests.options(
+        server.url + "/api/jobs/submit",
+        headers={
+            "Origin": app,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key",
+        },
+        timeout=10,
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == app
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "X-API-KEY" in preflight.headers["Access-Control-Allow-Headers"]
+    assert int(preflight.headers["Access-Control-Max-Age"]) > 0
+    assert preflight.headers["Vary"] == "Origin"
+    created = submit(server, headers={"Origin": app, "X-API-KEY": "k"})
+    assert created.status_code == 202, created.text
+    assert created.headers["Access-Control-Allow-Origin"] == app
+    problem(submit(server, headers={"Origin": "http://app.example", "X-API-KEY": "k"}), 403)
+
+
+def test_abandoned_wait_logs_nothing(daemon: Daemon) -> None:
+    """
+    A client that gives up on ?wait= leaves no error in the log when the
+    wait ends.
+    """
+    submit(daemon, key="w")
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as client:
+        client.sendall(b"GET /api/jobs/w/result?wait=0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+    # A longer wait that starts later ends after the abandoned one did.
+    assert requests.get(daemon.url + "/api/jobs/w?wait=1", timeout=10).json()["status"] == "pending"
+    assert "Traceback" not in daemon.log() and "Unhandled" not in daemon.log()
+
+
+def test_error_pages_are_json(make_daemon: Callable[..., Daemon]) -> None:
+    """An undecodable path and a path outside path_prefix answer JSON problems."""
+    server = make_daemon('[server]\npath_prefix = "/grid"\n')
+    problem(requests.get(server.url + "/grid/api/jobs/%FF", timeout=10), 400)
+    problem(requests.get(server.url + "/elsewhere", timeout=10), 404)
+    problem(requests.get(server.url + "/", timeout=10), 404)
+    assert "Traceback" not in server.log()
