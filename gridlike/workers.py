@@ -26,6 +26,7 @@ when the server fails.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
