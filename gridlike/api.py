@@ -103,11 +103,13 @@ class GridLikeAPI:
     def __init__(self, core: GridLikeService) -> None:
         self._core = core
         self._settings = core.settings
+        server = core.settings.server
         self.upload_policy = UploadPolicy(
             storage=core.storage,
-            max_payload=core.settings.server.max_payload,
-            max_uploads=core.settings.server.max_uploads,
+            max_payload=server.max_payload,
+            max_uploads=server.max_uploads,
             api_keys=core.settings.auth.api_keys,
+            max_request=server.max_request,
         )
 
     def root(self) -> IResource:

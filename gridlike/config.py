@@ -91,6 +91,8 @@ class ServerSettings:
     @ivar max_wait: the longest, in seconds, that a C{?wait=} request is held.
     @ivar max_uploads: how many payload uploads may be in progress at once
         (a GridLike extension).
+    @ivar max_request: the largest whole upload body in bytes, C{0} for no
+        limit beyond C{max_payload} per payload (a GridLike extension).
     @ivar idle_timeout: seconds an HTTP connection may send nothing while a
         request is expected, or read nothing of a download, before it is
         closed (a GridLike extension).
@@ -103,6 +105,7 @@ class ServerSettings:
     max_payload: int = GiB
     max_wait: float = 300.0
     max_uploads: int = 256
+    max_request: int = 0
     idle_timeout: float = 60.0
     access_log: bool = False
 
@@ -391,6 +394,7 @@ def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[
         max_payload=table.size("max_payload", defaults.max_payload, above=0),
         max_wait=table.number("max_wait", defaults.max_wait),
         max_uploads=table.integer("max_uploads", defaults.max_uploads, at_least=1),
+        max_request=table.size("max_request", defaults.max_request),
         idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
         access_log=table.boolean("access_log", defaults.access_log),
     )

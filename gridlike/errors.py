@@ -50,7 +50,10 @@ class Conflict(GridLikeError):
 
 
 class PayloadTooLarge(GridLikeError):
-    """A payload or result is larger than C{max_payload}."""
+    """
+    A payload or result is larger than C{max_payload}, or an upload's body
+    passes another of its size limits.
+    """
 
     status = 413
 

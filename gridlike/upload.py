@@ -14,6 +14,7 @@ left in storage that no job owns.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -46,8 +47,6 @@ FIELD_LIMIT = 4096
 """Largest text field of a form, in bytes."""
 OTHER_BODY_LIMIT = 64 * 1024
 """Bodies of other requests are not used; at most this much is kept."""
-FORM_OVERHEAD = 1024 * 1024
-"""Allowance for part headers and fields on top of C{max_payload}."""
 
 
 @frozen
@@ -81,12 +80,18 @@ class UploadedForm:
 class UploadPolicy:
     """
     What the site accepts as an upload, and how many at once.
+
+    The limits are those of L{gridlike.config.ServerSettings} of the same
+    names.
+
+    @ivar active: the uploads whose body is arriving.
     """
 
     storage: IStorage
     max_payload: int
     max_uploads: int
     api_keys: tuple[str, ...]
+    max_request: int
     active: int = 0
 
     def authorized(self, request: Request) -> bool:
@@ -153,6 +158,7 @@ class MultipartUpload:
     _cleanup: list[Deferred[Any]] = field(factory=list)
     _error: GridLikeError | None = None
     _finished: bool = False
+    _body_size: int = 0
     _claimed: bool = False
     _part_headers: dict[bytes, bytes] = field(factory=dict)
     _header_name: bytes = b""
@@ -186,6 +192,10 @@ class MultipartUpload:
         if self._error is not None:
             return
         try:
+            self._body_size += len(data)
+            limit = self.policy.max_request
+            if limit and self._body_size > limit:
+                raise PayloadTooLarge(f"body: larger than {limit} bytes")
             self._parser.write(data)
         except MultipartParseError as e:
             self.fail(BadRequest(f"body: malformed multipart: {e}"))
@@ -343,8 +353,8 @@ def start_upload(
         raise BadRequest("body: multipart without a boundary")
     if not policy.authorized(request):
         raise Unauthorized("an X-API-KEY header with a valid key is required")
-    if length is not None and length > policy.max_payload + FORM_OVERHEAD:
-        raise PayloadTooLarge(f"payload: larger than {policy.max_payload} bytes")
+    if policy.max_request and length is not None and length > policy.max_request:
+        raise PayloadTooLarge(f"body: larger than {policy.max_request} bytes")
     if policy.active >= policy.max_uploads:
         raise Unavailable("too many uploads in progress; try again")
     return MultipartUpload(policy, boundary, ReadGate(request))
@@ -412,6 +422,8 @@ class UploadRequest(Request):
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._upload_over()
+        if self._rejected:
+            return  # answered early and closing: no route may answer again
         if self.upload is not None:
             upload = self.upload
             self.notifyFinish().addBoth(lambda _: upload.unclaimed())
@@ -429,21 +441,24 @@ class UploadRequest(Request):
         if policy is not None:
             policy.active -= 1
 
-    def _reject_early(self, error: PayloadTooLarge) -> None:
+    def _reject_early(self, error: GridLikeError) -> None:
         """
-        Answer 413 now and close, rather than read a body we will not keep.
+        Answer now and close, rather than read a body we will not keep; the
+        upload's slot is free at once.
         """
         self.upload_refused = error
         if self.upload is not None:
             self.upload.fail(error)
+        self._upload_over()
         channel = self.channel
         if self._rejected or channel is None or channel.transport is None:
             return
         self._rejected = True
         body = json.dumps({"problem": error.problem}).encode("utf-8")
         channel.transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (error.status, HTTPStatus(error.status).phrase.encode("ascii"), len(body), body)
         )
         channel.transport.loseConnection()
 

@@ -1,0 +1,130 @@
+"""
+Tests for the limits of L{gridlike.upload} in memory: sizes, whatever the
+framing of the body.
+"""
+
+from __future__ import annotations
+
+import json
+from http.client import HTTPResponse
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import HTTPChannel
+
+from gridlike.upload import UploadRequest
+from tests.test_api import BOUNDARY, Server, _Received, form
+
+HEAD = (
+    b"POST %s HTTP/1.1\r\nHost: grid\r\n"
+    b"Content-Type: multipart/form-data; boundary=" + BOUNDARY.encode() + b"\r\n"
+)
+
+
+def chunked(data: bytes) -> bytes:
+    """@return: C{data} as one chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+class Upload:
+    """
+    One upload on a connection of its own, from a given address, sent as
+    the test likes: with a C{Content-Length} or chunked, in pieces.
+    """
+
+    def __init__(
+        self,
+        server: Server,
+        host: str = "127.0.0.1",
+        length: int | None = None,
+        path: bytes = b"/api/jobs/submit",
+    ) -> None:
+        peer = IPv4Address("TCP", host, 40000)
+        self.channel: HTTPChannel = server.site.buildProtocol(peer)
+        self.transport = StringTransport(peerAddress=peer)
+        self.channel.makeConnection(self.transport)
+        self.chunked = length is None
+        framing = (
+            b"Transfer-Encoding: chunked\r\n"
+            if length is None
+            else b"Content-Length: %d\r\n" % length
+        )
+        self.channel.dataReceived(HEAD % path + framing + b"\r\n")
+
+    @property
+    def request(self) -> UploadRequest:
+        request: UploadRequest = self.channel._channel.requests[-1]  # type: ignore[attr-defined]
+        return request
+
+    def send(self, data: bytes) -> None:
+        """Send the next piece of the body."""
+        self.channel.dataReceived(chunked(data) if self.chunked else data)
+
+    def end(self) -> None:
+        """End a chunked body."""
+        if self.chunked:
+            self.channel.dataReceived(b"0\r\n\r\n")
+
+    def answer(self) -> tuple[int, Any]:
+        """@return: the status and JSON body of the response sent so far."""
+        response = HTTPResponse(_Received(self.transport.value()))  # type: ignore[arg-type]
+        response.begin()
+        return response.status, json.loads(response.read())
+
+    def close(self) -> None:
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+
+def send_whole(
+    server: Server, body: bytes, chunked: bool, path: bytes = b"/api/jobs/submit"
+) -> tuple[int, Any]:
+    """Send a whole multipart body in 64 KiB pieces; answer the response."""
+    upload = Upload(server, length=None if chunked else len(body), path=path)
+    for offset in range(0, len(body), 65536):
+        upload.send(body[offset : offset + 65536])
+    upload.end()
+    answer = upload.answer()
+    upload.close()
+    return answer
+
+
+class FormLimitTests(SynchronousTestCase):
+    def test_bulk_limit_is_per_payload(self) -> None:
+        """
+        C{max_payload} bounds each payload of a bulk, not the body: four
+        payloads of 600 bytes under a 1 KiB limit are accepted whatever
+        the framing, and one of 1025 bytes is refused whatever the framing.
+        """
+        server = Server('[server]\nmax_payload = "1KiB"\n')
+        four = form(*[("payload", b"x" * 600) for _ in range(4)])
+        over = form(("payload", b"x" * 600), ("payload", b"y" * 1025))
+        for chunked in (False, True):
+            code, answer = send_whole(server, four, chunked, path=b"/api/jobs/bulk")
+            self.assertEqual(code, 202, answer)
+            self.assertEqual(len(answer["created"]), 4)
+            code, answer = send_whole(server, over, chunked, path=b"/api/jobs/bulk")
+            self.assertEqual(code, 413)
+            self.assertIn("problem", answer)
+        self.assertEqual(len(server.payload_ids()), 8)
+
+    def test_max_request(self) -> None:
+        """
+        With C{max_request}, a larger body is refused with a 413: before
+        it is read when its C{Content-Length} says so, and as it passes
+        the limit when chunked.
+        """
+        server = Server('[server]\nmax_request = "2KiB"\n')
+        body = form(("payload", b"x" * 600), ("payload", b"y" * 2000))
+        upload = Upload(server, length=len(body))
+        self.assertEqual(upload.answer()[0], 413)
+        self.assertTrue(upload.transport.disconnecting)
+        upload.close()
+        code, answer = send_whole(server, body, chunked=True)
+        self.assertEqual(code, 413)
+        self.assertIn("2048 bytes", answer["problem"])
+        self.assertEqual(server.payload_ids(), set())
+        self.assertEqual(send_whole(server, form(("payload", b"x" * 1900)), chunked=True)[0], 202)
