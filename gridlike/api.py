@@ -110,6 +110,8 @@ class GridLikeAPI:
             max_uploads=server.max_uploads,
             api_keys=core.settings.auth.api_keys,
             max_request=server.max_request,
+            max_form_parts=server.max_form_parts,
+            max_form_text=server.max_form_text,
         )
 
     def root(self) -> IResource:

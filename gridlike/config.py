@@ -93,6 +93,10 @@ class ServerSettings:
         (a GridLike extension).
     @ivar max_request: the largest whole upload body in bytes, C{0} for no
         limit beyond C{max_payload} per payload (a GridLike extension).
+    @ivar max_form_parts: the most parts, payloads and fields together, in
+        one multipart body (a GridLike extension).
+    @ivar max_form_text: the most bytes of text fields, all together, in one
+        multipart body: they are held in memory (a GridLike extension).
     @ivar idle_timeout: seconds an HTTP connection may send nothing while a
         request is expected, or read nothing of a download, before it is
         closed (a GridLike extension).
@@ -106,6 +110,8 @@ class ServerSettings:
     max_wait: float = 300.0
     max_uploads: int = 256
     max_request: int = 0
+    max_form_parts: int = 100_000
+    max_form_text: int = 8 * MiB
     idle_timeout: float = 60.0
     access_log: bool = False
 
@@ -395,6 +401,8 @@ def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[
         max_wait=table.number("max_wait", defaults.max_wait),
         max_uploads=table.integer("max_uploads", defaults.max_uploads, at_least=1),
         max_request=table.size("max_request", defaults.max_request),
+        max_form_parts=table.integer("max_form_parts", defaults.max_form_parts, above=0),
+        max_form_text=table.size("max_form_text", defaults.max_form_text, above=0),
         idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
         access_log=table.boolean("access_log", defaults.access_log),
     )

@@ -52,7 +52,7 @@ class Conflict(GridLikeError):
 class PayloadTooLarge(GridLikeError):
     """
     A payload or result is larger than C{max_payload}, or an upload's body
-    passes another of its size limits.
+    passes another of its size limits (parts, field text, whole body).
     """
 
     status = 413

@@ -6,9 +6,9 @@ twisted.web keeps a whole request body and parses a form in one piece.  Here
 the request factory parses C{multipart/form-data} bodies as they arrive:
 each C{payload} part goes straight to a storage writer (which pauses the
 connection while the disk catches up), and the small text fields are kept,
-with a cap.  The route then receives an L{UploadedForm} whose payloads are
-already durable, or the error that stopped the upload; either way nothing is
-left in storage that no job owns.
+with caps on their number and size.  The route then receives an
+L{UploadedForm} whose payloads are already durable, or the error that
+stopped the upload; either way nothing is left in storage that no job owns.
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ class UploadPolicy:
     max_uploads: int
     api_keys: tuple[str, ...]
     max_request: int
+    max_form_parts: int
+    max_form_text: int
     active: int = 0
 
     def authorized(self, request: Request) -> bool:
@@ -159,6 +161,8 @@ class MultipartUpload:
     _error: GridLikeError | None = None
     _finished: bool = False
     _body_size: int = 0
+    _parts: int = 0
+    _text_size: int = 0
     _claimed: bool = False
     _part_headers: dict[bytes, bytes] = field(factory=dict)
     _header_name: bytes = b""
@@ -256,6 +260,9 @@ class MultipartUpload:
     # Parser callbacks
 
     def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self.policy.max_form_parts:
+            raise PayloadTooLarge(f"body: more than {self.policy.max_form_parts} parts")
         self._part_headers = {}
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
@@ -297,6 +304,11 @@ class MultipartUpload:
             self._part_text += data[start:end]
             if len(self._part_text) > FIELD_LIMIT:
                 raise BadRequest(f"{self._part_name}: longer than {FIELD_LIMIT} bytes")
+            self._text_size += end - start
+            if self._text_size > self.policy.max_form_text:
+                raise PayloadTooLarge(
+                    f"body: more than {self.policy.max_form_text} bytes of fields"
+                )
 
     def _part_end(self) -> None:
         writer, self._writer = self._writer, None

@@ -1,6 +1,6 @@
 """
-Tests for the limits of L{gridlike.upload} in memory: sizes, whatever the
-framing of the body.
+Tests for the limits of L{gridlike.upload} in memory: the size and number
+of a form's parts, whatever the framing of the body.
 """
 
 from __future__ import annotations
@@ -93,6 +93,53 @@ def send_whole(
 
 
 class FormLimitTests(SynchronousTestCase):
+    def test_many_fields_chunked(self) -> None:
+        """
+        A chunked body with more text than C{max_form_text} is refused
+        with a 413 as soon as it passes the limit, and the connection is
+        closed; a payload stored before it is removed.
+        """
+        server = Server('[server]\nmax_form_text = "64KiB"\n')
+        upload = Upload(server)
+        upload.send(form(("payload", b"p"))[: -len(BOUNDARY) - 6])
+        field = form(("other", b"f" * 4000))[: -len(BOUNDARY) - 6]
+        for _ in range(17):
+            upload.send(field)
+        code, answer = upload.answer()
+        self.assertEqual(code, 413)
+        self.assertIn("fields", answer["problem"])
+        self.assertTrue(upload.transport.disconnecting)
+        upload.close()
+        self.assertEqual(server.payload_ids(), set())
+        self.assertEqual(server.site.upload_policy.active, 0)
+
+    def test_many_parts(self) -> None:
+        """
+        A body of more than C{max_form_parts} parts gets a 413 with either
+        framing, however small its parts.
+        """
+        server = Server("[server]\nmax_form_parts = 10\n")
+        body = form(("payload", b"p"), *[("other", b"") for _ in range(10)])
+        for chunked in (False, True):
+            code, answer = send_whole(server, body, chunked)
+            self.assertEqual(code, 413)
+            self.assertIn("10 parts", answer["problem"])
+        self.assertEqual(server.payload_ids(), set())
+        ten = form(("payload", b"p"), *[("other", b"") for _ in range(9)])
+        self.assertEqual(send_whole(server, ten, chunked=True)[0], 202)
+
+    def test_bulk_of_ten_thousand_keyed_payloads(self) -> None:
+        """
+        The default limits let a bulk of 10,000 payloads each with its own
+        key through.
+        """
+        server = Server()
+        parts = [("payload", b"%d" % n) for n in range(10_000)]
+        parts += [("key", b"job-%05d-" % n + b"k" * 100) for n in range(10_000)]
+        code, answer = send_whole(server, form(*parts), chunked=True, path=b"/api/jobs/bulk")
+        self.assertEqual(code, 202)
+        self.assertEqual(len(answer["created"]), 10_000)
+
     def test_bulk_limit_is_per_payload(self) -> None:
         """
         C{max_payload} bounds each payload of a bulk, not the body: four

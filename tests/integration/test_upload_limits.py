@@ -1,20 +1,30 @@
 """
-Upload limits against a real daemon, from outside with plain HTTP
-requests: bulk sizes under either framing.
+Upload limits against a real daemon, from outside with plain sockets and
+HTTP requests: fields that would fill memory, and bulk sizes under either
+framing.
 """
 
 from __future__ import annotations
 
+import json
+import select
+import socket
 import time
+from http.client import HTTPResponse
 from pathlib import Path
 from typing import Callable, Iterator
 
+import psutil
 import pytest
 import requests
 
 from tests.integration.daemon import Daemon
 
 BOUNDARY = b"limits-boundary"
+HEAD = (
+    b"POST /api/jobs/%s HTTP/1.1\r\nHost: grid\r\n"
+    b"Content-Type: multipart/form-data; boundary=" + BOUNDARY + b"\r\n"
+)
 CONTENT_TYPE = "multipart/form-data; boundary=" + BOUNDARY.decode()
 
 
@@ -30,6 +40,10 @@ def part(name: str, value: bytes = b"") -> bytes:
 END = b"--" + BOUNDARY + b"--\r\n"
 
 
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 def payload_files(server: Daemon) -> list[Path]:
     return [p for p in (server.directory / "gridlike-data" / "payloads").rglob("*") if p.is_file()]
 
@@ -40,6 +54,14 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> N
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, object]]:
+    """Read one response; its status and JSON body."""
+    sock.settimeout(30)
+    response = HTTPResponse(sock)
+    response.begin()
+    return response.status, json.loads(response.read())
 
 
 def multipart(*parts: bytes) -> bytes:
@@ -54,6 +76,36 @@ def post(server: Daemon, path: str, body: bytes, chunked: bool) -> requests.Resp
     return requests.post(
         server.url + path, data=data, headers={"Content-Type": CONTENT_TYPE}, timeout=30
     )
+
+
+def test_many_fields_in_a_chunked_body(daemon: Daemon) -> None:
+    """
+    A chunked body of ever more 4000-byte fields is refused with a 413 once
+    its fields pass max_form_text, and the server's memory stays bounded:
+    it does not grow by the hundreds of MiB the body would take.
+    """
+    assert daemon.process is not None
+    process = psutil.Process(daemon.process.pid)
+    before = process.memory_info().rss
+    fields = b"".join(part("other", b"f" * 4000) for _ in range(16))
+    with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+        sock.sendall(HEAD % b"submit" + b"Transfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(chunk(part("payload", b"p")))
+        for _ in range(77_400 // 16):
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable:
+                break
+            try:
+                sock.sendall(chunk(fields))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        status, answer = read_response(sock)
+    assert status == 413, answer
+    assert "fields" in str(answer["problem"])
+    assert process.memory_info().rss - before < 64 * 1024 * 1024
+    wait_for(lambda: payload_files(daemon) == [], "the payload of the refused body is removed")
+    response = requests.post(daemon.url + "/api/jobs/submit", files={"payload": b"after"}, timeout=10)
+    assert response.status_code == 202, response.text
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
