@@ -58,6 +58,21 @@ class PayloadTooLarge(GridLikeError):
     status = 413
 
 
+class RequestTimeout(GridLikeError):
+    """An upload arrived slower than the configured minimum rate."""
+
+    status = 408
+
+
+class TooManyRequests(GridLikeError):
+    """
+    One client holds as many uploads as it may; its others can succeed
+    once one of them ends.
+    """
+
+    status = 429
+
+
 class Unavailable(GridLikeError):
     """
     The server cannot durably store something now (disk full, I/O error).

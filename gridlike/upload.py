@@ -9,6 +9,13 @@ connection while the disk catches up), and the small text fields are kept,
 with caps on their number and size.  The route then receives an
 L{UploadedForm} whose payloads are already durable, or the error that
 stopped the upload; either way nothing is left in storage that no job owns.
+
+Uploads hold slots (C{max_uploads} in all, C{max_uploads_per_address} for
+one client) only while their body arrives, and must arrive at
+C{min_upload_rate} or better: a client trickling bytes cannot keep a slot
+from everyone else.  Every limit is checked on the bytes as they are
+parsed, so it holds the same whether the body is sent with a
+C{Content-Length} or chunked.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from attrs import define, field, frozen
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -32,6 +39,8 @@ from gridlike.errors import (
     BadRequest,
     GridLikeError,
     PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -79,10 +88,10 @@ class UploadedForm:
 @define
 class UploadPolicy:
     """
-    What the site accepts as an upload, and how many at once.
+    What the site accepts as an upload, how many at once, and how slowly.
 
     The limits are those of L{gridlike.config.ServerSettings} of the same
-    names.
+    names; C{clock} times the minimum rate.
 
     @ivar active: the uploads whose body is arriving.
     """
@@ -91,10 +100,15 @@ class UploadPolicy:
     max_payload: int
     max_uploads: int
     api_keys: tuple[str, ...]
+    clock: IReactorTime
+    max_uploads_per_address: int
+    min_upload_rate: int
+    upload_rate_window: float
     max_request: int
     max_form_parts: int
     max_form_text: int
     active: int = 0
+    _by_address: dict[str, int] = field(factory=dict)
 
     def authorized(self, request: Request) -> bool:
         """Whether the request carries an API key, when keys are configured."""
@@ -102,26 +116,136 @@ class UploadPolicy:
             request.getHeader(b"x-api-key"), self.api_keys
         )
 
+    def check_room(self, address: str) -> None:
+        """
+        Refuse an upload that would take a slot there is none of.
+
+        @param address: the client's address, as L{client_address} gives it.
+        @raise Unavailable: C{max_uploads} uploads are in progress.
+        @raise TooManyRequests: that address already holds
+            C{max_uploads_per_address} of them.
+        """
+        if self.active >= self.max_uploads:
+            raise Unavailable("too many uploads in progress; try again")
+        if self._by_address.get(address, 0) >= self.max_uploads_per_address:
+            raise TooManyRequests(
+                f"{self.max_uploads_per_address} uploads from {address} are"
+                " in progress; try again when one ends"
+            )
+
+    def occupy(self, address: str) -> None:
+        """
+        An upload from C{address} begins to arrive: it takes a slot.
+
+        @param address: the client's address.
+        """
+        self.active += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+
+    def vacate(self, address: str) -> None:
+        """
+        An upload from C{address} is complete or gone: its slot is free.
+
+        @param address: the client's address.
+        """
+        self.active -= 1
+        held = self._by_address.pop(address) - 1
+        if held:
+            self._by_address[address] = held
+
+    def rate_floor(self, too_slow: Callable[[], None]) -> _RateFloor | None:
+        """
+        @param too_slow: what to do with an upload below the minimum rate.
+        @return: a floor for one upload, or L{None} when there is no
+            minimum rate.
+        """
+        if not self.min_upload_rate:
+            return None
+        return _RateFloor(
+            self.clock, self.min_upload_rate, self.upload_rate_window, too_slow
+        )
+
+
+def client_address(request: Request) -> str:
+    """
+    @param request: a request.
+    @return: the address its client's uploads are counted under: the IP
+        address, or C{"local"} for a UNIX socket (whose clients all share).
+    """
+    host: str | None = getattr(request.getClientAddress(), "host", None)
+    return host or "local"
+
+
+@define
+class _RateFloor:
+    """
+    Tells when an upload sends fewer than C{rate} bytes a second, averaged
+    over each C{window} seconds in which the server is reading it.
+
+    While storage holds the connection paused the client is not to blame:
+    L{stop} then, and L{start} again on resume with a fresh window.
+    """
+
+    clock: IReactorTime
+    rate: int
+    window: float
+    too_slow: Callable[[], None]
+    _received: int = 0
+    _timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """Begin a window."""
+        self.stop()
+        self._received = 0
+        self._timer = self.clock.callLater(self.window, self._judge)
+
+    def received(self, size: int) -> None:
+        """
+        @param size: bytes of the body that just arrived.
+        """
+        self._received += size
+
+    def stop(self) -> None:
+        """Stop timing, until L{start}."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _judge(self) -> None:
+        self._timer = None
+        if self._received < self.rate * self.window:
+            self.too_slow()
+        else:
+            self.start()
+
 
 @define
 class ReadGate:
     """
     Stops reading from an uploading connection while any of its payload
-    writers asks for a pause.
+    writers asks for a pause; the upload's rate C{floor}, if any, stops
+    timing meanwhile.
     """
 
     request: Request
+    floor: _RateFloor | None = None
     _closers: int = 0
 
     def close(self) -> None:
         self._closers += 1
-        if self._closers == 1 and self.request.channel is not None:
-            self.request.channel.transport.pauseProducing()
+        if self._closers == 1:
+            if self.floor is not None:
+                self.floor.stop()
+            if self.request.channel is not None:
+                self.request.channel.transport.pauseProducing()
 
     def open(self) -> None:
         self._closers -= 1
-        if self._closers == 0 and self.request.channel is not None:
-            self.request.channel.transport.resumeProducing()
+        if self._closers == 0:
+            if self.floor is not None:
+                self.floor.start()
+            if self.request.channel is not None:
+                self.request.channel.transport.resumeProducing()
 
 
 @implementer(IPushProducer)
@@ -367,8 +491,7 @@ def start_upload(
         raise Unauthorized("an X-API-KEY header with a valid key is required")
     if policy.max_request and length is not None and length > policy.max_request:
         raise PayloadTooLarge(f"body: larger than {policy.max_request} bytes")
-    if policy.active >= policy.max_uploads:
-        raise Unavailable("too many uploads in progress; try again")
+    policy.check_room(client_address(request))
     return MultipartUpload(policy, boundary, ReadGate(request))
 
 
@@ -399,6 +522,7 @@ class UploadRequest(Request):
     upload: MultipartUpload | None = None
     upload_refused: GridLikeError | None = None
     _policy: UploadPolicy | None = None
+    _address: str = ""
     _rejected: bool = False
 
     def gotLength(self, length: int | None) -> None:
@@ -417,9 +541,13 @@ class UploadRequest(Request):
                 return
         self.content = BytesIO()
         if upload is not None:
-            policy.active += 1
+            self._address = client_address(self)
+            policy.occupy(self._address)
             self._policy = policy
             self.upload = upload
+            upload.gate.floor = policy.rate_floor(self._too_slow)
+            if upload.gate.floor is not None:
+                upload.gate.floor.start()
 
     def handleContentChunk(self, data: bytes) -> None:
         upload = self.upload
@@ -428,6 +556,8 @@ class UploadRequest(Request):
             if room > 0:
                 self.content.write(data[:room])
             return
+        if upload.gate.floor is not None:
+            upload.gate.floor.received(len(data))
         upload.feed(data)
         if isinstance(upload.failed, PayloadTooLarge):
             self._reject_early(upload.failed)
@@ -448,10 +578,31 @@ class UploadRequest(Request):
         super().connectionLost(reason)
 
     def _upload_over(self) -> None:
-        """The body is complete or gone: the upload no longer counts."""
+        """
+        The body is complete or gone: the upload no longer counts, and its
+        rate no longer matters.
+        """
         policy, self._policy = self._policy, None
         if policy is not None:
-            policy.active -= 1
+            policy.vacate(self._address)
+        if self.upload is not None and self.upload.gate.floor is not None:
+            self.upload.gate.floor.stop()
+            self.upload.gate.floor = None
+
+    def _too_slow(self) -> None:
+        """The body arrives below the minimum rate: answer 408 and close."""
+        policy = self.channel.site.upload_policy
+        log.info(
+            "closing an upload from {address} slower than {rate} bytes/s",
+            address=self._address,
+            rate=policy.min_upload_rate,
+        )
+        self._reject_early(
+            RequestTimeout(
+                f"body: slower than {policy.min_upload_rate} bytes a second"
+                f" over {policy.upload_rate_window:g} s"
+            )
+        )
 
     def _reject_early(self, error: GridLikeError) -> None:
         """

@@ -1,6 +1,7 @@
 """
 Tests for the limits of L{gridlike.upload} in memory: the size and number
-of a form's parts, whatever the framing of the body.
+of a form's parts whatever the framing, uploads per client address, and
+the minimum upload rate, timed by a L{Clock}.
 """
 
 from __future__ import annotations
@@ -175,3 +176,114 @@ class FormLimitTests(SynchronousTestCase):
         self.assertIn("2048 bytes", answer["problem"])
         self.assertEqual(server.payload_ids(), set())
         self.assertEqual(send_whole(server, form(("payload", b"x" * 1900)), chunked=True)[0], 202)
+
+
+class SlotTests(SynchronousTestCase):
+    def test_per_address_cap(self) -> None:
+        """
+        One address holds at most C{max_uploads_per_address} uploads: the
+        next from it gets a 429 and stores nothing, while other addresses
+        are served; once one of its uploads ends it may start another.
+        """
+        server = Server("[server]\nmax_uploads_per_address = 2\n")
+        body = form(("payload", b"x" * 1000))
+        held = [Upload(server, "10.0.0.1", len(body)) for _ in range(2)]
+        for upload in held:
+            upload.send(body[:100])
+        refused = Upload(server, "10.0.0.1", len(body))
+        refused.send(body)
+        code, answer = refused.answer()
+        self.assertEqual(code, 429)
+        self.assertIn("10.0.0.1", answer["problem"])
+        refused.close()
+        other = Upload(server, "10.0.0.2", len(body))
+        other.send(body)
+        self.assertEqual(other.answer()[0], 202)
+        other.close()
+        held[0].send(body[100:])
+        self.assertEqual(held[0].answer()[0], 202)
+        held[0].close()
+        again = Upload(server, "10.0.0.1", len(body))
+        again.send(body)
+        self.assertEqual(again.answer()[0], 202)
+        again.close()
+        held[1].close()
+        self.assertEqual(len(server.payload_ids()), 3)
+        self.assertEqual(server.site.upload_policy.active, 0)
+
+    def test_slow_upload_closed(self) -> None:
+        """
+        An upload that sends less than C{min_upload_rate} over a window is
+        answered with a 408 and closed, its partial payload removed and
+        its slot free at once.
+        """
+        server = Server(
+            "[server]\nmax_uploads = 1\nmin_upload_rate = 100\nupload_rate_window = 10\n"
+        )
+        body = form(("payload", b"x" * 5000))
+        slow = Upload(server, length=len(body))
+        slow.send(body[:500])
+        server.clock.advance(9)
+        slow.send(body[500:999])
+        server.clock.advance(1)
+        code, answer = slow.answer()
+        self.assertEqual(code, 408)
+        self.assertIn("100 bytes a second", answer["problem"])
+        self.assertTrue(slow.transport.disconnecting)
+        self.assertEqual(server.payload_ids(), set())
+        self.assertEqual(server.post_form(self, form(("payload", b"y")))[0], 202)
+        slow.close()
+        self.assertEqual(len(server.payload_ids()), 1)
+        self.assertEqual(server.clock.getDelayedCalls(), [])
+
+    def test_upload_at_the_rate_kept(self) -> None:
+        """
+        An upload that keeps to C{min_upload_rate} in every window may take
+        as long as it needs; once its body is complete, nothing times it.
+        """
+        server = Server("[server]\nmin_upload_rate = 100\nupload_rate_window = 10\n")
+        body = form(("payload", b"x" * 5000))
+        upload = Upload(server)
+        pieces = [body[offset : offset + 1000] for offset in range(0, len(body), 1000)]
+        for piece in pieces[:-1]:
+            upload.send(piece)
+            server.clock.advance(10)
+        upload.send(pieces[-1])
+        upload.end()
+        self.assertEqual(upload.answer()[0], 202)
+        upload.close()
+        self.assertEqual(server.clock.getDelayedCalls(), [])
+
+    def test_paused_time_not_counted(self) -> None:
+        """
+        While storage holds an upload paused, the client is not to blame:
+        the time does not count against its rate, and the window starts
+        afresh when reading resumes.
+        """
+        server = Server("[server]\nmin_upload_rate = 100\nupload_rate_window = 10\n")
+        body = form(("payload", b"x" * 5000))
+        upload = Upload(server, length=len(body))
+        upload.send(body[:100])
+        gate = upload.request.upload.gate  # type: ignore[union-attr]
+        gate.close()
+        self.assertEqual(upload.transport.producerState, "paused")
+        server.clock.advance(50)
+        gate.open()
+        server.clock.advance(9)
+        upload.send(body[100:])
+        self.assertEqual(upload.answer()[0], 202)
+        upload.close()
+        self.assertEqual(server.clock.getDelayedCalls(), [])
+
+    def test_no_minimum_rate(self) -> None:
+        """With C{min_upload_rate = 0}, nothing times an upload."""
+        server = Server("[server]\nmin_upload_rate = 0\n")
+        body = form(("payload", b"x" * 5000))
+        upload = Upload(server, length=len(body))
+        upload.send(body[:10])
+        self.assertIsNone(upload.request.upload.gate.floor)  # type: ignore[union-attr]
+        server.clock.advance(50)  # past the 30 s window, short of the idle timeout
+        upload.send(body[10:])
+        self.assertEqual(upload.answer()[0], 202)
+        upload.close()
+        self.assertEqual(len(server.payload_ids()), 1)

@@ -1,7 +1,7 @@
 """
 Upload limits against a real daemon, from outside with plain sockets and
-HTTP requests: fields that would fill memory, and bulk sizes under either
-framing.
+HTTP requests: fields that would fill memory, bulk sizes under either
+framing, and clients that hold upload slots by trickling.
 """
 
 from __future__ import annotations
@@ -126,3 +126,64 @@ def test_bulk_limit_is_per_payload(make_daemon: Callable[..., Daemon], chunked: 
     assert "problem" in response.json()
     wait_for(lambda: len(payload_files(server)) == 4, "only the accepted payloads remain")
     assert len(requests.get(server.url + "/api/jobs", timeout=10).json()) == 4
+
+
+def start_trickle(server: Daemon) -> socket.socket:
+    """
+    An upload that sends enough of its payload for storage to begin a file,
+    and then nothing more.
+    """
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    start = part("payload", b"t" * 512 * 1024)[:-2]
+    sock.sendall(HEAD % b"submit" + b"Content-Length: 9999999\r\n\r\n" + start)
+    return sock
+
+
+def submit_from(address: str, server: Daemon) -> int:
+    """Submit one small job from a given local address; the status."""
+    body = multipart(part("payload", b"ordinary"))
+    with socket.create_connection(("127.0.0.1", server.port), source_address=(address, 0)) as sock:
+        sock.sendall(HEAD % b"submit" + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        return read_response(sock)[0]
+
+
+def test_uploads_per_address(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    One address holding max_uploads_per_address uploads gets a 429 for the
+    next, while a client at another address (127.0.0.2 is this machine
+    too) is served; once they end the first address is served again.
+    """
+    server = make_daemon("[server]\nmax_uploads_per_address = 2\n")
+    tricklers = [start_trickle(server) for _ in range(2)]
+    wait_for(lambda: len(payload_files(server)) == 2, "both uploads have begun")
+    response = requests.post(server.url + "/api/jobs/submit", files={"payload": b"x"}, timeout=10)
+    assert response.status_code == 429, response.text
+    assert "127.0.0.1" in response.json()["problem"]
+    assert submit_from("127.0.0.2", server) == 202
+    for sock in tricklers:
+        sock.close()
+    wait_for(lambda: len(payload_files(server)) == 1, "the abandoned uploads are removed")
+    assert submit_from("127.0.0.1", server) == 202
+
+
+def test_trickling_uploads_are_closed(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    Uploads below min_upload_rate that hold every slot are answered with a
+    408 and closed, their partial payloads removed, and then ordinary
+    submits from the same machine succeed.
+    """
+    server = make_daemon(
+        "[server]\nmax_uploads = 2\nmin_upload_rate = 100\nupload_rate_window = 3\n"
+    )
+    tricklers = [start_trickle(server) for _ in range(2)]
+    wait_for(lambda: len(payload_files(server)) == 2, "both uploads have begun")
+    response = requests.post(server.url + "/api/jobs/submit", files={"payload": b"x"}, timeout=10)
+    assert response.status_code == 503, response.text
+    for sock in tricklers:
+        with sock:
+            status, answer = read_response(sock)
+        assert status == 408, answer
+        assert "bytes a second" in str(answer["problem"])
+    wait_for(lambda: payload_files(server) == [], "the partial payloads are removed")
+    response = requests.post(server.url + "/api/jobs/submit", files={"payload": b"x"}, timeout=10)
+    assert response.status_code == 202, response.text
