@@ -420,7 +420,9 @@ def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[
             "upload_rate_window", defaults.upload_rate_window, above=0
         ),
         max_request=table.size("max_request", defaults.max_request),
-        max_form_parts=table.integer("max_form_parts", defaults.max_form_parts, above=0),
+        max_form_parts=table.integer(
+            "max_form_parts", defaults.max_form_parts, above=0
+        ),
         max_form_text=table.size("max_form_text", defaults.max_form_text, above=0),
         idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
         access_log=table.boolean("access_log", defaults.access_log),

@@ -153,7 +153,9 @@ class UploadPolicy:
         if held:
             self._by_address[address] = held
 
-    def rate_floor(self, too_slow: Callable[[], None]) -> _RateFloor | None:
+    def rate_floor(
+        self, too_slow: Callable[[RequestTimeout], None]
+    ) -> _RateFloor | None:
         """
         @param too_slow: what to do with an upload below the minimum rate.
         @return: a floor for one upload, or L{None} when there is no
@@ -189,7 +191,7 @@ class _RateFloor:
     clock: IReactorTime
     rate: int
     window: float
-    too_slow: Callable[[], None]
+    too_slow: Callable[[RequestTimeout], None]
     _received: int = 0
     _timer: IDelayedCall | None = None
 
@@ -214,7 +216,12 @@ class _RateFloor:
     def _judge(self) -> None:
         self._timer = None
         if self._received < self.rate * self.window:
-            self.too_slow()
+            self.too_slow(
+                RequestTimeout(
+                    f"body: slower than {self.rate} bytes a second"
+                    f" over {self.window:g} s"
+                )
+            )
         else:
             self.start()
 
@@ -589,20 +596,14 @@ class UploadRequest(Request):
             self.upload.gate.floor.stop()
             self.upload.gate.floor = None
 
-    def _too_slow(self) -> None:
+    def _too_slow(self, error: RequestTimeout) -> None:
         """The body arrives below the minimum rate: answer 408 and close."""
-        policy = self.channel.site.upload_policy
         log.info(
-            "closing an upload from {address} slower than {rate} bytes/s",
+            "closing an upload from {address}: {problem}",
             address=self._address,
-            rate=policy.min_upload_rate,
+            problem=error.problem,
         )
-        self._reject_early(
-            RequestTimeout(
-                f"body: slower than {policy.min_upload_rate} bytes a second"
-                f" over {policy.upload_rate_window:g} s"
-            )
-        )
+        self._reject_early(error)
 
     def _reject_early(self, error: GridLikeError) -> None:
         """
@@ -618,10 +619,11 @@ class UploadRequest(Request):
             return
         self._rejected = True
         body = json.dumps({"problem": error.problem}).encode("utf-8")
+        reason = HTTPStatus(error.status).phrase.encode("ascii")
         channel.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (error.status, HTTPStatus(error.status).phrase.encode("ascii"), len(body), body)
+            % (error.status, reason, len(body), body)
         )
         channel.transport.loseConnection()
 
