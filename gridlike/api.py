@@ -131,15 +131,23 @@ class GridLikeAPI:
     def __init__(self, core: GridLikeService) -> None:
         self._core = core
         self._settings = core.settings
+        server = core.settings.server
         self.gate = Gate(
-            allowed_origins=frozenset(core.settings.server.allowed_origins),
+            allowed_origins=frozenset(server.allowed_origins),
             api_keys=core.settings.auth.api_keys,
         )
         self.upload_policy = UploadPolicy(
             storage=core.storage,
-            max_payload=core.settings.server.max_payload,
-            max_uploads=core.settings.server.max_uploads,
+            max_payload=server.max_payload,
+            max_uploads=server.max_uploads,
             gate=self.gate,
+            clock=core.clock,
+            max_uploads_per_address=server.max_uploads_per_address,
+            min_upload_rate=server.min_upload_rate,
+            upload_rate_window=server.upload_rate_window,
+            max_request=server.max_request,
+            max_form_parts=server.max_form_parts,
+            max_form_text=server.max_form_text,
         )
 
     def root(self) -> IResource:

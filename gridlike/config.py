@@ -31,6 +31,7 @@ from attrs import field, frozen
 
 from gridlike._config_table import (
     GiB,
+    KiB,
     MiB,
     _endpoints,
     _listens_locally,
@@ -92,6 +93,20 @@ class ServerSettings:
     @ivar max_wait: the longest, in seconds, that a C{?wait=} request is held.
     @ivar max_uploads: how many payload uploads may be in progress at once
         (a GridLike extension).
+    @ivar max_uploads_per_address: how many of those one client address may
+        hold at once, so that one client cannot take every slot (a GridLike
+        extension).
+    @ivar min_upload_rate: the fewest bytes per second, averaged over each
+        C{upload_rate_window}, that an upload must send while the server
+        reads it; C{0} for no floor (a GridLike extension).
+    @ivar upload_rate_window: the seconds over which C{min_upload_rate} is
+        averaged (a GridLike extension).
+    @ivar max_request: the largest whole upload body in bytes, C{0} for no
+        limit beyond C{max_payload} per payload (a GridLike extension).
+    @ivar max_form_parts: the most parts, payloads and fields together, in
+        one multipart body (a GridLike extension).
+    @ivar max_form_text: the most bytes of text fields, all together, in one
+        multipart body: they are held in memory (a GridLike extension).
     @ivar idle_timeout: seconds an HTTP connection may send nothing while a
         request is expected, or read nothing of a download, before it is
         closed (a GridLike extension).
@@ -107,6 +122,12 @@ class ServerSettings:
     max_payload: int = GiB
     max_wait: float = 300.0
     max_uploads: int = 256
+    max_uploads_per_address: int = 64
+    min_upload_rate: int = KiB
+    upload_rate_window: float = 30.0
+    max_request: int = 0
+    max_form_parts: int = 100_000
+    max_form_text: int = 8 * MiB
     idle_timeout: float = 60.0
     access_log: bool = False
     allowed_origins: tuple[str, ...] = ()
@@ -396,6 +417,18 @@ def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[
         max_payload=table.size("max_payload", defaults.max_payload, above=0),
         max_wait=table.number("max_wait", defaults.max_wait),
         max_uploads=table.integer("max_uploads", defaults.max_uploads, at_least=1),
+        max_uploads_per_address=table.integer(
+            "max_uploads_per_address", defaults.max_uploads_per_address, above=0
+        ),
+        min_upload_rate=table.size("min_upload_rate", defaults.min_upload_rate),
+        upload_rate_window=table.number(
+            "upload_rate_window", defaults.upload_rate_window, above=0
+        ),
+        max_request=table.size("max_request", defaults.max_request),
+        max_form_parts=table.integer(
+            "max_form_parts", defaults.max_form_parts, above=0
+        ),
+        max_form_text=table.size("max_form_text", defaults.max_form_text, above=0),
         idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
         access_log=table.boolean("access_log", defaults.access_log),
         allowed_origins=_allowed_origins(table, defaults.allowed_origins),

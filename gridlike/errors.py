@@ -56,9 +56,27 @@ class Conflict(GridLikeError):
 
 
 class PayloadTooLarge(GridLikeError):
-    """A payload or result is larger than C{max_payload}."""
+    """
+    A payload or result is larger than C{max_payload}, or an upload's body
+    passes another of its size limits (parts, field text, whole body).
+    """
 
     status = 413
+
+
+class RequestTimeout(GridLikeError):
+    """An upload arrived slower than the configured minimum rate."""
+
+    status = 408
+
+
+class TooManyRequests(GridLikeError):
+    """
+    One client holds as many uploads as it may; its others can succeed
+    once one of them ends.
+    """
+
+    status = 429
 
 
 class Unavailable(GridLikeError):

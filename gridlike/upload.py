@@ -6,14 +6,22 @@ twisted.web keeps a whole request body and parses a form in one piece.  Here
 the request factory parses C{multipart/form-data} bodies as they arrive:
 each C{payload} part goes straight to a storage writer (which pauses the
 connection while the disk catches up), and the small text fields are kept,
-with a cap.  The route then receives an L{UploadedForm} whose payloads are
-already durable, or the error that stopped the upload; either way nothing is
-left in storage that no job owns.
+with caps on their number and size.  The route then receives an
+L{UploadedForm} whose payloads are already durable, or the error that
+stopped the upload; either way nothing is left in storage that no job owns.
+
+Uploads hold slots (C{max_uploads} in all, C{max_uploads_per_address} for
+one client) only while their body arrives, and must arrive at
+C{min_upload_rate} or better: a client trickling bytes cannot keep a slot
+from everyone else.  Every limit is checked on the bytes as they are
+parsed, so it holds the same whether the body is sent with a
+C{Content-Length} or chunked.
 """
 
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -21,7 +29,7 @@ from attrs import define, field, frozen
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -31,6 +39,8 @@ from gridlike.errors import (
     BadRequest,
     GridLikeError,
     PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
     Unavailable,
 )
 from gridlike.registry import new_job_id
@@ -45,8 +55,6 @@ FIELD_LIMIT = 4096
 """Largest text field of a form, in bytes."""
 OTHER_BODY_LIMIT = 64 * 1024
 """Bodies of other requests are not used; at most this much is kept."""
-FORM_OVERHEAD = 1024 * 1024
-"""Allowance for part headers and fields on top of C{max_payload}."""
 
 
 @frozen
@@ -79,37 +87,166 @@ class UploadedForm:
 @define
 class UploadPolicy:
     """
-    What the site accepts as an upload, and how many at once.
+    What the site accepts as an upload, how many at once, and how slowly.
+
+    The limits are those of L{gridlike.config.ServerSettings} of the same
+    names; C{clock} times the minimum rate.
 
     @ivar gate: who may upload at all, asked before the body is read.
+    @ivar active: the uploads whose body is arriving.
     """
 
     storage: IStorage
     max_payload: int
     max_uploads: int
     gate: Gate
+    clock: IReactorTime
+    max_uploads_per_address: int
+    min_upload_rate: int
+    upload_rate_window: float
+    max_request: int
+    max_form_parts: int
+    max_form_text: int
     active: int = 0
+    _by_address: dict[str, int] = field(factory=dict)
+
+    def check_room(self, address: str) -> None:
+        """
+        Refuse an upload that would take a slot there is none of.
+
+        @param address: the client's address, as L{client_address} gives it.
+        @raise Unavailable: C{max_uploads} uploads are in progress.
+        @raise TooManyRequests: that address already holds
+            C{max_uploads_per_address} of them.
+        """
+        if self.active >= self.max_uploads:
+            raise Unavailable("too many uploads in progress; try again")
+        if self._by_address.get(address, 0) >= self.max_uploads_per_address:
+            raise TooManyRequests(
+                f"{self.max_uploads_per_address} uploads from {address} are"
+                " in progress; try again when one ends"
+            )
+
+    def occupy(self, address: str) -> None:
+        """
+        An upload from C{address} begins to arrive: it takes a slot.
+
+        @param address: the client's address.
+        """
+        self.active += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+
+    def vacate(self, address: str) -> None:
+        """
+        An upload from C{address} is complete or gone: its slot is free.
+
+        @param address: the client's address.
+        """
+        self.active -= 1
+        held = self._by_address.pop(address) - 1
+        if held:
+            self._by_address[address] = held
+
+    def rate_floor(
+        self, too_slow: Callable[[RequestTimeout], None]
+    ) -> _RateFloor | None:
+        """
+        @param too_slow: what to do with an upload below the minimum rate.
+        @return: a floor for one upload, or L{None} when there is no
+            minimum rate.
+        """
+        if not self.min_upload_rate:
+            return None
+        return _RateFloor(
+            self.clock, self.min_upload_rate, self.upload_rate_window, too_slow
+        )
+
+
+def client_address(request: Request) -> str:
+    """
+    @param request: a request.
+    @return: the address its client's uploads are counted under: the IP
+        address, or C{"local"} for a UNIX socket (whose clients all share).
+    """
+    host: str | None = getattr(request.getClientAddress(), "host", None)
+    return host or "local"
+
+
+@define
+class _RateFloor:
+    """
+    Tells when an upload sends fewer than C{rate} bytes a second, averaged
+    over each C{window} seconds in which the server is reading it.
+
+    While storage holds the connection paused the client is not to blame:
+    L{stop} then, and L{start} again on resume with a fresh window.
+    """
+
+    clock: IReactorTime
+    rate: int
+    window: float
+    too_slow: Callable[[RequestTimeout], None]
+    _received: int = 0
+    _timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """Begin a window."""
+        self.stop()
+        self._received = 0
+        self._timer = self.clock.callLater(self.window, self._judge)
+
+    def received(self, size: int) -> None:
+        """
+        @param size: bytes of the body that just arrived.
+        """
+        self._received += size
+
+    def stop(self) -> None:
+        """Stop timing, until L{start}."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _judge(self) -> None:
+        self._timer = None
+        if self._received < self.rate * self.window:
+            self.too_slow(
+                RequestTimeout(
+                    f"body: slower than {self.rate} bytes a second"
+                    f" over {self.window:g} s"
+                )
+            )
+        else:
+            self.start()
 
 
 @define
 class ReadGate:
     """
     Stops reading from an uploading connection while any of its payload
-    writers asks for a pause.
+    writers asks for a pause; the upload's rate C{floor}, if any, stops
+    timing meanwhile.
     """
 
     request: Request
+    floor: _RateFloor | None = None
     _closers: int = 0
 
     def close(self) -> None:
         self._closers += 1
-        if self._closers == 1 and self.request.channel is not None:
-            self.request.channel.transport.pauseProducing()
+        if self._closers == 1:
+            if self.floor is not None:
+                self.floor.stop()
+            if self.request.channel is not None:
+                self.request.channel.transport.pauseProducing()
 
     def open(self) -> None:
         self._closers -= 1
-        if self._closers == 0 and self.request.channel is not None:
-            self.request.channel.transport.resumeProducing()
+        if self._closers == 0:
+            if self.floor is not None:
+                self.floor.start()
+            if self.request.channel is not None:
+                self.request.channel.transport.resumeProducing()
 
 
 @implementer(IPushProducer)
@@ -148,6 +285,9 @@ class MultipartUpload:
     _cleanup: list[Deferred[Any]] = field(factory=list)
     _error: GridLikeError | None = None
     _finished: bool = False
+    _body_size: int = 0
+    _parts: int = 0
+    _text_size: int = 0
     _claimed: bool = False
     _part_headers: dict[bytes, bytes] = field(factory=dict)
     _header_name: bytes = b""
@@ -181,6 +321,10 @@ class MultipartUpload:
         if self._error is not None:
             return
         try:
+            self._body_size += len(data)
+            limit = self.policy.max_request
+            if limit and self._body_size > limit:
+                raise PayloadTooLarge(f"body: larger than {limit} bytes")
             self._parser.write(data)
         except MultipartParseError as e:
             self.fail(BadRequest(f"body: malformed multipart: {e}"))
@@ -241,6 +385,9 @@ class MultipartUpload:
     # Parser callbacks
 
     def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self.policy.max_form_parts:
+            raise PayloadTooLarge(f"body: more than {self.policy.max_form_parts} parts")
         self._part_headers = {}
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
@@ -282,6 +429,11 @@ class MultipartUpload:
             self._part_text += data[start:end]
             if len(self._part_text) > FIELD_LIMIT:
                 raise BadRequest(f"{self._part_name}: longer than {FIELD_LIMIT} bytes")
+            self._text_size += end - start
+            if self._text_size > self.policy.max_form_text:
+                raise PayloadTooLarge(
+                    f"body: more than {self.policy.max_form_text} bytes of fields"
+                )
 
     def _part_end(self) -> None:
         writer, self._writer = self._writer, None
@@ -341,10 +493,9 @@ def start_upload(
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("body: multipart without a boundary")
-    if length is not None and length > policy.max_payload + FORM_OVERHEAD:
-        raise PayloadTooLarge(f"payload: larger than {policy.max_payload} bytes")
-    if policy.active >= policy.max_uploads:
-        raise Unavailable("too many uploads in progress; try again")
+    if policy.max_request and length is not None and length > policy.max_request:
+        raise PayloadTooLarge(f"body: larger than {policy.max_request} bytes")
+    policy.check_room(client_address(request))
     return MultipartUpload(policy, boundary, ReadGate(request))
 
 
@@ -377,6 +528,7 @@ class UploadRequest(Request):
     upload: MultipartUpload | None = None
     upload_refused: GridLikeError | None = None
     _policy: UploadPolicy | None = None
+    _address: str = ""
     _rejected: bool = False
 
     def gotLength(self, length: int | None) -> None:
@@ -395,9 +547,13 @@ class UploadRequest(Request):
                 return
         self.content = BytesIO()
         if upload is not None:
-            policy.active += 1
+            self._address = client_address(self)
+            policy.occupy(self._address)
             self._policy = policy
             self.upload = upload
+            upload.gate.floor = policy.rate_floor(self._too_slow)
+            if upload.gate.floor is not None:
+                upload.gate.floor.start()
 
     def handleContentChunk(self, data: bytes) -> None:
         upload = self.upload
@@ -408,12 +564,16 @@ class UploadRequest(Request):
             if room > 0:
                 self.content.write(data[:room])
             return
+        if upload.gate.floor is not None:
+            upload.gate.floor.received(len(data))
         upload.feed(data)
         if isinstance(upload.failed, PayloadTooLarge):
             self._reject_early(upload.failed)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._upload_over()
+        if self._rejected:
+            return  # answered early and closing: no route may answer again
         if self.upload is not None:
             upload = self.upload
             self.notifyFinish().addBoth(lambda _: upload.unclaimed())
@@ -426,26 +586,45 @@ class UploadRequest(Request):
         super().connectionLost(reason)
 
     def _upload_over(self) -> None:
-        """The body is complete or gone: the upload no longer counts."""
+        """
+        The body is complete or gone: the upload no longer counts, and its
+        rate no longer matters.
+        """
         policy, self._policy = self._policy, None
         if policy is not None:
-            policy.active -= 1
+            policy.vacate(self._address)
+        if self.upload is not None and self.upload.gate.floor is not None:
+            self.upload.gate.floor.stop()
+            self.upload.gate.floor = None
 
-    def _reject_early(self, error: PayloadTooLarge) -> None:
+    def _too_slow(self, error: RequestTimeout) -> None:
+        """The body arrives below the minimum rate: answer 408 and close."""
+        log.info(
+            "closing an upload from {address}: {problem}",
+            address=self._address,
+            problem=error.problem,
+        )
+        self._reject_early(error)
+
+    def _reject_early(self, error: GridLikeError) -> None:
         """
-        Answer 413 now and close, rather than read a body we will not keep.
+        Answer now and close, rather than read a body we will not keep; the
+        upload's slot is free at once.
         """
         self.upload_refused = error
         if self.upload is not None:
             self.upload.fail(error)
+        self._upload_over()
         channel = self.channel
         if self._rejected or channel is None or channel.transport is None:
             return
         self._rejected = True
         body = json.dumps({"problem": error.problem}).encode("utf-8")
+        reason = HTTPStatus(error.status).phrase.encode("ascii")
         channel.transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (error.status, reason, len(body), body)
         )
         channel.transport.loseConnection()
 

@@ -31,13 +31,13 @@ BOUNDARY = "xXx-boundary"
 
 
 def form(*parts: tuple[str, bytes], boundary: str = BOUNDARY) -> bytes:
-    body = b""
+    body = []
     for name, value in parts:
         disposition = f'form-data; name="{name}"'
         if name == "payload":
             disposition += '; filename="p"'
-        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode()
+        body += [f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode(), value, b"\r\n"]
+    return b"".join(body) + f"--{boundary}--\r\n".encode()
 
 
 class _Received(io.BytesIO):

@@ -200,6 +200,12 @@ def test_every_key_set() -> None:
         max_wait = 2.5
         max_uploads = 4
         allowed_origins = ["https://app.example"]
+        max_uploads_per_address = 2
+        min_upload_rate = "10KiB"
+        upload_rate_window = 5
+        max_request = "1GiB"
+        max_form_parts = 10
+        max_form_text = "1KiB"
         [registry]
         kind = "journal"
         path = "/var/lib/g/journal"
@@ -235,6 +241,12 @@ def test_every_key_set() -> None:
         max_wait=2.5,
         max_uploads=4,
         allowed_origins=("https://app.example",),
+        max_uploads_per_address=2,
+        min_upload_rate=10 * 1024,
+        upload_rate_window=5.0,
+        max_request=1024**3,
+        max_form_parts=10,
+        max_form_text=1024,
     )
     assert settings.registry == RegistrySettings(
         kind="journal",
@@ -358,6 +370,30 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
         (
             "[server]\nmax_uploads = 2.0",
             "[server] max_uploads: must be an integer >= 1, not 2.0",
+        ),
+        (
+            "[server]\nmax_uploads_per_address = 0",
+            "[server] max_uploads_per_address: must be an integer > 0, not 0",
+        ),
+        (
+            "[server]\nmin_upload_rate = -1",
+            "[server] min_upload_rate: not a size: -1",
+        ),
+        (
+            "[server]\nupload_rate_window = 0",
+            "[server] upload_rate_window: must be a number > 0, not 0",
+        ),
+        (
+            "[server]\nmax_request = '1 lot'",
+            "[server] max_request: not a size: '1 lot'",
+        ),
+        (
+            "[server]\nmax_form_parts = 0",
+            "[server] max_form_parts: must be an integer > 0, not 0",
+        ),
+        (
+            "[server]\nmax_form_text = 0",
+            "[server] max_form_text: must be a size > 0, not 0",
         ),
         # [registry]
         (
