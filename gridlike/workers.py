@@ -862,12 +862,6 @@ class WorkerProtocol(WebSocketServerProtocol):
             connection and is asked its status; else how to close the
             connection, so that the worker never gets the message's end.
         """
-        self._log.warn(
-            "{link}: the payload of job {key} is damaged: {problem}",
-            link=self,
-            key=job.key,
-            problem=problem,
-        )
         if not self._core.holds_other_than(job):
             self._machine.payload_damaged(problem)
         if begun:

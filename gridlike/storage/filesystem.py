@@ -33,7 +33,7 @@ import os
 import secrets
 from contextlib import suppress
 from pathlib import Path
-from typing import Any, Callable, ParamSpec, TypeVar, cast
+from typing import Callable, ParamSpec, TypeVar, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads, IReactorTime
@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ..errors import Damaged, NotFound, Unavailable
+from ..errors import Damaged, GridLikeError, NotFound, Unavailable
 from ._fs_common import (
     NO_HARD_LINKS,
     O_CLOEXEC,
@@ -196,7 +196,8 @@ class FilesystemStorage:
         self, operation: str, f: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
     ) -> Deferred[_T]:
         """
-        Run a blocking call, logging an L{Unavailable} it fails with.
+        Run a blocking call, logging an L{Unavailable} or L{Damaged} it
+        fails with.
 
         @param operation: What it does, for the log.
         @param f: The call.
@@ -207,11 +208,11 @@ class FilesystemStorage:
         """
 
         def logged(failure: Failure) -> Failure:
-            if failure.check(Unavailable):
+            if failure.check(Unavailable, Damaged):
                 log.warn(
                     "storage {operation} failed: {problem}",
                     operation=operation,
-                    problem=cast(Unavailable, failure.value).problem,
+                    problem=cast(GridLikeError, failure.value).problem,
                 )
             return failure
 
@@ -302,9 +303,10 @@ class FilesystemStorage:
         path = self.path(job_id, kind)
         if offset < 0:
             raise ValueError(f"offset must be >= 0, not {offset}")
-        cached = self._cached(job_id, kind, expected_size)
-        if isinstance(cached, Deferred):
-            return cached
+        try:
+            cached = self._cached(job_id, kind, expected_size)
+        except Damaged:
+            return fail()
         if cached is not None:
             consumer.write(cached[offset:])
             return succeed(max(0, len(cached) - offset))
@@ -336,29 +338,26 @@ class FilesystemStorage:
         @raise ValueError: If an argument is invalid.
         """
         path = self.path(job_id, kind)
-        cached = self._cached(job_id, kind, expected_size)
-        if isinstance(cached, Deferred):
-            return cached
+        try:
+            cached = self._cached(job_id, kind, expected_size)
+        except Damaged:
+            return fail()
         if cached is not None and len(cached) <= limit:
             return succeed(cached)
         return self._run("read", read_whole, path, job_id, kind, limit, expected_size)
 
-    def _cached(
-        self, job_id: str, kind: str, expected_size: int | None
-    ) -> bytes | Deferred[Any] | None:
+    def _cached(self, job_id: str, kind: str, expected_size: int | None) -> bytes | None:
         """
         The copy of an object kept in memory, checked against the size its
         job's record gives.
 
-        @return: The bytes; C{None} if none are kept; or a failed
-            L{Deferred} (L{Damaged}) if they are not of the expected size.
+        @return: The bytes, or C{None} if none are kept.
+
+        @raise Damaged: If they are not of the expected size.
         """
         cached = self._small.get((job_id, kind))
         if cached is not None:
-            try:
-                check_size(job_id, kind, len(cached), expected_size)
-            except Damaged:
-                return fail()
+            check_size(job_id, kind, len(cached), expected_size)
         return cached
 
     def link(
