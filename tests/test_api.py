@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 from http.client import HTTPResponse, IncompleteRead
 from pathlib import Path
 from typing import Any, Callable
@@ -213,7 +215,8 @@ class DamagedTests(SynchronousTestCase):
         are out, has its connection aborted: the response is seen to be
         cut, not passed off as whole.
         """
-        root = Path(self.mktemp())
+        root = Path(tempfile.mkdtemp(prefix="gridlike-api-"))
+        self.addCleanup(shutil.rmtree, root, True)
         reads = []
 
         def run(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
