@@ -27,6 +27,10 @@ The states, and the inputs that move between them::
     withdrawn --reported_ready--> ready     discarding --result_ended--> asking
     settling --result_stored / result_unstorable--> asking
     storing_after_close --result_stored / result_unstorable--> closed
+    busy, withdrawn --payload_damaged--> asking
+    receiving --payload_damaged--> discarding
+    storing --payload_damaged--> settling
+    storing_after_close --payload_damaged--> closed
     any other --lost--> closed
 
 C{asking} means: the worker owes the server its status, either because a
@@ -46,6 +50,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from gridlike.dispatch import JobFailed, WorkerLost
+from gridlike.errors import Damaged
 from gridlike.model import Job
 
 __all__ = [
@@ -120,6 +125,12 @@ class WorkerInputs(Protocol):
 
     def withdrawn(self) -> None:
         "Dispatch cancelled the job held (deleted, or timed out)."
+
+    def payload_damaged(self, problem: str) -> None:
+        """
+        The payload of the last job assigned is damaged in storage, so the
+        worker did not get it whole; fed only while no other job is held.
+        """
 
     def lost(self, why: str) -> None:
         "The connection is being closed, or is gone; C{why} says why."
@@ -231,6 +242,14 @@ class WorkerCore:
             attempt.running.errback(Failure(outcome))
         else:
             attempt.running.callback(outcome)
+
+    def holds_other_than(self, job: Job) -> bool:
+        """
+        @param job: a job assigned.
+        @return: whether another job is held: C{job}'s attempt has ended,
+            and dispatch gave the worker the next one.
+        """
+        return self.attempt is not None and self.attempt.job is not job
 
     def held_job(self) -> Job:
         """
@@ -395,6 +414,30 @@ def _build() -> TypeMachine[WorkerInputs, WorkerCore]:
         inputs: WorkerInputs, core: WorkerCore, problem: str
     ) -> None:
         core.effects.send_status_request()
+
+    # A damaged payload: the job held fails for good, and the worker, which
+    # got no payload (or never the end of one), is asked its status again.
+    # Once the attempt has ended otherwise, nothing is left to settle.
+
+    @busy.upon(WorkerInputs.payload_damaged).to(asking)
+    @storing.upon(WorkerInputs.payload_damaged).to(settling)
+    @storing_after_close.upon(WorkerInputs.payload_damaged).to(closed)
+    def _damaged(inputs: WorkerInputs, core: WorkerCore, problem: str) -> None:
+        # In busy, dispatch records the failure, then asks the status.
+        core.settle(Damaged(problem))
+
+    @receiving.upon(WorkerInputs.payload_damaged).to(discarding)
+    def _damaged_receiving(inputs: WorkerInputs, core: WorkerCore, problem: str) -> None:
+        core.settle(Damaged(problem))
+        core.effects.discard_result()
+
+    @withdrawn.upon(WorkerInputs.payload_damaged).to(asking)
+    def _damaged_withdrawn(inputs: WorkerInputs, core: WorkerCore, problem: str) -> None:
+        # No late answer comes for a payload never received.
+        core.effects.send_status_request()
+
+    for state in (connecting, registering, asking, ready, discarding, settling, closed):
+        state.upon(WorkerInputs.payload_damaged).loop().returns(None)
 
     # Requests for the status are sent from asking only: anywhere else the
     # server already knows it (ready), or will ask after the job held ends.

@@ -37,7 +37,6 @@ from gridlike.errors import (
     Conflict,
     GridLikeError,
     NotFound,
-    Unavailable,
 )
 from gridlike.model import Job, Priority, Status, job_view
 from gridlike.registry import NewJob
@@ -383,15 +382,30 @@ class GridLikeAPI:
         return ended
 
     async def _stream(self, request: IRequest, job: Job, kind: str, size: int) -> bytes:
-        request.setHeader(b"content-type", b"application/octet-stream")
-        request.setHeader(b"content-length", str(size).encode("ascii"))
-        guard = _StallGuard(request, self._core.clock, self._settings.server.idle_timeout)
+        """
+        Send a stored object as the response.  Storage checks it against
+        C{size}, the job's record, before the first byte; only then do the
+        status and headers go out, so a damaged or missing object is
+        answered with a problem (L{gridlike.errors.Damaged}, 500).  One that
+        turns out damaged midway, once the headers are out, has its
+        connection aborted: the client sees a cut response, never a short
+        body passed off as whole.
+        """
+        guard = _StallGuard(request, self._core.clock, self._settings.server.idle_timeout, size)
         try:
-            await self._core.storage.read(job.id, kind, guard)
-        except NotFound:
-            raise Unavailable(f"the {kind} of job {job.key!r} is missing from storage")
+            await self._core.storage.read(job.id, kind, guard, expected_size=size)
         except TransferStopped:
             guard.unregisterProducer()  # the client went away; nothing to answer
+        except GridLikeError as e:
+            if not guard.started:
+                raise
+            log.warn(
+                "cut off the download of the {kind} of job {key}: {problem}",
+                kind=kind,
+                key=job.key,
+                problem=e.problem,
+            )
+            guard.abort()
         return b""
 
 
@@ -468,16 +482,27 @@ class _StallGuard:
     Passes a download to the request, and closes the connection of a client
     that reads none of it for C{timeout} seconds: a stalled reader must not
     hold a connection and an open file forever.
+
+    The download's headers are set when storage starts sending (registers
+    its producer, or writes), that is once it has checked the object: until
+    then the request may still be answered with a problem.
+
+    @ivar started: whether storage started sending.
     """
 
-    def __init__(self, request: IRequest, clock: IReactorTime, timeout: float) -> None:
+    def __init__(
+        self, request: IRequest, clock: IReactorTime, timeout: float, size: int
+    ) -> None:
         self._request = request
         self._clock = clock
         self._timeout = timeout
+        self._size = size
         self._producer: IPushProducer | None = None
         self._timer: IDelayedCall | None = None
+        self.started = False
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self._start()
         self._producer = producer
         self._request.registerProducer(self, True)
 
@@ -487,7 +512,21 @@ class _StallGuard:
         self._request.unregisterProducer()
 
     def write(self, data: bytes) -> None:
+        self._start()
         self._request.write(data)
+
+    def abort(self) -> None:
+        """Drop the connection, so that the response is seen to be cut."""
+        self._cancel_timer()
+        transport = getattr(self._request, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._request.setHeader(b"content-type", b"application/octet-stream")
+            self._request.setHeader(b"content-length", str(self._size).encode("ascii"))
 
     def pauseProducing(self) -> None:
         if self._timer is None:
@@ -514,6 +553,4 @@ class _StallGuard:
     def _stalled(self) -> None:
         self._timer = None
         log.info("closing a download its client stopped reading")
-        transport = getattr(self._request, "transport", None)
-        if transport is not None:
-            transport.abortConnection()
+        self.abort()

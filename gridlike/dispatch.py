@@ -10,8 +10,10 @@ are kept per type, grouped by worker uid, so finding one that is not the
 worker a job last failed on looks at two groups at most.
 
 Each assignment is one L{IWorkerLink.run} Deferred, which fires with the
-size of the stored result or fails with L{JobFailed} or L{WorkerLost}; the
-type's timeout and the deletion of a job cancel it.  L{Dispatcher._attempt}
+size of the stored result or fails with L{JobFailed} or L{WorkerLost}, or
+with L{Damaged} when the job's payload is damaged in storage (that job fails
+for good, and the worker is not held to account); the type's timeout and the
+deletion of a job cancel it.  L{Dispatcher._attempt}
 records the outcome in the registry and then asks the worker for its status,
 as the protocol wants.
 """
@@ -27,7 +29,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from gridlike.config import Settings
-from gridlike.errors import Unavailable
+from gridlike.errors import Damaged, Unavailable
 from gridlike.model import Job, Progress, timestamp
 from gridlike.registry import Registry
 
@@ -70,8 +72,10 @@ class IWorkerLink(Interface):
 
         @return: fires with the size of the result once it is durable in
             storage as the job's result; fails with L{JobFailed} or
-            L{WorkerLost}.  Cancelling it withdraws the job: the worker's
-            late answer is discarded.
+            L{WorkerLost}, or with L{gridlike.errors.Damaged} if the payload
+            is damaged (it was not sent, or the connection is closed before
+            the message ends).  Cancelling it withdraws the job: the
+            worker's late answer is discarded.
         """
 
     def request_status() -> None:
@@ -346,6 +350,10 @@ class Dispatcher:
             withdrawn = True
             totals.failed += 1
             await registry.fail(job, f"timed out after {timeout:g} s", None, link.uid)
+        except Damaged as e:
+            # No other worker could do better, and this one did nothing.
+            log.warn("job {key} failed for good: {problem}", key=job.key, problem=e.problem)
+            await registry.fail(job, e.problem, None, None, for_good=True)
         except CancelledError:
             withdrawn = True  # the job was deleted
         except Exception:

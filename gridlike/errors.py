@@ -88,6 +88,17 @@ class Unavailable(GridLikeError):
     status = 503
 
 
+class Damaged(GridLikeError):
+    """
+    A stored payload or result is not what its job's record says: it is
+    missing, has another size, or changed while it was read.  Unlike
+    L{Unavailable}, waiting does not help: the bytes are lost, so none of
+    them is served, and a job whose payload is damaged fails for good.
+    """
+
+    status = 500
+
+
 class ConfigError(GridLikeError):
     """The configuration file is invalid; the message names the key."""
 

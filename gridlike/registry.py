@@ -419,6 +419,8 @@ class Registry:
         info: str | None,
         logs: str | None,
         worker_id: str | None,
+        *,
+        for_good: bool = False,
     ) -> Deferred[None]:
         """
         End the attempt at C{job} without a result: it is pending again, or
@@ -426,11 +428,18 @@ class Registry:
 
         The record is applied even when the journal cannot take it: the
         job must not be lost in memory; at worst a restart retries it.
+
+        @param for_good: Fail the job for good now, without counting an
+            attempt: what failed is no worker's doing and no other attempt
+            can do better (its payload is damaged).
         """
         if self._jobs.get(job.id) is not job:
             return succeed(None)
-        count = job.failure_count + 1
-        final = count >= self._settings.attempts_for(job.type)
+        if for_good:
+            count, final = job.failure_count, True
+        else:
+            count = job.failure_count + 1
+            final = count >= self._settings.attempts_for(job.type)
         record = {
             "op": "fail",
             "id": job.id,

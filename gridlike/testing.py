@@ -15,9 +15,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IProducer
 from zope.interface import implementer
 
-from gridlike.errors import NotFound, PayloadTooLarge, Unavailable
+from gridlike.errors import GridLikeError, NotFound, PayloadTooLarge, Unavailable
 from gridlike.journal import IJournal
 from gridlike.storage import KINDS, IPayloadWriter, IStorage
+from gridlike.storage.interface import check_size, missing
 
 
 @implementer(IJournal)
@@ -103,20 +104,43 @@ class MemoryStorage:
     def writer(self, job_id: str, kind: str, max_size: int | None = None) -> IPayloadWriter:
         return _MemoryWriter(self, (job_id, kind), max_size)
 
-    def read(self, job_id: str, kind: str, consumer: IConsumer, offset: int = 0) -> Deferred[int]:
-        data = self.objects.get((job_id, kind))
-        if data is None:
-            return fail(NotFound(f"no {kind} for job {job_id}"))
+    def read(
+        self,
+        job_id: str,
+        kind: str,
+        consumer: IConsumer,
+        offset: int = 0,
+        expected_size: int | None = None,
+    ) -> Deferred[int]:
+        try:
+            data = self._checked(job_id, kind, expected_size)
+        except GridLikeError:
+            return fail()
         consumer.write(data[offset:])
         return succeed(len(data) - offset)
 
-    def read_bytes(self, job_id: str, kind: str, limit: int) -> Deferred[bytes]:
-        data = self.objects.get((job_id, kind))
-        if data is None:
-            return fail(NotFound(f"no {kind} for job {job_id}"))
+    def read_bytes(
+        self, job_id: str, kind: str, limit: int, expected_size: int | None = None
+    ) -> Deferred[bytes]:
+        try:
+            data = self._checked(job_id, kind, expected_size)
+        except GridLikeError:
+            return fail()
         if len(data) > limit:
             return fail(PayloadTooLarge(f"larger than {limit} bytes"))
         return succeed(data)
+
+    def _checked(self, job_id: str, kind: str, expected_size: int | None) -> bytes:
+        """
+        @return: An object's bytes.
+        @raise NotFound: There is none, and no size was expected.
+        @raise Damaged: It is missing or not of C{expected_size}.
+        """
+        data = self.objects.get((job_id, kind))
+        if data is None:
+            raise missing(job_id, kind, expected_size)
+        check_size(job_id, kind, len(data), expected_size)
+        return data
 
     def link(self, src_id: str, src_kind: str, dst_id: str, dst_kind: str) -> Deferred[None]:
         data = self.objects.get((src_id, src_kind))

@@ -66,7 +66,7 @@ from gridlike._worker_machine import (
 from gridlike.auth import matches_any
 from gridlike.config import Settings
 from gridlike.dispatch import Dispatcher, IWorkerLink, WorkerLost, WorkerRecord
-from gridlike.errors import GridLikeError, PayloadTooLarge
+from gridlike.errors import Damaged, GridLikeError, PayloadTooLarge
 from gridlike.origin import Origin, classify, foreign
 from gridlike.model import Job
 from gridlike.storage import PAYLOAD, RESULT, IPayloadWriter, IStorage, TransferStopped
@@ -165,13 +165,21 @@ class _Result:
 class _FrameWriter:
     """
     A consumer for L{IStorage.read} that sends each chunk as one frame of
-    the binary message begun on C{protocol}, and registers the storage
-    producer on the transport so that a slow worker pauses the reads.
+    one binary message on C{protocol}, and registers the storage producer
+    on the transport so that a slow worker pauses the reads.
+
+    The message begins only when storage has checked the payload and
+    registers its producer (or writes): until then nothing of it is sent,
+    so a damaged payload leaves the connection as it was.
+
+    @ivar begun: whether the message has begun.
     """
 
     protocol: WorkerProtocol
+    begun: bool = False
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._begin()
         self.protocol.transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
@@ -179,9 +187,20 @@ class _FrameWriter:
 
     def write(self, data: bytes) -> None:
         protocol = self.protocol
+        self._begin()
         if data and protocol.state == protocol.STATE_OPEN:
             protocol.beginMessageFrame(len(data))
             protocol.sendMessageFrameData(data)
+
+    def end(self) -> None:
+        """End the message, begun or not: the payload is sent whole."""
+        self._begin()
+        self.protocol.endMessage()
+
+    def _begin(self) -> None:
+        if not self.begun:
+            self.begun = True
+            self.protocol.beginMessage(isBinary=True, doNotCompress=True)
 
 
 @frozen
@@ -301,7 +320,8 @@ class WorkerProtocol(WebSocketServerProtocol):
         self._result: _Result | None = None
         self._outgoing: deque[_Send] = deque()
         self._sending: Deferred[_Unsent | None] | None = None
-        self._machine: WorkerInputs = new_worker_machine(WorkerCore(self))
+        self._core = WorkerCore(self)
+        self._machine: WorkerInputs = new_worker_machine(self._core)
 
     def __repr__(self) -> str:
         return f"<WorkerProtocol {self.uid or '(unregistered)'} at {self.address}>"
@@ -750,23 +770,36 @@ class WorkerProtocol(WebSocketServerProtocol):
         Send C{job}'s payload as one binary message: read whole and sent as
         one frame if small, else streamed from storage a frame per chunk.
 
+        Storage checks the payload against the size in the job's record
+        before the first byte goes out: a damaged one is not sent, and the
+        job fails for good (L{_payload_damaged}).
+
         @param job: the job.
         @return: L{None} once sent, or abandoned because the connection is
-            closing; if the payload cannot be read, how to close the
-            connection (with L{CLOSE_INTERNAL_ERROR}: a message may be half
-            sent) and put the job back.
+            closing, or not sent because it is damaged; if the payload cannot
+            be read, or turns out damaged once part of it is out, how to
+            close the connection (with L{CLOSE_INTERNAL_ERROR}: a message
+            may be half sent) and put the job back.
         """
+        frames = _FrameWriter(self)
         try:
             if job.payload_size <= SMALL_PAYLOAD:
-                data = await self._storage.read_bytes(job.id, PAYLOAD, SMALL_PAYLOAD)
+                data = await self._storage.read_bytes(
+                    job.id, PAYLOAD, SMALL_PAYLOAD, job.payload_size
+                )
                 if self.state == self.STATE_OPEN:
                     self.sendMessage(data, isBinary=True)
             else:
-                self.beginMessage(isBinary=True, doNotCompress=True)
-                await self._storage.read(job.id, PAYLOAD, _FrameWriter(self))
-                self.endMessage()
+                await self._storage.read(
+                    job.id, PAYLOAD, frames, expected_size=job.payload_size
+                )
+                frames.end()
         except CancelledError:
             return None  # The connection is closing.
+        except Damaged as e:
+            if self.state != self.STATE_OPEN:
+                return None  # The connection went first.
+            return self._payload_damaged(job, e.problem, frames.begun)
         except (GridLikeError, TransferStopped) as e:
             if self.state != self.STATE_OPEN:
                 return None  # The connection went first.
@@ -787,6 +820,24 @@ class WorkerProtocol(WebSocketServerProtocol):
                 "{link}: sending the payload of job {key}", link=self, key=job.key
             )
             return _Unsent(CLOSE_INTERNAL_ERROR, "internal error", "internal error")
+        return None
+
+    def _payload_damaged(self, job: Job, problem: str, begun: bool) -> _Unsent | None:
+        """
+        C{job}'s payload is damaged: its job fails for good, unless its
+        attempt already ended otherwise and the worker holds another job.
+
+        @param job: the job.
+        @param problem: what is wrong with its payload.
+        @param begun: whether part of it went out.
+        @return: L{None} if nothing of it went out: the worker keeps its
+            connection and is asked its status; else how to close the
+            connection, so that the worker never gets the message's end.
+        """
+        if not self._core.holds_other_than(job):
+            self._machine.payload_damaged(problem)
+        if begun:
+            return _Unsent(CLOSE_INTERNAL_ERROR, "the job's payload is damaged", problem)
         return None
 
     async def _finish_result(self, result: _Result) -> None:

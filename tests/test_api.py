@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import io
 import json
-from http.client import HTTPResponse
+import os
+import shutil
+import tempfile
+from http.client import HTTPResponse, IncompleteRead
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -23,7 +27,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from gridlike.api import GridLikeAPI
 from gridlike.config import parse_settings
 from gridlike.service import GridLikeService
-from gridlike.storage import PAYLOAD
+from gridlike.model import Job
+from gridlike.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
 from gridlike.testing import MemoryJournal, MemoryStorage
 from gridlike.upload import UploadSite
 
@@ -51,9 +56,9 @@ class Server:
     in-memory transport, so that uploads take the streaming path.
     """
 
-    def __init__(self, config: str = "") -> None:
+    def __init__(self, config: str = "", storage: IStorage | None = None) -> None:
         self.settings = parse_settings(config, Path("/nonexistent"))
-        self.storage = MemoryStorage()
+        self.storage = MemoryStorage() if storage is None else storage
         self.journal = MemoryJournal()
         self.clock = Clock()
         self.core = GridLikeService(
@@ -70,18 +75,27 @@ class Server:
         path: str,
         body: bytes = b"",
         headers: dict[str, str] | None = None,
+        lenient: bool = False,
     ) -> tuple[int, Any]:
-        """Send one raw HTTP/1.1 request; answer its status and body."""
+        """
+        Send one raw HTTP/1.1 request; answer its status and body.
+
+        @param lenient: whether the transport lets the server go on as a
+            real one would after it aborts the connection.
+        """
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        transport = StringTransport()
+        transport = StringTransport(lenient=lenient)
         channel.makeConnection(transport)
         head = f"{method} {path} HTTP/1.1\r\nHost: grid\r\nContent-Length: {len(body)}\r\n"
         for name, value in (headers or {}).items():
             head += f"{name}: {value}\r\n"
         channel.dataReceived(head.encode() + b"\r\n" + body)
+        self.transport = transport
         response = HTTPResponse(_Received(transport.value()))  # type: ignore[arg-type]
         response.begin()
         content = response.read()
+        self.content_length = response.getheader("content-length")
+        self.body_length = len(content)
         channel.connectionLost(Failure(ConnectionDone()))
         if response.getheader("content-type") == "application/json":
             return response.status, json.loads(content)
@@ -145,6 +159,90 @@ class FaultTests(SynchronousTestCase):
         self.assertEqual(server.request(self, "DELETE", "/api/jobs/k")[0], 503)
         server.journal.broken = False
         self.assertEqual(server.request(self, "GET", "/api/jobs/k/payload"), (200, b"x"))
+
+
+class DamagedTests(SynchronousTestCase):
+    """
+    Downloads of objects that are not what their job's record says are
+    answered with a problem before any header of the download goes out.
+    """
+
+    def submitted(self, server: Server, data: bytes = b"payload") -> Job:
+        code, _ = server.post_form(self, form(("payload", data), ("key", b"k")))
+        self.assertEqual(code, 202)
+        return server.core.registry.get("k")
+
+    def assert_problem(self, server: Server, path: str, words: str) -> None:
+        """
+        C{path} answers 500 with a JSON problem saying C{words}, and no
+        Content-Length but the problem's own.
+        """
+        code, body = server.request(self, "GET", path)
+        self.assertEqual(code, 500)
+        self.assertIn(words, body["problem"])
+        self.assertIn(server.content_length, (None, str(server.body_length)))
+
+    def test_payload_damaged(self) -> None:
+        """A payload of another size than its record's is a 500 problem."""
+        server = Server()
+        job = self.submitted(server)
+        server.storage.objects[(job.id, PAYLOAD)] = b"pay"  # type: ignore[attr-defined]
+        self.assert_problem(server, "/api/jobs/k/payload", "3 bytes are stored, its record says 7")
+
+    def test_payload_missing(self) -> None:
+        """A missing payload is a 500 problem too, with a Content-Length that fits it."""
+        server = Server()
+        job = self.submitted(server)
+        del server.storage.objects[(job.id, PAYLOAD)]  # type: ignore[attr-defined]
+        self.assert_problem(server, "/api/jobs/k/payload", "missing from storage")
+
+    def test_result_damaged(self) -> None:
+        """A damaged or missing result of a done job is a 500 problem."""
+        server = Server()
+        job = self.submitted(server)
+        server.storage.objects[(job.id, RESULT)] = b"result"  # type: ignore[attr-defined]
+        server.core.registry.start(job, "w", None)
+        self.successResultOf(Deferred.fromCoroutine(server.core.registry.complete(job, 6, "w")))
+        self.assertEqual(server.request(self, "GET", "/api/jobs/k/result"), (200, b"result"))
+        server.storage.objects[(job.id, RESULT)] = b"resultant"  # type: ignore[attr-defined]
+        self.assert_problem(server, "/api/jobs/k/result", "9 bytes are stored, its record says 6")
+        del server.storage.objects[(job.id, RESULT)]  # type: ignore[attr-defined]
+        self.assert_problem(server, "/api/jobs/k/result", "missing from storage")
+
+    def test_damaged_midway(self) -> None:
+        """
+        An object that ends early while it is downloaded, once its headers
+        are out, has its connection aborted: the response is seen to be
+        cut, not passed off as whole.
+        """
+        root = Path(tempfile.mkdtemp(prefix="gridlike-api-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        reads = []
+
+        def run(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+            if getattr(f, "__name__", "") == "_read_chunk":
+                reads.append(f)
+                if len(reads) == 2:
+                    os.truncate(storage.path(job.id, PAYLOAD), 0)
+            try:
+                return succeed(f(*args, **kwargs))
+            except Exception:
+                return fail()
+
+        storage = FilesystemStorage(
+            root,
+            reactor=Clock(),  # type: ignore[arg-type]
+            threadpool=None,  # type: ignore[arg-type]
+            chunk_size=4,
+            run_in_thread=run,
+            memory=0,
+        )
+        server = Server(storage=storage)
+        job = self.submitted(server, b"0123456789")
+        with self.assertRaises(IncompleteRead):
+            server.request(self, "GET", "/api/jobs/k/payload", lenient=True)
+        self.assertTrue(server.transport.disconnected)
+        self.assertNotIn(b"problem", server.transport.value())
 
 
 class HostileInputTests(SynchronousTestCase):

@@ -19,6 +19,7 @@ from zope.interface.verify import verifyObject
 
 from gridlike.config import parse_settings
 from gridlike.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
+from gridlike.errors import Damaged
 from gridlike.model import Job, Priority, Status
 from gridlike.registry import NewJob, Registry, new_job_id
 from gridlike.storage import PAYLOAD, RESULT
@@ -191,6 +192,27 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(job.error.info, "worker disconnected")  # type: ignore[union-attr]
         h.dispatcher.ready(link)
         self.assertEqual(link.held(), [])
+
+    def test_damaged_payload(self) -> None:
+        """
+        A job whose payload is damaged fails for good at its first attempt,
+        which counts neither against the job nor the worker; the worker is
+        asked its status and gets the next job.
+        """
+        h = Harness()
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        damaged, following = h.submit(), h.submit()
+        link.finish(Damaged("the payload of job j is damaged"))
+        self.assertIs(damaged.status, Status.FAILED)
+        self.assertEqual(damaged.failure_count, 0)
+        self.assertEqual(damaged.error.info, "the payload of job j is damaged")  # type: ignore[union-attr]
+        self.assertIsNone(damaged.worker_id)
+        self.assertEqual(link.status_requests, 2)
+        [view] = h.dispatcher.views()
+        self.assertEqual((view["jobs_failed"], view["job"]), (0, None))
+        h.dispatcher.ready(link)
+        self.assertEqual(link.held(), [following.id])
 
     def test_timeout(self) -> None:
         """A job past its type's timeout is withdrawn and requeued."""

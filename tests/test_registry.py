@@ -218,6 +218,22 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(job.error.info, "boom again")  # type: ignore[union-attr]
         self.assertEqual(list(h.registry.pending(None)), [other])
 
+    def test_fail_for_good(self) -> None:
+        """
+        A job failed for good fails at once, without counting an attempt,
+        and stays failed after a replay.
+        """
+        h = Harness()
+        [job] = run(self, h.registry.submit([h.spec()]))
+        h.registry.start(job, "w1", None)
+        self.successResultOf(h.registry.fail(job, "damaged", None, None, for_good=True))
+        self.assertIs(job.status, Status.FAILED)
+        self.assertEqual((job.failure_count, job.error.info), (0, "damaged"))  # type: ignore[union-attr]
+        self.assertEqual(list(h.registry.pending(None)), [])
+        again = h.reopened().get(job.key)
+        self.assertIs(again.status, Status.FAILED)
+        self.assertEqual((again.failure_count, again.error.info), (0, "damaged"))  # type: ignore[union-attr]
+
     def test_fail_journal_down(self) -> None:
         """A failed attempt requeues the job even when the journal is down."""
         h = Harness()

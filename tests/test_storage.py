@@ -44,7 +44,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import gridlike.storage
-from gridlike.errors import NotFound, PayloadTooLarge, Unavailable
+from gridlike.errors import Damaged, NotFound, PayloadTooLarge, Unavailable
 from gridlike.storage import (
     KINDS,
     PAYLOAD,
@@ -184,6 +184,27 @@ class CountingOS:
             return real(*args, **kwargs)
 
         return counting
+
+
+class ResizingOS:
+    """
+    Stands in for the C{os} module like L{FailingOS}: the first C{pread}
+    truncates or extends C{path} to C{size} bytes first, as if another
+    program changed the file while it is read.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self._path = path
+        self._size: int | None = size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        if self._size is not None:
+            os.truncate(self._path, self._size)
+            self._size = None
+        return os.pread(fd, length, offset)
 
 
 class FakeSyncfs:
@@ -1118,6 +1139,138 @@ class ReaderTests(StorageMixin, SynchronousTestCase):
         )
         self.assertEqual(failure.value.status, 413)
 
+    def resize(self, size: int) -> None:
+        """Truncate or extend the stored payload of L{JOB} to C{size} bytes."""
+        os.truncate(self.root / self.object_path(), size)
+
+    def assert_damaged(
+        self, storage: FilesystemStorage, expected_size: int, problem: str
+    ) -> None:
+        """
+        Both ways of reading the payload of L{JOB}, expecting
+        C{expected_size} bytes, fail with L{Damaged} saying C{problem}, with
+        nothing registered on or written to the consumer and no file left
+        open.
+        """
+        before = open_fds(self.root.parent)
+        consumer = RecordingConsumer()
+        failure = self.failureResultOf(
+            storage.read(JOB, PAYLOAD, consumer, expected_size=expected_size), Damaged
+        )
+        self.assertIn(problem, failure.value.problem)
+        self.assertEqual(failure.value.status, 500)
+        self.assertEqual((consumer.chunks, consumer.unregistered), ([], 0))
+        self.assertIsNone(consumer.producer)
+        failure = self.failureResultOf(
+            storage.read_bytes(JOB, PAYLOAD, 1 << 20, expected_size), Damaged
+        )
+        self.assertIn(problem, failure.value.problem)
+        self.assertEqual(open_fds(self.root.parent), before)
+
+    def test_expected_size(self) -> None:
+        """
+        An object of the size its job's record gives is read whole; so is
+        one from an offset, checked against the whole object's size.
+        """
+        storage = self.make_storage()
+        data = payload(CHUNK * 3 + 1)
+        self.store(storage, data)
+        consumer = StringTransport()
+        sent = storage.read(JOB, PAYLOAD, consumer, expected_size=len(data))
+        self.assertEqual(self.successResultOf(sent), len(data))
+        self.assertEqual(consumer.value(), data)
+        consumer = StringTransport()
+        sent = storage.read(JOB, PAYLOAD, consumer, CHUNK, expected_size=len(data))
+        self.assertEqual(self.successResultOf(sent), len(data) - CHUNK)
+        self.assertEqual(consumer.value(), data[CHUNK:])
+        read = storage.read_bytes(JOB, PAYLOAD, len(data), len(data))
+        self.assertEqual(self.successResultOf(read), data)
+
+    def test_truncated(self) -> None:
+        """
+        A stored object shorter than its record says is damaged: reading it
+        fails before the first byte goes out.
+        """
+        storage = self.make_storage()
+        self.store(storage, payload(CHUNK * 4))
+        self.resize(CHUNK + 1)
+        self.assert_damaged(storage, CHUNK * 4, f"{CHUNK + 1} bytes are stored")
+
+    def test_grown(self) -> None:
+        """A stored object longer than its record says is damaged too."""
+        storage = self.make_storage()
+        self.store(storage, payload(CHUNK))
+        self.resize(CHUNK * 2)
+        self.assert_damaged(storage, CHUNK, f"its record says {CHUNK}")
+
+    def test_missing(self) -> None:
+        """
+        With an expected size, a missing object is damaged (its job says it
+        exists), not merely not found.
+        """
+        storage = self.make_storage()
+        self.assert_damaged(storage, 10, "missing from storage")
+
+    def test_shrinks_while_read(self) -> None:
+        """
+        An object that ends early while being streamed fails the read with
+        L{Damaged} and unregisters the producer: it does not end as if whole.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        data = payload(CHUNK * 4)
+        self.store(storage, data)
+        before = open_fds(self.root.parent)
+        consumer = RecordingConsumer()
+        sent = storage.read(JOB, PAYLOAD, consumer, expected_size=len(data))
+        thread.run_one()
+        self.assertEqual(consumer.chunks, [data[:CHUNK]])
+        self.resize(CHUNK * 2)
+        thread.run_all()
+        failure = self.failureResultOf(sent, Damaged)
+        self.assertIn(f"ended at byte {CHUNK * 2} of {CHUNK * 4}", failure.value.problem)
+        self.assertEqual(b"".join(consumer.chunks), data[: CHUNK * 2])
+        self.assertEqual(consumer.unregistered, 1)
+        self.assertEqual(open_fds(self.root.parent), before)
+
+    def test_grows_while_read(self) -> None:
+        """
+        An object that grows while being streamed fails the read with
+        L{Damaged} instead of its last chunk: what went out was not the
+        object as it is now.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread)
+        data = payload(CHUNK * 2)
+        self.store(storage, data)
+        consumer = RecordingConsumer()
+        sent = storage.read(JOB, PAYLOAD, consumer, expected_size=len(data))
+        thread.run_one()
+        self.resize(CHUNK * 3)
+        thread.run_all()
+        failure = self.failureResultOf(sent, Damaged)
+        self.assertIn(f"changed from {CHUNK * 2} to {CHUNK * 3}", failure.value.problem)
+        self.assertEqual(consumer.chunks, [data[:CHUNK]])
+        self.assertEqual(consumer.unregistered, 1)
+
+    def test_read_bytes_changes_while_read(self) -> None:
+        """
+        L{read_bytes} of an object that ends early or grows between its
+        opening and its reading fails with L{Damaged}.
+        """
+        storage = self.make_storage()
+        self.store(storage, payload(CHUNK))
+        for size, problem in [
+            (CHUNK // 2, f"ended at byte {CHUNK // 2} of {CHUNK}"),
+            (CHUNK * 2, f"changed from {CHUNK} to {CHUNK * 2}"),
+        ]:
+            self.patch_os(ResizingOS(self.root / self.object_path(), size))
+            failure = self.failureResultOf(
+                storage.read_bytes(JOB, PAYLOAD, 1 << 20, CHUNK), Damaged
+            )
+            self.assertIn(problem, failure.value.problem)
+            os.truncate(self.root / self.object_path(), CHUNK)
+
 
 class OperationTests(StorageMixin, SynchronousTestCase):
     """
@@ -1938,6 +2091,19 @@ class SmallObjectTests(StorageMixin, SynchronousTestCase):
         calls = self.thread.calls
         self.assertEqual(len(self.successResultOf(storage.read_bytes(OTHER, PAYLOAD, 1 << 20))), 65 * 1024)
         self.assertGreater(self.thread.calls, calls)
+
+    def test_size_still_checked(self) -> None:
+        """
+        A copy in memory of another size than the job's record gives is
+        refused as damaged, by read and read_bytes, with nothing written.
+        """
+        storage = self.make_storage(memory=1 << 20)
+        self.store(storage, b"small")
+        self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 100, 5)), b"small")
+        self.failureResultOf(storage.read_bytes(JOB, PAYLOAD, 100, 6), Damaged)
+        consumer = RecordingConsumer()
+        self.failureResultOf(storage.read(JOB, PAYLOAD, consumer, expected_size=4), Damaged)
+        self.assertEqual(consumer.chunks, [])
 
     def test_limit_still_applies(self) -> None:
         """A cached object larger than read_bytes' limit is refused."""

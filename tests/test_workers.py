@@ -44,9 +44,12 @@ from gridlike._worker_machine import (
 )
 from gridlike.config import Settings, parse_settings
 from gridlike.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
+from gridlike.errors import Damaged, Unavailable
 from gridlike.model import Job, Priority, Progress, Status
 from gridlike.registry import NewJob, Registry, new_job_id
 from gridlike.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
+from gridlike.storage import filesystem
+from gridlike.storage._fs_cache import BUDGET
 from gridlike.testing import MemoryJournal, MemoryStorage
 from gridlike.workers import (
     CLOSE_BAD_TOKEN,
@@ -321,7 +324,11 @@ class Harness:
     """
 
     def __init__(
-        self, test: SynchronousTestCase, config: str = "", disk: bool = False
+        self,
+        test: SynchronousTestCase,
+        config: str = "",
+        disk: bool = False,
+        memory: int = BUDGET,
     ) -> None:
         self.test = test
         self.settings = settings_from(config)
@@ -338,6 +345,7 @@ class Harness:
                 threadpool=None,  # type: ignore[arg-type]
                 chunk_size=16 * KiB,
                 run_in_thread=self.threads,
+                memory=memory,
             )
         else:
             self.storage = MemoryStorage()
@@ -550,6 +558,50 @@ class MachineTests(SynchronousTestCase):
         self.assertNoResult(running)
         self.assertEqual(effects.calls, [("discard_result",), ("send_status_request",)])
         self.assertIsNone(core.attempt)
+
+    def test_payload_damaged(self) -> None:
+        """
+        A damaged payload fails the job held with L{Damaged}; the machine
+        then waits for dispatch to ask the worker's status.  A result the
+        worker sends meanwhile (for a payload it never got) is discarded.
+        """
+        machine, core, effects, job, running = self.busy_machine()
+        machine.payload_damaged("damaged")
+        self.assertEqual(self.failureResultOf(running, Damaged).value.problem, "damaged")
+        machine.status_requested()
+        self.assertEqual(effects.calls, [("send_status_request",)])
+        self.assertIsNone(core.attempt)
+
+        machine, core, effects, job, running = self.busy_machine()
+        machine.result_begun()
+        machine.payload_damaged("damaged")
+        self.failureResultOf(running, Damaged)
+        machine.result_ended()
+        self.assertEqual(
+            effects.calls,
+            [("open_result", job), ("discard_result",), ("send_status_request",)],
+        )
+
+    def test_payload_damaged_after_attempt(self) -> None:
+        """
+        A payload found damaged once its attempt ended settles nothing; a
+        withdrawn worker, waiting for a payload that never comes, is asked
+        its status.
+        """
+        machine, core, effects, job, running = self.busy_machine()
+        machine.reported_ready()
+        self.failureResultOf(running, WorkerLost)
+        effects.calls.clear()
+        machine.payload_damaged("damaged")
+        self.assertEqual(effects.calls, [])
+
+        machine, core, effects, job, running = self.busy_machine()
+        machine.withdrawn()
+        machine.payload_damaged("damaged")
+        self.assertNoResult(running)
+        self.assertEqual(effects.calls, [("send_status_request",)])
+        machine.reported_ready()
+        self.assertEqual(effects.calls[-1], ("tell_ready",))
 
     def test_lost_while_storing(self) -> None:
         """
@@ -1311,24 +1363,95 @@ class JobTests(SynchronousTestCase):
         self.assertEqual(worker.client.received, [])
         self.assertIsNone(worker.transport.producer)
 
-    def test_payload_missing(self) -> None:
+    def test_payload_unreadable(self) -> None:
         """
-        A payload that cannot be read closes the connection with 1011 and
-        puts the job back to pending.
+        A payload that cannot be read (an I/O error) closes the connection
+        with 1011 and puts the job back to pending.
         """
-        h = Harness(self)
-        worker = h.registered()
+        h = Harness(self, disk=True, memory=0)
         job = h.submit()
-        h.storage.delete(job.id)
+        worker = h.registered()
+        self.patch(filesystem, "read_whole", _failing_read)
         worker.send(**READY)
         self.assertEqual(worker.client.close_code, CLOSE_INTERNAL_ERROR)
         self.assertEqual(
             worker.client.close_reason, "the job's payload could not be read"
         )
+        h.assert_requeued(job, "payload could not be read: cannot read the payload: EIO")
+
+    def assert_failed_for_good(self, h: Harness, job: Job, problem: str) -> None:
+        """
+        C{job} failed for good at its first attempt, with C{problem} in its
+        error, and no worker is held to account for it.
+        """
+        self.assertIs(job.status, Status.FAILED)
+        self.assertEqual(job.failure_count, 0)
         assert job.error is not None and job.error.info is not None
-        self.assertTrue(
-            job.error.info.startswith("payload could not be read: no payload")
-        )
+        self.assertIn(problem, job.error.info)
+        self.assertIsNone(job.worker_id)
+        self.assertEqual(h.view("machine-1")["jobs_failed"], 0)
+
+    def test_payload_missing(self) -> None:
+        """
+        A job whose payload is missing from storage fails for good; the
+        worker gets nothing of it, keeps its connection, is asked its status
+        and gets the next job.
+        """
+        h = Harness(self)
+        worker = h.registered()
+        job = h.submit()
+        h.submit(b"next")
+        h.storage.delete(job.id)
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [STATUS_REQUEST])
+        self.assert_failed_for_good(h, job, "missing from storage")
+        worker.send(**READY)
+        self.assertEqual(worker.take(), [b"next"])
+        self.assertFalse(worker.client.closed)
+
+    def test_payload_truncated(self) -> None:
+        """
+        A payload file shorter than the job's record says, small or
+        streamed, is not sent at all: the job fails for good and the worker
+        gets the next job on the same connection.
+        """
+        for size in (5 * KiB, 200 * KiB):
+            h = Harness(self, disk=True, memory=0)
+            job = h.submit(os.urandom(size))
+            h.submit(b"next")
+            os.truncate(h.storage.path(job.id, PAYLOAD), 1000)  # type: ignore[attr-defined]
+            worker = h.registered()
+            worker.send(**READY)
+            self.assertEqual(worker.take(), [STATUS_REQUEST])
+            self.assert_failed_for_good(h, job, "1000 bytes are stored")
+            worker.send(**READY)
+            self.assertEqual(worker.take(), [b"next"])
+            self.assertFalse(worker.client.closed)
+            self.assertIsNone(worker.transport.producer)
+
+    def test_payload_shrinks_while_sent(self) -> None:
+        """
+        A payload file that ends early while it streams out closes the
+        connection before the message ends, so the worker never gets it;
+        the job fails for good all the same.
+        """
+        h = Harness(self, disk=True)
+        job = h.submit(os.urandom(300 * KiB))
+        worker = h.registered()
+        worker.client.sendMessage(json.dumps(READY).encode())
+        worker.pump.flush()
+        h.run_threads()  # some chunks, until the transport pauses the reads
+        self.assertGreater(worker.transport.producer_pauses, 0)
+        os.truncate(h.storage.path(job.id, PAYLOAD), 0)  # type: ignore[attr-defined]
+        worker.flush()
+        self.assertEqual(worker.client.close_code, CLOSE_INTERNAL_ERROR)
+        self.assertEqual(worker.client.close_reason, "the job's payload is damaged")
+        self.assertEqual(worker.client.received, [])
+        self.assert_failed_for_good(h, job, "while being read")
+
+
+def _failing_read(*args: object) -> bytes:
+    raise Unavailable("cannot read the payload: EIO")
 
 
 class WithdrawTests(SynchronousTestCase):

@@ -17,9 +17,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..errors import NotFound, PayloadTooLarge, Unavailable
+from ..errors import Damaged, GridLikeError, PayloadTooLarge, Unavailable
 from ._fs_common import O_CLOEXEC, RunInThread, reason
-from .interface import TransferStopped
+from .interface import TransferStopped, check_size, missing
 
 log = Logger()
 
@@ -29,6 +29,11 @@ class FileReader:
     """
     A push producer sending a file to a consumer, one chunk per thread
     call, never more than one call in flight, none while paused.
+
+    The first call opens the file and checks its size against the job's
+    record before the producer is registered, so a damaged object fails the
+    read with nothing sent; a file that then ends early or grows fails it
+    too, since its size at opening is what the consumer was promised.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class FileReader:
         path: Path,
         consumer: IConsumer,
         offset: int,
+        expected_size: int | None,
         chunk_size: int,
         run_in_thread: RunInThread,
     ) -> None:
@@ -48,6 +54,8 @@ class FileReader:
         @param path: The file.
         @param consumer: Where its bytes go.
         @param offset: The first byte to send.
+        @param expected_size: The size the job's record gives the object,
+            or C{None} for no check.
         @param chunk_size: How many bytes to read at once.
         @param run_in_thread: How to run blocking work.
         """
@@ -55,6 +63,7 @@ class FileReader:
         self._kind = kind
         self._path = path
         self._consumer = consumer
+        self._expected_size = expected_size
         self._chunk_size = chunk_size
         self._run_in_thread = run_in_thread
         self.deferred: Deferred[int] = Deferred(self._cancel)
@@ -164,12 +173,12 @@ class FileReader:
             self._finish(Failure(self._stopped))
             return
         if isinstance(result, Failure):
-            if result.check(Unavailable):
+            if result.check(Unavailable, Damaged):
                 log.warn(
                     "could not read the {kind} of {job_id}: {problem}",
                     kind=self._kind,
                     job_id=self._job_id,
-                    problem=cast(Unavailable, result.value).problem,
+                    problem=cast(GridLikeError, result.value).problem,
                 )
             self._finish(result)
             return
@@ -219,12 +228,15 @@ class FileReader:
 
     def _read_chunk(self) -> bytes:
         """
-        Read the next chunk, opening the file the first time and closing it
-        after the last chunk (so a small object is a single call).
+        Read the next chunk, opening the file and checking its size the
+        first time and closing it after the last chunk (so a small object is
+        a single call).
 
         @return: The chunk.
 
-        @raise NotFound: If there is no such file.
+        @raise NotFound: If there is no such file and no size was expected.
+        @raise Damaged: If the file is missing or of another size than
+            expected, or changed size since it was opened; it is then closed.
         @raise Unavailable: If reading fails; the file is then closed.
         """
         try:
@@ -232,16 +244,18 @@ class FileReader:
                 try:
                     self._fd = os.open(self._path, os.O_RDONLY | O_CLOEXEC)
                 except FileNotFoundError:
-                    raise NotFound(
-                        f"no {self._kind} is stored for job {self._job_id}"
-                    ) from None
+                    raise missing(self._job_id, self._kind, self._expected_size) from None
                 self._opened = True
                 self._size = os.fstat(self._fd).st_size
+                check_size(self._job_id, self._kind, self._size, self._expected_size)
             assert self._fd is not None
             wanted = min(self._chunk_size, self._size - self._position)
             data = os.pread(self._fd, wanted, self._position) if wanted > 0 else b""
             self._position += len(data)
-            if not data or self._position >= self._size:
+            if wanted > 0 and not data:
+                raise _shrunk(self._job_id, self._kind, self._position, self._size)
+            if self._position >= self._size:
+                _check_unchanged(self._fd, self._job_id, self._kind, self._size)
                 self._end = True
                 fd, self._fd = self._fd, None
                 os.close(fd)
@@ -271,7 +285,45 @@ class FileReader:
             self._close_file()
 
 
-def read_whole(path: Path, job_id: str, kind: str, limit: int) -> bytes:
+def _shrunk(job_id: str, kind: str, position: int, size: int) -> Damaged:
+    """
+    @param job_id: The object's job.
+    @param kind: Its kind.
+    @param position: Where its file ended.
+    @param size: Its size when it was opened.
+
+    @return: The error for a file that ended early while being read.
+    """
+    return Damaged(
+        f"the {kind} of job {job_id} is damaged: it ended at byte {position}"
+        f" of {size} while being read"
+    )
+
+
+def _check_unchanged(fd: int, job_id: str, kind: str, size: int) -> None:
+    """
+    Check, after reading a file's last byte, that it still has the size it
+    had when opened: one that grew (or shrank past what was read) meanwhile
+    was not sent as it is now.
+
+    @param fd: The open file.
+    @param job_id: Its job, for errors.
+    @param kind: Its kind, for errors.
+    @param size: Its size when it was opened.
+
+    @raise Damaged: If the size differs.
+    """
+    now = os.fstat(fd).st_size
+    if now != size:
+        raise Damaged(
+            f"the {kind} of job {job_id} is damaged: it changed from {size}"
+            f" to {now} bytes while being read"
+        )
+
+
+def read_whole(
+    path: Path, job_id: str, kind: str, limit: int, expected_size: int | None
+) -> bytes:
     """
     Read a whole file, in the thread pool.
 
@@ -279,10 +331,14 @@ def read_whole(path: Path, job_id: str, kind: str, limit: int) -> bytes:
     @param job_id: Its job, for errors.
     @param kind: Its kind, for errors.
     @param limit: The largest size to read.
+    @param expected_size: The size the job's record gives the object, or
+        C{None} for no check.
 
     @return: The whole file, if no larger than C{limit}.
 
-    @raise NotFound: If there is no such file.
+    @raise NotFound: If there is no such file and no size was expected.
+    @raise Damaged: If the file is missing or of another size than
+        expected, or changed size while being read.
     @raise PayloadTooLarge: If it is larger than C{limit}.
     @raise Unavailable: If reading fails.
     """
@@ -290,9 +346,10 @@ def read_whole(path: Path, job_id: str, kind: str, limit: int) -> bytes:
         try:
             fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
         except FileNotFoundError:
-            raise NotFound(f"no {kind} is stored for job {job_id}") from None
+            raise missing(job_id, kind, expected_size) from None
         try:
             size = os.fstat(fd).st_size
+            check_size(job_id, kind, size, expected_size)
             if size > limit:
                 raise PayloadTooLarge(f"the {kind} is {size} bytes, more than {limit}")
             pieces = []
@@ -300,9 +357,10 @@ def read_whole(path: Path, job_id: str, kind: str, limit: int) -> bytes:
             while position < size:
                 piece = os.pread(fd, size - position, position)
                 if not piece:
-                    break
+                    raise _shrunk(job_id, kind, position, size)
                 pieces.append(piece)
                 position += len(piece)
+            _check_unchanged(fd, job_id, kind, size)
             return pieces[0] if len(pieces) == 1 else b"".join(pieces)
         finally:
             os.close(fd)

@@ -35,14 +35,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Callable, ParamSpec, TypeVar, cast
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from ..errors import NotFound, Unavailable
+from ..errors import Damaged, GridLikeError, NotFound, Unavailable
 from ._fs_common import (
     NO_HARD_LINKS,
     O_CLOEXEC,
@@ -65,7 +65,7 @@ from ._fs_cache import BUDGET, CachingWriter, SmallObjects
 from ._fs_reader import FileReader, read_whole
 from ._fs_sync import SYNC_POLICIES, Placed, Plan, SyncBatcher, SyncOps, SyncTarget
 from ._fs_writer import FileWriter
-from .interface import KINDS, IPayloadWriter, IStorage
+from .interface import KINDS, IPayloadWriter, IStorage, check_size
 
 __all__ = [
     "SYNC_POLICIES",
@@ -196,7 +196,8 @@ class FilesystemStorage:
         self, operation: str, f: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
     ) -> Deferred[_T]:
         """
-        Run a blocking call, logging an L{Unavailable} it fails with.
+        Run a blocking call, logging an L{Unavailable} or L{Damaged} it
+        fails with.
 
         @param operation: What it does, for the log.
         @param f: The call.
@@ -207,11 +208,11 @@ class FilesystemStorage:
         """
 
         def logged(failure: Failure) -> Failure:
-            if failure.check(Unavailable):
+            if failure.check(Unavailable, Damaged):
                 log.warn(
                     "storage {operation} failed: {problem}",
                     operation=operation,
-                    problem=cast(Unavailable, failure.value).problem,
+                    problem=cast(GridLikeError, failure.value).problem,
                 )
             return failure
 
@@ -278,7 +279,12 @@ class FilesystemStorage:
         return CachingWriter(writer, self._small, (job_id, kind))
 
     def read(
-        self, job_id: str, kind: str, consumer: IConsumer, offset: int = 0
+        self,
+        job_id: str,
+        kind: str,
+        consumer: IConsumer,
+        offset: int = 0,
+        expected_size: int | None = None,
     ) -> Deferred[int]:
         """
         See L{IStorage.read}.
@@ -287,6 +293,8 @@ class FilesystemStorage:
         @param kind: L{PAYLOAD} or L{RESULT}.
         @param consumer: Where the bytes go.
         @param offset: The first byte to send.
+        @param expected_size: The object's size in its job's record, or
+            C{None}.
 
         @return: A L{Deferred} firing with the number of bytes sent.
 
@@ -295,7 +303,10 @@ class FilesystemStorage:
         path = self.path(job_id, kind)
         if offset < 0:
             raise ValueError(f"offset must be >= 0, not {offset}")
-        cached = self._small.get((job_id, kind))
+        try:
+            cached = self._cached(job_id, kind, expected_size)
+        except Damaged:
+            return fail()
         if cached is not None:
             consumer.write(cached[offset:])
             return succeed(max(0, len(cached) - offset))
@@ -305,27 +316,49 @@ class FilesystemStorage:
             path=path,
             consumer=consumer,
             offset=offset,
+            expected_size=expected_size,
             chunk_size=self._chunk_size,
             run_in_thread=self._run_in_thread,
         ).start()
 
-    def read_bytes(self, job_id: str, kind: str, limit: int) -> Deferred[bytes]:
+    def read_bytes(
+        self, job_id: str, kind: str, limit: int, expected_size: int | None = None
+    ) -> Deferred[bytes]:
         """
         See L{IStorage.read_bytes}.
 
         @param job_id: The job's id, a canonical UUID string.
         @param kind: L{PAYLOAD} or L{RESULT}.
         @param limit: The largest size to read.
+        @param expected_size: The object's size in its job's record, or
+            C{None}.
 
         @return: A L{Deferred} firing with the bytes.
 
         @raise ValueError: If an argument is invalid.
         """
         path = self.path(job_id, kind)
-        cached = self._small.get((job_id, kind))
+        try:
+            cached = self._cached(job_id, kind, expected_size)
+        except Damaged:
+            return fail()
         if cached is not None and len(cached) <= limit:
             return succeed(cached)
-        return self._run("read", read_whole, path, job_id, kind, limit)
+        return self._run("read", read_whole, path, job_id, kind, limit, expected_size)
+
+    def _cached(self, job_id: str, kind: str, expected_size: int | None) -> bytes | None:
+        """
+        The copy of an object kept in memory, checked against the size its
+        job's record gives.
+
+        @return: The bytes, or C{None} if none are kept.
+
+        @raise Damaged: If they are not of the expected size.
+        """
+        cached = self._small.get((job_id, kind))
+        if cached is not None:
+            check_size(job_id, kind, len(cached), expected_size)
+        return cached
 
     def link(
         self, src_id: str, src_kind: str, dst_id: str, dst_kind: str

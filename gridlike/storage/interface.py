@@ -16,6 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
+from ..errors import Damaged, GridLikeError, NotFound
+
 PAYLOAD = "payload"
 """The kind of object a submitter uploads: the job's input bytes."""
 
@@ -31,6 +33,43 @@ class TransferStopped(Exception):
     The consumer of an L{IStorage.read} called C{stopProducing} before the
     whole object was written to it (typically: the connection was lost).
     """
+
+
+def missing(job_id: str, kind: str, expected_size: int | None) -> GridLikeError:
+    """
+    The error for an object that is not stored.
+
+    @param job_id: Its job.
+    @param kind: Its kind.
+    @param expected_size: The size its job's record gives it, or C{None}
+        if the caller knows of none.
+
+    @return: L{Damaged} if the job's record says the object exists (the
+        bytes are lost), else L{NotFound}.
+    """
+    if expected_size is None:
+        return NotFound(f"no {kind} is stored for job {job_id}")
+    return Damaged(f"the {kind} of job {job_id} is missing from storage")
+
+
+def check_size(job_id: str, kind: str, size: int, expected_size: int | None) -> None:
+    """
+    Check an object's stored size against the one its job's record gives,
+    before the first byte of it is served.
+
+    @param job_id: Its job.
+    @param kind: Its kind.
+    @param size: Its size in storage, in bytes.
+    @param expected_size: The size its job's record gives it, or C{None}
+        for no check.
+
+    @raise Damaged: If the sizes differ.
+    """
+    if expected_size is not None and size != expected_size:
+        raise Damaged(
+            f"the {kind} of job {job_id} is damaged: {size} bytes are stored,"
+            f" its record says {expected_size}"
+        )
 
 
 class IPayloadWriter(IConsumer):
@@ -111,42 +150,65 @@ class IStorage(Interface):
         """
 
     def read(
-        job_id: str, kind: str, consumer: IConsumer, offset: int = 0
+        job_id: str,
+        kind: str,
+        consumer: IConsumer,
+        offset: int = 0,
+        expected_size: int | None = None,
     ) -> Deferred[int]:
         """
         Stream an object into C{consumer}, from byte C{offset} to its end.
 
         A streaming (push) producer is registered on C{consumer} once the
-        object is open; it reads one chunk at a time in a thread, never more
-        than one at once, stops reading while paused and is unregistered at
-        the end. Small objects cost a single thread hop.
+        object is open and its size checked; it reads one chunk at a time in
+        a thread, never more than one at once, stops reading while paused
+        and is unregistered at the end. Small objects cost a single thread
+        hop.
+
+        The object is sent as it was when opened: if it ends early or grows
+        while being read, the read fails with L{gridlike.errors.Damaged}
+        rather than end as if the object were whole.
 
         @param job_id: The job's id, a canonical UUID string.
         @param kind: L{PAYLOAD} or L{RESULT}.
         @param consumer: Where the bytes go.
         @param offset: The first byte to send (C{0} for the whole object).
+        @param expected_size: The size of the whole object that the job's
+            record gives, or C{None} for no check. A stored object of any
+            other size, or none at all, is damaged: the read fails before
+            anything is registered on or written to C{consumer}.
 
         @return: A L{Deferred} firing with the number of bytes written to
             C{consumer}. It fails with L{gridlike.errors.NotFound} if there is
-            no such object (nothing was registered on C{consumer}), with
+            no such object and no C{expected_size} was given, with
+            L{gridlike.errors.Damaged} if the object is missing or of another
+            size than C{expected_size} (in both cases nothing was registered
+            on C{consumer}) or changed size while being read, with
             L{TransferStopped} if the consumer called C{stopProducing} first,
-            with L{gridlike.errors.Unavailable} if reading failed (the
-            producer is then unregistered), and cancelling it stops the
-            transfer, unregisters the producer and fails it with
-            L{twisted.internet.defer.CancelledError}.
+            with L{gridlike.errors.Unavailable} if reading failed (after a
+            failure once the producer is registered, it is unregistered), and
+            cancelling it stops the transfer, unregisters the producer and
+            fails it with L{twisted.internet.defer.CancelledError}.
         """
 
-    def read_bytes(job_id: str, kind: str, limit: int) -> Deferred[bytes]:
+    def read_bytes(
+        job_id: str, kind: str, limit: int, expected_size: int | None = None
+    ) -> Deferred[bytes]:
         """
         Read a whole small object into memory, in one thread hop.
 
         @param job_id: The job's id, a canonical UUID string.
         @param kind: L{PAYLOAD} or L{RESULT}.
         @param limit: The largest size to read, in bytes.
+        @param expected_size: The object's size that the job's record
+            gives, or C{None} for no check, as for L{read}.
 
         @return: A L{Deferred} firing with the object's bytes; it fails with
-            L{gridlike.errors.PayloadTooLarge} if the object is larger than
-            C{limit} and with L{gridlike.errors.NotFound} if there is none.
+            L{gridlike.errors.Damaged} if the object is missing or of another
+            size than C{expected_size}, or changed size while being read,
+            with L{gridlike.errors.PayloadTooLarge} if the object is larger
+            than C{limit} and with L{gridlike.errors.NotFound} if there is
+            none and no C{expected_size} was given.
         """
 
     def link(src_id: str, src_kind: str, dst_id: str, dst_kind: str) -> Deferred[None]:

@@ -204,3 +204,82 @@ def test_result_over_max_payload(make_daemon: Callable[..., Daemon]) -> None:
     assert int.from_bytes(data[:2], "big") in (4003, 1009)
     job = requests.get(server.url + "/api/jobs/job?wait=5").json()
     assert job["status"] == "pending" or job["failure_count"] == 1
+
+
+def stored_object(server: Daemon, job_id: str, kind: str) -> Path:
+    """Where the filesystem storage keeps an object of a job."""
+    payloads = server.directory / "gridlike-data" / "payloads"
+    return payloads / job_id[:2] / job_id[2:4] / f"{job_id}.{kind}"
+
+
+def ready_worker(server: Daemon, uid: str) -> websocket.WebSocket:
+    """A plain websocket-client worker, registered and asked its status."""
+    ws = websocket.create_connection(server.ws_url + "/api/worker", timeout=10)
+    ws.send(json.dumps({"code": 0, "name": "n", "id": uid, "token": ""}))
+    assert json.loads(ws.recv()) == {"code": 2}
+    return ws
+
+
+def test_truncated_payload_after_restart(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    Payload files truncated while the server was stopped, small or
+    streamed, are never sent: a worker reporting ready is asked its status
+    again instead, the jobs fail for good saying why, the worker gets the
+    next job, and downloads of those payloads answer a problem.
+    """
+    server = make_daemon()
+    ids = {}
+    for key, size in [("small", 5000), ("big", 300 * 1024)]:
+        response = submit(server, os.urandom(size), key)
+        assert response.status_code == 202
+        ids[key] = response.json()["id"]
+    assert submit(server, b"whole", "whole").status_code == 202
+    server.stop()
+    for job_id in ids.values():
+        os.truncate(stored_object(server, job_id, "payload"), 1000)
+    server.start()
+    ws = ready_worker(server, "plain")
+    for _ in ids:
+        ws.send(json.dumps({"code": 1, "status": 1}))
+        assert json.loads(ws.recv()) == {"code": 2}
+    ws.send(json.dumps({"code": 1, "status": 1}))
+    assert ws.recv() == b"whole"
+    [worker] = requests.get(server.url + "/api/workers").json()
+    assert (worker["jobs_failed"], worker["job"]) == (0, "whole")
+    ws.close()
+    for key in ids:
+        job = requests.get(server.url + f"/api/jobs/{key}").json()
+        assert job["status"] == "failed" and job["failure_count"] == 0, job
+        assert "is damaged: 1000 bytes are stored" in job["error"]["info"], job
+        response = requests.get(server.url + f"/api/jobs/{key}/payload")
+        assert response.status_code == 500
+        assert "1000 bytes are stored" in response.json()["problem"]
+
+
+def test_damaged_result_after_restart(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    A result file truncated, or removed, while the server was stopped is
+    answered with a problem, never a 200 with the recorded Content-Length.
+    """
+    server = make_daemon()
+    response = submit(server, b"in", "job")
+    job_id = response.json()["id"]
+    ws = ready_worker(server, "echo")
+    ws.send(json.dumps({"code": 1, "status": 1}))
+    assert ws.recv() == b"in"
+    ws.send_binary(b"r" * 5000)
+    assert json.loads(ws.recv()) == {"code": 2}
+    ws.close()
+    assert requests.get(server.url + "/api/jobs/job?wait=10").json()["status"] == "done"
+    server.stop()
+    result = stored_object(server, job_id, "result")
+    os.truncate(result, 1000)
+    server.start()
+    response = requests.get(server.url + "/api/jobs/job/result")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert "1000 bytes are stored, its record says 5000" in response.json()["problem"]
+    result.unlink()
+    response = requests.get(server.url + "/api/jobs/job/result")
+    assert response.status_code == 500
+    assert "missing from storage" in response.json()["problem"]
