@@ -178,6 +178,10 @@ class GridLikeService(Service):
         Remove what a crash left in storage: temporary files and the bytes of
         jobs that no longer exist.  Only objects older than this start are
         considered, so uploads in progress are safe.
+
+        If the journal's replay dropped a torn tail, an object without a job
+        may be one whose record went with it: such objects are quarantined,
+        never deleted, and the log says where they are.
         """
         removed = await self.storage.sweep_temporary()
         orphans = {
@@ -185,6 +189,18 @@ class GridLikeService(Service):
             for job_id, kind in await self.storage.object_ids(before=started)
             if self.registry.by_id(job_id) is None
         }
+        if self.journal.dropped and orphans:
+            for job_id in orphans:
+                await self.storage.quarantine(job_id)
+            log.warn(
+                "the journal's replay dropped {dropped} bytes of a torn tail:"
+                " {orphans} stored jobs without a record were moved to"
+                " {folder}, not deleted",
+                dropped=self.journal.dropped,
+                orphans=len(orphans),
+                folder=self.storage.quarantined,
+            )
+            orphans = set()
         for job_id in orphans:
             await self.storage.delete(job_id)
         if removed or orphans:

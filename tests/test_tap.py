@@ -11,6 +11,7 @@ from pathlib import Path
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
@@ -100,3 +101,51 @@ class CompactionTests(SynchronousTestCase):
         again = GridLikeService(settings, Clock(), storage=storage, journal=MemoryJournal(list(journal.records)))
         again.registry.load()
         self.assertEqual([job.key for job in again.registry], ["k38", "k39"])
+
+
+class TidyTests(SynchronousTestCase):
+    """
+    Start-up tidying of storage: objects of no job are deleted, unless the
+    journal's replay dropped records, and then they are quarantined.
+    """
+
+    def tidy(self, dropped: int) -> tuple[MemoryStorage, str, str, list[dict]]:
+        """
+        Start a service over one job and one orphan, and tidy storage.
+
+        @param dropped: what the journal says its replay dropped.
+        @return: the storage, the job's id, the orphan's id, the log events.
+        """
+        settings = parse_settings("", Path("/nonexistent"))
+        journal, storage = MemoryJournal(dropped=dropped), MemoryStorage()
+        core = GridLikeService(settings, Clock(), storage=storage, journal=journal)
+        core.registry.load()
+        kept, orphan = new_job_id(), new_job_id()
+        storage.objects[(kept, PAYLOAD)] = b"kept"
+        storage.objects[(orphan, PAYLOAD)] = b"orphan"
+        self.successResultOf(
+            Deferred.fromCoroutine(
+                core.registry.submit([NewJob(kept, None, Priority.BATCH, 4, "kept")])
+            )
+        )
+        with capturedLogs() as events:
+            self.successResultOf(Deferred.fromCoroutine(core._tidy_storage(0.0)))
+        return storage, kept, orphan, events
+
+    def test_orphans_deleted(self) -> None:
+        """After a clean replay, objects of no job are deleted."""
+        storage, kept, orphan, events = self.tidy(dropped=0)
+        self.assertEqual(storage.objects, {(kept, PAYLOAD): b"kept"})
+        self.assertEqual(storage.set_aside, {})
+
+    def test_orphans_quarantined_after_repair(self) -> None:
+        """
+        After a replay that dropped a torn tail, objects of no job are moved
+        to the quarantine folder, not deleted, and a warning says where.
+        """
+        storage, kept, orphan, events = self.tidy(dropped=100)
+        self.assertEqual(storage.objects, {(kept, PAYLOAD): b"kept"})
+        self.assertEqual(storage.set_aside, {(orphan, PAYLOAD): b"orphan"})
+        [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(warning["folder"], "quarantine")
+        self.assertEqual(warning["orphans"], 1)
