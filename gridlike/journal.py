@@ -5,22 +5,13 @@ The append-only record log behind GridLike's registry.
 The journal stores opaque C{bytes} records, one per state change; the
 registry encodes and decodes them, the journal never looks inside.
 
-File format::
-
-    magic      b"GRIDLIKE-JOURNAL 1\\n"   (19 bytes)
-    frame*     length  4 bytes, big-endian, 1 <= length <= 256 MiB
-               crc     4 bytes, big-endian, zlib.crc32(record)
-               record  length bytes
-
-Records are never empty, so a frame of length 0 is always damage.
-
-Replay (L{Journal.replay}) reads the file with ordinary blocking I/O before the
-server listens. A torn last record is dropped and the file truncated to the
-last good frame; "torn" means a frame whose header or body runs past the end of
-the file, a frame whose checksum fails and that ends exactly at the end of the
-file, or a damaged frame followed only by zero bytes to the end of the file
-(what some filesystems leave after a crash). Any other damage raises
-L{JournalCorrupt} naming the file and the byte offset of the bad frame.
+The file format (framing, versions, what counts as a torn tail) is
+L{gridlike._journal_format}.  Replay (L{Journal.replay}) reads the file with
+ordinary blocking I/O before the server listens; a torn tail is dropped and
+the file truncated to the last good frame (L{Journal.dropped} says how many
+bytes went), any other damage raises L{JournalCorrupt} naming the file and
+the byte offset of the bad frame.  A version 1 file is appended to in its own
+format until a compaction rewrites it as version 2.
 
 Writing uses group commit: L{Journal.append} queues a framed record and every
 record appended in one reactor turn goes out in one C{write} and (under
@@ -40,11 +31,9 @@ import errno
 import mmap
 import os
 import stat
-import struct
-import zlib
 from functools import partial
 from pathlib import Path
-from typing import Callable, Generator, Iterable, Iterator, Protocol, TypeVar, cast
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar, cast
 
 from attrs import Factory, define, frozen
 from twisted.internet.defer import Deferred, fail, succeed
@@ -54,8 +43,18 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
+from gridlike._journal_format import (
+    MAGIC,
+    MAGICS,
+    MAX_RECORD,
+    check_record,
+    frame,
+    frame_header,
+    header_size,
+    scan,
+)
 from gridlike.errors import JournalCorrupt, Unavailable
 
 __all__ = [
@@ -70,14 +69,6 @@ __all__ = [
 
 log = Logger()
 
-MAGIC = b"GRIDLIKE-JOURNAL 1\n"
-"""The first bytes of every journal file."""
-
-MAX_RECORD = 256 * 1024 * 1024
-"""The largest record the journal writes or accepts at replay, in bytes."""
-
-_HEADER = struct.Struct(">II")
-_RELEASE_EVERY = 32 * 1024 * 1024
 _POLICIES = ("always", "interval", "never")
 
 _T = TypeVar("_T")
@@ -130,40 +121,20 @@ class FileOps:
     sync_directory: Callable[[Path], None] = _sync_directory
 
 
-def frame(record: bytes) -> bytes:
-    """
-    Frame a record as it is stored in the journal file.
-
-    @param record: the record.
-    @return: its length and checksum header followed by the record.
-    @raise TypeError: if C{record} is not C{bytes}.
-    @raise ValueError: if C{record} is empty or longer than L{MAX_RECORD}.
-    """
-    return _frame_header(record) + record
-
-
-def _frame_header(record: bytes) -> bytes:
-    """
-    @param record: the record.
-    @return: the 8-byte frame header of C{record}.
-    @raise TypeError: if C{record} is not C{bytes}.
-    @raise ValueError: if C{record} is empty or longer than L{MAX_RECORD}.
-    """
-    if not isinstance(record, bytes):
-        raise TypeError(f"journal records are bytes, not {type(record).__name__}")
-    length = len(record)
-    if not 0 < length <= MAX_RECORD:
-        raise ValueError(
-            f"journal records are 1 to {MAX_RECORD} bytes long, not {length}"
-        )
-    return _HEADER.pack(length, zlib.crc32(record))
-
-
 class IJournal(Interface):
     """
     An append-only log of opaque records with group commit, replay and
     compaction.
     """
+
+    dropped = Attribute(
+        """
+        C{int}: the bytes of a torn tail that L{replay} dropped (C{0} if
+        none).  Records the journal never acknowledged may have been among
+        them, so their stored objects are not garbage: start-up sets them
+        aside rather than deleting them.
+        """
+    )
 
     def replay() -> Iterator[bytes]:
         """
@@ -304,6 +275,19 @@ class _Compaction:
         for observer in self.observers:
             observer.callback(None)
         self.observers = []
+
+
+def _framed(records: list[bytes], version: int) -> list[bytes]:
+    """
+    @param records: records that passed L{check_record}.
+    @param version: the format of the file they go to.
+    @return: their headers and the records, alternating.
+    """
+    parts = []
+    for record in records:
+        parts.append(frame_header(record, version))
+        parts.append(record)
+    return parts
 
 
 def _write_all(ops: FileOps, fd: int, data: bytes) -> None:
@@ -469,19 +453,6 @@ def _sync_and_close(ops: FileOps, fd: int) -> None:
         os.close(fd)
 
 
-def _all_zero(view: mmap.mmap, offset: int) -> bool:
-    """
-    @param view: the journal's contents.
-    @param offset: where to start looking.
-    @return: whether every byte from C{offset} to the end is zero.
-    """
-    chunk = 1 << 20
-    for start in range(offset, len(view), chunk):
-        if view[start : start + chunk].strip(b"\0"):
-            return False
-    return True
-
-
 def _one_step() -> Callable[[], bool]:
     """
     A L{Cooperator} termination predicate factory that runs one step per
@@ -496,6 +467,8 @@ def _one_step() -> Callable[[], bool]:
 class Journal:
     """
     The file-backed L{IJournal}.
+
+    @ivar dropped: see L{IJournal.dropped}.
 
     @cvar compact_slice_records: most records framed per compaction step.
     @cvar compact_slice_bytes: most bytes framed per compaction step.
@@ -563,10 +536,12 @@ class Journal:
         )
 
         self._state = "new"  # new, replaying, open, closing, closed
+        self._version = 2
+        self.dropped = 0
         self._fd: int | None = None
         self._committed = 0
         self._in_flight_size = 0
-        self._pending_parts: list[bytes] = []
+        self._pending_records: list[bytes] = []
         self._pending_waiters: list[Deferred[None]] = []
         self._pending_size = 0
         self._scheduled: IDelayedCall | None = None
@@ -618,7 +593,7 @@ class Journal:
             size = os.fstat(fd).st_size
             if size < len(MAGIC):
                 head = os.pread(fd, size, 0)
-                if not MAGIC.startswith(head):
+                if not any(magic.startswith(head) for magic in MAGICS):
                     raise JournalCorrupt(str(path), 0, "not a GridLike journal")
                 if size:
                     log.warn(
@@ -630,11 +605,13 @@ class Journal:
                 self._ops.sync(fd)
                 self._ops.sync_directory(path.parent)
                 end = len(MAGIC)
+                version = 2
             else:
                 with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
-                    if view[: len(MAGIC)] != MAGIC:
+                    version = MAGICS.get(view[: len(MAGIC)])
+                    if version is None:
                         raise JournalCorrupt(str(path), 0, "not a GridLike journal")
-                    end, torn = yield from _scan(view, str(path))
+                    end, torn = yield from scan(view, str(path), version)
                 if torn is not None:
                     log.warn(
                         "journal {path} has a torn last record at byte {offset}"
@@ -646,12 +623,14 @@ class Journal:
                     )
                     self._ops.truncate(fd, end)
                     self._ops.sync(fd)
+                    self.dropped = size - end
         except BaseException:
             os.close(fd)
             self._state = "new"
             raise
         self._fd = fd
         self._committed = end
+        self._version = version
         self._state = "open"
         if self._policy == "interval":
             self._timer = LoopingCall(self._tick)
@@ -674,14 +653,15 @@ class Journal:
         if self._state != "open":
             return fail(self._not_open())
         try:
-            header = _frame_header(record)
+            check_record(record)
         except (TypeError, ValueError) as error:
             return fail(error)
         waiter: Deferred[None] = Deferred()
-        self._pending_parts.append(header)
-        self._pending_parts.append(record)
+        # Framed when flushed: a compaction may change the file's format
+        # between now and then.
+        self._pending_records.append(record)
         self._pending_waiters.append(waiter)
-        self._pending_size += len(header) + len(record)
+        self._pending_size += header_size(self._version) + len(record)
         self._wake()
         return waiter
 
@@ -737,8 +717,9 @@ class Journal:
         Write every pending record in one thread call.
         """
         assert self._fd is not None
-        batch = _Batch(self._pending_parts, self._pending_waiters, self._pending_size)
-        self._pending_parts, self._pending_waiters = [], []
+        parts = _framed(self._pending_records, self._version)
+        batch = _Batch(parts, self._pending_waiters, sum(map(len, parts)))
+        self._pending_records, self._pending_waiters = [], []
         self._pending_size = 0
         sync = self._policy == "always" or self._sync_due
         directory = self._path.parent if self._directory_unsynced else None
@@ -778,7 +759,12 @@ class Journal:
                 self._unsynced = True
             if self._compaction is not None:
                 # Acknowledged while compacting: the snapshot may miss it.
-                self._compaction.remember(batch.parts, batch.size)
+                # The new file is version 2, whatever this one is.
+                if self._version == 2:
+                    self._compaction.remember(batch.parts, batch.size)
+                else:
+                    parts = _framed(batch.parts[1::2], 2)
+                    self._compaction.remember(parts, sum(map(len, parts)))
             if self._failing is not None:
                 log.info("journal {path} is writable again", path=str(self._path))
                 self._failing = None
@@ -916,7 +902,8 @@ class Journal:
             exhausted = True
             deadline = seconds() + self.compact_slice_seconds
             for record in records:
-                header = _frame_header(record)
+                check_record(record)
+                header = frame_header(record)
                 parts.append(header)
                 parts.append(record)
                 size += len(header) + len(record)
@@ -1014,6 +1001,11 @@ class Journal:
             before = self._committed
             self._fd = compaction.fd
             self._committed = compaction.size
+            if self._version != 2:
+                log.info(
+                    "journal {path} upgraded to format 2", path=str(self._path)
+                )
+                self._version = 2
             self._unsynced = self._sync_due = False
             if outcome is not None:
                 log.error(
@@ -1082,49 +1074,3 @@ class Journal:
             waiters, self._close_waiters = self._close_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
-
-
-def _scan(view: mmap.mmap, path: str) -> Generator[bytes, None, tuple[int, str | None]]:
-    """
-    Yield the records of a journal's contents.
-
-    @param view: the contents, starting with the magic.
-    @param path: the file's path, for errors.
-    @return: the offset of the end of the last good frame, and why the rest is
-        a torn tail (C{None} if there is no rest).
-    @raise JournalCorrupt: on damage other than a torn tail.
-    """
-    size = len(view)
-    offset = len(MAGIC)
-    last_header = size - _HEADER.size
-    unpack = _HEADER.unpack_from
-    crc32 = zlib.crc32
-    released = 0
-    while offset <= last_header:
-        if offset - released >= _RELEASE_EVERY:
-            # Records are copied out of the map; drop the pages already read
-            # so that a large journal does not count whole in resident memory.
-            upto = offset - offset % mmap.PAGESIZE
-            view.madvise(mmap.MADV_DONTNEED, released, upto - released)
-            released = upto
-        length, checksum = unpack(view, offset)
-        stop = offset + 8 + length
-        if stop > size:
-            return offset, "the record runs past the end of the file"
-        if length > MAX_RECORD:
-            raise JournalCorrupt(
-                path, offset, f"record length {length} exceeds {MAX_RECORD} bytes"
-            )
-        record = view[offset + 8 : stop]
-        if length == 0 or crc32(record) != checksum:
-            problem = "empty record" if length == 0 else "checksum mismatch"
-            if stop == size:
-                return offset, problem
-            if _all_zero(view, offset):
-                return offset, "zero bytes to the end of the file"
-            raise JournalCorrupt(path, offset, problem)
-        yield record
-        offset = stop
-    if offset < size:
-        return offset, "the header runs past the end of the file"
-    return offset, None

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
@@ -31,7 +32,10 @@ log = Logger()
 COMPACT_EVERY = 10.0
 """Seconds between checks whether the journal wants compacting."""
 RECORD_ESTIMATE = 260
-"""About how many journal bytes one live job takes after compaction."""
+"""About how many journal bytes one live job takes after compaction, until a
+compaction has measured it."""
+MAX_BACKOFF = 64
+"""The most compaction checks skipped after compactions that gained little."""
 
 
 class GridLikeService(Service):
@@ -80,6 +84,9 @@ class GridLikeService(Service):
             settings, self.dispatcher, self.storage, reactor
         )
         self._compacting: Deferred[None] | None = None
+        self._bytes_per_job: float = RECORD_ESTIMATE
+        self._backoff = 0
+        self._skip_checks = 0
         self._compaction_check = LoopingCall(self._maybe_compact)
         self._compaction_check.clock = reactor
 
@@ -156,28 +163,73 @@ class GridLikeService(Service):
     # Housekeeping
 
     def _maybe_compact(self) -> None:
+        """
+        Compact the journal when it is C{compact_ratio} times the live state
+        and at least C{compact_min}.  The live state is estimated from what
+        the last compaction actually produced per job (live records can be
+        much larger than L{RECORD_ESTIMATE}, e.g. failed jobs with large
+        error info, and a fixed estimate would rewrite the whole journal on
+        every check for nothing); after a compaction that gained little, the
+        next checks are skipped, twice as many each time in a row.
+        """
+        if self._compacting is not None:
+            return
+        if self._skip_checks:
+            self._skip_checks -= 1
+            return
         registry = self.settings.registry
         size = self.journal.size()
-        live = len(self.registry) * RECORD_ESTIMATE
-        if self._compacting is None and size > max(
-            registry.compact_min, registry.compact_ratio * live
-        ):
-            log.info("compacting the journal: {size} bytes, {jobs} jobs", size=size, jobs=len(self.registry))
-            self._compacting = self.journal.compact(self.registry.snapshot())
+        live = len(self.registry) * self._bytes_per_job
+        if size <= max(registry.compact_min, registry.compact_ratio * live):
+            return
+        log.info(
+            "compacting the journal: {size} bytes, {jobs} jobs",
+            size=size,
+            jobs=len(self.registry),
+        )
+        self._compacting = self.journal.compact(self.registry.snapshot())
 
-            def done(result: object) -> object:
-                self._compacting = None
-                return result
+        def done(result: object) -> object:
+            self._compacting = None
+            if not isinstance(result, Failure):
+                self._measure_compaction(size)
+            return result
 
-            self._compacting.addBoth(done).addErrback(
-                lambda f: log.failure("compacting the journal", f)
+        self._compacting.addBoth(done).addErrback(
+            lambda f: log.failure("compacting the journal", f)
+        )
+
+    def _measure_compaction(self, before: int) -> None:
+        """
+        A compaction ended: learn the live state's size per job from it, and
+        back off if it did not at least halve the journal.
+
+        @param before: the journal's size when the compaction began.
+        """
+        after = self.journal.size()
+        self._bytes_per_job = max(RECORD_ESTIMATE, after / max(1, len(self.registry)))
+        if after * 2 > before:
+            self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
+            self._skip_checks = self._backoff
+            log.info(
+                "compacting the journal gained little ({before} to {after} bytes):"
+                " skipping the next {checks} checks",
+                before=before,
+                after=after,
+                checks=self._skip_checks,
             )
+        else:
+            self._backoff = 0
 
     async def _tidy_storage(self, started: float) -> None:
         """
         Remove what a crash left in storage: temporary files and the bytes of
         jobs that no longer exist.  Only objects older than this start are
         considered, so uploads in progress are safe.
+
+        If the journal's replay dropped a torn tail, an object without a job
+        may be one whose record went with it: such objects are quarantined,
+        never deleted, and the log says where they are.
         """
         removed = await self.storage.sweep_temporary()
         orphans = {
@@ -185,6 +237,18 @@ class GridLikeService(Service):
             for job_id, kind in await self.storage.object_ids(before=started)
             if self.registry.by_id(job_id) is None
         }
+        if self.journal.dropped and orphans:
+            for job_id in orphans:
+                await self.storage.quarantine(job_id)
+            log.warn(
+                "the journal's replay dropped {dropped} bytes of a torn tail:"
+                " {orphans} stored jobs without a record were moved to"
+                " {folder}, not deleted",
+                dropped=self.journal.dropped,
+                orphans=len(orphans),
+                folder=self.storage.quarantined,
+            )
+            orphans = set()
         for job_id in orphans:
             await self.storage.delete(job_id)
         if removed or orphans:

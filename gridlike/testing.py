@@ -29,10 +29,13 @@ class MemoryJournal:
 
     @ivar records: every record, in order, as a restart would replay them.
     @ivar broken: while true, appends fail as on a full disk.
+    @ivar dropped: what L{IJournal.dropped} reports; set it to play a
+        repaired journal.
     """
 
     records: list[bytes] = field(factory=list)
     broken: bool = False
+    dropped: int = 0
     _compacting: list[bytes] | None = None
 
     def replay(self) -> Iterator[bytes]:
@@ -96,10 +99,13 @@ class MemoryStorage:
     Storage kept in a dict of (job id, kind) to bytes.
 
     @ivar broken: while true, writes fail as on a full disk.
+    @ivar set_aside: the objects L{quarantine} moved out of C{objects}.
     """
 
     objects: dict[tuple[str, str], bytes] = field(factory=dict)
     broken: bool = False
+    quarantined: str = "quarantine"
+    set_aside: dict[tuple[str, str], bytes] = field(factory=dict)
 
     def writer(self, job_id: str, kind: str, max_size: int | None = None) -> IPayloadWriter:
         return _MemoryWriter(self, (job_id, kind), max_size)
@@ -154,6 +160,13 @@ class MemoryStorage:
     def delete(self, job_id: str) -> Deferred[None]:
         for kind in KINDS:
             self.objects.pop((job_id, kind), None)
+        return succeed(None)
+
+    def quarantine(self, job_id: str) -> Deferred[None]:
+        for kind in KINDS:
+            data = self.objects.pop((job_id, kind), None)
+            if data is not None:
+                self.set_aside[(job_id, kind)] = data
         return succeed(None)
 
     def exists(self, job_id: str, kind: str) -> Deferred[bool]:

@@ -31,6 +31,9 @@ from zope.interface.verify import verifyObject
 from gridlike.errors import JournalCorrupt, Unavailable
 from gridlike.journal import MAGIC, MAX_RECORD, FileOps, IJournal, Journal, frame
 
+MAGIC_V1 = b"GRIDLIKE-JOURNAL 1\n"
+HEADER = 12
+
 _T = TypeVar("_T")
 
 
@@ -280,18 +283,28 @@ def read_back(path: Path) -> list[bytes]:
     return records
 
 
-def write_journal(path: Path, records: list[bytes]) -> list[int]:
+def frame_v1(record: bytes) -> bytes:
+    """
+    @param record: a record.
+    @return: its frame in format version 1: length, CRC-32, record.
+    """
+    return struct.pack(">II", len(record), zlib.crc32(record)) + record
+
+
+def write_journal(path: Path, records: list[bytes], version: int = 2) -> list[int]:
     """
     Write a journal file directly.
 
     @param path: where.
     @param records: its records.
+    @param version: the format.
     @return: the offset of each frame, then the end of the file.
     """
-    offsets = [len(MAGIC)]
+    framing, magic = (frame, MAGIC) if version == 2 else (frame_v1, MAGIC_V1)
+    offsets = [len(magic)]
     for record in records:
-        offsets.append(offsets[-1] + 8 + len(record))
-    path.write_bytes(MAGIC + b"".join(frame(record) for record in records))
+        offsets.append(offsets[-1] + len(framing(record)))
+    path.write_bytes(magic + b"".join(framing(record) for record in records))
     return offsets
 
 
@@ -307,13 +320,14 @@ class FormatTests(SynchronousTestCase):
     def test_frame(self) -> None:
         """
         A frame is the big-endian length, the big-endian CRC-32 of the record,
-        then the record.
+        the big-endian CRC-32 of those eight bytes, then the record.
         """
         record = b"hello journal"
+        prefix = struct.pack(">II", len(record), zlib.crc32(record))
         self.assertEqual(
-            frame(record),
-            struct.pack(">II", len(record), zlib.crc32(record)) + record,
+            frame(record), prefix + struct.pack(">I", zlib.crc32(prefix)) + record
         )
+        self.assertEqual(MAGIC, b"GRIDLIKE-JOURNAL 2\n")
 
     def test_file_layout(self) -> None:
         """
@@ -399,6 +413,7 @@ class ReplayTests(SynchronousTestCase):
         harness.close(journal)
         journal = harness.journal()
         self.assertEqual(list(journal.replay()), records)
+        self.assertEqual(journal.dropped, 0)
         journal.append(b"more")
         harness.close(journal)
         self.assertEqual(read_back(harness.path), records + [b"more"])
@@ -440,6 +455,7 @@ class ReplayTests(SynchronousTestCase):
                 replayed = list(journal.replay())
             self.assertEqual(replayed, records[:2], cut)
             self.assertEqual(path.stat().st_size, start)
+            self.assertEqual(journal.dropped, cut - start)
             self.assertEqual(harness.ops.events, ["truncate", "sync"])
             warnings = [e for e in events if e["log_level"] == LogLevel.warn]
             self.assertEqual(len(warnings), 1)
@@ -498,9 +514,17 @@ class ReplayTests(SynchronousTestCase):
         path = temp_journal(self)
         offsets = write_journal(path, [b"kept"])
         with path.open("ab") as f:
-            f.write(struct.pack(">II", MAX_RECORD * 4, 0) + b"partial")
+            f.write(frame(b"x" * 100)[:50])
         self.assertEqual(read_back(path), [b"kept"])
         self.assertEqual(path.stat().st_size, offsets[1])
+        for version in (1, 2):
+            offsets = write_journal(path, [b"kept"], version)
+            prefix = struct.pack(">II", MAX_RECORD * 4, 0)
+            header = prefix + struct.pack(">I", zlib.crc32(prefix))
+            with path.open("ab") as f:
+                f.write((prefix if version == 1 else header) + b"partial")
+            self.assertEqual(read_back(path), [b"kept"])
+            self.assertEqual(path.stat().st_size, offsets[1])
 
     def assert_corrupt(self, path: Path, offset: int) -> JournalCorrupt:
         """
@@ -526,44 +550,88 @@ class ReplayTests(SynchronousTestCase):
 
     def test_flipped_byte_mid_file(self) -> None:
         """
-        A flipped byte in any frame but the last is corruption at that frame,
-        whether it hits the length, the checksum or the record.
+        In either format, a flipped byte in any frame but the last is
+        corruption at that frame, whether it hits the length, the checksums
+        or the record.
         """
         path = temp_journal(self)
         records = [b"alpha", b"bravo charlie", b"delta"]
-        offsets = write_journal(path, records)
+        for version in (1, 2):
+            offsets = write_journal(path, records, version)
+            pristine = path.read_bytes()
+            for index in (0, 1):
+                for position in range(offsets[index], offsets[index + 1]):
+                    contents = bytearray(pristine)
+                    contents[position] ^= 0x01
+                    path.write_bytes(bytes(contents))
+                    self.assert_corrupt(path, offsets[index])
+
+    def assert_every_length_damage_refused(self, version: int, last: bool) -> None:
+        """
+        Flip, one at a time, every bit of the length of every frame (but the
+        last unless C{last}) of a journal of 40 records, and assert that each
+        replay stops at that frame and leaves the file alone.
+
+        @param version: the format.
+        @param last: whether to damage the last frame's length too.
+        """
+        path = temp_journal(self)
+        records = [b"%d:" % i + b"x" * (i * 37 % 700 + 1) for i in range(40)]
+        offsets = write_journal(path, records, version)
         pristine = path.read_bytes()
-        for index in (0, 1):
-            # The low byte of the length, then the checksum and the record.
-            for position in range(offsets[index] + 3, offsets[index + 1]):
+        damaged = len(records) if last else len(records) - 1
+        for index in range(damaged):
+            for bit in range(32):
                 contents = bytearray(pristine)
-                contents[position] ^= 0x01
+                contents[offsets[index] + bit // 8] ^= 0x80 >> bit % 8
                 path.write_bytes(bytes(contents))
                 self.assert_corrupt(path, offsets[index])
 
-    def test_length_past_end_mid_file(self) -> None:
+    def test_damaged_length_every_offset(self) -> None:
         """
-        A length changed so that the frame runs past the end of the file
-        cannot be told apart from a torn last frame in this format (the
-        checksum covers the record only): the rest of the file is dropped.
+        A version 2 length is covered by the header checksum: a flipped bit
+        in any frame's length, the last one's included, is corruption at that
+        frame, never a torn tail, whether the damaged length runs past the
+        end of the file or not.
+        """
+        self.assert_every_length_damage_refused(version=2, last=True)
+
+    def test_damaged_length_every_offset_version_1(self) -> None:
+        """
+        A version 1 length is not checksummed, but a frame whose length runs
+        past the end of the file is torn only if no valid frame follows: a
+        flipped bit in the length of any frame but the last is corruption at
+        that frame.
+        """
+        self.assert_every_length_damage_refused(version=1, last=False)
+
+    def test_damaged_last_length_version_1(self) -> None:
+        """
+        In version 1 a damaged length of the very last frame cannot be told
+        from a torn write (nothing follows to check against): it is dropped,
+        as a torn tail.  Version 2 refuses it (see
+        L{test_damaged_length_every_offset}).
         """
         path = temp_journal(self)
-        offsets = write_journal(path, [b"alpha", b"bravo", b"charlie"])
+        offsets = write_journal(path, [b"alpha", b"bravo", b"charlie"], version=1)
         contents = bytearray(path.read_bytes())
-        contents[offsets[1]] ^= 0x01
+        contents[offsets[2]] ^= 0x01
         path.write_bytes(bytes(contents))
-        self.assertEqual(read_back(path), [b"alpha"])
+        self.assertEqual(read_back(path), [b"alpha", b"bravo"])
 
     def test_empty_frame_mid_file(self) -> None:
         """
-        A zero-length frame followed by more data is corruption: the journal
-        never writes empty records.
+        A zeroed header followed by more data is corruption: in version 2
+        its header checksum fails, in version 1 it is an empty record, which
+        the journal never writes.
         """
         path = temp_journal(self)
-        offsets = write_journal(path, [b"one"])
-        with path.open("ab") as f:
-            f.write(b"\0" * 8 + frame(b"two"))
-        self.assertIn("empty record", str(self.assert_corrupt(path, offsets[1])))
+        for version, problem in ((2, "header checksum mismatch"), (1, "empty record")):
+            offsets = write_journal(path, [b"one"], version)
+            with path.open("ab") as f:
+                f.write(b"\0" * 12 + b"two" * 5)
+            corrupt = self.assert_corrupt(path, offsets[1])
+            self.assertIn(problem, str(corrupt))
 
     def test_absurd_length_within_file(self) -> None:
         """
@@ -571,11 +639,43 @@ class ReplayTests(SynchronousTestCase):
         torn tail, and is refused without reading that much.
         """
         path = temp_journal(self)
-        offsets = write_journal(path, [b"one"])
-        with path.open("ab") as f:
-            f.write(struct.pack(">II", MAX_RECORD + 1, 0))
-            f.truncate(offsets[1] + 8 + MAX_RECORD + 100)  # sparse
-        self.assertIn("exceeds", str(self.assert_corrupt(path, offsets[1])))
+        for version in (1, 2):
+            offsets = write_journal(path, [b"one"], version)
+            prefix = struct.pack(">II", MAX_RECORD + 1, 0)
+            header = prefix + struct.pack(">I", zlib.crc32(prefix))
+            with path.open("ab") as f:
+                f.write(prefix if version == 1 else header)
+                f.truncate(offsets[1] + 12 + MAX_RECORD + 100)  # sparse
+            self.assertIn("exceeds", str(self.assert_corrupt(path, offsets[1])))
+
+    def test_version_1_upgraded_by_compaction(self) -> None:
+        """
+        A version 1 journal is replayed and appended to in its own format;
+        the next compaction rewrites it as version 2, carrying over records
+        appended meanwhile, and appends after it use version 2.
+        """
+        path = temp_journal(self)
+        write_journal(path, [b"old"], version=1)
+        harness = Harness(path)
+        journal = harness.open()
+        journal.append(b"v1 append")
+        harness.settle()
+        self.assertEqual(
+            path.read_bytes(), MAGIC_V1 + frame_v1(b"old") + frame_v1(b"v1 append")
+        )
+        compacted = journal.compact([b"old", b"v1 append"])
+        harness.threads.run_all()
+        harness.turn()
+        journal.append(b"during")
+        harness.settle()
+        self.successResultOf(compacted)
+        journal.append(b"after")
+        harness.close(journal)
+        self.assertEqual(
+            path.read_bytes(),
+            MAGIC
+            + b"".join(map(frame, [b"old", b"v1 append", b"during", b"after"])),
+        )
 
     def test_bad_magic(self) -> None:
         """
@@ -583,7 +683,7 @@ class ReplayTests(SynchronousTestCase):
         left untouched, whatever its length.
         """
         path = temp_journal(self)
-        for contents in [b'{"jobs": []}\n' * 10, b"x", MAGIC.replace(b"1", b"2")]:
+        for contents in [b'{"jobs": []}\n' * 10, b"x", MAGIC.replace(b"2", b"3")]:
             path.write_bytes(contents)
             self.assert_corrupt(path, 0)
 
@@ -719,10 +819,10 @@ class GroupCommitTests(SynchronousTestCase):
         journal = harness.open()
         self.assertEqual(journal.size(), len(MAGIC))
         journal.append(b"12345")
-        self.assertEqual(journal.size(), len(MAGIC) + 13)
+        self.assertEqual(journal.size(), len(MAGIC) + HEADER + 5)
         harness.turn()
         journal.append(b"6")
-        self.assertEqual(journal.size(), len(MAGIC) + 13 + 9)
+        self.assertEqual(journal.size(), len(MAGIC) + HEADER + 5 + HEADER + 1)
         harness.settle()
         self.assertEqual(journal.size(), harness.path.stat().st_size)
 
@@ -1054,7 +1154,7 @@ class CompactionTests(SynchronousTestCase):
         compact_writes = [
             size for name, size in harness.ops.written if name.endswith("-compact")
         ]
-        self.assertEqual(compact_writes, [len(MAGIC), len(frame(b"snap")), 100 * 1008])
+        self.assertEqual(compact_writes, [len(MAGIC), len(frame(b"snap")), 100 * (HEADER + 1000)])
         harness.close(journal)
         self.assertEqual(read_back(harness.path), [b"snap"] + big)
 

@@ -1383,6 +1383,31 @@ class OperationTests(StorageMixin, SynchronousTestCase):
         self.assertEqual(self.files(), [self.object_path(OTHER)])
         self.successResultOf(storage.delete(JOB))
 
+    def test_quarantine(self) -> None:
+        """
+        L{quarantine} moves both kinds into the quarantine folder, where
+        L{object_ids} does not list them and reads do not find them; missing
+        objects are fine.
+        """
+        storage = self.make_storage()
+        self.successResultOf(storage.quarantine(JOB))  # nothing at all yet
+        self.store(storage, b"in")
+        self.store(storage, b"out", kind=RESULT)
+        self.store(storage, b"other", OTHER)
+        self.assertIsNone(self.successResultOf(storage.quarantine(JOB)))
+        self.assertFalse(self.successResultOf(storage.exists(JOB, PAYLOAD)))
+        self.failureResultOf(storage.read_bytes(JOB, RESULT, 100), NotFound)
+        self.assertEqual(
+            self.successResultOf(storage.object_ids()), {(OTHER, PAYLOAD)}
+        )
+        self.assertEqual(storage.quarantined, str(self.root / "quarantine"))
+        self.assertEqual(
+            (self.root / "quarantine" / f"{JOB}.payload").read_bytes(), b"in"
+        )
+        self.assertEqual(
+            (self.root / "quarantine" / f"{JOB}.result").read_bytes(), b"out"
+        )
+
     def test_object_ids(self) -> None:
         """
         L{object_ids} lists every stored object and ignores temporary and

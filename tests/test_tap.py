@@ -7,10 +7,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.internet.testing import MemoryReactor
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
@@ -20,7 +22,7 @@ from gridlike import tap
 from gridlike.config import parse_settings
 from gridlike.model import Priority
 from gridlike.registry import NewJob, new_job_id
-from gridlike.service import GridLikeService
+from gridlike.service import COMPACT_EVERY, GridLikeService
 from gridlike.storage import PAYLOAD
 from gridlike.testing import MemoryJournal, MemoryStorage
 
@@ -70,7 +72,89 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual([port for port, *_ in reactor.tcpServers], [8123, 8124])
 
 
+class CountingJournal(MemoryJournal):
+    """
+    A L{MemoryJournal} that counts its compactions.
+    """
+
+    compactions = 0
+
+    def compact(self, records: Iterable[bytes]) -> Deferred[None]:
+        self.compactions += 1
+        return super().compact(records)
+
+
 class CompactionTests(SynchronousTestCase):
+    def started(self, attempts: int) -> tuple[GridLikeService, CountingJournal, Clock]:
+        """
+        @param attempts: C{[scheduling] max_attempts}.
+        @return: a started service on a counting journal, compacting past
+            1 KiB at ratio 2, its journal and its clock.
+        """
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
+        settings = parse_settings(
+            f'[registry]\npath = "{directory}/journal"\ncompact_min = "1KiB"\n'
+            f'compact_ratio = 2\n[storage]\npath = "{directory}/payloads"\n'
+            f"[scheduling]\nmax_attempts = {attempts}\n",
+            directory / "gridlike.toml",
+        )
+        journal, clock = CountingJournal(), Clock()
+        core = GridLikeService(settings, clock, storage=MemoryStorage(), journal=journal)
+        core.startService()
+        self.addCleanup(lambda: self.successResultOf(core.stopService()))
+        return core, journal, clock
+
+    def fail_jobs(
+        self, core: GridLikeService, count: int, attempts: int, info: int = 2000
+    ) -> None:
+        """
+        Submit C{count} jobs and fail each C{attempts} times with C{info}
+        bytes of error info.
+        """
+        for n in range(count):
+            job_id = new_job_id()
+            [job] = self.successResultOf(
+                Deferred.fromCoroutine(
+                    core.registry.submit([NewJob(job_id, None, Priority.BATCH, 1)])
+                )
+            )
+            for _ in range(attempts):
+                self.successResultOf(core.registry.fail(job, "e" * info, None, "w"))
+
+    def test_large_live_records_compacted_once(self) -> None:
+        """
+        When live records are much larger than the estimate per job (failed
+        jobs with large error info), one compaction measures them, and the
+        next checks do not rewrite the journal again for nothing.
+        """
+        core, journal, clock = self.started(attempts=3)
+        self.fail_jobs(core, 20, attempts=3)
+        for _ in range(10):
+            clock.advance(COMPACT_EVERY)
+        self.assertEqual(journal.compactions, 1)
+
+    def test_back_off_when_gaining_little(self) -> None:
+        """
+        A compaction that does not halve the journal makes the following
+        checks skip, twice as many after each such compaction in a row.
+        """
+        core, journal, clock = self.started(attempts=1)
+        self.fail_jobs(core, 20, attempts=1)
+        with capturedLogs() as events:
+            clock.advance(COMPACT_EVERY)
+        self.assertEqual(journal.compactions, 1)
+        self.assertEqual([e["checks"] for e in events if "checks" in e], [1])
+        # Jobs ten times larger than measured: the journal is past twice the
+        # estimated state, yet a compaction gains little again.
+        self.fail_jobs(core, 10, attempts=1, info=20_000)
+        clock.advance(COMPACT_EVERY)  # skipped
+        self.assertEqual(journal.compactions, 1)
+        with capturedLogs() as events:
+            clock.advance(COMPACT_EVERY)
+        self.assertEqual(journal.compactions, 2)
+        self.assertEqual([e["checks"] for e in events if "checks" in e], [2])
+
     def test_compacts_when_large(self) -> None:
         """
         When the journal is past compact_min and compact_ratio times the live
@@ -100,3 +184,51 @@ class CompactionTests(SynchronousTestCase):
         again = GridLikeService(settings, Clock(), storage=storage, journal=MemoryJournal(list(journal.records)))
         again.registry.load()
         self.assertEqual([job.key for job in again.registry], ["k38", "k39"])
+
+
+class TidyTests(SynchronousTestCase):
+    """
+    Start-up tidying of storage: objects of no job are deleted, unless the
+    journal's replay dropped records, and then they are quarantined.
+    """
+
+    def tidy(self, dropped: int) -> tuple[MemoryStorage, str, str, list[dict]]:
+        """
+        Start a service over one job and one orphan, and tidy storage.
+
+        @param dropped: what the journal says its replay dropped.
+        @return: the storage, the job's id, the orphan's id, the log events.
+        """
+        settings = parse_settings("", Path("/nonexistent"))
+        journal, storage = MemoryJournal(dropped=dropped), MemoryStorage()
+        core = GridLikeService(settings, Clock(), storage=storage, journal=journal)
+        core.registry.load()
+        kept, orphan = new_job_id(), new_job_id()
+        storage.objects[(kept, PAYLOAD)] = b"kept"
+        storage.objects[(orphan, PAYLOAD)] = b"orphan"
+        self.successResultOf(
+            Deferred.fromCoroutine(
+                core.registry.submit([NewJob(kept, None, Priority.BATCH, 4, "kept")])
+            )
+        )
+        with capturedLogs() as events:
+            self.successResultOf(Deferred.fromCoroutine(core._tidy_storage(0.0)))
+        return storage, kept, orphan, events
+
+    def test_orphans_deleted(self) -> None:
+        """After a clean replay, objects of no job are deleted."""
+        storage, kept, orphan, events = self.tidy(dropped=0)
+        self.assertEqual(storage.objects, {(kept, PAYLOAD): b"kept"})
+        self.assertEqual(storage.set_aside, {})
+
+    def test_orphans_quarantined_after_repair(self) -> None:
+        """
+        After a replay that dropped a torn tail, objects of no job are moved
+        to the quarantine folder, not deleted, and a warning says where.
+        """
+        storage, kept, orphan, events = self.tidy(dropped=100)
+        self.assertEqual(storage.objects, {(kept, PAYLOAD): b"kept"})
+        self.assertEqual(storage.set_aside, {(orphan, PAYLOAD): b"orphan"})
+        [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(warning["folder"], "quarantine")
+        self.assertEqual(warning["orphans"], 1)

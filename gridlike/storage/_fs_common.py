@@ -28,6 +28,7 @@ O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC
 FILE_MODE = 0o600
 TEMP_DIRECTORY = "tmp"
+QUARANTINE_DIRECTORY = "quarantine"
 TEMP_SUFFIX = ".part"
 HEX = frozenset("0123456789abcdef")
 _IOV_MAX = 1024

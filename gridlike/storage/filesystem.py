@@ -7,6 +7,7 @@ Layout, fanned out by the job id so no directory grows huge::
     root/ab/cd/<job_id>.payload     ab, cd: the first four hex digits of the id
     root/ab/cd/<job_id>.result
     root/tmp/<prefix>-<random>.part objects being written; renamed into place
+    root/quarantine/<job_id>.<kind> objects set aside by L{quarantine}
 
 The temporary directory is on the same filesystem as the objects, so the
 final rename is atomic: an object is either absent or complete. Directories
@@ -46,6 +47,7 @@ from ..errors import Damaged, GridLikeError, NotFound, Unavailable
 from ._fs_common import (
     NO_HARD_LINKS,
     O_CLOEXEC,
+    QUARANTINE_DIRECTORY,
     TEMP_DIRECTORY,
     TEMP_SUFFIX,
     PoolRunner,
@@ -142,6 +144,7 @@ class FilesystemStorage:
             raise ValueError(f"sync_interval must be > 0, not {sync_interval!r}")
         self._root = Path(root)
         self._temporary = self._root / TEMP_DIRECTORY
+        self.quarantined = str(self._root / QUARANTINE_DIRECTORY)
         self._prefix = f"{secrets.token_hex(4)}-"
         self._names = itertools.count()
         self._chunk_size = chunk_size
@@ -406,6 +409,23 @@ class FilesystemStorage:
             self._small.forget((job_id, kind))
         return self._run("delete", self._delete, paths).addCallback(self._settle)
 
+    def quarantine(self, job_id: str) -> Deferred[None]:
+        """
+        See L{IStorage.quarantine}.
+
+        @param job_id: The job's id.
+
+        @return: A L{Deferred} firing when both objects are set aside.
+
+        @raise ValueError: If C{job_id} is invalid.
+        """
+        paths = [self.path(job_id, kind) for kind in KINDS]
+        for kind in KINDS:
+            self._small.forget((job_id, kind))
+        return self._run("quarantine", self._quarantine, paths).addCallback(
+            self._settle
+        )
+
     def exists(self, job_id: str, kind: str) -> Deferred[bool]:
         """
         See L{IStorage.exists}.
@@ -559,6 +579,34 @@ class FilesystemStorage:
             return plan, None, False
         except OSError as error:
             raise Unavailable(f"cannot delete the objects: {reason(error)}") from error
+
+    def _quarantine(self, paths: list[Path]) -> tuple[Plan, None, bool]:
+        """
+        Move files into the quarantine directory (durably under
+        L{Plan.EACH}); missing ones are fine.
+
+        @return: The plan (L{Plan.NONE} if nothing was moved), no placed
+            file, and C{False}.
+
+        @raise Unavailable: If that fails.
+        """
+        try:
+            plan = self._sync_target.plan()
+            directory = Path(self.quarantined)
+            ensure_directory(directory, plan is Plan.EACH)
+            moved = False
+            for path in paths:
+                with suppress(FileNotFoundError, NotADirectoryError):
+                    os.rename(path, directory / path.name)
+                    moved = True
+            if not moved:
+                return Plan.NONE, None, False
+            if plan is Plan.EACH:
+                fsync_directory(directory)
+                fsync_directory(paths[0].parent)
+            return plan, None, False
+        except OSError as error:
+            raise Unavailable(f"cannot quarantine the objects: {reason(error)}") from error
 
     def _exists(self, path: Path) -> bool:
         """

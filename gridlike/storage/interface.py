@@ -242,6 +242,19 @@ class IStorage(Interface):
             L{gridlike.errors.Unavailable} on an I/O error.
         """
 
+    def quarantine(job_id: str) -> Deferred[None]:
+        """
+        Set both kinds of object of a job aside, where nothing reads or lists
+        them, instead of deleting them: for the objects of jobs that may have
+        been lost with journal records a repair dropped, so that an operator
+        can still recover them.  Missing ones are fine.
+
+        @param job_id: The job's id, a canonical UUID string.
+
+        @return: A L{Deferred} firing with C{None} when they are set aside;
+            it fails with L{gridlike.errors.Unavailable} on an I/O error.
+        """
+
     def exists(job_id: str, kind: str) -> Deferred[bool]:
         """
         Tell whether an object is stored (complete: writers in progress do
@@ -274,6 +287,10 @@ class IStorage(Interface):
 
         @return: A L{Deferred} firing with a C{set} of (job id, kind) tuples.
         """
+
+    quarantined = Attribute(
+        "C{str}: where L{quarantine} puts objects, for the log and the operator."
+    )
 
     def sweep_temporary() -> Deferred[int]:
         """
