@@ -23,7 +23,8 @@ a stop was asked for; in parentheses: what goes out)::
     ready --payload_begun--> receiving --payload_ended--> working (the handler runs)
     working --status_requested--> working_asked (busy)
     working --handler_finished--> sending     working_asked --handler_finished--> sending_asked
-    sending --status_requested--> sending_asked (busy)
+    sending --status_requested--> sending_asked (nothing: a text message
+        cannot cut into the result, and after it the worker is ready)
     sending --result_sent--> acking           sending_asked --result_sent--> acking_ready (ready)
     working --handler_failed--> acking (code 4)
     working_asked --handler_failed--> acking_ready (code 4, ready)
@@ -352,11 +353,12 @@ def _build() -> TypeMachine[LinkInputs, LinkCore]:
     # The job: answering busy while it runs, then sending its outcome.
 
     working.upon(LinkInputs.status_requested).to(working_asked)(_answer_busy)
-    sending.upon(LinkInputs.status_requested).to(sending_asked)(_answer_busy)
-    for state in (
-        working_asked, sending_asked, orphaned_asked, working_s, sending_s, orphaned_connected_s
-    ):
+    for state in (working_asked, orphaned_asked, working_s, orphaned_connected_s):
         state.upon(LinkInputs.status_requested).loop()(_answer_busy)
+    # While the result goes out, the answer waits for its end.
+    sending.upon(LinkInputs.status_requested).to(sending_asked).returns(None)
+    sending_asked.upon(LinkInputs.status_requested).loop().returns(None)
+    sending_s.upon(LinkInputs.status_requested).loop().returns(None)
 
     for state in (working, working_asked, working_s):
         state.upon(LinkInputs.progress).loop()(_progress)

@@ -266,10 +266,9 @@ class _WorkerProtocol(WebSocketClientProtocol):
     message from the server into an input of its L{_Link}'s machine, and
     sends what the link asks.
 
-    @ivar opened: the handshake is done.
     @ivar close_code: the close code received, if any.
     @ivar close_reason: the close reason received, if any.
-    @ivar handshake_status: the HTTP status that refused the upgrade, if any.
+    @ivar handshake_status: the HTTP status answering the upgrade, if any.
     """
 
     _log = Logger()
@@ -277,7 +276,6 @@ class _WorkerProtocol(WebSocketClientProtocol):
     def __init__(self, link: _Link) -> None:
         super().__init__()
         self._link = link
-        self.opened = False
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.handshake_status: int | None = None
@@ -285,8 +283,6 @@ class _WorkerProtocol(WebSocketClientProtocol):
         self._payload = False
         self._text: list[bytes] = []
         self._text_size = 0
-        self._sending = False
-        self._outbox: list[bytes] = []
 
     def is_live(self) -> bool:
         return self.state == self.STATE_OPEN
@@ -294,7 +290,6 @@ class _WorkerProtocol(WebSocketClientProtocol):
     # Autobahn callbacks
 
     def onOpen(self) -> None:
-        self.opened = True
         self._link.opened(self)
 
     def onMessageBegin(self, isBinary: bool) -> None:
@@ -329,7 +324,7 @@ class _WorkerProtocol(WebSocketClientProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.close_code, self.close_reason = code, reason
         status = getattr(self, "http_status_line", None) or ""
-        if not self.opened and re.match(r"HTTP/\S+ \d{3}", status):
+        if re.match(r"HTTP/\S+ \d{3}", status):
             self.handshake_status = int(status.split()[1])
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -369,12 +364,9 @@ class _WorkerProtocol(WebSocketClientProtocol):
     # Sending
 
     def send_json(self, message: Message) -> None:
-        """Send a text message, after the result being sent if there is one."""
-        data = json.dumps(message, separators=(",", ":")).encode()
-        if self._sending:
-            self._outbox.append(data)
-        elif self.is_live():
-            self.sendMessage(data, isBinary=False)
+        """Send a text message (never while a result is being sent: the link sees to it)."""
+        if self.is_live():
+            self.sendMessage(json.dumps(message, separators=(",", ":")).encode(), isBinary=False)
 
     def fail(self, reason: str) -> None:
         """The server broke the protocol: close with 1002."""
@@ -401,7 +393,6 @@ class _WorkerProtocol(WebSocketClientProtocol):
             return
         pacer, transport = _Pacer(), self.transport
         assert transport is not None
-        self._sending = True
         transport.registerProducer(pacer, True)
         try:
             self.beginMessage(isBinary=True, doNotCompress=True)
@@ -415,11 +406,6 @@ class _WorkerProtocol(WebSocketClientProtocol):
             self.endMessage()
         finally:
             transport.unregisterProducer()
-            self._sending = False
-            outbox, self._outbox = self._outbox, []
-            for data in outbox:
-                if self.is_live():
-                    self.sendMessage(data, isBinary=False)
 
 
 class _WorkerFactory(WebSocketClientFactory):

@@ -121,14 +121,13 @@ class FlowTests(SynchronousTestCase):
 
     def test_busy(self) -> None:
         """
-        A status request while the job runs, or while its result goes out,
-        is answered busy; having said busy, the worker says ready by itself
-        once the job is over, and may be given a job at once.
+        A status request while the job runs is answered busy; having said
+        busy, the worker says ready by itself once the job is over, and may
+        be given a job at once.
         """
         link, core, effects = working()
         link.status_requested()
         link.handler_finished(b"result")
-        link.status_requested()
         link.result_sent()
         link.payload_begun()
         self.assertEqual(
@@ -136,11 +135,21 @@ class FlowTests(SynchronousTestCase):
             [
                 ("send_status", False),
                 ("send_result", b"result"),
-                ("send_status", False),
                 ("end_job",),
                 ("send_status", True),
                 ("open_payload",),
             ],
+        )
+
+        link, core, effects = working()
+        link.handler_finished(b"result")
+        link.status_requested()
+        link.status_requested()
+        link.result_sent()
+        self.assertEqual(
+            take(effects)[1:],
+            [("end_job",), ("send_status", True)],
+            "asked while the result goes out, it answers ready after it",
         )
 
         link, core, effects = working()
