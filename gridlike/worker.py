@@ -25,28 +25,32 @@ returns a L{Deferred} or coroutine; cancelling it (a second L{Worker.stop},
 or a lost connection) should stop the work.  L{gridlike.agent} is such a
 handler.
 
+The order of things lives in L{gridlike._worker_link}, a state machine
+across the worker's connections; running jobs, in L{gridlike._worker_jobs}.
+Here, L{_WorkerProtocol} decodes each message of a connection into one of
+the machine's inputs, L{_Link} carries out the machine's effects on the
+connection of the moment, and L{Worker} keeps the reconnecting service and
+the public API.
+
 See C{docs/worker.md} for the guide.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
 import re
 import socket
-import tempfile
-import traceback
 import uuid
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Union
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from attrs import define, field
+from automat import NoTransition
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
@@ -58,6 +62,8 @@ from zope.interface import implementer
 
 from gridlike._clock import AutobahnTimer
 from gridlike import __version__
+from gridlike._worker_jobs import JobFailed, JobRunner
+from gridlike._worker_link import LinkCore, LinkInputs, Message, Result, WorkerRefused, new_link
 from gridlike.client import _trust_root
 from gridlike.wire import (
     CLOSE_BAD_TOKEN,
@@ -87,9 +93,6 @@ MACHINE_ID = Path("/etc/machine-id")
 """Where L{default_uid} looks first."""
 CHUNK = 1 << 20
 """Bytes per frame of a result; a result up to this size goes as one frame."""
-SPOOL_HIGH, SPOOL_LOW = 8 << 20, 2 << 20
-"""Payload bytes waiting for the disk above which reading pauses, and below
-which it resumes."""
 PROGRESS_INTERVAL = 0.5
 """The least seconds between two progress messages; the latest one wins."""
 PING_INTERVAL, PING_TIMEOUT = 30.0, 30.0
@@ -99,22 +102,6 @@ MAX_TEXT = 1 << 20
 
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _WORKER_PATH = re.compile(r"/api/worker(?:/([^/]+))?$")
-
-
-class JobFailed(Exception):
-    """
-    Raise from a handler to fail the job with this C{info} and C{logs}
-    rather than the exception's text and traceback.
-    """
-
-    def __init__(self, info: str | None, logs: str | None = None) -> None:
-        super().__init__(info)
-        self.info = info
-        self.logs = logs
-
-
-class WorkerRefused(Exception):
-    """The server refused this worker for good: a wrong token, or no such endpoint."""
 
 
 # Identity and addresses
@@ -198,45 +185,7 @@ def _endpoint(reactor: Any, url: str, ca_file: str | os.PathLike[str] | None) ->
     trust = None if ca_file is None else _trust_root(ca_file)
     return wrapClientTLS(optionsForClientTLS(host, trustRoot=trust), endpoint)
 
-
-# Running handlers
-
-
-def _failure_info(error: BaseException) -> str:
-    return str(error) or type(error).__name__
-
-
-def _traced(handler: Callable[..., Any], *args: Any) -> Any:
-    """Call C{handler} (in a thread); its exception becomes a L{JobFailed} with its traceback."""
-    try:
-        return handler(*args)
-    except JobFailed:
-        raise
-    except Exception as e:
-        raise JobFailed(_failure_info(e), traceback.format_exc()) from None
-
-
-def _as_job_failed(failure: Failure) -> Failure:
-    if failure.check(JobFailed, CancelledError):
-        return failure
-    return Failure(JobFailed(_failure_info(failure.value), failure.getTraceback()))
-
-
-def _as_bytes(result: object) -> bytes:
-    if not isinstance(result, (bytes, bytearray, memoryview)):
-        raise JobFailed(f"the handler returned {type(result).__name__}, not bytes")
-    return bytes(result)
-
-
-def _temporary(kind: str) -> IO[bytes]:
-    return tempfile.NamedTemporaryFile(prefix=f"gridlike-{kind}-")
-
-
-def _rewind(file: IO[bytes]) -> int:
-    """Flush C{file}, go back to its start, and return its size (in a thread)."""
-    file.flush()
-    file.seek(0)
-    return os.fstat(file.fileno()).st_size
+# Progress and pacing
 
 
 class _ProgressReporter:
@@ -289,101 +238,6 @@ class _ProgressReporter:
             self._timer.cancel()
         self._timer = None
 
-
-class _Memory:
-    """A payload gathered in memory."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self._parts.append(data)
-
-    async def finish(self) -> bytes:
-        data, self._parts = b"".join(self._parts), []
-        return data
-
-    def discard(self) -> None:
-        self._parts = []
-
-
-class _Spool:
-    """
-    A payload written, frame by frame and in order, to a temporary file in
-    the thread pool.  While more than L{SPOOL_HIGH} bytes wait for the disk
-    the connection stops reading, until fewer than L{SPOOL_LOW} do.  After
-    a failed write, L{finish} fails with its error.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self, in_pool: Callable[..., Deferred[Any]], pause: Callable[[], None], resume: Callable[[], None]
-    ) -> None:
-        self._in_pool, self._pause, self._resume = in_pool, pause, resume
-        self._file: IO[bytes] | None = None
-        self._queued: list[bytes] = []
-        self._waiting = 0
-        self._paused = self._failed = False
-        self._writing: Deferred[None] = succeed(None)
-
-    def write(self, data: bytes) -> None:
-        if self._failed:
-            return
-        self._queued.append(data)
-        self._waiting += len(data)
-        if self._waiting > SPOOL_HIGH and not self._paused:
-            self._paused = True
-            self._pause()
-        if self._writing.called:
-            self._writing = Deferred.fromCoroutine(self._drain())
-
-    async def _drain(self) -> None:
-        while self._queued:
-            chunks, self._queued = self._queued, []
-            try:
-                await self._in_pool(self._write, chunks)
-            except BaseException:
-                self._failed, self._queued = True, []
-                raise
-            finally:
-                self._waiting -= sum(map(len, chunks))
-                if self._paused and self._waiting < SPOOL_LOW:
-                    self._paused = False
-                    self._resume()
-
-    def _write(self, chunks: list[bytes]) -> None:
-        if self._file is None:
-            self._file = _temporary("payload")
-        self._file.writelines(chunks)
-
-    def _rewound(self) -> IO[bytes]:
-        self._write([])  # an empty payload has no file yet
-        assert self._file is not None
-        _rewind(self._file)
-        return self._file
-
-    async def finish(self) -> IO[bytes]:
-        """@return: the file, rewound, once every frame is written."""
-        await self._writing
-        file = await self._in_pool(self._rewound)
-        self._file = None  # the job's now
-        return file  # type: ignore[no-any-return]
-
-    def discard(self) -> None:
-        """The job is gone: drop what waits, and remove the file."""
-        self._queued = []
-        if self._paused:
-            self._paused = False
-            self._resume()
-        self._writing.addBoth(self._remove)
-
-    def _remove(self, result: object) -> None:
-        file, self._file = self._file, None
-        if file is not None:
-            self._in_pool(file.close).addErrback(lambda f: self._log.failure("removing a payload file", f))
-
-
 @implementer(IPushProducer)
 class _Pacer:
     """Registered on the transport while a result streams: waits while its buffer is full."""
@@ -406,48 +260,32 @@ class _Pacer:
     def stopProducing(self) -> None:
         self.resumeProducing()
 
-
 # The connection
-
-
-@define(eq=False)
-class _Job:
-    """One payload: being received, then handled, then its outcome sent."""
-
-    protocol: _WorkerProtocol
-    sink: _Memory | _Spool
-    progress: _ProgressReporter
-    task: Deferred[None] | None = None
-    running: Deferred[Any] | None = None
-    files: list[IO[bytes]] = field(factory=list)
 
 
 class _WorkerProtocol(WebSocketClientProtocol):
     """
-    One connection to the worker endpoint: decodes what the server sends
-    and leaves every decision to its L{Worker}.
+    One connection to the worker endpoint, a thin adapter: it decodes each
+    message from the server into an input of its L{_Link}'s machine, and
+    sends what the link asks.
 
-    @ivar registered: the server has sent its first status request.
-    @ivar answered_busy: the last status sent was busy (C{0}).
+    @ivar close_code: the close code received, if any.
+    @ivar close_reason: the close reason received, if any.
+    @ivar handshake_status: the HTTP status answering the upgrade, if any.
     """
 
     _log = Logger()
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, link: _Link) -> None:
         super().__init__()
-        self._worker = worker
-        self.registered = False
-        self.answered_busy = False
-        self.opened = False
+        self._link = link
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.handshake_status: int | None = None
         self._binary = False
+        self._payload = False
         self._text: list[bytes] = []
         self._text_size = 0
-        self._job: _Job | None = None
-        self._sending = False
-        self._outbox: list[bytes] = []
 
     def is_live(self) -> bool:
         return self.state == self.STATE_OPEN
@@ -455,22 +293,21 @@ class _WorkerProtocol(WebSocketClientProtocol):
     # Autobahn callbacks
 
     def onOpen(self) -> None:
-        self.opened = True
-        self._worker._opened(self)
+        self._link.opened(self)
 
     def onMessageBegin(self, isBinary: bool) -> None:
         self._binary = isBinary
         self._text, self._text_size = [], 0
         if isBinary:
-            self._job = self._worker._payload_begun(self)
+            self._payload = self._receive("a payload", self._link.inputs.payload_begun)
 
     def onMessageFrameBegin(self, length: int) -> None:
         pass
 
     def onMessageFrameData(self, payload: bytes) -> None:
         if self._binary:
-            if self._job is not None:
-                self._job.sink.write(payload)
+            if self._payload:
+                self._link.jobs.write(payload)
         else:
             self._text.append(payload)
             self._text_size += len(payload)
@@ -483,23 +320,23 @@ class _WorkerProtocol(WebSocketClientProtocol):
     def onMessageEnd(self) -> None:
         if not self._binary:
             self._text_message(b"".join(self._text))
-        elif self._job is not None:
-            job, self._job = self._job, None
-            self._worker._payload_ended(job)
+        elif self._payload:
+            self._payload = False
+            self._receive("a payload", self._link.inputs.payload_ended)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.close_code, self.close_reason = code, reason
         status = getattr(self, "http_status_line", None) or ""
-        if not self.opened and re.match(r"HTTP/\S+ \d{3}", status):
+        if re.match(r"HTTP/\S+ \d{3}", status):
             self.handshake_status = int(status.split()[1])
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
             super().connectionLost(reason)
         finally:
-            self._worker._lost(self)
+            self._link.closed(self)
 
-    # Text messages
+    # Decoding
 
     def _text_message(self, data: bytes) -> None:
         try:
@@ -507,17 +344,32 @@ class _WorkerProtocol(WebSocketClientProtocol):
         except ValueError:
             message = None
         if isinstance(message, dict) and message.get("code") == STATUS_REQUEST:
-            self._worker._status_requested(self)
+            self._receive("a status request", self._link.inputs.status_requested)
         elif self.is_live():
             self._log.warn("ignored a message from the server: {data!r}", data=data[:200])
 
-    def send_json(self, message: dict[str, Any]) -> None:
-        """Send a text message, after the result being sent if there is one."""
-        data = json.dumps(message, separators=(",", ":")).encode()
-        if self._sending:
-            self._outbox.append(data)
-        elif self.is_live():
-            self.sendMessage(data, isBinary=False)
+    def _receive(self, what: str, input: Callable[[], None]) -> bool:
+        """
+        Feed the input for a message from the server; if the machine does
+        not take it now, the server broke the protocol.
+
+        @param what: the message, for the reason.
+        @param input: feeds the input.
+        @return: whether the machine took it.
+        """
+        try:
+            input()
+        except NoTransition:
+            self.fail(f"sent {what} out of turn")
+            return False
+        return True
+
+    # Sending
+
+    def send_json(self, message: Message) -> None:
+        """Send a text message (never while a result is being sent: the link sees to it)."""
+        if self.is_live():
+            self.sendMessage(json.dumps(message, separators=(",", ":")).encode(), isBinary=False)
 
     def fail(self, reason: str) -> None:
         """The server broke the protocol: close with 1002."""
@@ -525,16 +377,18 @@ class _WorkerProtocol(WebSocketClientProtocol):
         if self.is_live():
             self.sendCloseFrame(1002, reason.encode()[:120], isReply=False)
 
-    # Results
-
-    async def send_result(self, read: Callable[[int], Deferred[bytes]], size: int) -> None:
+    def send_result(self, read: Callable[[int], Deferred[bytes]], size: int) -> Deferred[None]:
         """
         Send a result as one binary message: one frame if small, else a
         frame per L{CHUNK} read, while the transport's buffer has room.
 
         @param read: reads up to so many bytes more of the result.
         @param size: the result's size.
+        @return: fires once it is sent.
         """
+        return Deferred.fromCoroutine(self._send_result(read, size))
+
+    async def _send_result(self, read: Callable[[int], Deferred[bytes]], size: int) -> None:
         if size <= CHUNK:
             data = await read(CHUNK)
             if self.is_live():
@@ -542,7 +396,6 @@ class _WorkerProtocol(WebSocketClientProtocol):
             return
         pacer, transport = _Pacer(), self.transport
         assert transport is not None
-        self._sending = True
         transport.registerProducer(pacer, True)
         try:
             self.beginMessage(isBinary=True, doNotCompress=True)
@@ -556,11 +409,6 @@ class _WorkerProtocol(WebSocketClientProtocol):
             self.endMessage()
         finally:
             transport.unregisterProducer()
-            self._sending = False
-            outbox, self._outbox = self._outbox, []
-            for data in outbox:
-                if self.is_live():
-                    self.sendMessage(data, isBinary=False)
 
 
 class _WorkerFactory(WebSocketClientFactory):
@@ -568,10 +416,10 @@ class _WorkerFactory(WebSocketClientFactory):
 
     noisy = False
 
-    def __init__(self, worker: Worker, reactor: Any) -> None:
-        super().__init__(url=worker.url, reactor=reactor, useragent=f"GridLike-worker/{__version__}")
+    def __init__(self, link: _Link, url: str, reactor: Any) -> None:
+        super().__init__(url=url, reactor=reactor, useragent=f"GridLike-worker/{__version__}")
         self._batched_timer = AutobahnTimer(reactor)
-        self._worker = worker
+        self._link = link
         self.setProtocolOptions(
             autoPingInterval=PING_INTERVAL,
             autoPingTimeout=PING_TIMEOUT,
@@ -580,9 +428,137 @@ class _WorkerFactory(WebSocketClientFactory):
         )
 
     def buildProtocol(self, addr: object) -> _WorkerProtocol:
-        protocol = _WorkerProtocol(self._worker)
+        protocol = _WorkerProtocol(self._link)
         protocol.factory = self
         return protocol
+
+
+# The link
+
+
+class _Link:
+    """
+    A worker's link to the server: its machine, the connection of the
+    moment, and what the machine's effects do with them
+    (L{gridlike._worker_link.LinkEffects}).
+
+    @ivar inputs: the machine.
+    @ivar jobs: runs the jobs.
+    @ivar service: the reconnecting service; set before L{inputs} is fed.
+    @ivar unregistered: connections closed since the last that registered,
+        which the reconnect policy counts as failed attempts.
+    """
+
+    _log = Logger()
+
+    def __init__(self, url: str, uid: str, name: str, token: str, jobs: JobRunner) -> None:
+        self._url, self._uid, self._name, self._token = url, uid, name, token
+        self.jobs = jobs
+        self.service: ClientService | None = None
+        self.unregistered = 0
+        self._protocol: _WorkerProtocol | None = None
+        self._closed_by: tuple[int | None, str] = (None, "")
+        self.inputs: LinkInputs = new_link(LinkCore(self))
+        jobs.link = self.inputs
+
+    # What the connections report
+
+    def opened(self, protocol: _WorkerProtocol) -> None:
+        """A connection's handshake is done."""
+        self._protocol = protocol
+        self.inputs.connected()
+
+    def closed(self, protocol: _WorkerProtocol) -> None:
+        """A connection is gone: why decides whether the worker reconnects."""
+        if protocol is self._protocol:
+            self._protocol = None
+        code, reason = protocol.close_code, protocol.close_reason or ""
+        if code == CLOSE_BAD_TOKEN:
+            self.inputs.refused(f"the server refused the worker token ({reason})")
+            return
+        if protocol.handshake_status == 404:
+            self.inputs.refused(f"{self._url}: no worker endpoint there (404); is the job type configured?")
+            return
+        self._closed_by = (code, reason)
+        self.inputs.lost()
+
+    # LinkEffects
+
+    def start_service(self) -> None:
+        assert self.service is not None
+        self._log.info("worker {uid} connecting to {url}", uid=self._uid, url=self._url)
+        self.service.startService()
+
+    def stop_service(self) -> None:
+        assert self.service is not None
+        self.service.stopService().addBoth(self._stopped)
+
+    def _stopped(self, result: object) -> None:
+        self._log.info("worker {uid} stopped", uid=self._uid)
+        self.inputs.service_stopped()
+
+    def send_register(self) -> None:
+        self._send({"code": REGISTER, "name": self._name, "id": self._uid, "token": self._token})
+
+    def registered(self) -> None:
+        self.unregistered = 0
+        self._log.info("worker {uid} registered at {url}", uid=self._uid, url=self._url)
+
+    def reconnecting(self, registered: bool) -> None:
+        if not registered:
+            self.unregistered += 1
+        code, reason = self._closed_by
+        if code == CLOSE_REGISTER_TIMEOUT:
+            self._log.warn("the server closed the connection: register too late ({reason})", reason=reason)
+        elif code == CLOSE_PROTOCOL_ERROR:
+            self._log.error("the server closed the connection: protocol error ({reason})", reason=reason)
+        else:
+            log = self._log.info if registered else self._log.warn
+            log("connection to {url} closed ({code}: {reason}); reconnecting", url=self._url, code=code, reason=reason)
+
+    def refuse(self, problem: str) -> None:
+        self._log.error("worker {uid}: {problem}; not reconnecting", uid=self._uid, problem=problem)
+
+    def send_status(self, ready: bool) -> None:
+        self._send({"code": STATUS, "status": 1 if ready else 0})
+
+    def send_progress(self, message: Message) -> None:
+        self._send(message)
+
+    def send_failure(self, info: str | None, logs: str | None) -> None:
+        self._log.info("job failed: {info}", info=info)
+        self._send({"code": JOB_FAILED, "info": info, "logs": logs})
+
+    def send_result(self, result: Result) -> None:
+        protocol = self._protocol
+        assert protocol is not None, "no connection"
+        self.jobs.send(result, protocol.send_result).addErrback(self._unsent, protocol)
+
+    def _unsent(self, failure: Failure, protocol: _WorkerProtocol) -> None:
+        self._log.failure("worker {uid}: sending a result", failure, uid=self._uid)
+        protocol.dropConnection(abort=True)
+
+    def close(self) -> None:
+        if self._protocol is not None:
+            self._protocol.sendClose(1000, "worker stopping")
+
+    def open_payload(self) -> None:
+        assert self._protocol is not None and self._protocol.transport is not None
+        transport = self._protocol.transport
+        self.jobs.open(transport.pauseProducing, transport.resumeProducing)
+
+    def start_handler(self) -> None:
+        self.jobs.start()
+
+    def interrupt_handler(self) -> None:
+        self.jobs.interrupt()
+
+    def end_job(self) -> None:
+        self.jobs.end()
+
+    def _send(self, message: Message) -> None:
+        if self._protocol is not None:
+            self._protocol.send_json(message)
 
 
 # The worker
@@ -644,38 +620,30 @@ class Worker:
         self.url = worker_url(url, job_type)
         self.uid = default_uid() if uid is None else uid
         self.name = socket.gethostname() if name is None else name
-        self._token = token
-        self._handler = handler
-        self._streaming = streaming
-        self._threaded = threaded
         self._reactor = reactor
         self._threadpool = threadpool
         self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
-        self._unregistered = 0
-        self._service = ClientService(
+        jobs = JobRunner(
+            handler,
+            streaming=streaming,
+            threaded=threaded,
+            in_pool=self._in_pool,
+            reporter=lambda: _ProgressReporter(reactor, self._link.inputs.progress),
+        )
+        self._link = _Link(self.url, self.uid, self.name, token, jobs)
+        self._link.service = ClientService(
             _endpoint(reactor, self.url, tls_ca_file),
-            _WorkerFactory(self, reactor),
+            _WorkerFactory(self._link, self.url, reactor),
             retryPolicy=self._retry_delay,
             clock=reactor,
         )
-        self._state = "new"  # running, stopping, aborting, stopped
-        self._protocol: _WorkerProtocol | None = None
-        self._job: _Job | None = None
-        self._awaiting_ack = False
-        self._refused: WorkerRefused | None = None
-        self._shutting = False
-        self._waiters: list[tuple[Deferred[None], bool]] = []
 
     def __repr__(self) -> str:
         return f"<Worker {self.uid} at {self.url}>"
 
     def start(self) -> None:
         """Connect, and keep connected until L{stop}."""
-        if self._state in ("running", "stopping", "aborting"):
-            return
-        self._state, self._refused = "running", None
-        self._log.info("worker {uid} connecting to {url}", uid=self.uid, url=self.url)
-        self._service.startService()
+        self._link.inputs.started()
 
     def stop(self) -> Deferred[None]:
         """
@@ -686,22 +654,9 @@ class Worker:
 
         @return: fires when the connection is closed.
         """
-        if self._state in ("new", "stopped"):
-            return succeed(None)
+        self._log.info("worker {uid}: stop asked", uid=self.uid)
         stopped: Deferred[None] = Deferred()
-        self._waiters.append((stopped, False))
-        if self._state == "running":
-            self._state = "stopping"
-            self._log.info("worker {uid} stopping", uid=self.uid)
-            if self._job is None and not self._awaiting_ack:
-                self._close()
-        elif self._state == "stopping":
-            self._state = "aborting"
-            self._log.info("worker {uid} aborting its job", uid=self.uid)
-            job = self._job
-            if job is not None and job.task is not None:
-                job.task.cancel()
-            self._shut()
+        self._link.inputs.stop_requested(stopped)
         return stopped
 
     def when_stopped(self) -> Deferred[None]:
@@ -710,202 +665,14 @@ class Worker:
             with L{WorkerRefused} if it stopped because the server refused it
             (a wrong token: close code 4001; no such endpoint: 404).
         """
-        waiter: Deferred[None] = Deferred()
-        if self._state == "stopped":
-            self._fire(waiter, True)
-        else:
-            self._waiters.append((waiter, True))
-        return waiter
-
-    # Stopping
-
-    def _close(self) -> None:
-        """Close the connection with a closing handshake, then stop."""
-        protocol = self._protocol
-        if protocol is not None and protocol.is_live():
-            protocol.sendClose(1000, "worker stopping")  # then _lost
-        else:
-            self._shut()
-
-    def _shut(self) -> None:
-        if not self._shutting:
-            self._shutting = True
-            self._service.stopService().addBoth(self._stopped)
-
-    def _stopped(self, result: object) -> None:
-        self._state, self._shutting = "stopped", False
-        waiters, self._waiters = self._waiters, []
-        for waiter, report in waiters:
-            self._fire(waiter, report)
-        self._log.info("worker {uid} stopped", uid=self.uid)
-
-    def _fire(self, waiter: Deferred[None], report: bool) -> None:
-        if report and self._refused is not None:
-            waiter.errback(self._refused)
-        else:
-            waiter.callback(None)
+        stopped: Deferred[None] = Deferred()
+        self._link.inputs.stop_awaited(stopped)
+        return stopped
 
     def _retry_delay(self, attempt: int) -> float:
         """Backoff, counting connections closed before registering as failures."""
-        return self._backoff(attempt + self._unregistered)
-
-    # What the connection reports
-
-    def _opened(self, protocol: _WorkerProtocol) -> None:
-        self._protocol = protocol
-        protocol.send_json({"code": REGISTER, "name": self.name, "id": self.uid, "token": self._token})
-
-    def _status_requested(self, protocol: _WorkerProtocol) -> None:
-        if protocol is not self._protocol:
-            return
-        if not protocol.registered:
-            protocol.registered, self._unregistered = True, 0
-            self._log.info("worker {uid} registered at {url}", uid=self.uid, url=self.url)
-        self._awaiting_ack = False
-        if self._state != "running" and self._job is None:
-            self._close()
-            return
-        ready = self._job is None and self._state == "running"
-        protocol.answered_busy = not ready
-        protocol.send_json({"code": STATUS, "status": 1 if ready else 0})
-
-    def _payload_begun(self, protocol: _WorkerProtocol) -> _Job | None:
-        if self._job is not None:
-            protocol.fail("sent a payload while a job runs")
-            return None
-        sink: _Memory | _Spool = _Memory()
-        if self._streaming:
-            transport = protocol.transport
-            assert transport is not None
-            sink = _Spool(self._in_pool, transport.pauseProducing, transport.resumeProducing)
-        job = _Job(protocol, sink, _ProgressReporter(self._reactor, lambda m: self._send_for(job, m)))
-        self._job = job
-        return job
-
-    def _payload_ended(self, job: _Job) -> None:
-        job.task = Deferred.fromCoroutine(self._run(job))
-
-    def _lost(self, protocol: _WorkerProtocol) -> None:
-        if protocol is self._protocol:
-            self._protocol, self._awaiting_ack = None, False
-        if not protocol.registered:
-            self._unregistered += 1
-        self._report_close(protocol)
-        job = self._job
-        if job is not None and job.protocol is protocol:
-            if job.task is None:
-                job.sink.discard()
-                self._job = None
-            elif not (self._threaded and job.running is not None and not job.running.called):
-                job.task.cancel()
-        if self._refused is not None or self._state in ("stopping", "aborting"):
-            self._shut()
-
-    def _report_close(self, protocol: _WorkerProtocol) -> None:
-        code, reason = protocol.close_code, protocol.close_reason or ""
-        if code == CLOSE_BAD_TOKEN:
-            self._refuse(f"the server refused the worker token ({reason})")
-        elif protocol.handshake_status == 404:
-            self._refuse(f"{self.url}: no worker endpoint there (404); is the job type configured?")
-        elif code == CLOSE_REGISTER_TIMEOUT:
-            self._log.warn("the server closed the connection: register too late ({reason})", reason=reason)
-        elif code == CLOSE_PROTOCOL_ERROR:
-            self._log.error("the server closed the connection: protocol error ({reason})", reason=reason)
-        elif self._state == "running":
-            log = self._log.info if protocol.registered else self._log.warn
-            log("connection to {url} closed ({code}: {reason}); reconnecting",
-                url=self.url, code=code, reason=reason)
-
-    def _refuse(self, problem: str) -> None:
-        self._refused = WorkerRefused(problem)
-        self._log.error("worker {uid}: {problem}; not reconnecting", uid=self.uid, problem=problem)
-
-    # Jobs
-
-    def _holds(self, job: _Job) -> bool:
-        """Whether the job's connection is the current one, still open."""
-        return job.protocol is self._protocol and job.protocol.is_live()
-
-    def _send_for(self, job: _Job, message: dict[str, Any]) -> None:
-        if self._holds(job):
-            job.protocol.send_json(message)
+        return self._backoff(attempt + self._link.unregistered)
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
         return deferToThreadPool(self._reactor, pool, f, *args)
-
-    def _call(self, payload: bytes | IO[bytes], output: IO[bytes] | None, progress: Progress) -> Deferred[Any]:
-        """Run the handler; its failure becomes a L{JobFailed}."""
-        args = (payload, output, progress) if self._streaming else (payload, progress)
-        if self._threaded:
-            running = self._in_pool(_traced, self._handler, *args)
-        else:
-            running = maybeDeferred(self._handler, *args).addErrback(_as_job_failed)
-        if not self._streaming:
-            running.addCallback(_as_bytes)
-        return running
-
-    async def _run(self, job: _Job) -> None:
-        """Handle one job whose payload has arrived, and send its outcome."""
-        try:
-            try:
-                payload = await job.sink.finish()
-                output = None
-                if not isinstance(payload, bytes):
-                    job.files.append(payload)
-                if self._streaming:
-                    output = await self._in_pool(_temporary, "result")
-                    job.files.append(output)
-                job.running = self._call(payload, output, job.progress)
-                result = await job.running
-            except JobFailed as e:
-                outcome: bytes | IO[bytes] | JobFailed = e
-            except OSError as e:  # spooling, temporary files
-                outcome = JobFailed(f"the worker could not store the job's files: {e}")
-            else:
-                outcome = output if output is not None else result
-            finally:
-                job.progress.close()
-            if self._holds(job):
-                await self._send_outcome(job.protocol, outcome)
-        except CancelledError:
-            pass
-        except Exception:
-            self._log.failure("worker {uid}: handling a job", uid=self.uid)
-            if self._holds(job):
-                job.protocol.dropConnection(abort=True)
-        finally:
-            job.sink.discard()
-            for file in job.files:
-                self._in_pool(file.close).addErrback(
-                    lambda f: self._log.failure("removing a temporary file", f)
-                )
-            self._job_over(job)
-
-    async def _send_outcome(self, protocol: _WorkerProtocol, outcome: bytes | IO[bytes] | JobFailed) -> None:
-        self._awaiting_ack = True
-        if isinstance(outcome, JobFailed):
-            self._log.info("job failed: {info}", info=outcome.info)
-            protocol.send_json({"code": JOB_FAILED, "info": outcome.info, "logs": outcome.logs})
-        elif isinstance(outcome, bytes):
-            buffer = io.BytesIO(outcome)
-            await protocol.send_result(lambda n: succeed(buffer.read(n)), len(outcome))
-            self._log.info("job done: {size} bytes of result", size=len(outcome))
-        else:
-            size = await self._in_pool(_rewind, outcome)
-            await protocol.send_result(lambda n: self._in_pool(outcome.read, n), size)
-            self._log.info("job done: {size} bytes of result", size=size)
-
-    def _job_over(self, job: _Job) -> None:
-        if self._job is job:
-            self._job = None
-        if self._state == "aborting":
-            self._shut()
-        elif self._state == "stopping":
-            if not self._awaiting_ack:
-                self._close()
-        elif self._state == "running":
-            protocol = self._protocol
-            if protocol is not None and protocol.registered and protocol.answered_busy:
-                protocol.answered_busy = False
-                protocol.send_json({"code": STATUS, "status": 1})

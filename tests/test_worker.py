@@ -21,15 +21,15 @@ from twisted.test.iosim import ConnectionCompleter, IOPump
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from gridlike import _worker_jobs as jobs_module
 from gridlike import worker as worker_module
+from gridlike._worker_jobs import SPOOL_HIGH, _Spool
 from gridlike.worker import (
     CHUNK,
-    SPOOL_HIGH,
     JobFailed,
     Worker,
     WorkerRefused,
     _Pacer,
-    _Spool,
     default_uid,
     worker_url,
 )
@@ -370,7 +370,7 @@ class ProtocolTests(SynchronousTestCase):
         def full(kind: str) -> Any:
             raise OSError(28, "No space left on device")
 
-        self.patch(worker_module, "_temporary", full)
+        self.patch(jobs_module, "_temporary", full)
         harness = Harness(lambda input, output, progress: None, streaming=True)
         server = harness.start()
         server.send_payload(b"data")
@@ -396,6 +396,21 @@ class ProtocolTests(SynchronousTestCase):
         server.send_payload(b"two")
         harness.settle()
         self.assertEqual(server.close and server.close[0], 1002)
+
+    def test_payload_before_register(self) -> None:
+        """
+        A payload before the status request that acknowledges the register
+        breaks the protocol too: the worker closes with 1002 saying so, and
+        runs nothing.
+        """
+        calls: list[bytes] = []
+        harness = Harness(lambda payload, progress: calls.append(payload) or b"")
+        harness.worker.start()
+        server = harness.connect()
+        server.send_payload(b"early")
+        harness.settle()
+        self.assertEqual(server.close, (1002, "sent a payload out of turn"))
+        self.assertEqual(calls, [])
 
     def test_asynchronous(self) -> None:
         """With threaded=False the handler runs on the reactor and may return a coroutine."""
@@ -613,7 +628,7 @@ class SpoolTests(SynchronousTestCase):
         def full(kind: str) -> Any:
             raise OSError(28, "No space left on device")
 
-        self.patch(worker_module, "_temporary", full)
+        self.patch(jobs_module, "_temporary", full)
         spool = _Spool(lambda f, *a: deferToThreadPool(reactor, pool, f, *a), lambda: None, lambda: None)
         spool.write(b"x")
         pool.run()
@@ -632,10 +647,10 @@ class SpoolTests(SynchronousTestCase):
         from twisted.internet.threads import deferToThreadPool
 
         def temporary(kind: str) -> Any:
-            made.append(worker_module.tempfile.NamedTemporaryFile(prefix="gridlike-test-"))
+            made.append(jobs_module.tempfile.NamedTemporaryFile(prefix="gridlike-test-"))
             return made[-1]
 
-        self.patch(worker_module, "_temporary", temporary)
+        self.patch(jobs_module, "_temporary", temporary)
         spool = _Spool(
             lambda f, *a: deferToThreadPool(reactor, pool, f, *a),
             lambda: events.append("pause"),
