@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_service -*-
+# -*- test-case-name: tests.test_tap -*-
 """
 The core service: builds the registry, storage and dispatch of one instance
 from its settings, replays the journal at start, and keeps the journal and
