@@ -178,7 +178,6 @@ def test_reconnects_after_restart(daemon: Daemon, agent: MachineAgent) -> None:
     submit(daemon, b"before", "r1")
     assert finished(daemon, "r1")["status"] == "done"
     daemon.stop()
-    time.sleep(1)
     daemon.start()
     submit(daemon, b"after", "r2")
     assert finished(daemon, "r2")["status"] == "done", worker.log()
@@ -203,7 +202,7 @@ def test_second_sigterm_aborts(daemon: Daemon, agent: MachineAgent, tmp_path: Pa
     submit(daemon, b"", "a1")
     until(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the command to start")
     worker.process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    until(lambda: "stopping once the running jobs are done" in worker.log(), what="the first SIGTERM")
     assert worker.terminate() == 143, worker.log()
     pgid = int(pid_file.read_text())
     until(lambda: _group_gone(pgid), what="the process group to go")

@@ -107,6 +107,7 @@ def test_journal_disk_full(make_daemon: Callable[..., Daemon], tiny_disk: Path) 
 
 def test_upload_stops_midway(daemon: Daemon) -> None:
     """A client that vanishes mid-upload leaves no partial file behind."""
+    payloads = daemon.directory / "gridlike-data" / "payloads"
     body_start = (
         b"--b\r\nContent-Disposition: form-data; name=\"payload\"; filename=\"p\"\r\n\r\n"
         + b"x" * (2 * 1024 * 1024)
@@ -117,8 +118,10 @@ def test_upload_stops_midway(daemon: Daemon) -> None:
             b"Content-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 9999999\r\n\r\n" + body_start
         )
-        time.sleep(0.5)
-    payloads = daemon.directory / "gridlike-data" / "payloads"
+        deadline = time.monotonic() + 10
+        while not files_under(payloads):  # the upload is being stored
+            assert time.monotonic() < deadline, "no partial file appeared"
+            time.sleep(0.02)
     deadline = time.monotonic() + 10
     while files_under(payloads):
         assert time.monotonic() < deadline, files_under(payloads)
