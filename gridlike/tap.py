@@ -11,11 +11,11 @@ import os
 import sys
 from typing import Any
 
+from twisted import copyright
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted import copyright
 from twisted.python import usage
 
 from gridlike import __version__
@@ -56,7 +56,7 @@ class Options(usage.Options):
         """
         Print GridLike's version (and Twisted's) and exit.
         """
-        print(f"gridlike {__version__} (Twisted {copyright.version})", file=sys.stdout)
+        print(f"gridlike {__version__} (Twisted {copyright.version})")
         sys.exit(0)
 
     def postOptions(self) -> None:
