@@ -1,3 +1,5 @@
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -7,10 +9,32 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Environment :: No Input/Output (Daemon)",
+        "Framework :: Twisted",
+        "Intended Audience :: Developers",
+        "Intended Audience :: System Administrators",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: System :: Distributed Computing",
+    ],
     python_requires=">=3.11",
     # twisted.plugins carries our twistd plugin; it must not get an __init__.py.
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={"gridlike": ["py.typed"]},
+    # Installed under the prefix (/opt/gridlike in etc/gridlike.service), so
+    # that the units' Documentation= and install steps name files that exist.
+    data_files=[
+        ("share/doc/gridlike", ["README.md", "LICENSE"]),
+        ("share/doc/gridlike/docs", sorted(glob("docs/*.md"))),
+        ("share/gridlike", sorted(glob("etc/*"))),
+    ],
     install_requires=[
         "twisted[tls]>=24.7",
         "autobahn>=24.4",
@@ -21,7 +45,8 @@ setup(
         "attrs>=24.2",
         "zope.interface>=6",
         "automat>=24.8",
-        "python-multipart>=0.0.20",
+        # Pre-1.0, and 0.0.13 already renamed its module: a 0.1 may break us.
+        "python-multipart>=0.0.20,<0.1",
         "prometheus-client>=0.20",
     ],
     extras_require={

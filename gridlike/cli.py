@@ -516,6 +516,61 @@ def _counts(counts: dict[str, Any]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts.items()) or "-"
 
 
+def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="the TOML configuration file")
+
+
+@command(
+    "check-config",
+    "validate a server configuration file without starting a server",
+    _check_config_arguments,
+)
+async def _check_config(context: Context) -> int:
+    """
+    Read C{FILE} as C{twistd gridlike --config FILE} would (data paths in
+    C{$STATE_DIRECTORY} when set), and summarise what it configures; a bad
+    file is a usage error naming the key.  No server is contacted.
+    """
+    from gridlike.config import load_settings, state_directory
+    from gridlike.errors import ConfigError
+
+    try:
+        settings = load_settings(context.options.file, data_dir=state_directory(os.environ))
+    except ConfigError as e:
+        raise CommandError(e.problem) from None
+    auth = settings.auth
+    summary = {
+        "file": context.options.file,
+        "listen": list(settings.server.listen),
+        "journal": str(settings.registry.path),
+        "fsync": settings.registry.fsync,
+        "payloads": str(settings.storage.path),
+        "api_keys": len(auth.api_keys),
+        "worker_token": bool(auth.worker_token),
+        "types": {
+            name: job_type.result_becomes for name, job_type in settings.types.items()
+        },
+    }
+    if context.options.json:
+        context.json(summary)
+        return OK
+    types = [
+        name if becomes is None else f"{name} -> {becomes}"
+        for name, becomes in summary["types"].items()
+    ]
+    rows = [
+        ("listen", ", ".join(settings.server.listen)),
+        ("journal", f"{settings.registry.path} (fsync {settings.registry.fsync})"),
+        ("payloads", settings.storage.path),
+        ("api keys", len(auth.api_keys) or "none: the job API is open"),
+        ("worker token", "set" if auth.worker_token else "none: any worker may connect"),
+        ("types", ", ".join(types) or "none"),
+    ]
+    context.print(f"{context.options.file}: ok")
+    context.print(table([("  " + name, value) for name, value in rows]))
+    return OK
+
+
 # Parsing and dispatch
 
 

@@ -10,7 +10,9 @@ start-up errors: L{ConfigError} with a message that names the table and key,
 such as C{"[scheduling] max_attemps: unknown key"}.
 
 Relative paths resolve against the directory of the configuration file (or
-the current directory when there is none). Listen addresses are Twisted
+the current directory when there is none), except under a systemd unit with
+a C{StateDirectory=}: there the data paths resolve against it (see
+L{state_directory}), as C{/etc} is read-only to the service. Listen addresses are Twisted
 server endpoint strings, checked here by parsing them against a
 L{MemoryReactor}, so that a typo stops start-up rather than the first
 request.
@@ -55,6 +57,7 @@ __all__ = [
     "load_settings",
     "parse_settings",
     "parse_size",
+    "state_directory",
 ]
 
 
@@ -305,8 +308,26 @@ class Settings:
         return self.scheduling.max_attempts
 
 
+def state_directory(environ: Mapping[str, str]) -> Path | None:
+    """
+    The state directory systemd made for the service, if any.
+
+    A unit with C{StateDirectory=gridlike} gets C{/var/lib/gridlike},
+    writable even under C{ProtectSystem=strict}, in C{$STATE_DIRECTORY}
+    (a colon-separated list when the unit names several; the first is
+    GridLike's).
+
+    @param environ: the process environment.
+    @return: the directory, or C{None} outside such a unit.
+    """
+    value = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(value) if value else None
+
+
 def load_settings(
-    path: str | os.PathLike[str] | None, listen: Sequence[str] = ()
+    path: str | os.PathLike[str] | None,
+    listen: Sequence[str] = (),
+    data_dir: Path | None = None,
 ) -> Settings:
     """
     Read the configuration file, or take the embedded defaults.
@@ -315,12 +336,16 @@ def load_settings(
         paths then resolve against the current directory).
     @param listen: endpoint strings that, when given, replace
         C{[server] listen} (from the C{--listen} command-line option).
+    @param data_dir: the directory that relative C{[registry] path} and
+        C{[storage] path} resolve against instead (L{state_directory}), so
+        that the shipped file keeps its data out of C{/etc}; C{None} for the
+        configuration file's.
     @return: the validated settings.
     @raise ConfigError: the file cannot be read, is not TOML, or has an
         unknown or bad key.
     """
     if path is None:
-        return parse_settings("", Path.cwd(), None, listen)
+        return parse_settings("", Path.cwd(), None, listen, data_dir)
     source = os.fspath(path)
     try:
         raw = Path(source).read_bytes()
@@ -332,7 +357,7 @@ def load_settings(
         raise ConfigError(
             f"{source}: not valid TOML: not UTF-8 at byte {e.start}"
         ) from None
-    return parse_settings(text, Path(source).absolute().parent, source, listen)
+    return parse_settings(text, Path(source).absolute().parent, source, listen, data_dir)
 
 
 def parse_settings(
@@ -340,6 +365,7 @@ def parse_settings(
     base_dir: Path,
     source: str | None = None,
     listen: Sequence[str] = (),
+    data_dir: Path | None = None,
 ) -> Settings:
     """
     Read a configuration from TOML text: the from-string twin of
@@ -351,6 +377,9 @@ def parse_settings(
         L{Settings.source}; C{None} for none.
     @param listen: endpoint strings that, when given, replace
         C{[server] listen}.
+    @param data_dir: the directory relative data paths (C{[registry] path},
+        C{[storage] path}) resolve against instead of C{base_dir}; C{None}
+        for C{base_dir}.
     @return: the validated settings.
     @raise ConfigError: the text is not TOML, or has an unknown or bad key.
     """
@@ -366,10 +395,10 @@ def parse_settings(
             raise ConfigError(
                 f"{name}: unknown key (keys belong in a table such as [server])"
             )
-    base = Path(base_dir).absolute()
+    data = Path(base_dir if data_dir is None else data_dir).absolute()
     server, exposed = _server(_Table.of("server", document), listen)
-    registry = _registry(_Table.of("registry", document), base)
-    storage = _storage(_Table.of("storage", document), base)
+    registry = _registry(_Table.of("registry", document), data)
+    storage = _storage(_Table.of("storage", document), data)
     auth = _auth(_Table.of("auth", document))
     workers = _workers(_Table.of("workers", document))
     scheduling = _scheduling(_Table.of("scheduling", document))

@@ -31,6 +31,7 @@ from gridlike.config import (
     load_settings,
     parse_settings,
     parse_size,
+    state_directory,
 )
 from gridlike.errors import ConfigError
 
@@ -746,6 +747,29 @@ def test_relative_paths_follow_the_file(tmp_path: Path) -> None:
     assert settings.source == str(config)
     home = parse('[storage]\npath = "~/payloads"')
     assert home.storage.path == Path.home() / "payloads"
+
+
+def test_data_paths_in_state_directory(tmp_path: Path) -> None:
+    """
+    With a data directory (systemd's StateDirectory), relative data paths
+    resolve against it rather than the file's directory; absolute ones stay.
+    """
+    config = tmp_path / "etc" / "g.toml"
+    config.parent.mkdir()
+    config.write_text('[storage]\npath = "/data/payloads"\n')
+    settings = load_settings(str(config), data_dir=tmp_path / "state")
+    assert settings.registry.path == tmp_path / "state" / "gridlike-data" / "journal"
+    assert settings.storage.path == Path("/data/payloads")
+
+
+def test_state_directory() -> None:
+    """
+    C{$STATE_DIRECTORY} names the data directory; of several, the first.
+    """
+    assert state_directory({}) is None
+    assert state_directory({"STATE_DIRECTORY": ""}) is None
+    assert state_directory({"STATE_DIRECTORY": "/var/lib/gridlike"}) == Path("/var/lib/gridlike")
+    assert state_directory({"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}) == Path("/var/lib/a")
 
 
 def test_relative_config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
