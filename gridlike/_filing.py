@@ -153,6 +153,8 @@ class Filing:
         Wait for the objects being filed, and journal that they are settled:
         before the journal closes.
         """
+        if self._inline is not None:
+            self._inline.flush()
         while self._filing:
             await DeferredList(list(self._filing))
         if self._settled_call is not None:

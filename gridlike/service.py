@@ -73,7 +73,7 @@ class GridLikeService(Service):
             assert self._filesystem is not None
             inline_max = settings.storage.inline_max
             storage = (
-                InlineStorage(self._filesystem, inline_max)
+                InlineStorage(self._filesystem, inline_max, reactor)
                 if inline_max
                 else self._filesystem
             )

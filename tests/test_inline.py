@@ -20,6 +20,7 @@ from gridlike.errors import PayloadTooLarge, Unavailable
 from gridlike.model import Priority
 from gridlike.registry import NewJob, Registry, new_job_id
 from gridlike.storage import PAYLOAD, RESULT, IInlineStorage, IPayloadWriter, InlineStorage
+from gridlike.storage._inline import SETTLE_DELAY
 from gridlike.testing import MemoryJournal, MemoryStorage
 from tests.test_journal import Harness as JournalHarness
 from tests.test_journal import temp_journal
@@ -77,7 +78,7 @@ class InlineStorageTests(SynchronousTestCase):
 
     def test_interface(self) -> None:
         """It provides L{IInlineStorage}."""
-        self.assertTrue(verifyObject(IInlineStorage, InlineStorage(MemoryStorage(), 10)))
+        self.assertTrue(verifyObject(IInlineStorage, InlineStorage(MemoryStorage(), 10, Clock())))
 
     def test_small_payload_staged(self) -> None:
         """
@@ -85,7 +86,7 @@ class InlineStorageTests(SynchronousTestCase):
         wrapped storage; its bytes are taken once for the journal.
         """
         inner = MemoryStorage()
-        storage = InlineStorage(inner, 10)
+        storage = InlineStorage(inner, 10, Clock())
         self.assertEqual(self.successResultOf(stage(storage, b"0123456789")), 10)
         self.assertEqual(inner.objects, {})
         self.assertEqual(storage.take_staged(JOB, PAYLOAD), b"0123456789")
@@ -97,7 +98,7 @@ class InlineStorageTests(SynchronousTestCase):
         wrapped storage, which makes the object durable as usual.
         """
         inner = MemoryStorage()
-        storage = InlineStorage(inner, 10)
+        storage = InlineStorage(inner, 10, Clock())
         writer = storage.writer(JOB, PAYLOAD)
         for piece in (b"01234", b"56789", b"abc"):
             writer.write(piece)
@@ -109,7 +110,7 @@ class InlineStorageTests(SynchronousTestCase):
     def test_results_staged(self) -> None:
         """Small results are staged like payloads."""
         inner = MemoryStorage()
-        storage = InlineStorage(inner, 10)
+        storage = InlineStorage(inner, 10, Clock())
         writer = storage.writer(JOB, RESULT)
         writer.write(b"r")
         self.successResultOf(writer.finish())
@@ -119,13 +120,13 @@ class InlineStorageTests(SynchronousTestCase):
     def test_threshold_zero(self) -> None:
         """With a threshold of 0 every writer is the wrapped storage's."""
         inner = MemoryStorage()
-        storage = InlineStorage(inner, 0)
+        storage = InlineStorage(inner, 0, Clock())
         self.successResultOf(stage(storage, b"x"))
         self.assertEqual(inner.objects, {(JOB, PAYLOAD): b"x"})
 
     def test_too_large(self) -> None:
         """Past C{max_size} a write raises and finish fails; nothing is staged."""
-        storage = InlineStorage(MemoryStorage(), 2000)
+        storage = InlineStorage(MemoryStorage(), 2000, Clock())
         writer = storage.writer(JOB, PAYLOAD, max_size=4)
         self.assertRaises(PayloadTooLarge, writer.write, b"12345")
         self.assertRaises(PayloadTooLarge, writer.write, b"1")
@@ -134,7 +135,7 @@ class InlineStorageTests(SynchronousTestCase):
 
     def test_abort(self) -> None:
         """An aborted writer stages nothing; finish then fails."""
-        storage = InlineStorage(MemoryStorage(), 10)
+        storage = InlineStorage(MemoryStorage(), 10, Clock())
         writer = storage.writer(JOB, PAYLOAD)
         writer.write(b"x")
         self.successResultOf(writer.abort())
@@ -143,7 +144,7 @@ class InlineStorageTests(SynchronousTestCase):
 
     def test_delete_drops_staged(self) -> None:
         """Deleting a job drops a staged payload no record took."""
-        storage = InlineStorage(MemoryStorage(), 10)
+        storage = InlineStorage(MemoryStorage(), 10, Clock())
         self.successResultOf(stage(storage, b"x"))
         self.successResultOf(storage.delete(JOB))
         self.assertIsNone(storage.take_staged(JOB, PAYLOAD))
@@ -153,9 +154,10 @@ class InlineStorageTests(SynchronousTestCase):
         While a settled payload is being filed, reads are served from memory
         and it counts as unsettled; once filed, the wrapped storage serves it.
         """
-        inner = HeldStorage()
-        storage = InlineStorage(inner, 10)
+        inner, clock = HeldStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock)
         settled = storage.settle(JOB, PAYLOAD, b"bytes")
+        clock.advance(SETTLE_DELAY)
         self.assertNoResult(settled)
         self.assertEqual(storage.unsettled(JOB, PAYLOAD), b"bytes")
         self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 10)), b"bytes")
@@ -168,16 +170,49 @@ class InlineStorageTests(SynchronousTestCase):
 
     def test_settle_failure_keeps_bytes(self) -> None:
         """When filing fails the bytes stay in memory, still readable."""
-        inner = MemoryStorage(broken=True)
-        storage = InlineStorage(inner, 10)
-        self.failureResultOf(storage.settle(JOB, PAYLOAD, b"bytes"), Unavailable)
+        inner, clock = MemoryStorage(broken=True), Clock()
+        storage = InlineStorage(inner, 10, clock)
+        settled = storage.settle(JOB, PAYLOAD, b"bytes")
+        clock.advance(SETTLE_DELAY)
+        self.failureResultOf(settled, Unavailable)
         self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 10)), b"bytes")
+
+    def test_settle_waits_and_batches(self) -> None:
+        """
+        Objects to settle wait L{SETTLE_DELAY} in memory, then are filed
+        together; one deleted meanwhile is not filed at all.
+        """
+        inner, clock = MemoryStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock)
+        first = storage.settle(JOB, PAYLOAD, b"one")
+        other = "0123abcd-0000-4000-8000-000000000001"
+        second = storage.settle(other, PAYLOAD, b"two")
+        gone = "0123abcd-0000-4000-8000-000000000002"
+        third = storage.settle(gone, PAYLOAD, b"three")
+        self.successResultOf(storage.delete(gone))
+        clock.advance(SETTLE_DELAY / 2)
+        self.assertEqual(inner.objects, {})
+        clock.advance(SETTLE_DELAY / 2)
+        for d in (first, second, third):
+            self.successResultOf(d)
+        self.assertEqual(inner.objects, {(JOB, PAYLOAD): b"one", (other, PAYLOAD): b"two"})
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_flush(self) -> None:
+        """L{InlineStorage.flush} files what waits at once."""
+        inner, clock = MemoryStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock)
+        settled = storage.settle(JOB, PAYLOAD, b"one")
+        storage.flush()
+        self.successResultOf(settled)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_delete_while_settling(self) -> None:
         """A job deleted while its payload is filed leaves nothing behind."""
-        inner = HeldStorage()
-        storage = InlineStorage(inner, 10)
+        inner, clock = HeldStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock)
         settled = storage.settle(JOB, PAYLOAD, b"bytes")
+        clock.advance(SETTLE_DELAY)
         self.successResultOf(storage.delete(JOB))
         inner.release()
         self.successResultOf(settled)
@@ -192,14 +227,25 @@ class Inline:
     """A registry over a memory journal and inline storage."""
 
     def __init__(
-        self, journal: Any = None, inner: MemoryStorage | None = None, config: str = ""
+        self,
+        journal: Any = None,
+        inner: MemoryStorage | None = None,
+        config: str = "",
+        clock: Clock | None = None,
     ) -> None:
         self.settings = parse_settings(config, Path("/nonexistent"))
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.journal = journal if journal is not None else MemoryJournal()
         self.inner = inner if inner is not None else MemoryStorage()
-        self.storage = InlineStorage(self.inner, 64)
+        self.storage = InlineStorage(self.inner, 64, self.clock)
         self.registry = Registry(self.settings, self.journal, self.storage, self.clock)
+
+    def file(self) -> None:
+        """Let the objects waiting to be filed go to storage, and settle."""
+        self.clock.advance(SETTLE_DELAY)
+        if isinstance(self.inner, HeldStorage):
+            self.inner.release()
+        self.clock.advance(0)
 
     def submit(
         self, case: SynchronousTestCase, *payloads: bytes, type: str | None = None
@@ -249,9 +295,10 @@ class RegistryInlineTests(SynchronousTestCase):
         head, _, payloads = put.partition(b"\n")
         self.assertEqual(json.loads(head)["inline"], [0, 2])
         self.assertEqual(payloads, b"onethree")
+        inline.file()
         self.assertEqual(inline.inner.objects[(jobs[0].id, PAYLOAD)], b"one")
         self.assertEqual(inline.inner.objects[(jobs[1].id, PAYLOAD)], b"x" * 100)
-        inline.clock.advance(0)
+
         self.assertEqual(inline.ops(), ["put", "settled"])
         settled = json.loads(inline.journal.records[1])
         self.assertEqual(settled["ids"], [jobs[0].id, jobs[2].id])
@@ -300,8 +347,9 @@ class RegistryInlineTests(SynchronousTestCase):
         inline.journal.records.append(json.dumps({"op": "delete", "id": deleted.id}).encode())
         again = Inline(MemoryJournal(list(inline.journal.records)))
         again.registry.load()
+        again.file()
         self.assertEqual(again.inner.objects, {(kept.id, PAYLOAD): b"kept"})
-        again.clock.advance(0)
+
         self.assertEqual(json.loads(again.journal.records[-1]), {"op": "settled", "ids": [kept.id]})
 
     def test_replay_files_empty_payload(self) -> None:
@@ -310,6 +358,7 @@ class RegistryInlineTests(SynchronousTestCase):
         [job] = inline.submit(self, b"")
         again = Inline(MemoryJournal(list(inline.journal.records)))
         again.registry.load()
+        again.file()
         self.assertEqual(again.inner.objects, {(job.id, PAYLOAD): b""})
 
     def test_snapshot_carries_unsettled(self) -> None:
@@ -323,8 +372,9 @@ class RegistryInlineTests(SynchronousTestCase):
         self.assertTrue(put.endswith(b"\nbytes"))
         again = Inline(MemoryJournal([put]))
         again.registry.load()
+        again.file()
         self.assertEqual(again.inner.objects, {(job.id, PAYLOAD): b"bytes"})
-        inline.inner.release()
+        inline.file()
         [_, put] = list(inline.registry.snapshot())
         self.assertNotIn(b"\n", put)
 
@@ -353,7 +403,7 @@ class ResultInlineTests(SynchronousTestCase):
         """
         inline = Inline(inner=HeldStorage())
         [job] = inline.submit(self, b"in")
-        inline.inner.release()
+        inline.file()
         inline.complete(self, job, b"out")
         done = inline.journal.records[-1]
         head, _, carried = done.partition(b"\n")
@@ -361,12 +411,12 @@ class ResultInlineTests(SynchronousTestCase):
         self.assertEqual(
             self.successResultOf(inline.storage.read_bytes(job.id, RESULT, 10)), b"out"
         )
-        inline.inner.release()
-        inline.clock.advance(0)
+        inline.file()
+
         self.assertEqual(inline.inner.objects[(job.id, RESULT)], b"out")
         self.assertEqual(
             json.loads(inline.journal.records[-1]),
-            {"op": "settled", "ids": [job.id], "results": [job.id]},
+            {"op": "settled", "ids": [], "results": [job.id]},
         )
 
     def test_chained(self) -> None:
@@ -377,14 +427,15 @@ class ResultInlineTests(SynchronousTestCase):
         """
         inline = Inline(inner=HeldStorage(), config=CHAINED)
         [job] = inline.submit(self, b"in", type="first")
-        inline.inner.release()
-        inline.clock.advance(0)  # the payload is settled
+        inline.file()
+
         child = inline.complete(self, job, b"out")
         self.assertEqual(
             self.successResultOf(inline.storage.read_bytes(child.id, PAYLOAD, 10)), b"out"
         )
         again = Inline(MemoryJournal(list(inline.journal.records)), config=CHAINED)
         again.registry.load()
+        again.file()
         self.assertEqual(
             again.inner.objects, {(job.id, RESULT): b"out", (child.id, PAYLOAD): b"out"}
         )
@@ -404,10 +455,11 @@ class ResultInlineTests(SynchronousTestCase):
         """A snapshot carries a result being filed; a restart files it."""
         inline = Inline(inner=HeldStorage())
         [job] = inline.submit(self, b"in")
-        inline.inner.release()
+        inline.file()
         inline.complete(self, job, b"out")
         again = Inline(MemoryJournal(list(inline.registry.snapshot())))
         again.registry.load()
+        again.file()
         self.assertEqual(again.inner.objects, {(job.id, RESULT): b"out"})
         self.assertEqual(again.registry.by_id(job.id).result_size, 3)
 
@@ -428,9 +480,7 @@ class CompactionInlineTests(SynchronousTestCase):
         harness = JournalHarness(path, auto=False)
         journal = harness.open()
         inner = HeldStorage()
-        inline = Inline(journal, inner)
-        inline.clock = harness.clock
-        inline.registry = Registry(inline.settings, journal, inline.storage, harness.clock)
+        inline = Inline(journal, inner, clock=harness.clock)
 
         def submit(data: bytes) -> Deferred[Any]:
             job_id = new_job_id()
@@ -441,6 +491,7 @@ class CompactionInlineTests(SynchronousTestCase):
 
         before = [submit(b"before %d" % n) for n in range(5)]
         harness.settle()
+        harness.clock.advance(SETTLE_DELAY)
         inner.release()  # these are filed
         harness.settle()
         unfiled = [submit(b"unfiled %d" % n) for n in range(3)]
@@ -459,12 +510,9 @@ class CompactionInlineTests(SynchronousTestCase):
         filed = {name[0] for name in inner.objects}
         self.assertEqual(len(filed), 5)
         again = JournalHarness(path, auto=True)
-        restarted = Inline(again.journal(), MemoryStorage())
-        restarted.clock = again.clock
-        restarted.registry = Registry(
-            restarted.settings, restarted.journal, restarted.storage, again.clock
-        )
+        restarted = Inline(again.journal(), MemoryStorage(), clock=again.clock)
         restarted.registry.load()
+        again.clock.advance(SETTLE_DELAY)
         self.assertEqual({job.id for job in restarted.registry}, set(expected))
         refiled = restarted.inner.objects
         self.assertEqual({name[0] for name in refiled}, set(expected) - filed)

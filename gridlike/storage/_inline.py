@@ -12,7 +12,8 @@ writer, whose C{finish} fires at once; the registry takes the bytes
 shared by the journal's group commit, makes both durable.  Only then does
 the registry hand the bytes back (L{InlineStorage.settle}): they are written
 to the wrapped storage as an ordinary object, off the path of the
-acknowledgement, and held in memory until that object is durable, serving
+acknowledgement (after a short delay, L{SETTLE_DELAY}, so that many share
+their syncs), and held in memory until that object is durable, serving
 reads meanwhile.  The registry then journals that they are settled (see
 L{gridlike._filing}).
 
@@ -24,14 +25,19 @@ streams from then on.
 from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IReactorTime
 from zope.interface import implementer
 
 from ..errors import PayloadTooLarge
 from ._fs_common import check_job_id, check_kind
 from .interface import KINDS, IPayloadWriter, IStorage
 
-__all__ = ["IInlineStorage", "InlineStorage"]
+__all__ = ["SETTLE_DELAY", "IInlineStorage", "InlineStorage"]
+
+SETTLE_DELAY = 0.5
+"""Seconds an object waits in memory before it is filed: long enough that
+the objects of a busy moment share syncs and one C{settled} record, short
+enough that memory holds few of them."""
 
 _Name = tuple[str, str]
 
@@ -72,6 +78,12 @@ class IInlineStorage(IStorage):
         @param kind: L{PAYLOAD} or L{RESULT}.
         @return: The bytes of an object being settled, which only the journal
             holds durably, or C{None}.
+        """
+
+    def flush() -> None:
+        """
+        Start filing the objects waiting to be filed now, rather than at the
+        end of their delay: before shutting down.
         """
 
 
@@ -171,16 +183,30 @@ class InlineStorage:
     @ivar threshold: the largest payload kept for the journal, in bytes.
     """
 
-    def __init__(self, inner: IStorage, threshold: int) -> None:
+    def __init__(
+        self,
+        inner: IStorage,
+        threshold: int,
+        clock: IReactorTime,
+        delay: float = SETTLE_DELAY,
+    ) -> None:
         """
         @param inner: the wrapped storage.
-        @param threshold: payloads up to this many bytes are staged for the
+        @param threshold: objects up to this many bytes are staged for the
             journal (the C{[storage] inline_max} setting).
+        @param clock: for the filing delay.
+        @param delay: seconds objects to settle wait before they are filed,
+            so that the objects of many jobs share their writes' syncs and
+            their C{settled} record.
         """
         self.inner = inner
         self.threshold = threshold
+        self._clock = clock
+        self._delay = delay
         self._staged: dict[_Name, bytes] = {}
         self._pinned: dict[_Name, bytes] = {}
+        self._queued: list[tuple[_Name, bytes, Deferred[None]]] = []
+        self._filing: IDelayedCall | None = None
 
     @property
     def quarantined(self) -> str:
@@ -203,6 +229,37 @@ class InlineStorage:
     def settle(self, job_id: str, kind: str, data: bytes) -> Deferred[None]:
         name = (job_id, kind)
         self._pinned[name] = data
+        settled: Deferred[None] = Deferred()
+        self._queued.append((name, data, settled))
+        if self._filing is None:
+            self._filing = self._clock.callLater(self._delay, self._file_queued)
+        return settled
+
+    def unsettled(self, job_id: str, kind: str) -> bytes | None:
+        return self._pinned.get((job_id, kind))
+
+    def flush(self) -> None:
+        if self._filing is not None:
+            self._filing.cancel()
+            self._file_queued()
+
+    def _file_queued(self) -> None:
+        """File every object waiting, each written as usual."""
+        self._filing = None
+        queued, self._queued = self._queued, []
+        for name, data, settled in queued:
+            if self._pinned.get(name) is data:
+                self._file(name, data).chainDeferred(settled)
+            else:  # Deleted, or settled again, meanwhile.
+                settled.callback(None)
+
+    def _file(self, name: _Name, data: bytes) -> Deferred[None]:
+        """
+        @param name: an object to settle.
+        @param data: its bytes.
+        @return: fires once it is durable in the wrapped storage.
+        """
+        job_id, kind = name
         writer = self.inner.writer(job_id, kind)
         writer.write(data)
 
@@ -214,9 +271,6 @@ class InlineStorage:
             return self.inner.delete(job_id)
 
         return writer.finish().addCallback(filed)
-
-    def unsettled(self, job_id: str, kind: str) -> bytes | None:
-        return self._pinned.get((job_id, kind))
 
     # IStorage
 
