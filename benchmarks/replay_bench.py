@@ -1,7 +1,8 @@
 """
 Restart with many pending jobs: how long a real daemon takes from launch to
 answering /healthz, and its resident memory then, for a journal of N pending
-jobs written in the registry's own record format.
+jobs (each with its own key and a description, submitted in bulks of 1,000)
+written in the registry's own record format.
 
 Run from the repository::
 
@@ -27,21 +28,25 @@ from tests.integration.daemon import Daemon  # noqa: E402
 
 
 def write_journal(path: Path, jobs: int) -> None:
-    """A journal of C{jobs} pending jobs, one put record of 100 each."""
+    """
+    A journal of C{jobs} pending jobs made as users make them: each with its
+    own key and a description, submitted in bulks of 1,000 (one put record
+    per bulk, as C{POST /api/jobs/submit} with many payloads writes it).
+    """
     now = time.time()
     with open(path, "wb") as out:
         out.write(MAGIC)
-        for start in range(0, jobs, 100):
+        for start in range(0, jobs, 1000):
             rows = []
-            for seq in range(start + 1, min(start + 100, jobs) + 1):
-                job_id = str(uuid4())
+            for seq in range(start + 1, min(start + 1000, jobs) + 1):
                 rows.append(
                     _encode_job(
                         Job(
-                            id=job_id, key=job_id, type=None,
+                            id=str(uuid4()), key=f"render-{seq:09d}", type=None,
                             priority=Priority.IMMEDIATE if seq % 10 == 0 else Priority.BATCH,
                             seq=seq, order=seq, batch=(seq - 1) // 100 + 1,
                             submitted=now, payload_size=1024,
+                            description=f"frame {seq} of scene {seq // 1000}",
                         )
                     )
                 )

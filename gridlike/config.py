@@ -164,6 +164,11 @@ class RegistrySettings:
     url: str | None = None
 
 
+MAX_INLINE = 1 * MiB
+"""The largest C{[storage] inline_max}: a bulk of 1,000 such payloads is one
+journal record."""
+
+
 @frozen
 class StorageSettings:
     """
@@ -172,10 +177,14 @@ class StorageSettings:
     @ivar kind: the storage provider; only C{"filesystem"} in this version.
     @ivar path: the payload directory. L{parse_settings} makes it absolute;
         the class default is relative.
+    @ivar inline_max: payloads and results up to this many bytes travel
+        inside their journal record (one durable write per change) and are
+        filed in storage afterwards; C{0} turns that off.
     """
 
     kind: str = "filesystem"
     path: Path = Path("gridlike-data/payloads")
+    inline_max: int = 64 * KiB
 
 
 @frozen
@@ -561,7 +570,13 @@ def _storage(table: _Table, base: Path) -> StorageSettings:
     settings = StorageSettings(
         kind=table.choice("kind", defaults.kind, _STORAGE_KINDS, _STORAGE_KINDS_LATER),
         path=table.path("path", defaults.path, base),
+        inline_max=table.size("inline_max", defaults.inline_max),
     )
+    if settings.inline_max > MAX_INLINE:
+        raise ConfigError(
+            f"{table.where('inline_max')}: at most {MAX_INLINE} bytes,"
+            f" not {settings.inline_max}"
+        )
     table.finish()
     return settings
 

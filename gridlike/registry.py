@@ -12,6 +12,9 @@ not journaled: a crash ends every attempt anyway).
 Records are JSON objects with an C{op}; jobs inside them are positional
 arrays, see L{_encode_job}.  Every record sets absolute values, so applying a
 record twice is harmless: compaction relies on that (L{snapshot}).
+
+Small payloads and results may travel inside the record that creates or
+ends their job; L{gridlike._filing} holds that bookkeeping.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from gridlike.model import (
     Status,
 )
 from gridlike.queue import PendingQueue
+from gridlike._filing import Filing, split, with_objects
 from gridlike.storage import PAYLOAD, RESULT, IStorage
 
 log = Logger()
@@ -191,6 +195,7 @@ class Registry:
         self._journal = journal
         self._storage = storage
         self._clock = clock
+        self._filing = Filing(journal, storage, clock, _encode)
         self._jobs: dict[str, Job] = {}
         self._keys: dict[str, Job] = {}
         self._reserved: set[str] = set()
@@ -210,13 +215,18 @@ class Registry:
         Replay the journal into memory.  Running jobs come back pending.
         """
         apply = self._apply
+        filing = self._filing
         loads = json.loads
         # Replay makes millions of long-lived objects and no garbage cycles:
         # the cyclic collector would only rescan them again and again.
         gc.disable()
         try:
             for raw in self._journal.replay():
-                apply(loads(raw))
+                head, objects = split(raw)
+                record = loads(head)
+                apply(record)
+                if filing.tracks(record):
+                    filing.replayed(record, objects)
         finally:
             gc.enable()
         gc.freeze()
@@ -225,6 +235,14 @@ class Registry:
             jobs=len(self._jobs),
             pending=sum(len(q) for q in self._queues.values()),
         )
+        filing.refile(lambda job_id: job_id in self._jobs)
+
+    async def drain(self) -> None:
+        """
+        Wait for the payloads and results being filed in storage, and journal
+        that they are: before closing the journal at shutdown.
+        """
+        await self._filing.drain()
 
     # Reads
 
@@ -361,6 +379,13 @@ class Registry:
         for key in keys:
             if self._key_taken(key):
                 raise Conflict(f"key: {key!r} is already in use")
+        inline: list[int] = []
+        payloads: list[bytes] = []
+        for index, spec in enumerate(specs):
+            data = self._filing.take(spec.id, PAYLOAD)
+            if data is not None:
+                inline.append(index)
+                payloads.append(data)
         now = self._clock.seconds()
         jobs = [self._new_job(spec, now) for spec in specs]
         record = {
@@ -368,20 +393,25 @@ class Registry:
             "jobs": [_encode_job(job) for job in jobs],
             "counts": {job.type or "": self._type_counts[job.type] for job in jobs},
         }
-        await self._append_reserving(record, [job.key for job in jobs], jobs)
+        if inline:
+            record["inline"] = inline
+        await self._append_reserving(record, [job.key for job in jobs], jobs, payloads)
         return jobs
 
     async def complete(
         self, job: Job, result_size: int, worker_id: str | None
     ) -> Job | None:
         """
-        Record that C{job} is done: its result is durable in storage.  With
-        a type whose result becomes another type's job, the child job is
-        created in the same record, its payload linked to this result.
+        Record that C{job} is done: its result is durable in storage, or its
+        writer left it for this record to carry.  With a type whose result
+        becomes another type's job, the child job is created in the same
+        record, its payload linked to this result (or, carried, the same
+        bytes).
 
         @return: the child job, if any.
         @raise Unavailable: the journal cannot be written.
         """
+        carried = self._filing.take(job.id, RESULT)
         if self._jobs.get(job.id) is not job:
             return None
         record: dict[str, Any] = {
@@ -399,16 +429,23 @@ class Registry:
             key = f"{job.key}.{child_type}"
             if len(key) > 128 or self._key_taken(key):
                 key = child_id
-            await self._storage.link(job.id, RESULT, child_id, PAYLOAD)
+            if carried is None:
+                await self._storage.link(job.id, RESULT, child_id, PAYLOAD)
             spec = NewJob(child_id, child_type, job.priority, result_size, key)
             child = self._new_job(spec, record["ended"], parent=job.key)
             record["child"] = _encode_job(child)
             record["counts"] = {child_type: self._type_counts[child_type]}
             reserved.append(key)
+        objects = []
+        if carried is not None:
+            record["inline"] = True
+            objects.append(carried)
         try:
-            await self._append_reserving(record, reserved, [child] if child else [])
+            await self._append_reserving(
+                record, reserved, [child] if child else [], objects
+            )
         except Unavailable:
-            if child is not None:
+            if child is not None and carried is None:
                 self._storage.delete(child.id)
             raise
         return child
@@ -532,9 +569,17 @@ class Registry:
                 "counts": {t or "": n for t, n in self._type_counts.items()},
             }
         )
+        unsettled = self._filing.unsettled
         for job in list(self._jobs.values()):
             if self._jobs.get(job.id) is job:
-                yield _encode({"op": "put", "jobs": [_encode_job(job)]})
+                record: dict[str, Any] = {"op": "put", "jobs": [_encode_job(job)]}
+                objects = []
+                for kind, key in ((PAYLOAD, "inline"), (RESULT, "results")):
+                    data = unsettled(job.id, kind)
+                    if data is not None:
+                        record[key] = [0]
+                        objects.append(data)
+                yield with_objects(_encode(record), objects)
 
     # Internals
 
@@ -569,18 +614,48 @@ class Registry:
         self._apply(record)
 
     async def _append_reserving(
-        self, record: dict[str, Any], keys: list[str], made: list[Job]
+        self,
+        record: dict[str, Any],
+        keys: list[str],
+        made: list[Job],
+        payloads: Sequence[bytes] = (),
     ) -> None:
         """
         Append a record that creates jobs, holding their keys meanwhile; once
         durable, the very C{made} objects join the registry.
+
+        @param payloads: the objects the record carries (see
+            L{gridlike._filing}).
         """
+        raw = with_objects(_encode(record), payloads)
         self._reserved.update(keys)
         try:
-            await self._journal.append(_encode(record))
+            await self._journal.append(raw)
         finally:
             self._reserved.difference_update(keys)
+        self._file_carried(record, made, payloads)
         self._apply(record, made)
+
+    def _file_carried(
+        self, record: dict[str, Any], made: Sequence[Job], objects: Sequence[bytes]
+    ) -> None:
+        """
+        A record carrying objects is durable: hand them to storage, before
+        its jobs join the registry, so that dispatch can read them at once.
+
+        @param record: the record.
+        @param made: the jobs it creates.
+        @param objects: the bytes it carries.
+        """
+        if record["op"] == "done":
+            if objects:
+                [data] = objects
+                self._filing.file(record["id"], RESULT, data)
+                if made:
+                    self._filing.file(made[0].id, PAYLOAD, data)
+        else:
+            for index, data in zip(record.get("inline", ()), objects):
+                self._filing.file(made[index].id, PAYLOAD, data)
 
     def _set_status(self, job: Job, status: Status) -> None:
         counts = self._counts

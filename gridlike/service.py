@@ -24,7 +24,7 @@ from gridlike.dispatch import Dispatcher
 from gridlike.errors import GridLikeError
 from gridlike.journal import IJournal, Journal
 from gridlike.registry import Registry
-from gridlike.storage import FilesystemStorage, IStorage
+from gridlike.storage import FilesystemStorage, InlineStorage, IStorage
 from gridlike.workers import worker_resources
 
 log = Logger()
@@ -55,7 +55,8 @@ class GridLikeService(Service):
         journal: IJournal | None = None,
     ) -> None:
         """
-        @param storage: where bytes go; by default the configured filesystem.
+        @param storage: where bytes go; by default the configured filesystem,
+            behind an L{InlineStorage} unless C{[storage] inline_max} is 0.
         @param journal: where changes go; by default the configured journal.
         """
         self.settings = settings
@@ -68,7 +69,15 @@ class GridLikeService(Service):
             sync=settings.registry.fsync,
             sync_interval=settings.registry.fsync_interval,
         )
-        self.storage: IStorage = storage or self._filesystem
+        if storage is None:
+            assert self._filesystem is not None
+            inline_max = settings.storage.inline_max
+            storage = (
+                InlineStorage(self._filesystem, inline_max, reactor)
+                if inline_max
+                else self._filesystem
+            )
+        self.storage: IStorage = storage
         self.journal: IJournal = journal or Journal(
             settings.registry.path,
             reactor=reactor,
@@ -129,6 +138,7 @@ class GridLikeService(Service):
         try:
             if self._compacting is not None:
                 await DeferredList([self._compacting], consumeErrors=True)
+            await self.registry.drain()
             await self.journal.close()
             if self._filesystem is not None:
                 await self._filesystem.close()

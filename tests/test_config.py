@@ -218,6 +218,7 @@ def test_every_key_set() -> None:
         [storage]
         kind = "filesystem"
         path = "payloads"
+        inline_max = "4KiB"
         [auth]
         api_keys = ["k1", "k 2"]
         worker_token = "tok"
@@ -258,7 +259,7 @@ def test_every_key_set() -> None:
         compact_min=0,
         url="redis://localhost/1",
     )
-    assert settings.storage == StorageSettings("filesystem", BASE / "payloads")
+    assert settings.storage == StorageSettings("filesystem", BASE / "payloads", 4096)
     assert settings.auth == AuthSettings(
         api_keys=("k1", "k 2"),
         worker_token="tok",
@@ -437,6 +438,14 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
         (
             "[storage]\nkind = 's3'",
             "[storage] kind: 's3' is not available in this version",
+        ),
+        (
+            "[storage]\ninline_max = '2MiB'",
+            "[storage] inline_max: at most 1048576 bytes, not 2097152",
+        ),
+        (
+            "[storage]\ninline_max = 'lots'",
+            "[storage] inline_max: not a size: 'lots'",
         ),
         (
             "[storage]\nkind = 'ftp'",

@@ -1,9 +1,11 @@
 # -*- test-case-name: tests.test_storage -*-
 """
 Payload storage: L{IStorage}, which alone touches the bytes of jobs, and its
-providers (L{FilesystemStorage}, the default).
+providers (L{FilesystemStorage}, the default, and L{InlineStorage} in front
+of it, whose small payloads become durable in the journal).
 """
 
+from ._inline import IInlineStorage, InlineStorage
 from .filesystem import SYNC_POLICIES, FilesystemStorage, RunInThread, SyncOps
 from .interface import (
     KINDS,
@@ -16,6 +18,8 @@ from .interface import (
 
 __all__ = [
     "FilesystemStorage",
+    "IInlineStorage",
+    "InlineStorage",
     "IPayloadWriter",
     "IStorage",
     "KINDS",

@@ -73,6 +73,28 @@ class Daemon:
             time.sleep(0.05)
         raise RuntimeError(f"gridlike did not start:\n{self.log()}")
 
+    def stored_files(self, count: int, root: Path | None = None) -> list[Path]:
+        """
+        Wait until the storage holds C{count} files, none being written:
+        small payloads are acknowledged once durable in the journal and
+        filed in storage just after.
+
+        @param count: how many files to expect.
+        @param root: the storage directory, if not the default one.
+        @return: the files, once there are C{count} (or after 20 s: the
+            caller's assertion then shows what is there).
+        """
+        root = root or self.directory / "gridlike-data" / "payloads"
+        deadline = time.monotonic() + 20
+        while True:
+            files = sorted(
+                p for p in root.rglob("*") if p.is_file() and p.name != "filler"
+            )
+            writing = any(p.suffix == ".part" for p in files)
+            if (len(files) == count and not writing) or time.monotonic() > deadline:
+                return files
+            time.sleep(0.05)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

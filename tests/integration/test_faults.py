@@ -62,7 +62,7 @@ def test_storage_disk_full(make_daemon: Callable[..., Daemon], tiny_disk: Path) 
     """
     server = make_daemon(f'[storage]\npath = "{tiny_disk / "payloads"}"\n')
     assert submit(server, b"before", "before").status_code == 202
-    before = files_under(tiny_disk)
+    before = server.stored_files(1, tiny_disk)
     filler = fill(tiny_disk)
     response = submit(server, os.urandom(256 * 1024), "during")
     assert response.status_code == 503, response.text
@@ -97,7 +97,7 @@ def test_journal_disk_full(make_daemon: Callable[..., Daemon], tiny_disk: Path) 
     for key in refused:
         assert requests.get(server.url + f"/api/jobs/{key}").status_code == 404
     payloads = server.directory / "gridlike-data" / "payloads"
-    assert len(files_under(payloads)) == len(accepted)
+    assert len(server.stored_files(len(accepted), payloads)) == len(accepted)
     filler.unlink()
     assert submit(server, b"two", "two").status_code == 202
     server.restart()
@@ -189,7 +189,7 @@ def test_worker_stalls_mid_frame(make_daemon: Callable[..., Daemon]) -> None:
     job = requests.get(server.url + "/api/jobs/job").json()
     assert job["failure_count"] == 1
     payloads = server.directory / "gridlike-data" / "payloads"
-    assert [p.name.split(".")[1] for p in files_under(payloads)] == ["payload"]
+    assert [p.name.split(".")[1] for p in server.stored_files(1, payloads)] == ["payload"]
 
 
 def test_result_over_max_payload(make_daemon: Callable[..., Daemon]) -> None:

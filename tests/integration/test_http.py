@@ -18,6 +18,7 @@ import requests
 import websocket
 
 from tests.integration.daemon import ROOT, TWISTD, Daemon
+from tests.integration.journal_file import frame_holding
 
 
 def submit(
@@ -108,7 +109,7 @@ def test_key_in_use(daemon: Daemon) -> None:
     submit(daemon, b"one", key="k")
     assert "in use" in problem(submit(daemon, b"two", key="k"), 409)
     assert requests.get(daemon.url + "/api/jobs/k/payload").content == b"one"
-    assert len(payload_files(daemon)) == 1
+    assert len(daemon.stored_files(1)) == 1
 
 
 def test_payload_too_large(make_daemon: Callable[..., Daemon]) -> None:
@@ -118,7 +119,7 @@ def test_payload_too_large(make_daemon: Callable[..., Daemon]) -> None:
     assert submit(server, b"x" * 1024).status_code == 202
     big = b"y" * (3 * 1024 * 1024)
     problem(submit(server, big), 413)
-    assert len(payload_files(server)) == 1
+    assert len(server.stored_files(1)) == 1
 
 
 def test_bulk(daemon: Daemon) -> None:
@@ -135,7 +136,7 @@ def test_bulk(daemon: Daemon) -> None:
     assert requests.get(daemon.url + "/api/jobs/new1").status_code == 404
     mismatch = requests.post(daemon.url + "/api/jobs/bulk", files=files + [("key", "only")])
     problem(mismatch, 400)
-    assert len(payload_files(daemon)) == 3
+    assert len(daemon.stored_files(3)) == 3
 
 
 def test_list_filters_and_paging(daemon: Daemon) -> None:
@@ -198,8 +199,7 @@ def test_delete_and_retry(daemon: Daemon) -> None:
     problem(requests.get(daemon.url + "/api/jobs/a"), 404)
     submit(daemon, key="c")
     problem(requests.post(daemon.url + "/api/jobs/c/retry"), 409)
-    deadline_files = payload_files(daemon)
-    assert len(deadline_files) == 1
+    assert len(daemon.stored_files(1)) == 1
 
 
 def test_stats_and_health(daemon: Daemon) -> None:
@@ -224,7 +224,7 @@ def test_api_keys(make_daemon: Callable[..., Daemon]) -> None:
     assert submit(server, headers={"X-API-KEY": "s3cret"}).status_code == 202
     assert requests.get(server.url + "/api/jobs", headers={"X-API-KEY": "s3cret"}).ok
     assert requests.get(server.url + "/healthz").ok
-    assert len(payload_files(server)) == 1
+    assert len(server.stored_files(1)) == 1
 
 
 def test_types_and_prefix(make_daemon: Callable[..., Daemon]) -> None:
@@ -294,7 +294,8 @@ def test_torn_tail_is_dropped(daemon: Daemon) -> None:
         submit(daemon, key=f"t{i}")
     daemon.stop()
     journal = daemon.directory / "gridlike-data" / "journal"
-    journal.write_bytes(journal.read_bytes()[:-5])
+    torn = frame_holding(journal, b'"t2"') + 20
+    journal.write_bytes(journal.read_bytes()[:torn])
     daemon.start()
     keys = [j["key"] for j in requests.get(daemon.url + "/api/jobs").json()]
     assert keys == ["t0", "t1"]

@@ -7,7 +7,6 @@ them.
 
 from __future__ import annotations
 
-import struct
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,10 +14,8 @@ from typing import Callable
 import pytest
 import requests
 
-from gridlike.journal import MAGIC
 from tests.integration.daemon import Daemon
-
-_HEADER = struct.Struct(">III")
+from tests.integration.journal_file import frame_holding, frames
 
 
 def submit_jobs(server: Daemon, count: int) -> None:
@@ -35,14 +32,7 @@ def submit_jobs(server: Daemon, count: int) -> None:
 
 def frame_offsets(journal: Path) -> list[int]:
     """The offset of every frame of a version 2 journal."""
-    data = journal.read_bytes()
-    assert data.startswith(MAGIC)
-    offsets, offset = [], len(MAGIC)
-    while offset < len(data):
-        offsets.append(offset)
-        length = _HEADER.unpack_from(data, offset)[0]
-        offset += _HEADER.size + length
-    return offsets
+    return [offset for offset, record in frames(journal)]
 
 
 def stored(server: Daemon) -> list[Path]:
@@ -102,11 +92,8 @@ def test_torn_tail_quarantines(make_daemon: Callable[..., Daemon]) -> None:
     submit_jobs(server, 10)
     server.stop()
     journal = server.directory / "gridlike-data" / "journal"
-    data = journal.read_bytes()
-    offsets = frame_offsets(journal) + [len(data)]
-    [last_put] = [o for o, end in zip(offsets, offsets[1:]) if b'"job-9"' in data[o:end]]
     with journal.open("r+b") as f:
-        f.truncate(last_put + 20)
+        f.truncate(frame_holding(journal, b'"job-9"') + 20)
     files = stored(server)
     server.start()
     log = wait_for_log(server, "not deleted")
