@@ -12,11 +12,12 @@ from typing import Any, Callable
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gridlike.config import parse_settings
-from gridlike.errors import PayloadTooLarge, Unavailable
+from gridlike.errors import Damaged, PayloadTooLarge, Unavailable
 from gridlike.model import Priority
 from gridlike.registry import NewJob, Registry, new_job_id
 from gridlike.storage import PAYLOAD, RESULT, IInlineStorage, IPayloadWriter, InlineStorage
@@ -167,6 +168,22 @@ class InlineStorageTests(SynchronousTestCase):
         self.successResultOf(settled)
         self.assertIsNone(storage.unsettled(JOB, PAYLOAD))
         self.assertEqual(inner.objects, {(JOB, PAYLOAD): b"bytes"})
+
+    def test_expected_size(self) -> None:
+        """
+        Reads check the size the job's record gives, from memory as from
+        the wrapped storage: a wrong one is L{Damaged}, never served.
+        """
+        inner, clock = HeldStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock)
+        storage.settle(JOB, PAYLOAD, b"bytes")
+        got = self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 10, expected_size=5))
+        self.assertEqual(got, b"bytes")
+        self.failureResultOf(storage.read_bytes(JOB, PAYLOAD, 10, expected_size=6), Damaged)
+        consumer = StringTransport()
+        self.failureResultOf(storage.read(JOB, PAYLOAD, consumer, expected_size=4), Damaged)
+        self.assertEqual(consumer.value(), b"")
+        self.failureResultOf(storage.read_bytes(JOB, RESULT, 10, expected_size=3), Damaged)
 
     def test_settle_failure_keeps_bytes(self) -> None:
         """When filing fails the bytes stay in memory, still readable."""

@@ -28,9 +28,9 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IReactorTime
 from zope.interface import implementer
 
-from ..errors import PayloadTooLarge
+from ..errors import Damaged, PayloadTooLarge
 from ._fs_common import check_job_id, check_kind
-from .interface import KINDS, IPayloadWriter, IStorage
+from .interface import KINDS, IPayloadWriter, IStorage, check_size
 
 __all__ = ["SETTLE_DELAY", "IInlineStorage", "InlineStorage"]
 
@@ -287,20 +287,37 @@ class InlineStorage:
         return _StagingWriter(self, (job_id, kind), max_size)
 
     def read(
-        self, job_id: str, kind: str, consumer: IConsumer, offset: int = 0
+        self,
+        job_id: str,
+        kind: str,
+        consumer: IConsumer,
+        offset: int = 0,
+        expected_size: int | None = None,
     ) -> Deferred[int]:
         data = self._pinned.get((job_id, kind))
         if data is None:
-            return self.inner.read(job_id, kind, consumer, offset)
+            return self.inner.read(
+                job_id, kind, consumer, offset, expected_size=expected_size
+            )
         if offset < 0:
             raise ValueError(f"offset must be >= 0, not {offset}")
+        try:
+            check_size(job_id, kind, len(data), expected_size)
+        except Damaged as e:
+            return fail(e)
         consumer.write(data[offset:])
         return succeed(max(0, len(data) - offset))
 
-    def read_bytes(self, job_id: str, kind: str, limit: int) -> Deferred[bytes]:
+    def read_bytes(
+        self, job_id: str, kind: str, limit: int, expected_size: int | None = None
+    ) -> Deferred[bytes]:
         data = self._pinned.get((job_id, kind))
         if data is None:
-            return self.inner.read_bytes(job_id, kind, limit)
+            return self.inner.read_bytes(job_id, kind, limit, expected_size=expected_size)
+        try:
+            check_size(job_id, kind, len(data), expected_size)
+        except Damaged as e:
+            return fail(e)
         if len(data) > limit:
             return fail(PayloadTooLarge(f"the {kind} is larger than {limit} bytes"))
         return succeed(data)
