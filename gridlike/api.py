@@ -291,6 +291,18 @@ class GridLikeAPI:
         job = await self._core.registry.retry(key)
         return _json(request, job_view(job), 202)
 
+    # Many results in one stream (gridlike/result_stream.py)
+
+    @app.route("/api/jobs/results", methods=["POST"])
+    async def results(self, request: IRequest) -> bytes:
+        from gridlike.result_stream import ResultsAsked, ResultStream
+
+        self._authorize(request)
+        asked = ResultsAsked.parse(request, self._settings.server.max_wait)
+        core = self._core
+        await ResultStream(request, core.registry, core.storage, core.clock, asked).run()
+        return b""
+
     # Workers
 
     @app.route("/api/worker", methods=["GET"])
