@@ -236,6 +236,27 @@ class SubmitTests(ClientTestCase):
         self.assertTrue(body.endswith(b"--\r\n"))
         self.assertLessEqual(max(len(c) for c in chunks), 65536)
 
+    def test_paused_twice(self) -> None:
+        """Two pauses and one resume (as twisted.web's client does) leave the upload going."""
+        clock = Clock()
+        cooperator = Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        producer = _Form(cooperator, [], [b"a", b"b", b"c"])
+        chunks: list[bytes] = []
+
+        class Consumer:
+            write = chunks.append
+
+        done = producer.startProducing(Consumer())
+        producer.pauseProducing()
+        producer.pauseProducing()
+        clock.advance(0)
+        self.assertNoResult(done)
+        producer.resumeProducing()
+        for _ in range(10):
+            clock.advance(0)
+        self.successResultOf(done)
+        self.assertEqual(sum(len(c) for c in chunks), producer.length)
+
     def test_unseekable_file(self) -> None:
         """A file that cannot seek (a pipe) is uploaded with chunked encoding."""
 
