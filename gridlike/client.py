@@ -71,7 +71,7 @@ CHUNK = 500
 """Most payloads in one bulk request of L{GridLikeClient.submit_many}."""
 CHUNK_BYTES = 8 * 1024 * 1024
 """Most payload bytes in one bulk request of L{GridLikeClient.submit_many}."""
-PIPELINE = 2
+PIPELINE = 4
 """Bulk requests of L{GridLikeClient.submit_many} in flight at once."""
 STREAMS = 4
 """Responses of C{POST /api/jobs/results} read at once by L{GridLikeClient.results}."""
