@@ -79,6 +79,7 @@ class Outcomes:
         self._paused: list[IPushProducer] = []
         self._waiter: Deferred[None] | None = None
         self._error: Failure | None = None
+        self._closed = False
 
     def add(self, entry: dict[str, Any], size: int) -> None:
         self._lines.append(entry)
@@ -101,14 +102,22 @@ class Outcomes:
             self._error = reason
         self._wake()
 
+    def close(self) -> None:
+        """Every response has ended: L{take} gives what is left, then nothing."""
+        self._closed = True
+        self._wake()
+
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.callback(None)
 
     async def take(self) -> list[dict[str, Any]]:
-        """Every line arrived, waiting for at least one."""
-        while not self._lines and self._error is None:
+        """
+        Every line arrived, waiting for at least one; an empty list once the
+        responses have all ended and every line was taken.
+        """
+        while not self._lines and self._error is None and not self._closed:
             self._waiter = Deferred()
             await self._waiter
         if self._error is not None:

@@ -419,20 +419,17 @@ class GridLikeClient:
         """L{results}, in batches of the outcomes that arrived together."""
         outcomes = Outcomes()
         deadline = _deadline(self._reactor, timeout)
-        wanted = len(dict.fromkeys(keys))
         slots = DeferredSemaphore(STREAMS)
         streams = [
             slots.run(lambda group=group: Deferred.fromCoroutine(
                 self._stream_results(group, deadline, outcomes)
-            ))
+            )).addErrback(outcomes.fail)
             for group in key_groups(list(dict.fromkeys(keys)))
         ]
-        for stream in streams:
-            stream.addErrback(outcomes.fail)
+        DeferredList(streams).addCallback(lambda _: outcomes.close())
         try:
-            while wanted:
-                batch = [decode(entry) for entry in await outcomes.take()]
-                wanted -= len(batch)
+            while lines := await outcomes.take():
+                batch = [decode(entry) for entry in lines]
                 if fetch:
                     for i, ended in enumerate(batch):
                         if ended.status == "done" and ended.result is None:
