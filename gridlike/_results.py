@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import deque
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -158,8 +158,9 @@ class LineReader(Protocol):
                     self._outcomes.add(entry, end - start)
             start = end + 1
         del buffer[:start]
-        if self.transport is not None and self._outcomes.full(self.transport):
-            self.transport.pauseProducing()
+        transport = cast(IPushProducer, self.transport)
+        if transport is not None and self._outcomes.full(transport):
+            transport.pauseProducing()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         if reason.check(ResponseDone) and not self._buffer:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 from urllib.request import urlopen
 
 from gridlike.cli import Context, command
@@ -152,15 +152,15 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def _each(concurrency: int, count: int, call: Callable[[int], Awaitable[None]]) -> float:
+async def _each(
+    concurrency: int, count: int, call: Callable[[int], Coroutine[Any, Any, None]]
+) -> float:
     """Seconds to run C{call(i)} for each i < C{count}, C{concurrency} at a time."""
-    from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+    from twisted.internet.defer import DeferredSemaphore, gatherResults
 
     limit = DeferredSemaphore(concurrency)
     began = time.monotonic()
-    await gatherResults(
-        [limit.run(lambda i=i: Deferred.fromCoroutine(call(i))) for i in range(count)]
-    )
+    await gatherResults([limit.run(call, i) for i in range(count)])
     return time.monotonic() - began
 
 

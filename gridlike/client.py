@@ -29,7 +29,7 @@ import re
 import uuid
 from functools import wraps
 from pathlib import Path
-from typing import IO, Any, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from typing import IO, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import ParamSpec, Sequence, TypeVar, Union, cast
 from urllib.parse import quote, urljoin
 
@@ -415,15 +415,13 @@ class GridLikeClient:
 
     async def _result_batches(
         self, keys: list[str], timeout: float | None, fetch: bool
-    ) -> AsyncIterator[list[Ended]]:
+    ) -> AsyncGenerator[list[Ended], None]:
         """L{results}, in batches of the outcomes that arrived together."""
         outcomes = Outcomes()
         deadline = _deadline(self._reactor, timeout)
         slots = DeferredSemaphore(STREAMS)
         streams = [
-            slots.run(lambda group=group: Deferred.fromCoroutine(
-                self._stream_results(group, deadline, outcomes)
-            )).addErrback(outcomes.fail)
+            slots.run(self._stream_results, group, deadline, outcomes).addErrback(outcomes.fail)
             for group in key_groups(list(dict.fromkeys(keys)))
         ]
         DeferredList(streams).addCallback(lambda _: outcomes.close())

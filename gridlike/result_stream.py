@@ -213,29 +213,28 @@ class ResultStream:
 
     def _take(self) -> list[tuple[str, Job | None]]:
         """The next lines due, within L{BATCH} lines and L{BATCH_BYTES} of results."""
-        batch, budget = [], BATCH_BYTES
+        batch: list[tuple[str, Job | None]] = []
+        budget = BATCH_BYTES
         while self._ready and len(batch) < BATCH:
-            job = self._ready[0][1]
-            size = (job.result_size or 0) if self._inlines(job) else 0
+            size = self._inline_size(self._ready[0][1]) or 0
             if batch and size > budget:
                 break
             budget -= size
             batch.append(self._ready.popleft())
         return batch
 
-    def _inlines(self, job: Job | None) -> bool:
-        """Whether the job's line carries its result."""
-        return (
-            job is not None
-            and job.status is Status.DONE
-            and (job.result_size or 0) <= self._asked.inline
-        )
+    def _inline_size(self, job: Job | None) -> int | None:
+        """The size of the result the job's line carries, or L{None} for none."""
+        if job is None or job.status is not Status.DONE:
+            return None
+        size = job.result_size or 0
+        return size if size <= self._asked.inline else None
 
     def _inline(self, job: Job | None) -> Deferred[bytes | None]:
         """The job's result if its line carries it, else L{None}."""
-        if job is None or not self._inlines(job):
+        if job is None or self._inline_size(job) is None:
             return succeed(None)
-        read: Deferred[bytes | None] = self._storage.read_bytes(
+        read: Deferred[Any] = self._storage.read_bytes(
             job.id, RESULT, self._asked.inline
         )
 
