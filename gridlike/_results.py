@@ -143,7 +143,12 @@ class LineReader(Protocol):
         self._outcomes = outcomes
         self._buffer = bytearray()
         self.unfinished: list[dict[str, Any]] = []
-        self.finished: Deferred[None] = Deferred()
+        self.finished: Deferred[None] = Deferred(self._cancel)
+
+    def _cancel(self, finished: Deferred[None]) -> None:
+        """Reading was abandoned: close the connection, so the server stops too."""
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._buffer
@@ -163,6 +168,8 @@ class LineReader(Protocol):
             transport.pauseProducing()
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        if self.finished.called:  # cancelled
+            return
         if reason.check(ResponseDone) and not self._buffer:
             self.finished.callback(None)
         else:

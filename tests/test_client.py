@@ -638,6 +638,19 @@ class ManyTests(ClientTestCase):
         self.assertEqual(self.posts(b"/api/jobs/results"), 1)
         self.assertEqual(self.core.clock.getDelayedCalls(), [])
 
+    def test_results_left_early(self) -> None:
+        """Leaving the loop early closes the stream: the server stops watching."""
+        keys = self.done(self.client.submit_many([b"1", b"2"]))
+        self.finish(keys[0], b"one")
+        outcomes = self.client.results(keys)
+        first = outcomes.__anext__()
+        self.assertEqual(self.done(Deferred.fromCoroutine(first)), (keys[0], "done", b"one"))  # type: ignore[arg-type]
+        self.assertNotEqual(self.core.registry._watchers, {})
+        self.done(Deferred.fromCoroutine(outcomes.aclose()))  # type: ignore[attr-defined]
+        self.settle(Deferred())
+        self.assertEqual(self.core.registry._watchers, {})
+        self.assertEqual(self.core.clock.getDelayedCalls(), [])
+
     def test_results_missing_and_duplicates(self) -> None:
         """An unknown key is 'missing'; a key given twice is answered once."""
         [key] = self.done(self.client.submit_many([b"in"]))
