@@ -17,13 +17,13 @@ import os
 import threading
 from functools import wraps
 from types import TracebackType
-from typing import Any, Callable, Concatenate, Iterator
+from typing import Any, Callable, Concatenate, Iterable, Iterator
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread
 from twisted.python import threadable
 
-from gridlike.client import GridLikeClient, P, T
+from gridlike.client import Ended, GridLikeClient, P, T
 
 _reactor_lock = threading.Lock()
 _reactor_thread: threading.Thread | None = None
@@ -122,6 +122,7 @@ class BlockingClient:
     close = _blocking(GridLikeClient.close)
     submit = _blocking(GridLikeClient.submit)
     bulk = _blocking(GridLikeClient.bulk)
+    submit_many = _blocking(GridLikeClient.submit_many)
     job = _blocking(GridLikeClient.job)
     wait = _blocking(GridLikeClient.wait)
     result = _blocking(GridLikeClient.result)
@@ -153,3 +154,29 @@ class BlockingClient:
             except StopAsyncIteration:
                 return
             yield from views
+
+    def results(
+        self, keys: Iterable[str], timeout: float | None = None, fetch: bool = True
+    ) -> Iterator[Ended]:
+        """
+        L{GridLikeClient.results} as a generator.  It crosses to the reactor
+        thread once per batch of outcomes that arrived together, not once
+        per job; leaving the loop early closes the streams.
+        """
+        batches = self._client._result_batches(list(keys), timeout, fetch)
+
+        async def next_batch() -> list[Ended]:
+            return await batches.__anext__()
+
+        async def close() -> None:
+            await batches.aclose()
+
+        try:
+            while True:
+                try:
+                    ended: list[Ended] = self._call(lambda: Deferred.fromCoroutine(next_batch()))
+                except StopAsyncIteration:
+                    return
+                yield from ended
+        finally:
+            self._call(lambda: Deferred.fromCoroutine(close()))

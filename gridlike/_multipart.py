@@ -47,6 +47,7 @@ class _Form:
     ) -> None:
         self._cooperator = cooperator
         self._task: Any = None
+        self._paused = False
         self._opened: list[IO[bytes]] = []
         boundary = uuid.uuid4().hex
         self.content_type = f"multipart/form-data; boundary={boundary}".encode("ascii")
@@ -128,12 +129,18 @@ class _Form:
         consumer.write(self._tail)
 
     def pauseProducing(self) -> None:
-        with suppress(TaskFinished):  # flow control may outlive the upload
-            self._task.pause()
+        # A consumer may pause twice and resume once (twisted.web's client
+        # does), while a task counts its pauses: keep at most one.
+        if not self._paused:
+            self._paused = True
+            with suppress(TaskFinished):  # flow control may outlive the upload
+                self._task.pause()
 
     def resumeProducing(self) -> None:
-        with suppress(TaskFinished):
-            self._task.resume()
+        if self._paused:
+            self._paused = False
+            with suppress(TaskFinished):
+                self._task.resume()
 
     def stopProducing(self) -> None:
         with suppress(TaskFinished):

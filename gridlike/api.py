@@ -40,6 +40,7 @@ from gridlike.errors import (
 )
 from gridlike.model import Job, Priority, Status, job_view
 from gridlike.registry import NewJob
+from gridlike.result_stream import ResultsAsked, ResultStream
 from gridlike.storage import PAYLOAD, RESULT, TransferStopped
 from gridlike.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
 
@@ -318,6 +319,15 @@ class GridLikeAPI:
     async def retry(self, request: IRequest, key: str) -> bytes:
         job = await self._core.registry.retry(key)
         return _json(request, job_view(job), 202)
+
+    # Many results in one stream (gridlike/result_stream.py)
+
+    @app.route("/api/jobs/results", methods=["POST"])
+    async def results(self, request: IRequest) -> bytes:
+        asked = ResultsAsked.parse(request, self._settings.server.max_wait)
+        core = self._core
+        await ResultStream(request, core.registry, core.storage, core.clock, asked).run()
+        return b""
 
     # Workers
 

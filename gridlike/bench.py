@@ -1,21 +1,29 @@
 # -*- test-case-name: tests.integration.test_bench -*-
 """
 C{gridlike bench}: the benchmark the quality bars of DESIGN.md are measured
-with.
+with, on the workloads of C{../shared/peerbench}.
 
-It starts its own server on a free port (or uses C{--server}), starts
-C{--workers} worker processes that echo each payload back (the Python worker
-SDK), then:
+It starts its own server on a free port (or uses C{--server}), and measures,
+each job C{--size} random bytes and every result checked byte for byte
+against its payload (the workers echo it):
 
-1. submits C{--jobs} jobs of C{--size} random bytes, in bulk requests of
-   C{--bulk}, C{--concurrency} requests at a time: the submit phase's jobs/s;
-2. fetches every result (C{?wait=}), checking each equals its payload: the
-   end-to-end jobs/s, from the first submit to the last result fetched;
-3. runs C{--latency-jobs} jobs one at a time, each submitted alone and its
-   result awaited: p50/p90/p99 submit-to-result latency;
+1. submit only: C{--jobs} submits, one request each, C{--concurrency} at a
+   time, with no worker connected;
+2. end to end, one request per job: then C{--workers} worker processes (the
+   Python worker SDK) are started, and C{--jobs} jobs are submitted one
+   request each and their results fetched one C{?wait=} request each;
+3. end to end through GridLike's own client: C{submit_many} and C{results};
+4. submit-to-result latency: C{--latency-jobs} jobs one at a time, idle
+   workers waiting: p50/p90/p99;
 
 and prints the figures, with the server's peak resident memory when it
-started the server itself.
+started the server itself.  When beanstalkd is installed it runs the same
+workloads against it in the same run (a beanstalkd of its own, its binlog
+fsynced on every write (C{-f 0}) and, for the client row, on its default
+policy) and prints its figures and the ratios beside GridLike's.
+
+The server and beanstalkd are started and stopped in threads, never on the
+reactor.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Coroutine
 from urllib.request import urlopen
 
 from gridlike.cli import Context, command
@@ -48,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs to run (10000)")
     parser.add_argument("--size", type=int, default=1024, help="payload bytes (1024)")
     parser.add_argument("--workers", type=int, default=4, help="worker processes (4)")
-    parser.add_argument("--bulk", type=int, default=100, help="jobs per submit request (100)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests at once (8)")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="requests at once, one job each (8)"
+    )
     parser.add_argument(
         "--latency-jobs", type=int, default=500, help="jobs run one at a time (500)"
     )
@@ -58,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["always", "interval", "never"],
         default="always",
         help="the fsync policy of the server bench starts (always)",
+    )
+    parser.add_argument(
+        "--peer", action=argparse.BooleanOptionalAction, default=True,
+        help="also measure beanstalkd, when installed (default: yes)",
     )
     parser.add_argument("--worker-process", metavar="URL", help=argparse.SUPPRESS)
 
@@ -139,38 +152,51 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def _throughput(context: Context, client: Any) -> tuple[float, float]:
+async def _each(
+    concurrency: int, count: int, call: Callable[[int], Coroutine[Any, Any, None]]
+) -> float:
+    """Seconds to run C{call(i)} for each i < C{count}, C{concurrency} at a time."""
     from twisted.internet.defer import DeferredSemaphore, gatherResults
 
-    options = context.options
-    payloads = [os.urandom(options.size) for _ in range(options.jobs)]
-    limit = DeferredSemaphore(options.concurrency)
-    keys: list[str] = [""] * options.jobs
-
-    async def submit(start: int) -> None:
-        chunk = payloads[start : start + options.bulk]
-        created = await client.bulk(chunk)
-        for offset, submitted in enumerate(created):
-            keys[start + offset] = submitted.key
-
-    async def fetch(index: int) -> None:
-        result = await client.result(keys[index], wait=300)
-        if result != payloads[index]:
-            raise RuntimeError(f"job {keys[index]}: the result differs from its payload")
-
-    from twisted.internet.defer import Deferred
-
+    limit = DeferredSemaphore(concurrency)
     began = time.monotonic()
-    await gatherResults(
-        [limit.run(lambda s=s: Deferred.fromCoroutine(submit(s)))
-         for s in range(0, options.jobs, options.bulk)]
-    )
-    submitted = time.monotonic()
-    await gatherResults(
-        [limit.run(lambda i=i: Deferred.fromCoroutine(fetch(i))) for i in range(options.jobs)]
-    )
-    ended = time.monotonic()
-    return options.jobs / (submitted - began), options.jobs / (ended - began)
+    await gatherResults([limit.run(call, i) for i in range(count)])
+    return time.monotonic() - began
+
+
+def _check(key: str, result: bytes | None, payload: bytes) -> None:
+    if result != payload:
+        raise RuntimeError(f"job {key}: the result differs from its payload")
+
+
+async def _submit_each(context: Context, client: Any, payloads: list[bytes]) -> tuple[list[str], float]:
+    """Submit one request per job; the keys and the seconds it took."""
+    keys = [""] * len(payloads)
+
+    async def submit(i: int) -> None:
+        keys[i] = (await client.submit(payloads[i])).key
+
+    return keys, await _each(context.options.concurrency, len(payloads), submit)
+
+
+async def _one_per_job(context: Context, client: Any, payloads: list[bytes]) -> float:
+    """End to end, one request per submit and per result: jobs/s."""
+    keys, submitted = await _submit_each(context, client, payloads)
+
+    async def fetch(i: int) -> None:
+        _check(keys[i], await client.result(keys[i], wait=300), payloads[i])
+
+    return len(payloads) / (submitted + await _each(context.options.concurrency, len(keys), fetch))
+
+
+async def _own_client(client: Any, payloads: list[bytes]) -> float:
+    """End to end through submit_many and results: jobs/s."""
+    began = time.monotonic()
+    keys = await client.submit_many(payloads)
+    expected = dict(zip(keys, payloads))
+    async for key, status, result in client.results(keys, timeout=600):
+        _check(key, result, expected.pop(key))
+    return len(payloads) / (time.monotonic() - began)
 
 
 async def _latencies(context: Context, client: Any) -> list[float]:
@@ -181,76 +207,154 @@ async def _latencies(context: Context, client: Any) -> list[float]:
         submitted = await client.submit(payload, priority="immediate")
         result = await client.result(submitted.key, wait=60)
         latencies.append(time.monotonic() - began)
-        if result != payload:
-            raise RuntimeError(f"job {submitted.key}: the result differs from its payload")
+        _check(submitted.key, result, payload)
     return latencies
 
 
-@command("bench", "measure throughput, latency and memory of a server", add_arguments)
-async def run_bench(context: Context) -> int:
-    options = context.options
-    server = None
-    if options.server_given:
-        url = options.server
-    else:
-        server = ServerProcess(options.fsync)
-        url = server.url
+async def _workers_ready(context: Context, client: Any, count: int) -> None:
+    """Wait until C{count} workers are connected and ready (or busy)."""
+    from twisted.internet.task import deferLater
+
+    while sum(v["state"] in ("ready", "busy") for v in await client.workers()) < count:
+        await deferLater(context.reactor, 0.05, lambda: None)
+
+
+def _latency_figures(latencies: list[float]) -> dict[str, float] | None:
+    if not latencies:
+        return None
+    return {f"p{p}": round(percentile(latencies, p / 100) * 1000, 2) for p in (50, 90, 99)}
+
+
+async def _gridlike_figures(context: Context, url: str, server: ServerProcess | None) -> dict[str, Any]:
     from gridlike.client import GridLikeClient
 
+    options = context.options
     client = GridLikeClient(url, api_key=options.api_key, reactor=context.reactor)
-    workers = start_workers(url, options.workers)
+    payloads = [os.urandom(options.size) for _ in range(options.jobs)]
+    workers: list[subprocess.Popen[bytes]] = []
     try:
-        submit_rate, end_to_end = await _throughput(context, client)
+        early, submitted = await _submit_each(context, client, payloads)
+        workers = start_workers(url, options.workers)
+        await _workers_ready(context, client, options.workers)
+        async for key, status, result in client.results(early, timeout=600):
+            pass  # the submit-only jobs are run before anything is timed
+        one_per_job = await _one_per_job(context, client, payloads)
+        own_client = await _own_client(client, payloads)
         latencies = await _latencies(context, client) if options.latency_jobs else []
-        peak = server.peak_memory() if server is not None else None
-    except Exception:
-        if server is not None:
-            print(f"the server's log ends with:\n{server.log_tail()}", file=sys.stderr)
-        raise
     finally:
         for worker in workers:
             worker.terminate()
         for worker in workers:
             worker.wait()
         await client.close()
-        if server is not None:
-            server.stop()
-    figures = {
-        "jobs": options.jobs,
-        "payload_bytes": options.size,
-        "workers": options.workers,
-        "fsync": options.fsync if server is not None else None,
-        "end_to_end_jobs_per_s": round(end_to_end),
-        "submit_jobs_per_s": round(submit_rate),
-        "latency_ms": (
-            {f"p{p}": round(percentile(latencies, p / 100) * 1000, 2) for p in (50, 90, 99)}
-            if latencies
-            else None
-        ),
-        "server_peak_rss_mib": peak,
+    return {
+        "end_to_end_jobs_per_s": round(one_per_job),
+        "client_end_to_end_jobs_per_s": round(own_client),
+        "submit_jobs_per_s": round(options.jobs / submitted),
+        "latency_ms": _latency_figures(latencies),
+        "server_peak_rss_mib": None if server is None else server.peak_memory(),
     }
+
+
+async def _beanstalkd_figures(context: Context) -> dict[str, Any] | None:
+    """beanstalkd's figures, C{-f 0} and default, or L{None} without it."""
+    from twisted.internet.threads import deferToThread
+
+    from gridlike import _beanstalk
+
+    options = context.options
+    if not options.peer or not _beanstalk.installed():
+        return None
+    figures = {}
+    for name, fsync_ms in [("f0", 0), ("default", None)]:
+        measured = await deferToThread(
+            _beanstalk.figures, fsync_ms, options.jobs, options.size, options.workers,
+            options.latency_jobs, _environment(),
+        )
+        measured["latency_ms"] = _latency_figures(measured.pop("latencies"))
+        measured["end_to_end_jobs_per_s"] = round(measured["end_to_end_jobs_per_s"])
+        measured["submit_jobs_per_s"] = round(measured["submit_jobs_per_s"])
+        figures[name] = measured
+    return figures
+
+
+@command("bench", "measure throughput, latency and memory of a server", add_arguments)
+async def run_bench(context: Context) -> int:
+    from twisted.internet.threads import deferToThread
+
+    options = context.options
+    server = None
+    if options.server_given:
+        url = options.server
+    else:
+        server = await deferToThread(ServerProcess, options.fsync)
+        url = server.url
+    try:
+        figures = await _gridlike_figures(context, url, server)
+    except Exception:
+        if server is not None:
+            print(f"the server's log ends with:\n{server.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        if server is not None:
+            await deferToThread(server.stop)
+    figures.update(
+        jobs=options.jobs, payload_bytes=options.size, workers=options.workers,
+        fsync=options.fsync if server is not None else None,
+        beanstalkd=await _beanstalkd_figures(context),
+    )
     if options.json:
         import json
 
         print(json.dumps(figures))
     else:
-        print(f"{options.jobs} jobs of {options.size} bytes, {options.workers} workers"
-              + (f", fsync {options.fsync}" if server is not None else f", {url}"))
-        print(f"  end to end     {figures['end_to_end_jobs_per_s']:>8} jobs/s")
-        print(f"  submit phase   {figures['submit_jobs_per_s']:>8} jobs/s (bulk of {options.bulk})")
-        if latencies:
-            latency = figures["latency_ms"]
-            assert isinstance(latency, dict)
-            print(f"  latency        p50 {latency['p50']} ms, p90 {latency['p90']} ms, "
-                  f"p99 {latency['p99']} ms ({len(latencies)} jobs one at a time)")
-        if peak is not None:
-            print(f"  server peak RSS {peak} MiB")
+        _print(context, figures, url if server is None else None)
     return 0
+
+
+def _print(context: Context, figures: dict[str, Any], url: str | None) -> None:
+    options = context.options
+    peer = figures["beanstalkd"]
+    print(f"{options.jobs} jobs of {options.size} bytes, {options.workers} workers"
+          + (f", {url}" if url else f", fsync {options.fsync}"))
+    rows = [
+        (f"end to end, one request per job ({options.concurrency} at a time)",
+         "end_to_end_jobs_per_s", "f0"),
+        ("end to end, own client (submit_many + results)", "client_end_to_end_jobs_per_s",
+         "default"),
+        (f"submit only, one request per job ({options.concurrency} at a time)",
+         "submit_jobs_per_s", "f0"),
+    ]
+    for what, name, variant in rows:
+        line = f"  {what:58s} {figures[name]:>7} jobs/s"
+        if peer is not None:
+            theirs = peer[variant]["submit_jobs_per_s" if name == "submit_jobs_per_s"
+                                   else "end_to_end_jobs_per_s"]
+            label = "beanstalkd -f 0" if variant == "f0" else "beanstalkd default"
+            line += f"   {label:18s} {theirs:>7} jobs/s   ratio {figures[name] / theirs:5.2f}"
+        print(line)
+    latency = figures["latency_ms"]
+    if latency:
+        line = (f"  {'submit->result latency, ms':58s} p50 {latency['p50']} p90 {latency['p90']}"
+                f" p99 {latency['p99']}")
+        if peer is not None and peer["f0"]["latency_ms"]:
+            theirs = peer["f0"]["latency_ms"]
+            line += (f"   beanstalkd -f 0 p50 {theirs['p50']} p99 {theirs['p99']}"
+                     f"   p50 ratio {latency['p50'] / max(theirs['p50'], 0.01):5.2f}")
+        print(line)
+    if figures["server_peak_rss_mib"] is not None:
+        print(f"  server peak RSS {figures['server_peak_rss_mib']} MiB")
+    if peer is None:
+        print("  (beanstalkd not measured: not installed, or --no-peer)")
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker-process":
         run_echo_worker(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--beanstalk-worker":
+        from gridlike._beanstalk import run_worker
+
+        run_worker(int(sys.argv[2]))
     else:
         from gridlike.cli import main
 

@@ -62,7 +62,7 @@ from twisted.internet.threads import deferToThread
 
 from gridlike import __version__
 from gridlike.client import BadRequest, Conflict, GridLikeClient, GridLikeClientError
-from gridlike.client import NotFound, Unauthorized
+from gridlike.client import NotFound, Unauthorized, save
 
 T = TypeVar("T")
 
@@ -319,13 +319,20 @@ async def _submit(context: Context) -> int:
     if o.out is not None:
         Path(o.out).mkdir(parents=True, exist_ok=True)
     outcome = dict(zip(o.files, outputs))
-    waited = await _parallel(
-        [partial(_finish, context, job.key, outcome[name]) for name, job in jobs]
-    )
-    reports = [
-        {"file": name, "key": job.key, "id": job.id, **report}
-        for (name, job), report in zip(jobs, waited)
-    ]
+    by_key = {
+        job.key: {"file": name, "key": job.key, "id": job.id,
+                  "status": None, "result": None, "error": None}
+        for name, job in jobs
+    }
+
+    async def collect() -> None:
+        ended = context.client.results(list(by_key), o.timeout, fetch=False)
+        async for key, status, result in ended:
+            report = by_key[key]
+            report.update(await _finish(context, key, status, result, outcome[report["file"]]))
+
+    await context.attempt(collect())
+    reports = list(by_key.values())
     if o.json:
         context.json(reports)
     else:
@@ -350,20 +357,30 @@ def _spool_stdin() -> IO[bytes]:
     return spool
 
 
-async def _finish(context: Context, key: str, output: str) -> dict[str, Any]:
-    """Wait for a submitted job and save its result; report how it ended."""
-    timeout = context.options.timeout
-    view = await context.attempt(context.client.wait(key, timeout), key)
-    view = view or {"status": None, "error": None}
-    status, saved = view["status"], None
+async def _finish(
+    context: Context, key: str, status: str, result: bytes | None, output: str
+) -> dict[str, Any]:
+    """
+    Save the result of a job that ended, or report how it ended: the fields
+    of its report.
+
+    @param result: the result bytes when they came with the outcome; a
+        done job's larger result is streamed to C{output}.
+    """
+    saved, error = None, None
     if status == "done":
-        if await context.attempt(context.client.result_to(key, output), key) is not None:
+        save_result = context.client.result_to(key, output) if result is None else save(result, output)
+        if await context.attempt(save_result, key) is not None:
             saved = output
     elif status == "failed":
-        context.fail(JOB_FAILED, f"job {key} failed: {(view['error'] or {}).get('info')}")
-    elif status is not None:
-        context.fail(SERVER, f"job {key} is still {status} after {timeout} s")
-    return {"status": status, "result": saved, "error": view["error"]}
+        view = await context.attempt(context.client.job(key), key)
+        error = None if view is None else view["error"]
+        context.fail(JOB_FAILED, f"job {key} failed: {(error or {}).get('info')}")
+    elif status == "missing":
+        context.fail(NOT_FOUND, f"job {key} was deleted")
+    else:
+        context.fail(SERVER, f"job {key} is still {status} after {context.options.timeout} s")
+    return {"status": status, "result": saved, "error": error}
 
 
 def _key_argument(parser: argparse.ArgumentParser) -> None:

@@ -22,35 +22,38 @@ L{ServerUnreachable}.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import uuid
 from functools import wraps
 from pathlib import Path
-from typing import IO, Any, AsyncIterator, Callable, Coroutine
+from typing import IO, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import ParamSpec, Sequence, TypeVar, Union, cast
 from urllib.parse import quote, urljoin
 
 import treq
 from attrs import frozen
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.internet.task import Cooperator, deferLater
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer
 from twisted.web.client import HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from gridlike._multipart import _Form
+from gridlike._results import Ended, LineReader, Outcomes, decode, key_groups
 
 __all__ = [
-    "BadRequest", "BlockingClient", "Conflict", "GridLikeClient", "GridLikeClientError",
-    "JobPage", "NotFound", "PayloadTooLarge", "ServerError", "ServerUnreachable",
-    "Submitted", "Unauthorized", "Unavailable", "error_for",
+    "BadRequest", "BlockingClient", "Conflict", "Ended", "GridLikeClient", "GridLikeClientError",
+    "JobPage", "NotFound", "PartlySubmitted", "PayloadTooLarge", "ServerError",
+    "ServerUnreachable", "Submitted", "Unauthorized", "Unavailable", "error_for", "save",
 ]
 
 P = ParamSpec("P")
@@ -64,6 +67,14 @@ Target = Union[str, "os.PathLike[str]", IO[bytes]]
 TERMINAL = frozenset({"done", "failed"})
 POLL = 60.0
 """Longest single C{?wait=} request; longer waits repeat it."""
+CHUNK = 500
+"""Most payloads in one bulk request of L{GridLikeClient.submit_many}."""
+CHUNK_BYTES = 8 * 1024 * 1024
+"""Most payload bytes in one bulk request of L{GridLikeClient.submit_many}."""
+PIPELINE = 4
+"""Bulk requests of L{GridLikeClient.submit_many} in flight at once."""
+STREAMS = 4
+"""Responses of C{POST /api/jobs/results} read at once by L{GridLikeClient.results}."""
 _NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 
 
@@ -127,6 +138,26 @@ class Unavailable(ServerError):
 
 class ServerUnreachable(GridLikeClientError):
     """No complete response: connection refused, DNS, TLS, connection lost."""
+
+
+class PartlySubmitted(GridLikeClientError):
+    """
+    L{GridLikeClient.submit_many} stopped: a bulk request failed, so none of
+    its jobs exists, while the bulks before it (and any in flight beside it)
+    may have created theirs.  Its status and problem are the failed
+    request's, which is also its C{__cause__}.
+
+    @ivar keys: one entry per payload taken from the iterable so far, in
+        order: the created job's key, or L{None} where no job was created.
+        Payloads after the last entry were not taken.
+    """
+
+    def __init__(self, keys: list[str | None], cause: GridLikeClientError) -> None:
+        created = sum(key is not None for key in keys)
+        super().__init__(
+            cause.status, f"{cause.problem} ({created} of {len(keys)} jobs created)", cause.body
+        )
+        self.keys = keys
 
 
 _ERRORS: dict[int, type[GridLikeClientError]] = {
@@ -310,6 +341,131 @@ class GridLikeClient:
         fields = _fields(priority, description, list(keys or []))
         created = await self._submit("bulk", type, fields, payloads)
         return [Submitted(c["created"], c["id"]) for c in created["created"]]
+
+    @_deferred
+    async def submit_many(
+        self, payloads: Iterable[Payload], priority: str = "batch", type: str | None = None
+    ) -> list[str]:
+        """
+        Submit any number of jobs, and return their keys in the order of
+        C{payloads}.  They go in bulk requests of at most L{CHUNK} payloads
+        or L{CHUNK_BYTES} bytes, L{PIPELINE} requests at a time; the
+        iterable is consumed as requests go, so a generator of payloads is
+        never held whole.  Each bulk is all or nothing.
+
+        @param payloads: as for L{submit}, each.
+        @raise PartlySubmitted: a bulk failed; its C{keys} say which jobs
+            exist.  No bulk is sent after the failure is known.
+        """
+        keys: list[str | None] = []
+        failures: list[Exception] = []
+        slots = DeferredSemaphore(PIPELINE)
+        sent: list[Deferred[None]] = []
+
+        async def send(start: int, chunk: list[Payload]) -> None:
+            try:
+                created = await self.bulk(chunk, type=type, priority=priority)
+                keys[start : start + len(chunk)] = [job.key for job in created]
+            except Exception as e:
+                failures.append(e)
+            finally:
+                slots.release()
+
+        try:
+            for chunk in _chunks(payloads):
+                await slots.acquire()
+                if failures:
+                    slots.release()
+                    break
+                start = len(keys)
+                keys.extend([None] * len(chunk))
+                sent.append(Deferred.fromCoroutine(send(start, chunk)))
+        finally:
+            await DeferredList(sent)
+        if failures:
+            first = failures[0]
+            if isinstance(first, GridLikeClientError):
+                raise PartlySubmitted(keys, first) from first
+            raise first
+        return cast(list[str], keys)
+
+    async def results(
+        self, keys: Iterable[str], timeout: float | None = None, fetch: bool = True
+    ) -> AsyncIterator[Ended]:
+        """
+        Each job's outcome as it ends, in the order they end:
+        C{async for key, status, result in client.results(keys): ...}.
+
+        One streamed C{POST /api/jobs/results} answers for many jobs (groups
+        of about 1,500 keys, L{STREAMS} streams at once), so there is no
+        long poll per job.  Every distinct key is yielded once: C{done}
+        (with its result bytes) or C{failed} as it ends; C{missing} for a
+        key no job has; and once C{timeout} seconds have passed (L{None}: no
+        limit), each job still unfinished with its status then (C{pending}
+        or C{running}) and no result.
+
+        @param fetch: a result too large to come inline (over 64 KiB) is
+            fetched with one request; with C{fetch=False} it is left
+            L{None}, for L{result_to} to stream where it should go.
+        @raise GridLikeClientError: a request failed.
+        """
+        async for batch in self._result_batches(list(keys), timeout, fetch):
+            for ended in batch:
+                yield ended
+
+    async def _result_batches(
+        self, keys: list[str], timeout: float | None, fetch: bool
+    ) -> AsyncGenerator[list[Ended], None]:
+        """L{results}, in batches of the outcomes that arrived together."""
+        outcomes = Outcomes()
+        deadline = _deadline(self._reactor, timeout)
+        slots = DeferredSemaphore(STREAMS)
+        streams = [
+            slots.run(self._stream_results, group, deadline, outcomes).addErrback(outcomes.fail)
+            for group in key_groups(list(dict.fromkeys(keys)))
+        ]
+        DeferredList(streams).addCallback(lambda _: outcomes.close())
+        try:
+            while lines := await outcomes.take():
+                batch = [decode(entry) for entry in lines]
+                if fetch:
+                    for i, ended in enumerate(batch):
+                        if ended.status == "done" and ended.result is None:
+                            batch[i] = ended._replace(result=await self.result(ended.key))
+                yield batch
+        finally:
+            for stream in streams:
+                stream.cancel()
+
+    async def _stream_results(
+        self, keys: list[str], deadline: float | None, outcomes: Outcomes
+    ) -> None:
+        """
+        Ask for one group of keys until each has ended or the deadline has
+        passed, re-asking for the unfinished ones after each long poll.
+        """
+        while True:
+            remaining, asked = _remaining(self._reactor, deadline), self._reactor.seconds()
+            body = json.dumps({"keys": keys, "wait": remaining}).encode("utf-8")
+            response = await self._request(
+                "POST", "/api/jobs/results",
+                body=FileBodyProducer(io.BytesIO(body), cooperator=self._cooperator),
+                content_type=b"application/json", stream=True,
+            )
+            reader = LineReader(outcomes)
+            response.deliverBody(reader)
+            try:
+                await reader.finished
+            except _CONNECTION_ERRORS as e:
+                raise _unreachable(e, self.base_url) from None
+            if not reader.unfinished:
+                return
+            if remaining == 0:
+                for entry in reader.unfinished:
+                    outcomes.add(entry, 0)
+                return
+            keys = [entry["key"] for entry in reader.unfinished]
+            await self._pace(asked, remaining)
 
     @_deferred
     async def job(self, key: str, wait: float | None = None) -> dict[str, Any]:
@@ -555,20 +711,7 @@ class GridLikeClient:
 
     async def _save(self, key: str, kind: str, target: Target, wait: float | None) -> int:
         """L{_download} into a file object, or a path by way of a temporary."""
-        if not isinstance(target, (str, os.PathLike)):
-            counter = _Counter(target.write)
-            await self._download(key, kind, counter, wait)
-            return counter.count
-        path = Path(target)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
-        try:
-            with open(temporary, "xb") as file:
-                counter = _Counter(file.write)
-                await self._download(key, kind, counter, wait)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        return counter.count
+        return await _write_to(target, lambda write: self._download(key, kind, write, wait))
 
     async def _pace(self, asked: float, remaining: float) -> None:
         """
@@ -578,6 +721,44 @@ class GridLikeClient:
         """
         if self._reactor.seconds() - asked < remaining / 2:
             await deferLater(self._reactor, min(1.0, remaining / 2), lambda: None)
+
+
+def save(data: bytes, target: Target) -> Deferred[int]:
+    """
+    Write bytes (a result from L{GridLikeClient.results}) the way
+    L{GridLikeClient.result_to} writes a download: a path by way of a
+    temporary beside it, so that it never holds a partial result.
+
+    @return: the number of bytes written.
+    """
+
+    async def fill(write: Callable[[bytes], None]) -> None:
+        write(data)
+
+    return Deferred.fromCoroutine(_write_to(target, fill))
+
+
+async def _write_to(
+    target: Target, fill: Callable[[Callable[[bytes], None]], Awaitable[None]]
+) -> int:
+    """
+    Have C{fill} write into a file object, or into a path by way of a
+    temporary renamed once complete; return the bytes written.
+    """
+    if not isinstance(target, (str, os.PathLike)):
+        counter = _Counter(target.write)
+        await fill(counter)
+        return counter.count
+    path = Path(target)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
+    try:
+        with open(temporary, "xb") as file:
+            counter = _Counter(file.write)
+            await fill(counter)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return counter.count
 
 
 class _Counter:
@@ -590,6 +771,26 @@ class _Counter:
     def __call__(self, data: bytes) -> None:
         self._write(data)
         self.count += len(data)
+
+
+def _chunks(payloads: Iterable[Payload]) -> Iterator[list[Payload]]:
+    """Consecutive lists of payloads within L{CHUNK} and L{CHUNK_BYTES}."""
+    chunk: list[Payload] = []
+    size = 0
+    for payload in payloads:
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            cost = len(payload)
+        elif isinstance(payload, (str, os.PathLike)):
+            cost = os.path.getsize(payload)
+        else:
+            cost = 0  # a file object: its length may be unknown
+        if chunk and (len(chunk) == CHUNK or size + cost > CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(payload)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 def _fields(priority: str, description: str | None, keys: list[str]) -> list[tuple[str, str]]:

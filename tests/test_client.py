@@ -23,6 +23,8 @@ from twisted.web.client import RequestTransmissionFailed
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
+from gridlike import _results as results_module
+from gridlike import client as client_module
 from gridlike.api import GridLikeAPI
 from gridlike.client import (
     BadRequest,
@@ -30,6 +32,7 @@ from gridlike.client import (
     GridLikeClient,
     GridLikeClientError,
     NotFound,
+    PartlySubmitted,
     ServerError,
     ServerUnreachable,
     Submitted,
@@ -37,6 +40,7 @@ from gridlike.client import (
     Unavailable,
     _Form,
     error_for,
+    save,
 )
 from gridlike.config import parse_settings
 from gridlike.dispatch import Dispatcher
@@ -231,6 +235,27 @@ class SubmitTests(ClientTestCase):
         self.assertEqual(body.count(b"z"), 1_000_000)
         self.assertTrue(body.endswith(b"--\r\n"))
         self.assertLessEqual(max(len(c) for c in chunks), 65536)
+
+    def test_paused_twice(self) -> None:
+        """Two pauses and one resume (as twisted.web's client does) leave the upload going."""
+        clock = Clock()
+        cooperator = Cooperator(scheduler=lambda work: clock.callLater(0, work))
+        producer = _Form(cooperator, [], [b"a", b"b", b"c"])
+        chunks: list[bytes] = []
+
+        class Consumer:
+            write = chunks.append
+
+        done = producer.startProducing(Consumer())
+        producer.pauseProducing()
+        producer.pauseProducing()
+        clock.advance(0)
+        self.assertNoResult(done)
+        producer.resumeProducing()
+        for _ in range(10):
+            clock.advance(0)
+        self.successResultOf(done)
+        self.assertEqual(sum(len(c) for c in chunks), producer.length)
 
     def test_unseekable_file(self) -> None:
         """A file that cannot seek (a pipe) is uploaded with chunked encoding."""
@@ -519,3 +544,182 @@ class ErrorTests(SynchronousTestCase):
         self.assertRaises(
             ValueError, GridLikeClient, "https://x", reactor=Clock(), ca_file=empty
         )
+
+
+class ManyTests(ClientTestCase):
+    """submit_many and results: many jobs in few requests."""
+
+    config = "[scheduling]\nmax_attempts = 1\n"
+
+    def posts(self, path: bytes) -> int:
+        return sum(1 for method, uri, _ in self.agent.requests if uri == URL.encode() + path)
+
+    def test_submit_many_chunks_in_order(self) -> None:
+        """Payloads go in bulks of CHUNK; the keys come back in payload order."""
+        self.patch(client_module, "CHUNK", 3)
+        payloads = [b"p%d" % i for i in range(8)]
+        keys = self.done(self.client.submit_many(iter(payloads), priority="immediate"))
+        self.assertEqual(
+            [self.done(self.client.payload(key)) for key in keys], payloads
+        )
+        self.assertEqual(self.posts(b"/api/jobs/bulk"), 3)
+        self.assertEqual({self.job(key).priority.value for key in keys}, {"immediate"})
+        self.assertEqual(self.done(self.client.submit_many([])), [])
+
+    def test_submit_many_byte_budget(self) -> None:
+        """A bulk also ends at CHUNK_BYTES of payload."""
+        self.patch(client_module, "CHUNK_BYTES", 10)
+        path = self.temporary()
+        path.write_bytes(b"x" * 6)
+        keys = self.done(self.client.submit_many([b"12345", b"12345", path, b"1"]))
+        self.assertEqual(self.posts(b"/api/jobs/bulk"), 2)
+        self.assertEqual(self.done(self.client.payload(keys[2])), b"x" * 6)
+
+    def test_submit_many_partly(self) -> None:
+        """A refused bulk stops submit_many; the error says which jobs exist."""
+        self.patch(client_module, "CHUNK", 2)
+        self.patch(client_module, "PIPELINE", 1)
+        path = self.temporary()
+        payloads: list[Any] = [b"a", b"b", path, b"d", b"e", b"f"]
+        path.write_bytes(b"c")
+        self.done(self.client.submit(b"x", key="taken"))
+
+        def refuse(*args: Any, **kwargs: Any) -> Deferred[Any]:
+            return fail(Conflict(409, "key: 'taken' is already in use"))
+
+        real_bulk = self.client.bulk
+        calls: list[int] = []
+
+        def bulk(chunk: Any, **kwargs: Any) -> Deferred[Any]:
+            calls.append(len(chunk))
+            return refuse() if len(calls) == 2 else real_bulk(chunk, **kwargs)
+
+        self.patch(self.client, "bulk", bulk)
+        error = self.fails(self.client.submit_many(payloads), PartlySubmitted)
+        self.assertEqual(error.status, 409)
+        self.assertIn("2 of 4 jobs created", error.problem)
+        self.assertIsInstance(error.__cause__, Conflict)
+        self.assertEqual(error.keys[2:], [None, None])
+        self.assertEqual([self.done(self.client.payload(k)) for k in error.keys[:2]], [b"a", b"b"])
+        self.assertEqual(calls, [2, 2])
+
+    def collect_results(self, keys: list[str], **kwargs: Any) -> list[Any]:
+        return self.collect(self.client.results(keys, **kwargs))
+
+    def test_results_completion_order(self) -> None:
+        """Outcomes come as jobs end, in that order, over one request."""
+        keys = self.done(self.client.submit_many([b"1", b"2", b"3", b"4"]))
+        self.finish(keys[3], b"first")
+        gathered: list[Any] = []
+
+        async def gather() -> None:
+            async for ended in self.client.results(keys):
+                gathered.append(ended)
+
+        d = Deferred.fromCoroutine(gather())
+        self.settle(d)
+        self.assertEqual(gathered, [(keys[3], "done", b"first")])
+        self.finish(keys[1], b"second")
+        self.settle(d)
+        self.crash(keys[0])
+        self.settle(d)
+        self.assertNoResult(d)
+        self.finish(keys[2], b"")
+        self.done(d)
+        self.assertEqual(
+            gathered,
+            [
+                (keys[3], "done", b"first"),
+                (keys[1], "done", b"second"),
+                (keys[0], "failed", None),
+                (keys[2], "done", b""),
+            ],
+        )
+        self.assertEqual(self.posts(b"/api/jobs/results"), 1)
+        self.assertEqual(self.core.clock.getDelayedCalls(), [])
+
+    def test_results_left_early(self) -> None:
+        """Leaving the loop early closes the stream: the server stops watching."""
+        keys = self.done(self.client.submit_many([b"1", b"2"]))
+        self.finish(keys[0], b"one")
+        outcomes = self.client.results(keys)
+        first = outcomes.__anext__()
+        self.assertEqual(self.done(Deferred.fromCoroutine(first)), (keys[0], "done", b"one"))  # type: ignore[arg-type]
+        self.assertNotEqual(self.core.registry._watchers, {})
+        self.done(Deferred.fromCoroutine(outcomes.aclose()))  # type: ignore[attr-defined]
+        self.settle(Deferred())
+        self.assertEqual(self.core.registry._watchers, {})
+        self.assertEqual(self.core.clock.getDelayedCalls(), [])
+
+    def test_results_missing_and_duplicates(self) -> None:
+        """An unknown key is 'missing'; a key given twice is answered once."""
+        [key] = self.done(self.client.submit_many([b"in"]))
+        self.finish(key, b"out")
+        self.assertEqual(
+            self.collect_results([key, "nope", key]),
+            [(key, "done", b"out"), ("nope", "missing", None)],
+        )
+
+    def test_results_timeout(self) -> None:
+        """At the timeout, unfinished jobs come with their status, after repeated long polls."""
+        keys = self.done(self.client.submit_many([b"1", b"2"]))
+        self.finish(keys[0])
+        d = Deferred.fromCoroutine(
+            self.gather(self.client.results(keys, timeout=100))
+        )
+        self.settle(d, advance=2)
+        self.assertEqual(
+            self.successResultOf(d), [(keys[0], "done", b"result"), (keys[1], "pending", None)]
+        )
+        self.assertEqual(self.posts(b"/api/jobs/results"), 3)  # 60 s, 40 s, then 0
+        self.assertLess(abs(self.core.clock.seconds() - 1_700_000_100), 10)
+
+    async def gather(self, iterator: AsyncIterator[T]) -> list[T]:
+        return [item async for item in iterator]
+
+    def test_results_large(self) -> None:
+        """A result too large to come inline is fetched, unless fetch=False."""
+        keys = self.done(self.client.submit_many([b"1"]))
+        big = b"r" * (100 * 1024)
+        self.finish(keys[0], big)
+        self.assertEqual(self.collect_results(keys), [(keys[0], "done", big)])
+        self.assertEqual(self.collect_results(keys, fetch=False), [(keys[0], "done", None)])
+
+    def test_results_many_streams(self) -> None:
+        """Keys beyond one request's body are asked for in several streams."""
+        self.patch(results_module, "BODY_BUDGET", 20)
+        keys = self.done(self.client.submit_many([b"%d" % i for i in range(9)]))
+        for key in keys:
+            self.finish(key, key.encode())
+        outcomes = self.collect_results(keys)
+        self.assertEqual(sorted(outcomes), sorted((k, "done", k.encode()) for k in keys))
+        self.assertEqual(self.posts(b"/api/jobs/results"), 9)
+
+    def test_save(self) -> None:
+        """save writes bytes to a path by way of a temporary, or into a file."""
+        target = self.temporary()
+        self.assertEqual(self.successResultOf(save(b"data", target)), 4)
+        self.assertEqual(target.read_bytes(), b"data")
+        self.assertEqual(list(target.parent.iterdir()), [target])
+        buffer = io.BytesIO()
+        self.successResultOf(save(b"data", buffer))
+        self.assertEqual(buffer.getvalue(), b"data")
+
+
+class ManyAuthTests(ClientTestCase):
+    config = '[auth]\napi_keys = ["sesame"]\n'
+    api_key = "sesame"
+
+    def test_results_need_key(self) -> None:
+        """results carries the API key; without it, iterating raises Unauthorized."""
+        keys = self.done(self.client.submit_many([b"x"]))
+        self.finish(keys[0], b"y")
+        self.assertEqual(self.collect(self.client.results(keys)), [(keys[0], "done", b"y")])
+        client = GridLikeClient(URL, http=HTTPClient(self.traversal), reactor=self.core.clock)
+        d = Deferred.fromCoroutine(self.gather(client.results(keys)))
+        self.settle(d)
+        self.assertEqual(self.failureResultOf(d, Unauthorized).value.status, 401)
+        self.fails(client.submit_many([b"x"]), PartlySubmitted)
+
+    async def gather(self, iterator: AsyncIterator[T]) -> list[T]:
+        return [item async for item in iterator]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -24,14 +25,35 @@ def gridlike(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[by
 
 
 def test_bench_small_run() -> None:
-    """A small bench run starts its own server and prints every figure."""
+    """
+    A small bench run starts its own server and prints every figure, and
+    beanstalkd's beside them when it is installed.
+    """
     done = gridlike("bench", "--jobs", "300", "--workers", "2", "--latency-jobs", "20", "--json")
     assert done.returncode == 0, done.stderr.decode()
     figures = json.loads(done.stdout)
     assert figures["jobs"] == 300 and figures["workers"] == 2
-    assert figures["end_to_end_jobs_per_s"] > 0 and figures["submit_jobs_per_s"] > 0
+    for name in ["end_to_end_jobs_per_s", "client_end_to_end_jobs_per_s", "submit_jobs_per_s"]:
+        assert figures[name] > 0, name
     assert set(figures["latency_ms"]) == {"p50", "p90", "p99"}
     assert figures["server_peak_rss_mib"] > 0
+    if shutil.which("beanstalkd") is None:
+        assert figures["beanstalkd"] is None
+    else:
+        for variant in ["f0", "default"]:
+            peer = figures["beanstalkd"][variant]
+            assert peer["end_to_end_jobs_per_s"] > 0 and peer["submit_jobs_per_s"] > 0
+            assert set(peer["latency_ms"]) == {"p50", "p90", "p99"}
+
+
+def test_bench_text() -> None:
+    """The text report names every workload, without beanstalkd under --no-peer."""
+    done = gridlike("bench", "--jobs", "50", "--workers", "1", "--latency-jobs", "5", "--no-peer")
+    assert done.returncode == 0, done.stderr.decode()
+    report = done.stdout.decode()
+    for workload in ["one request per job", "own client", "submit only", "latency"]:
+        assert workload in report, report
+    assert "beanstalkd not measured" in report
 
 
 def test_worker_command(daemon: Daemon) -> None:

@@ -436,16 +436,17 @@ def test_result(daemon: Daemon, tmp_path: Path) -> None:
 def test_submit_wait(daemon: Daemon, tmp_path: Path) -> None:
     """submit --wait writes each result beside its input, or into --out DIR."""
     inputs = []
-    for name in ["one.txt", "two.txt"]:
+    for name in ["one.txt", "two.txt", "big.txt"]:
         inputs.append(tmp_path / name)
-        inputs[-1].write_bytes(name.encode())
-    worker = run_worker(daemon, 4, lambda payload: payload.upper())
+        inputs[-1].write_bytes(name.encode() * (20_000 if name == "big.txt" else 1))
+    worker = run_worker(daemon, 5, lambda payload: payload.upper())
     reports = json.loads(
         out(gridlike("submit", "--wait", "--json", *map(str, inputs), server=daemon))
     )
-    assert [r["status"] for r in reports] == ["done", "done"]
+    assert [r["status"] for r in reports] == ["done", "done", "done"]
     assert (tmp_path / "one.txt.result").read_bytes() == b"ONE.TXT"
     assert reports[1]["result"] == str(tmp_path / "two.txt.result")
+    assert (tmp_path / "big.txt.result").read_bytes() == b"BIG.TXT" * 20_000
     out_dir = tmp_path / "results"
     lines = out(
         gridlike(
@@ -463,6 +464,15 @@ def test_submit_wait(daemon: Daemon, tmp_path: Path) -> None:
     assert (out_dir / "one.txt.result").read_bytes() == b"ONE.TXT"
     assert (out_dir / "stdin.result").read_bytes() == b"STDIN"
     worker.join(30)
+
+
+def test_submit_wait_timeout(daemon: Daemon, tmp_path: Path) -> None:
+    """submit --wait --timeout reports the jobs unfinished by then: exit 3."""
+    source = tmp_path / "slow.txt"
+    source.write_bytes(b"x")
+    message = refused(gridlike("submit", "--wait", "--timeout", "0.2", str(source), server=daemon), 3)
+    assert "still pending after 0.2 s" in message
+    assert not (tmp_path / "slow.txt.result").exists()
 
 
 def test_job_failed(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:

@@ -114,3 +114,97 @@ def test_blocking_client(daemon: Daemon, tmp_path: Path) -> None:
     assert "reactor thread" in report["on_reactor"]
     assert report["health"] is True
     assert sorted(p.name for p in work.iterdir()) == ["big.bin", "copy.bin"]
+
+
+MANY = r"""
+import hashlib, json, os, sys
+from gridlike.client import BlockingClient
+
+url, count = sys.argv[1], int(sys.argv[2])
+payloads = [os.urandom(1 + i * 7 % 3000) for i in range(count)] + [os.urandom(200_000)]
+with BlockingClient(url) as client:
+    keys = client.submit_many(payloads)
+    order = []
+    wrong = []
+    for key, status, result in client.results(keys + ["no-such-job"], timeout=120):
+        order.append((key, status))
+        if key in keys and result != payloads[keys.index(key)]:
+            wrong.append(key)
+print(json.dumps({"keys": keys, "order": order, "wrong": wrong}))
+"""
+
+
+def echo_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "gridlike.bench", "--worker-process", url],
+            stdout=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        for _ in range(count)
+    ]
+
+
+def test_submit_many_and_results(daemon: Daemon) -> None:
+    """
+    A few hundred jobs go in with submit_many and come back with results,
+    every byte as the echo workers returned it, a large result included.
+    """
+    workers = echo_workers(daemon.url, 2)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", MANY, daemon.url, "400"],
+            capture_output=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            timeout=180,
+        )
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait()
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    assert len(set(report["keys"])) == 401
+    assert report["wrong"] == []
+    assert sorted(report["order"]) == sorted(
+        [[key, "done"] for key in report["keys"]] + [["no-such-job", "missing"]]
+    )
+
+
+def test_results_stream_over_http(daemon: Daemon) -> None:
+    """
+    POST /api/jobs/results, read with plain requests as a stream: lines come
+    as jobs end, unknown keys are 'missing', the body is NDJSON.
+    """
+    import base64
+
+    import requests
+
+    keys = [
+        requests.post(daemon.url + "/api/jobs/submit", files={"payload": b"job %d" % i}).json()["created"]
+        for i in range(3)
+    ]
+    with requests.post(
+        daemon.url + "/api/jobs/results",
+        json={"keys": ["nope", *keys], "wait": 60},
+        stream=True,
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/x-ndjson"
+        lines = response.iter_lines()
+        assert json.loads(next(lines))["status"] == "missing"
+        workers = echo_workers(daemon.url, 1)
+        try:
+            ended = [json.loads(next(lines)) for _ in keys]
+            assert next(lines, None) is None
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.wait()
+    assert sorted(e["key"] for e in ended) == sorted(keys)
+    for entry in ended:
+        assert base64.b64decode(entry["result"]) == b"job %d" % keys.index(entry["key"])
+    bad = requests.post(daemon.url + "/api/jobs/results", data=b"[", timeout=10)
+    assert bad.status_code == 400 and "problem" in bad.json()
