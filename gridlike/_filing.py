@@ -14,8 +14,8 @@ holds), then the objects' bytes, one after the other:
     a child job, they are its payload too.
 
 Once such a record is durable, L{Filing.file} hands each object to storage,
-which files it in the background; when it is durable there, a C{settled}
-record names it.  At replay L{Filing.replayed} keeps the bytes of the
+which holds it in memory and files it in the background once memory is
+short; when it is durable there, a C{settled} record names it.  At replay L{Filing.replayed} keeps the bytes of the
 objects no later C{settled} record names (those of the last moments before
 a crash), and L{Filing.refile} files them again.  Compaction carries the
 bytes of the objects not yet settled (L{Filing.unsettled}).
@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gridlike.journal import IJournal
-from gridlike.storage import PAYLOAD, RESULT, IInlineStorage, IStorage
+from gridlike.storage import PAYLOAD, RESULT, IInlineStorage, IStorage, Unfiled
 
 __all__ = ["Filing", "with_objects"]
 
@@ -135,6 +135,8 @@ class Filing:
                 self._settled_call = self._clock.callLater(0, self._journal_settled)
 
         def unfiled(failure: Failure) -> None:
+            if failure.check(Unfiled):
+                return  # Held in memory until shutdown: the journal has it.
             log.warn(
                 "{kind} of job {id} not filed in storage: {problem}; it stays in"
                 " the journal and is filed again at the next start",
@@ -151,7 +153,8 @@ class Filing:
     async def drain(self) -> None:
         """
         Wait for the objects being filed, and journal that they are settled:
-        before the journal closes.
+        before the journal closes.  Those only held in memory stay in the
+        journal alone, which a restart takes them back from.
         """
         if self._inline is not None:
             self._inline.flush()

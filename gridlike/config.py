@@ -180,11 +180,14 @@ class StorageSettings:
     @ivar inline_max: payloads and results up to this many bytes travel
         inside their journal record (one durable write per change) and are
         filed in storage afterwards; C{0} turns that off.
+    @ivar inline_memory: the bytes of such objects held in memory before
+        the oldest are filed; C{0} files each at once.
     """
 
     kind: str = "filesystem"
     path: Path = Path("gridlike-data/payloads")
     inline_max: int = 64 * KiB
+    inline_memory: int = 64 * MiB
 
 
 @frozen
@@ -571,6 +574,7 @@ def _storage(table: _Table, base: Path) -> StorageSettings:
         kind=table.choice("kind", defaults.kind, _STORAGE_KINDS, _STORAGE_KINDS_LATER),
         path=table.path("path", defaults.path, base),
         inline_max=table.size("inline_max", defaults.inline_max),
+        inline_memory=table.size("inline_memory", defaults.inline_memory),
     )
     if settings.inline_max > MAX_INLINE:
         raise ConfigError(

@@ -73,7 +73,12 @@ class GridLikeService(Service):
             assert self._filesystem is not None
             inline_max = settings.storage.inline_max
             storage = (
-                InlineStorage(self._filesystem, inline_max, reactor)
+                InlineStorage(
+                    self._filesystem,
+                    inline_max,
+                    reactor,
+                    memory=settings.storage.inline_memory,
+                )
                 if inline_max
                 else self._filesystem
             )

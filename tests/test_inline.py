@@ -20,8 +20,8 @@ from gridlike.config import parse_settings
 from gridlike.errors import Damaged, PayloadTooLarge, Unavailable
 from gridlike.model import Priority
 from gridlike.registry import NewJob, Registry, new_job_id
-from gridlike.storage import PAYLOAD, RESULT, IInlineStorage, IPayloadWriter, InlineStorage
-from gridlike.storage._inline import SETTLE_DELAY
+from gridlike.storage import PAYLOAD, RESULT, IInlineStorage, IPayloadWriter, InlineStorage, Unfiled
+from gridlike.storage._inline import OBJECT_OVERHEAD
 from gridlike.testing import MemoryJournal, MemoryStorage
 from tests.test_journal import Harness as JournalHarness
 from tests.test_journal import temp_journal
@@ -156,9 +156,9 @@ class InlineStorageTests(SynchronousTestCase):
         and it counts as unsettled; once filed, the wrapped storage serves it.
         """
         inner, clock = HeldStorage(), Clock()
-        storage = InlineStorage(inner, 10, clock)
+        storage = InlineStorage(inner, 10, clock, memory=0)
         settled = storage.settle(JOB, PAYLOAD, b"bytes")
-        clock.advance(SETTLE_DELAY)
+        clock.advance(0)
         self.assertNoResult(settled)
         self.assertEqual(storage.unsettled(JOB, PAYLOAD), b"bytes")
         self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 10)), b"bytes")
@@ -188,48 +188,56 @@ class InlineStorageTests(SynchronousTestCase):
     def test_settle_failure_keeps_bytes(self) -> None:
         """When filing fails the bytes stay in memory, still readable."""
         inner, clock = MemoryStorage(broken=True), Clock()
-        storage = InlineStorage(inner, 10, clock)
+        storage = InlineStorage(inner, 10, clock, memory=0)
         settled = storage.settle(JOB, PAYLOAD, b"bytes")
-        clock.advance(SETTLE_DELAY)
+        clock.advance(0)
         self.failureResultOf(settled, Unavailable)
         self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 10)), b"bytes")
 
-    def test_settle_waits_and_batches(self) -> None:
+    def test_held_until_memory_is_short(self) -> None:
         """
-        Objects to settle wait L{SETTLE_DELAY} in memory, then are filed
-        together; one deleted meanwhile is not filed at all.
+        Settled objects stay in memory while they fit; past it the oldest
+        are filed, together, until the rest fit in three quarters of it.
+        One deleted meanwhile is never filed.
         """
         inner, clock = MemoryStorage(), Clock()
-        storage = InlineStorage(inner, 10, clock)
-        first = storage.settle(JOB, PAYLOAD, b"one")
-        other = "0123abcd-0000-4000-8000-000000000001"
-        second = storage.settle(other, PAYLOAD, b"two")
-        gone = "0123abcd-0000-4000-8000-000000000002"
-        third = storage.settle(gone, PAYLOAD, b"three")
-        self.successResultOf(storage.delete(gone))
-        clock.advance(SETTLE_DELAY / 2)
+        cost = 3 + OBJECT_OVERHEAD
+        storage = InlineStorage(inner, 10, clock, memory=4 * cost)
+        ids = [f"0123abcd-0000-4000-8000-00000000000{i}" for i in range(6)]
+        settled = [storage.settle(ids[i], PAYLOAD, b"%03d" % i) for i in range(4)]
+        self.successResultOf(storage.delete(ids[0]))
+        self.successResultOf(settled[0])
+        settled += [storage.settle(ids[i], PAYLOAD, b"%03d" % i) for i in (4, 5)]
+        self.assertEqual(clock.getDelayedCalls()[0].getTime(), 0)
         self.assertEqual(inner.objects, {})
-        clock.advance(SETTLE_DELAY / 2)
-        for d in (first, second, third):
-            self.successResultOf(d)
-        self.assertEqual(inner.objects, {(JOB, PAYLOAD): b"one", (other, PAYLOAD): b"two"})
+        clock.advance(0)
+        self.assertEqual(inner.objects, {(ids[1], PAYLOAD): b"001", (ids[2], PAYLOAD): b"002"})
+        self.successResultOf(settled[1])
+        self.successResultOf(settled[2])
+        for d in settled[3:]:
+            self.assertNoResult(d)
+        self.assertEqual(self.successResultOf(storage.read_bytes(ids[5], PAYLOAD, 10)), b"005")
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_flush(self) -> None:
-        """L{InlineStorage.flush} files what waits at once."""
+        """
+        L{InlineStorage.flush}, at shutdown, files nothing: what is held in
+        memory stays only in the journal, and its settling fails L{Unfiled}.
+        """
         inner, clock = MemoryStorage(), Clock()
         storage = InlineStorage(inner, 10, clock)
         settled = storage.settle(JOB, PAYLOAD, b"one")
         storage.flush()
-        self.successResultOf(settled)
+        self.failureResultOf(settled, Unfiled)
+        self.assertEqual(inner.objects, {})
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_delete_while_settling(self) -> None:
         """A job deleted while its payload is filed leaves nothing behind."""
         inner, clock = HeldStorage(), Clock()
-        storage = InlineStorage(inner, 10, clock)
+        storage = InlineStorage(inner, 10, clock, memory=0)
         settled = storage.settle(JOB, PAYLOAD, b"bytes")
-        clock.advance(SETTLE_DELAY)
+        clock.advance(0)
         self.successResultOf(storage.delete(JOB))
         inner.release()
         self.successResultOf(settled)
@@ -249,17 +257,18 @@ class Inline:
         inner: MemoryStorage | None = None,
         config: str = "",
         clock: Clock | None = None,
+        memory: int = 0,
     ) -> None:
         self.settings = parse_settings(config, Path("/nonexistent"))
         self.clock = clock or Clock()
         self.journal = journal if journal is not None else MemoryJournal()
         self.inner = inner if inner is not None else MemoryStorage()
-        self.storage = InlineStorage(self.inner, 64, self.clock)
+        self.storage = InlineStorage(self.inner, 64, self.clock, memory=memory)
         self.registry = Registry(self.settings, self.journal, self.storage, self.clock)
 
     def file(self) -> None:
         """Let the objects waiting to be filed go to storage, and settle."""
-        self.clock.advance(SETTLE_DELAY)
+        self.clock.advance(0)
         if isinstance(self.inner, HeldStorage):
             self.inner.release()
         self.clock.advance(0)
@@ -396,15 +405,34 @@ class RegistryInlineTests(SynchronousTestCase):
         self.assertNotIn(b"\n", put)
 
     def test_drain(self) -> None:
-        """L{Registry.drain} waits for the filing and journals it settled."""
+        """L{Registry.drain} waits for the filing under way and journals it settled."""
         inline = Inline(inner=HeldStorage())
         [job] = inline.submit(self, b"bytes")
+        inline.clock.advance(0)
         drained = Deferred.fromCoroutine(inline.registry.drain())
         self.assertNoResult(drained)
         inline.inner.release()
         self.successResultOf(drained)
         self.assertEqual(inline.ops(), ["put", "settled"])
         self.assertEqual(inline.clock.getDelayedCalls(), [])
+
+    def test_held_stays_in_journal(self) -> None:
+        """
+        With room in memory a payload is never filed: not while the server
+        runs, not at shutdown; the next start takes it back from the journal
+        and serves it from memory.
+        """
+        inline = Inline(memory=1024 * 1024)
+        [job] = inline.submit(self, b"bytes")
+        inline.clock.advance(0)
+        self.successResultOf(Deferred.fromCoroutine(inline.registry.drain()))
+        self.assertEqual((inline.ops(), inline.inner.objects), (["put"], {}))
+        again = Inline(MemoryJournal(list(inline.journal.records)), memory=1024 * 1024)
+        again.registry.load()
+        again.clock.advance(0)
+        got = again.storage.read_bytes(job.id, PAYLOAD, 10, expected_size=5)
+        self.assertEqual(self.successResultOf(got), b"bytes")
+        self.assertEqual((again.ops(), again.inner.objects), (["put"], {}))
 
 
 class ResultInlineTests(SynchronousTestCase):
@@ -508,7 +536,7 @@ class CompactionInlineTests(SynchronousTestCase):
 
         before = [submit(b"before %d" % n) for n in range(5)]
         harness.settle()
-        harness.clock.advance(SETTLE_DELAY)
+        harness.clock.advance(0)
         inner.release()  # these are filed
         harness.settle()
         unfiled = [submit(b"unfiled %d" % n) for n in range(3)]
@@ -529,7 +557,7 @@ class CompactionInlineTests(SynchronousTestCase):
         again = JournalHarness(path, auto=True)
         restarted = Inline(again.journal(), MemoryStorage(), clock=again.clock)
         restarted.registry.load()
-        again.clock.advance(SETTLE_DELAY)
+        again.clock.advance(0)
         self.assertEqual({job.id for job in restarted.registry}, set(expected))
         refiled = restarted.inner.objects
         self.assertEqual({name[0] for name in refiled}, set(expected) - filed)

@@ -5,7 +5,7 @@ providers (L{FilesystemStorage}, the default, and L{InlineStorage} in front
 of it, whose small payloads become durable in the journal).
 """
 
-from ._inline import IInlineStorage, InlineStorage
+from ._inline import IInlineStorage, InlineStorage, Unfiled
 from .filesystem import SYNC_POLICIES, FilesystemStorage, RunInThread, SyncOps
 from .interface import (
     KINDS,
@@ -20,6 +20,7 @@ __all__ = [
     "FilesystemStorage",
     "IInlineStorage",
     "InlineStorage",
+    "Unfiled",
     "IPayloadWriter",
     "IStorage",
     "KINDS",

@@ -10,12 +10,15 @@ sync).  Here an object up to C{threshold} bytes is only buffered by its
 writer, whose C{finish} fires at once; the registry takes the bytes
 (L{InlineStorage.take_staged}) into its record, so that the record's sync,
 shared by the journal's group commit, makes both durable.  Only then does
-the registry hand the bytes back (L{InlineStorage.settle}): they are written
-to the wrapped storage as an ordinary object, off the path of the
-acknowledgement (after a short delay, L{SETTLE_DELAY}, so that many share
-their syncs), and held in memory until that object is durable, serving
-reads meanwhile.  The registry then journals that they are settled (see
-L{gridlike._filing}).
+the registry hand the bytes back (L{InlineStorage.settle}): they are kept
+in memory, serving reads, for as long as they fit C{memory} (the C{[storage]
+inline_memory} setting).  Only when they no longer fit are the oldest
+written to the wrapped storage as ordinary objects, off the path of the
+acknowledgement and many at once; the registry then journals that they are
+settled (see L{gridlike._filing}).  So a job that comes and goes within that
+memory never costs a file: filing, with its renames and syncs, cost more
+than everything else a small job does.  What is still only in memory at
+shutdown stays only in the journal, and a restart takes it back from there.
 
 Larger objects go to the wrapped storage as before: a writer that passes the
 threshold spills what it buffered into a writer of the wrapped storage and
@@ -32,12 +35,18 @@ from ..errors import Damaged, PayloadTooLarge
 from ._fs_common import check_job_id, check_kind
 from .interface import KINDS, IPayloadWriter, IStorage, check_size
 
-__all__ = ["SETTLE_DELAY", "IInlineStorage", "InlineStorage"]
+__all__ = ["OBJECT_OVERHEAD", "IInlineStorage", "InlineStorage", "Unfiled"]
 
-SETTLE_DELAY = 0.5
-"""Seconds an object waits in memory before it is filed: long enough that
-the objects of a busy moment share syncs and one C{settled} record, short
-enough that memory holds few of them."""
+OBJECT_OVERHEAD = 256
+"""Bytes an object held in memory is counted for beyond its own: its name,
+its entries and its Deferred, so that empty objects are bounded too."""
+
+
+class Unfiled(Exception):
+    """
+    An object was never filed: it is durable only in the journal, which
+    files it again (or holds it again) at the next start.
+    """
 
 _Name = tuple[str, str]
 
@@ -67,9 +76,11 @@ class IInlineStorage(IStorage):
         @param job_id: The job's id.
         @param kind: L{PAYLOAD} or L{RESULT}.
         @param data: The object's bytes.
-        @return: A L{Deferred} firing when the object is durable in storage;
-            on failure (L{gridlike.errors.Unavailable}) the bytes stay in
-            memory, and the next start files them again from the journal.
+        @return: A L{Deferred} firing when the object is durable in storage,
+            which may be never: it fails with L{Unfiled} when the object is
+            still only in memory at L{flush}, and on an I/O error
+            (L{gridlike.errors.Unavailable}) the bytes stay in memory; either
+            way the next start takes them from the journal again.
         """
 
     def unsettled(job_id: str, kind: str) -> bytes | None:
@@ -188,24 +199,25 @@ class InlineStorage:
         inner: IStorage,
         threshold: int,
         clock: IReactorTime,
-        delay: float = SETTLE_DELAY,
+        memory: int = 64 * 1024 * 1024,
     ) -> None:
         """
         @param inner: the wrapped storage.
         @param threshold: objects up to this many bytes are staged for the
             journal (the C{[storage] inline_max} setting).
-        @param clock: for the filing delay.
-        @param delay: seconds objects to settle wait before they are filed,
-            so that the objects of many jobs share their writes' syncs and
-            their C{settled} record.
+        @param clock: to file objects on a later turn, many at once.
+        @param memory: the bytes of settled objects held in memory before
+            the oldest are filed (C{[storage] inline_memory}); C{0} files
+            each at once.
         """
         self.inner = inner
         self.threshold = threshold
         self._clock = clock
-        self._delay = delay
+        self._memory = memory
         self._staged: dict[_Name, bytes] = {}
         self._pinned: dict[_Name, bytes] = {}
-        self._queued: list[tuple[_Name, bytes, Deferred[None]]] = []
+        self._held: dict[_Name, tuple[bytes, Deferred[None]]] = {}
+        self._held_bytes = 0
         self._filing: IDelayedCall | None = None
 
     @property
@@ -228,11 +240,13 @@ class InlineStorage:
 
     def settle(self, job_id: str, kind: str, data: bytes) -> Deferred[None]:
         name = (job_id, kind)
+        self._release(name)
         self._pinned[name] = data
         settled: Deferred[None] = Deferred()
-        self._queued.append((name, data, settled))
-        if self._filing is None:
-            self._filing = self._clock.callLater(self._delay, self._file_queued)
+        self._held[name] = (data, settled)
+        self._held_bytes += len(data) + OBJECT_OVERHEAD
+        if self._held_bytes > self._memory and self._filing is None:
+            self._filing = self._clock.callLater(0, self._file_oldest)
         return settled
 
     def unsettled(self, job_id: str, kind: str) -> bytes | None:
@@ -241,17 +255,34 @@ class InlineStorage:
     def flush(self) -> None:
         if self._filing is not None:
             self._filing.cancel()
-            self._file_queued()
+            self._filing = None
+        held, self._held, self._held_bytes = self._held, {}, 0
+        for data, settled in held.values():
+            settled.errback(Unfiled())
 
-    def _file_queued(self) -> None:
-        """File every object waiting, each written as usual."""
+    def _release(self, name: _Name) -> None:
+        """
+        @param name: an object that is not to be filed from memory (any
+            more): its job is gone, or it is settled again.
+        """
+        held = self._held.pop(name, None)
+        if held is not None:
+            data, settled = held
+            self._held_bytes -= len(data) + OBJECT_OVERHEAD
+            settled.callback(None)
+
+    def _file_oldest(self) -> None:
+        """
+        File the oldest objects held until the rest fit in three quarters of
+        the memory, so that filing comes in batches that share their syncs.
+        """
         self._filing = None
-        queued, self._queued = self._queued, []
-        for name, data, settled in queued:
-            if self._pinned.get(name) is data:
-                self._file(name, data).chainDeferred(settled)
-            else:  # Deleted, or settled again, meanwhile.
-                settled.callback(None)
+        room = self._memory * 3 // 4
+        while self._held and self._held_bytes > room:
+            name = next(iter(self._held))
+            data, settled = self._held.pop(name)
+            self._held_bytes -= len(data) + OBJECT_OVERHEAD
+            self._file(name, data).chainDeferred(settled)
 
     def _file(self, name: _Name, data: bytes) -> Deferred[None]:
         """
@@ -356,8 +387,10 @@ class InlineStorage:
 
     def _forget(self, job_id: str) -> None:
         """
-        @param job_id: a job whose bytes go: drop what is staged or pinned.
+        @param job_id: a job whose bytes go: drop what is staged, pinned or
+            held for filing.
         """
         for kind in KINDS:
             self._staged.pop((job_id, kind), None)
             self._pinned.pop((job_id, kind), None)
+            self._release((job_id, kind))

@@ -21,6 +21,20 @@ TWISTD = Path(sys.executable).with_name("twistd")
 PORT_LINE = re.compile(rb"UploadSite (?:\(TLS\) )?starting on (\d+)")
 
 
+def _filing_at_once(config: str) -> str:
+    """
+    C{config}, with small payloads and results filed in storage as soon as
+    their record is durable (C{[storage] inline_memory = 0}) unless it says
+    otherwise: most tests look at the files in storage.  Those of the
+    default, objects held in memory, set C{inline_memory} themselves.
+    """
+    if "inline_memory" in tomllib.loads(config).get("storage", {}):
+        return config
+    if re.search(r"^\[storage\]$", config, re.M):
+        return re.sub(r"^\[storage\]$", "[storage]\ninline_memory = 0", config, count=1, flags=re.M)
+    return config + "\n[storage]\ninline_memory = 0\n"
+
+
 class Daemon:
     """
     One GridLike server.  C{config} is the TOML text; the journal and
@@ -30,7 +44,7 @@ class Daemon:
     def __init__(self, directory: Path, config: str = "", scheme: str = "tcp") -> None:
         self.directory = directory
         self.config_path = directory / "gridlike.toml"
-        self.config_path.write_text(config)
+        self.config_path.write_text(_filing_at_once(config))
         self.log_path = directory / "twistd.log"
         self.prefix = tomllib.loads(config).get("server", {}).get("path_prefix", "")
         self.process: subprocess.Popen[bytes] | None = None

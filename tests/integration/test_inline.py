@@ -47,6 +47,39 @@ def test_kill_after_burst(make_daemon: Callable[..., Daemon]) -> None:
     assert len(server.stored_files(60)) == 60
 
 
+def test_held_in_memory(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    With the default C{inline_memory}, small jobs never become files: their
+    payloads and results live in the journal and in memory, survive a
+    SIGKILL and a clean restart, and are served whole.
+    """
+    server = make_daemon('[storage]\ninline_memory = "64MiB"\n')
+    submit_burst(server, 20)
+    worker = websocket.create_connection(server.ws_url + "/api/worker", timeout=20)
+    worker.send(json.dumps({"code": 0, "name": "w", "id": "w", "token": ""}))
+    for _ in range(10):
+        assert json.loads(worker.recv())["code"] == 2
+        worker.send(json.dumps({"code": 1, "status": 1}))
+        worker.send_binary(worker.recv()[::-1])
+    worker.close()
+    done = [k for k in (f"k{n}" for n in range(20))
+            if requests.get(server.url + f"/api/jobs/{k}", timeout=20).json()["status"] == "done"]
+    assert len(done) == 10
+    server.kill()
+    server.start()
+    server.stop()
+    server.start()
+    for n in range(20):
+        got = requests.get(server.url + f"/api/jobs/k{n}/payload", timeout=20)
+        assert (got.status_code, got.content) == (200, payload(n)), n
+    for key in done:
+        got = requests.get(server.url + f"/api/jobs/{key}/result", timeout=20)
+        n = int(key[1:])
+        assert (got.status_code, got.content) == (200, payload(n)[::-1]), key
+    storage = server.directory / "gridlike-data" / "payloads"
+    assert [p for p in storage.rglob("*") if p.is_file()] == []
+
+
 def test_torn_record_with_payloads(make_daemon: Callable[..., Daemon]) -> None:
     """
     A torn last record carrying a payload loses only its job: the jobs
