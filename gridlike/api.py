@@ -13,11 +13,11 @@ Every request passes L{gridlike.auth.Gate} first, in L{_Admitted}.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -52,6 +52,8 @@ log = Logger()
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10000
 
+
+T = TypeVar("T")
 
 def _json(request: IRequest, body: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
@@ -187,25 +189,23 @@ class GridLikeAPI:
     async def submit(self, request: IRequest, type: str | None = None) -> bytes:
         job_type = self._job_type(type)
         form = await self._form(request)
-        try:
+
+        def specs() -> list[NewJob]:
             if len(form.payloads) != 1:
                 raise BadRequest("payload: exactly one file part named 'payload' is required")
             [payload] = form.payloads
-            [job] = await self._core.registry.submit(
-                [
-                    NewJob(
-                        id=payload.job_id,
-                        type=job_type,
-                        priority=_priority(form.one("priority")),
-                        payload_size=payload.size,
-                        key=form.one("key"),
-                        description=form.one("description"),
-                    )
-                ]
-            )
-        except BaseException:
-            await self._discard(form)
-            raise
+            return [
+                NewJob(
+                    id=payload.job_id,
+                    type=job_type,
+                    priority=_priority(form.one("priority")),
+                    payload_size=payload.size,
+                    key=form.one("key"),
+                    description=form.one("description"),
+                )
+            ]
+
+        [job] = await self._create(form, specs)
         return _json(request, {"created": job.key, "id": job.id}, 202)
 
     @app.route("/api/jobs/bulk", methods=["POST"])
@@ -213,7 +213,8 @@ class GridLikeAPI:
     async def bulk(self, request: IRequest, type: str | None = None) -> bytes:
         job_type = self._job_type(type)
         form = await self._form(request)
-        try:
+
+        def specs() -> list[NewJob]:
             keys = form.fields.get("key", [])
             if not form.payloads:
                 raise BadRequest("payload: at least one file part named 'payload' is required")
@@ -223,22 +224,19 @@ class GridLikeAPI:
                 )
             priority = _priority(form.one("priority"))
             description = form.one("description")
-            jobs = await self._core.registry.submit(
-                [
-                    NewJob(
-                        id=payload.job_id,
-                        type=job_type,
-                        priority=priority,
-                        payload_size=payload.size,
-                        key=keys[i] if keys else None,
-                        description=description,
-                    )
-                    for i, payload in enumerate(form.payloads)
-                ]
-            )
-        except BaseException:
-            await self._discard(form)
-            raise
+            return [
+                NewJob(
+                    id=payload.job_id,
+                    type=job_type,
+                    priority=priority,
+                    payload_size=payload.size,
+                    key=keys[i] if keys else None,
+                    description=description,
+                )
+                for i, payload in enumerate(form.payloads)
+            ]
+
+        jobs = await self._create(form, specs)
         created = [{"created": job.key, "id": job.id} for job in jobs]
         return _json(request, {"created": created}, 202)
 
@@ -359,12 +357,33 @@ class GridLikeAPI:
             raise BadRequest("body: must be multipart/form-data")
         return await upload.result()
 
-    async def _discard(self, form: UploadedForm) -> None:
-        """Remove the payloads of a form that created no job."""
-        await DeferredList(
-            [self._core.storage.delete(p.job_id) for p in form.payloads],
-            consumeErrors=True,
-        )
+    def _create(
+        self, form: UploadedForm, specs: Callable[[], list[NewJob]]
+    ) -> Deferred[list[Job]]:
+        """
+        Create the jobs of a form, or remove its payloads when that fails.
+
+        A client that goes away meanwhile cancels its route, but must not
+        stop this half-way: once the record is appended it becomes durable
+        and replays, so its payloads must stay.  The creation runs on its
+        own; the route only stops waiting for it.
+
+        @param form: the uploaded form, its payloads stored.
+        @param specs: the jobs to make of it; may raise L{BadRequest}.
+        @return: the jobs, in the order of C{specs}.
+        """
+
+        async def create() -> list[Job]:
+            try:
+                return await self._core.registry.submit(specs())
+            except BaseException:
+                await DeferredList(
+                    [self._core.storage.delete(p.job_id) for p in form.payloads],
+                    consumeErrors=True,
+                )
+                raise
+
+        return _detached(Deferred.fromCoroutine(create()))
 
     async def _waited(self, request: IRequest, key: str) -> Job:
         """
@@ -417,6 +436,17 @@ class GridLikeAPI:
             )
             guard.abort()
         return b""
+
+
+def _detached(work: Deferred[T]) -> Deferred[T]:
+    """
+    @param work: something that must run to its end.
+    @return: a L{Deferred} of C{work}'s outcome whose cancellation does not
+        reach C{work}.
+    """
+    outcome: Deferred[T] = Deferred()
+    work.addBoth(lambda result: None if outcome.called else outcome.callback(result))
+    return outcome
 
 
 class _Admitted(Resource):

@@ -14,6 +14,7 @@ from http.client import HTTPResponse, IncompleteRead
 from pathlib import Path
 from typing import Any, Callable
 
+from attrs import define, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -56,10 +57,15 @@ class Server:
     in-memory transport, so that uploads take the streaming path.
     """
 
-    def __init__(self, config: str = "", storage: IStorage | None = None) -> None:
+    def __init__(
+        self,
+        config: str = "",
+        storage: IStorage | None = None,
+        journal: MemoryJournal | None = None,
+    ) -> None:
         self.settings = parse_settings(config, Path("/nonexistent"))
         self.storage = MemoryStorage() if storage is None else storage
-        self.journal = MemoryJournal()
+        self.journal = MemoryJournal() if journal is None else journal
         self.clock = Clock()
         self.core = GridLikeService(
             self.settings, self.clock, storage=self.storage, journal=self.journal
@@ -107,6 +113,51 @@ class Server:
 
     def payload_ids(self) -> set[str]:
         return {job_id for job_id, kind in self.storage.objects if kind == PAYLOAD}
+
+
+@define
+class SlowJournal(MemoryJournal):
+    """A journal whose appends are durable only when L{sync} says so."""
+
+    syncing: list[Deferred[None]] = field(factory=list)
+
+    def append(self, record: bytes) -> Deferred[None]:
+        self.records.append(record)
+        durable: Deferred[None] = Deferred(lambda d: None)  # a record stays written
+        self.syncing.append(durable)
+        return durable
+
+    def sync(self) -> None:
+        syncing, self.syncing = self.syncing, []
+        for durable in syncing:
+            if not durable.called:
+                durable.callback(None)
+
+
+class GoneClientTests(SynchronousTestCase):
+    def test_client_leaves_while_journaled(self) -> None:
+        """
+        A client that goes away while its job's record is being synced does
+        not undo the job: the record will replay, so the job and its payload
+        stay, as if the 202 had been read.
+        """
+        journal = SlowJournal()
+        server = Server(journal=journal)
+        channel = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40005))
+        channel.makeConnection(StringTransport())
+        body = form(("payload", b"kept"), ("key", b"k"))
+        channel.dataReceived(
+            b"POST /api/jobs/submit HTTP/1.1\r\nHost: grid\r\n"
+            b"Content-Type: multipart/form-data; boundary=" + BOUNDARY.encode()
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        self.assertEqual(len(journal.records), 1)
+        channel.connectionLost(Failure(ConnectionDone()))
+        journal.sync()
+        job = server.core.registry.get("k")
+        got = server.storage.read_bytes(job.id, PAYLOAD, 10, expected_size=4)
+        self.assertEqual(self.successResultOf(got), b"kept")
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class FaultTests(SynchronousTestCase):
