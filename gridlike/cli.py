@@ -497,20 +497,40 @@ async def _done(d: Deferred[Any]) -> bool:
     return True
 
 
-@command("workers", "list the connected workers")
+def _workers_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--all", action="store_true", help="also the workers that disconnected lately"
+    )
+
+
+@command("workers", "list the connected workers", _workers_arguments)
 async def _workers(context: Context) -> int:
     views = await context.client.workers()
+    if not context.options.all:
+        views = [w for w in views if w["state"] != "disconnected"]
     if context.options.json:
         context.json(views)
         return OK
-    headers = ["ID", "NAME", "TYPE", "STATE", "ADDRESS", "JOB", "DONE", "FAILED", "CONNECTED"]
+    headers = ["UID", "NAME", "TYPE", "STATE", "JOB", "PROGRESS", "DONE", "FAILED",
+               "ADDRESS", "CONNECTED"]
     rows = [
-        (w["id"], w["name"], w["type"], w["state"], w["address"], w["job"], w["jobs_done"],
-         w["jobs_failed"], _when(w["connected_at"]))
+        (w["uid"], w["name"], w["type"], w["state"], w["job"], _progress(w["progress"]),
+         w["jobs_done"], w["jobs_failed"], w["address"], _when(w["connected_at"]))
         for w in views
     ]
     context.print(table(rows, headers))
     return OK
+
+
+def _progress(progress: dict[str, Any] | None) -> str | None:
+    """C{{"percent": 42.5, "info": "rendering"}} as C{42% rendering}."""
+    if progress is None:
+        return None
+    percent, info = progress.get("percent"), progress.get("info")
+    shown = [] if percent is None else [f"{percent:.0f}%"]
+    if info:
+        shown.append(info if len(info) <= 40 else info[:39] + "…")
+    return " ".join(shown) or None
 
 
 @command("stats", "show job and worker counts")

@@ -285,6 +285,34 @@ def test_bad_key(daemon: Daemon) -> None:
     )
 
 
+def test_workers_apart(daemon: Daemon) -> None:
+    """
+    C{gridlike workers} tells workers of one name apart by uid, shows the
+    job each runs and its progress, and lists disconnected ones only with
+    C{--all}.
+    """
+    busy = websocket.create_connection(daemon.ws_url + "/api/worker", timeout=20)
+    busy.send(json.dumps({"code": 0, "name": "laptop", "id": "uid-busy", "token": ""}))
+    assert json.loads(busy.recv())["code"] == 2
+    gone = websocket.create_connection(daemon.ws_url + "/api/worker", timeout=20)
+    gone.send(json.dumps({"code": 0, "name": "laptop", "id": "uid-gone", "token": ""}))
+    assert json.loads(gone.recv())["code"] == 2
+    gone.close()
+    submit = gridlike("submit", "--key", "render-1", "-", server=daemon, input=b"frames")
+    assert submit.returncode == 0, submit.stderr
+    busy.send(json.dumps({"code": 1, "status": 1}))
+    assert busy.recv() == b"frames"
+    busy.send(json.dumps({"code": 3, "percent": 42, "info": "rendering"}))
+    busy.ping()
+    busy.recv_data_frame(control_frame=True)  # the pong: progress was read before it
+    shown = out(gridlike("workers", server=daemon))
+    [row] = [line for line in shown.splitlines() if "uid-busy" in line]
+    assert row.split()[:7] == ["uid-busy", "laptop", "-", "busy", "render-1", "42%", "rendering"]
+    assert "uid-gone" not in shown
+    assert "uid-gone" in out(gridlike("workers", "--all", server=daemon))
+    busy.close()
+
+
 def test_api_key(make_daemon: Callable[..., Daemon]) -> None:
     """With API keys configured, the key comes from --api-key or GRIDLIKE_API_KEY."""
     server = make_daemon('[auth]\napi_keys = ["sesame"]\n')
@@ -299,14 +327,15 @@ def test_api_key(make_daemon: Callable[..., Daemon]) -> None:
     )
     assert stats["jobs"]["pending"] == 0
     assert out(gridlike("--api-key", "sesame", "workers", server=server)).split() == [
-        "ID",
+        "UID",
         "NAME",
         "TYPE",
         "STATE",
-        "ADDRESS",
         "JOB",
+        "PROGRESS",
         "DONE",
         "FAILED",
+        "ADDRESS",
         "CONNECTED",
     ]
 
