@@ -183,6 +183,17 @@ class IJournal(Interface):
             appended but not yet written.
         """
 
+    def check() -> Deferred[None]:
+        """
+        Prove that the journal's disk takes a durable write now, without
+        adding a record (a health probe every few seconds must not grow the
+        journal): a small file beside it is written, synced and removed, off
+        the reactor thread.
+
+        @return: a L{Deferred} that fires with C{None}, or fails with
+            L{Unavailable} when the journal is closed or the disk refuses.
+        """
+
     def close() -> Deferred[None]:
         """
         Write and sync what is pending, wait for a running compaction, then
@@ -304,6 +315,29 @@ def _write_all(ops: FileOps, fd: int, data: bytes) -> None:
         if written <= 0:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         data = data[written:]
+
+
+def _probe(ops: FileOps, path: Path) -> None:
+    """
+    Write, sync and remove C{<path>.probe}.
+
+    @param ops: the system calls.
+    @param path: the journal's path.
+    @raise OSError: if any step fails (the probe is removed if it exists).
+    """
+    probe = path.with_name(path.name + ".probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(ops, fd, b"probe\n")
+            ops.sync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        try:
+            os.unlink(probe)
+        except FileNotFoundError:
+            pass
 
 
 def _write_batch(
@@ -672,6 +706,22 @@ class Journal:
         @return: the size in bytes.
         """
         return self._committed + self._in_flight_size + self._pending_size
+
+    def check(self) -> Deferred[None]:
+        """
+        See L{IJournal.check}.
+
+        @return: fires when a probe beside the journal was written and synced.
+        """
+        if self._state != "open":
+            return fail(self._not_open())
+
+        def refused(failure: Failure) -> Failure:
+            failure.trap(OSError)
+            reason = failure.value.strerror or str(failure.value)
+            return Failure(Unavailable(f"journal cannot be written: {reason}"))
+
+        return self._run(partial(_probe, self._ops, self._path)).addErrback(refused)
 
     def _not_open(self) -> Exception:
         """

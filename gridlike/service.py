@@ -173,7 +173,7 @@ class GridLikeService(Service):
         @raise Unavailable: one of them cannot.
         """
         await self.storage.check()
-        await self.journal.append(b'{"op":"check"}')
+        await self.journal.check()
 
     # Housekeeping
 

@@ -54,6 +54,11 @@ class MemoryJournal:
     def size(self) -> int:
         return sum(len(r) + 8 for r in self.records)
 
+    def check(self) -> Deferred[None]:
+        if self.broken:
+            return fail(Unavailable("journal cannot be written: disk full"))
+        return succeed(None)
+
     def close(self) -> Deferred[None]:
         return succeed(None)
 

@@ -935,6 +935,32 @@ class WriteFailureTests(SynchronousTestCase):
         harness.close(journal)
         self.assertEqual(read_back(harness.path), [b"before", b"after"])
 
+    def test_check(self) -> None:
+        """
+        L{Journal.check} writes and syncs a probe beside the journal and
+        removes it, adding no record; a full disk or a closed journal fails
+        it with L{Unavailable}.
+        """
+        harness = make_harness(self)
+        journal = harness.open()
+        journal.append(b"only")
+        harness.settle()
+        checked = journal.check()
+        harness.settle()
+        self.successResultOf(checked)
+        self.assertEqual(harness.ops.events, ["write", "sync", "write", "sync"])
+        harness.ops.fail("write")
+        refused = journal.check()
+        harness.settle()
+        self.assertEqual(
+            str(self.failureResultOf(refused, Unavailable).value),
+            "journal cannot be written: No space left on device",
+        )
+        self.assertEqual(sorted(p.name for p in harness.path.parent.iterdir()), [harness.path.name])
+        harness.close(journal)
+        self.assertEqual(read_back(harness.path), [b"only"])
+        self.failureResultOf(journal.check(), Unavailable)
+
     def test_sync_fails(self) -> None:
         """
         When the sync fails, the batch is truncated away and fails.

@@ -96,9 +96,11 @@ def test_journal_disk_full(make_daemon: Callable[..., Daemon], tiny_disk: Path) 
     assert refused
     for key in refused:
         assert requests.get(server.url + f"/api/jobs/{key}").status_code == 404
+    assert requests.get(server.url + "/healthz").status_code == 503
     payloads = server.directory / "gridlike-data" / "payloads"
     assert len(server.stored_files(len(accepted), payloads)) == len(accepted)
     filler.unlink()
+    assert requests.get(server.url + "/healthz").status_code == 200
     assert submit(server, b"two", "two").status_code == 202
     server.restart()
     keys = [job["key"] for job in requests.get(server.url + "/api/jobs").json()]
