@@ -639,7 +639,7 @@ class WorkerProtocol(WebSocketServerProtocol):
 
     # Sending, in order: a message never goes out inside a streamed payload.
 
-    def _send(self, data: bytes) -> None:
+    def _send_in_turn(self, data: bytes) -> None:
         """
         Send a text message, after what waits to be sent.
 
@@ -734,7 +734,7 @@ class WorkerProtocol(WebSocketServerProtocol):
             self._dispatcher.closed(self._record)
 
     def send_status_request(self) -> None:
-        self._send(wire.STATUS_REQUEST_FRAME)
+        self._send_in_turn(wire.STATUS_REQUEST_FRAME)
 
     def send_payload(self, job: Job) -> None:
         self._enqueue(lambda: Deferred.fromCoroutine(self._send_payload(job)))
