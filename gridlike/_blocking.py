@@ -135,6 +135,8 @@ class BlockingClient:
     health = _blocking(GridLikeClient.health)
     delete = _blocking(GridLikeClient.delete)
     retry = _blocking(GridLikeClient.retry)
+    retry_many = _blocking(GridLikeClient.retry_many)
+    delete_many = _blocking(GridLikeClient.delete_many)
 
     def jobs(
         self, status: str | None = None, type: str | None = None, priority: str | None = None,

@@ -40,7 +40,7 @@ log = Logger()
 _ID, _PAYLOAD_SIZE, _RESULT_SIZE = 0, 7, 21
 """Where a job row (L{gridlike.registry._encode_job}) holds these."""
 
-_TRACKED = frozenset({"settled", "delete"})
+_TRACKED = frozenset({"settled", "delete", "delete_many"})
 """The ops that replay tracks besides records that carry objects."""
 
 
@@ -221,9 +221,10 @@ class Filing:
                 unfiled.pop((job_id, PAYLOAD), None)
             for job_id in record.get("results", ()):
                 unfiled.pop((job_id, RESULT), None)
-        elif op == "delete":
-            unfiled.pop((record["id"], PAYLOAD), None)
-            unfiled.pop((record["id"], RESULT), None)
+        elif op in ("delete", "delete_many"):
+            for job_id in record["ids"] if op == "delete_many" else [record["id"]]:
+                unfiled.pop((job_id, PAYLOAD), None)
+                unfiled.pop((job_id, RESULT), None)
 
     def refile(self, exists: Callable[[str], bool]) -> None:
         """

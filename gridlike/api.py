@@ -39,7 +39,7 @@ from gridlike.errors import (
     NotFound,
 )
 from gridlike.model import Job, Priority, Status, job_view
-from gridlike.registry import NewJob
+from gridlike.registry import Match, NewJob
 from gridlike.result_stream import ResultsAsked, ResultStream
 from gridlike.storage import PAYLOAD, RESULT, TransferStopped
 from gridlike.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
@@ -107,6 +107,37 @@ def _priority(value: str | None) -> Priority:
         raise BadRequest(
             f"priority: {value!r} is neither 'immediate' nor 'batch'"
         ) from None
+
+
+def _status(request: IRequest) -> Status | None:
+    status = _arg(request, "status")
+    try:
+        return None if status is None else Status(status)
+    except ValueError:
+        raise BadRequest(f"status: unknown status {status!r}") from None
+
+
+def _match(request: IRequest) -> Match:
+    """
+    The jobs a bulk change applies to, from the query: C{status}, C{type}
+    (C{null}: jobs without one) and C{older_than} seconds.
+    """
+    type = _arg(request, "type")
+    older_than = _arg(request, "older_than")
+    seconds = None
+    if older_than is not None:
+        try:
+            seconds = float(older_than)
+        except ValueError:
+            raise BadRequest(f"older_than: not a number of seconds: {older_than!r}") from None
+        if not 0 <= seconds < float("inf"):
+            raise BadRequest("older_than: must be a number of seconds >= 0")
+    return Match(
+        status=_status(request),
+        type=None if type in (None, "null") else type,
+        typed=type is not None,
+        older_than=seconds,
+    )
 
 
 def _int_arg(request: IRequest, name: str, low: int, high: int) -> int | None:
@@ -244,14 +275,10 @@ class GridLikeAPI:
 
     @app.route("/api/jobs", methods=["GET"])
     def jobs(self, request: IRequest) -> bytes:
-        status = _arg(request, "status")
         priority = _arg(request, "priority")
         type = _arg(request, "type")
         after = _arg(request, "after")
-        try:
-            status_filter = None if status is None else Status(status)
-        except ValueError:
-            raise BadRequest(f"status: unknown status {status!r}") from None
+        status_filter = _status(request)
         limit = _int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
         batch = _int_arg(request, "batch", 1, 2**62)
         found, more = self._core.registry.select(
@@ -317,6 +344,19 @@ class GridLikeAPI:
     async def retry(self, request: IRequest, key: str) -> bytes:
         job = await self._core.registry.retry(key)
         return _json(request, job_view(job), 202)
+
+    @app.route("/api/jobs/retry", methods=["POST"])
+    async def retry_many(self, request: IRequest) -> bytes:
+        jobs = await self._core.registry.retry_many(_match(request))
+        return _json(request, {"retried": [job.key for job in jobs], "count": len(jobs)}, 202)
+
+    @app.route("/api/jobs/delete", methods=["POST"])
+    async def delete_many(self, request: IRequest) -> bytes:
+        match = _match(request)
+        if match.status is None and _arg(request, "all") != "true":
+            raise BadRequest("status: required, or all=true to delete jobs of every status")
+        jobs = await self._core.registry.delete_many(match)
+        return _json(request, {"deleted": [job.key for job in jobs], "count": len(jobs)}, 202)
 
     # Many results in one stream (gridlike/result_stream.py)
 

@@ -401,8 +401,27 @@ async def _status(context: Context) -> int:
         shown["progress"] = f"{progress['percent']}% {progress['info'] or ''}".strip()
     if view["error"]:
         shown["error"] = view["error"]["info"]
-        shown["logs"] = view["error"]["logs"]
+        logs = view["error"]["logs"]
+        if logs:
+            lines = len(logs.splitlines())
+            shown["logs"] = f"{lines} line{'s' * (lines != 1)}, see gridlike logs {view['key']}"
     context.print(table(list(shown.items())))
+    return OK
+
+
+@command("logs", "show a job's error and the logs of its last failed attempt", _key_argument)
+async def _logs(context: Context) -> int:
+    view = await context.client.job(context.options.key)
+    error = view["error"] or {"info": None, "logs": None}
+    if context.options.json:
+        context.json({"key": view["key"], "status": view["status"], **error})
+        return OK
+    if error["info"]:
+        context.print(f"error: {error['info']}")
+    if error["logs"]:
+        context.print(error["logs"].rstrip("\n"))
+    else:
+        context.print(f"job {view['key']} has no logs ({view['status']})")
     return OK
 
 
@@ -464,18 +483,102 @@ async def _ls(context: Context) -> int:
     return OK
 
 
-def _keys_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("keys", nargs="+", metavar="KEY")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-@command("rm", "delete jobs (a running job is withdrawn)", _keys_argument)
+def duration(text: str) -> float:
+    """
+    C{30s}, C{10m}, C{1h}, C{7d} (or plain seconds) as seconds.
+
+    @raise argparse.ArgumentTypeError: it is none of those.
+    """
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = float("nan")  # refused below, with negative and infinite ones
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a duration such as 30s, 10m, 1h or 7d: {text!r}")
+    return seconds
+
+
+def _change_arguments(
+    statuses: Sequence[str], all: bool
+) -> Callable[[argparse.ArgumentParser], None]:
+    """
+    The arguments of C{rm} and C{retry}: keys, or the filters of a bulk
+    change made on the server (C{--status}, C{--type}, C{--older-than}).
+
+    @param statuses: the C{--status} choices.
+    @param all: whether C{--all} may stand for any status.
+    """
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("keys", nargs="*", metavar="KEY")
+        group = parser.add_argument_group("bulk, instead of keys (all or nothing)")
+        group.add_argument("--status", choices=statuses, help="the jobs with this status")
+        group.add_argument("--type", help="of this job type (null: jobs without one)")
+        group.add_argument(
+            "--older-than", type=duration, metavar="AGE",
+            help="ended (or, not ended, submitted) more than AGE ago: 30s, 10m, 1h, 7d",
+        )
+        if all:
+            group.add_argument("--all", action="store_true", help="jobs of every status")
+
+    return add_arguments
+
+
+@command(
+    "rm", "delete jobs (a running job is withdrawn)",
+    _change_arguments(["pending", "running", "done", "failed"], all=True),
+)
 async def _rm(context: Context) -> int:
+    o = context.options
+    if _bulk(o, o.status is not None or o.all, "--status S or --all"):
+        return _report(context, await context.client.delete_many(
+            o.status, o.type, o.older_than, all=o.all
+        ), "deleted")
     return await _each(context, context.client.delete, "deleted")
 
 
-@command("retry", "put failed jobs back to pending", _keys_argument)
+@command(
+    "retry", "put failed jobs back to pending", _change_arguments(["failed"], all=False)
+)
 async def _retry(context: Context) -> int:
+    o = context.options
+    if _bulk(o, o.status is not None, "--status failed"):
+        return _report(context, await context.client.retry_many(
+            o.status, o.type, o.older_than
+        ), "retried")
     return await _each(context, context.client.retry, "retried")
+
+
+def _bulk(options: argparse.Namespace, selected: bool, needed: str) -> bool:
+    """
+    Whether the command is a bulk change rather than one per key given.
+
+    @param selected: whether the options name the statuses to change.
+    @param needed: the options that would, for the message.
+    @raise CommandError: keys and filters are mixed, or neither is given.
+    """
+    filtered = selected or options.type is not None or options.older_than is not None
+    if options.keys and filtered:
+        raise CommandError("give KEYs or filters, not both")
+    if options.keys:
+        return False
+    if not selected:
+        raise CommandError(f"give KEYs, or {needed} to change jobs in bulk")
+    return True
+
+
+def _report(context: Context, answer: dict[str, Any], done: str) -> int:
+    """Print the server's answer to a bulk change, as L{_each} prints its own."""
+    if context.options.json:
+        context.json(answer)
+    else:
+        for key in answer[done]:
+            context.print(f"{done} {key}")
+    return OK
 
 
 async def _each(context: Context, change: Callable[[str], Deferred[Any]], done: str) -> int:

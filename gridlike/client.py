@@ -630,6 +630,46 @@ class GridLikeClient:
         """
         return await self._json(await self._request("POST", _job_path(key) + "/retry"))
 
+    @_deferred
+    async def retry_many(
+        self, status: str | None = "failed", type: str | None = None,
+        older_than: float | None = None,
+    ) -> dict[str, Any]:
+        """
+        Put every failed job that matches back to pending, all or none.
+
+        @param status: C{"failed"} (the default) or L{None}: only failed
+            jobs are retried.
+        @param type: a job type; C{"null"}: jobs without one.
+        @param older_than: seconds since the job ended.
+        @return: C{{"retried": [key, ...], "count": n}}.
+        @raise BadRequest: a filter is malformed.
+        """
+        params = _match(status=status, type=type, older_than=older_than)
+        return await self._json(await self._request("POST", "/api/jobs/retry", params))
+
+    @_deferred
+    async def delete_many(
+        self, status: str | None = None, type: str | None = None,
+        older_than: float | None = None, all: bool = False,
+    ) -> dict[str, Any]:
+        """
+        Delete every job that matches, all or none; running ones are
+        withdrawn, payloads and results removed.
+
+        @param status: required unless C{all} is true.
+        @param type: a job type; C{"null"}: jobs without one.
+        @param older_than: seconds since the job ended or, if it has not,
+            was submitted.
+        @param all: with no C{status}, that jobs of every status are meant.
+        @return: C{{"deleted": [key, ...], "count": n}}.
+        @raise BadRequest: a filter is malformed, or none is given.
+        """
+        params = _match(status=status, type=type, older_than=older_than)
+        if all:
+            params["all"] = "true"
+        return await self._json(await self._request("POST", "/api/jobs/delete", params))
+
     # The one request helper, and what builds on it
 
     async def _request(
@@ -796,6 +836,11 @@ def _chunks(payloads: Iterable[Payload]) -> Iterator[list[Payload]]:
 def _fields(priority: str, description: str | None, keys: list[str]) -> list[tuple[str, str]]:
     fields = [("priority", priority)] + [("key", key) for key in keys]
     return fields if description is None else fields + [("description", description)]
+
+
+def _match(**filters: str | float | None) -> dict[str, str]:
+    """The query of a bulk change: the filters given."""
+    return {name: str(value) for name, value in filters.items() if value is not None}
 
 
 def _job_path(key: str) -> str:

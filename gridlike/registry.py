@@ -11,7 +11,10 @@ not journaled: a crash ends every attempt anyway).
 
 Records are JSON objects with an C{op}; jobs inside them are positional
 arrays, see L{_encode_job}.  Every record sets absolute values, so applying a
-record twice is harmless: compaction relies on that (L{snapshot}).
+record twice is harmless: compaction relies on that (L{snapshot}).  A bulk
+change is one record, so that it happens whole or not at all:
+C{{"op": "retry_many", "retries": [[id, order], ...]}} and
+C{{"op": "delete_many", "ids": [id, ...]}}.
 
 Small payloads and results may travel inside the record that creates or
 ends their job; L{gridlike._filing} holds that bookkeeping.
@@ -27,8 +30,8 @@ from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 from uuid import UUID
 
-from attrs import frozen
-from twisted.internet.defer import Deferred, succeed
+from attrs import evolve, frozen
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -66,6 +69,34 @@ class NewJob:
     payload_size: int
     key: str | None = None
     description: str | None = None
+
+
+@frozen
+class Match:
+    """
+    Which jobs a bulk change applies to: those that pass every filter given.
+
+    @ivar typed: whether C{type} is a filter (L{None} is a real type).
+    @ivar older_than: seconds since the job ended or, not ended yet, since
+        it was submitted.
+    """
+
+    status: Status | None = None
+    type: str | None = None
+    typed: bool = False
+    older_than: float | None = None
+
+    def selects(self, job: Job, horizon: float | None) -> bool:
+        """
+        @param horizon: the time C{older_than} seconds ago, if given.
+        """
+        if self.status is not None and job.status is not self.status:
+            return False
+        if self.typed and job.type != self.type:
+            return False
+        if horizon is None:
+            return True
+        return (job.submitted if job.ended is None else job.ended) < horizon
 
 
 def _random_ids() -> Iterator[str]:
@@ -309,6 +340,11 @@ class Registry:
             found.append(job)
         return found, False
 
+    def matching(self, match: Match) -> list[Job]:
+        """The jobs that C{match} selects, in submission order."""
+        horizon = None if match.older_than is None else self._clock.seconds() - match.older_than
+        return [job for job in self._jobs.values() if match.selects(job, horizon)]
+
     def pending(self, type: str | None) -> PendingQueue:
         """The pending queue of a type."""
         queue = self._queues.get(type)
@@ -511,12 +547,36 @@ class Registry:
         """
         job = self.get(key)
         await self._append({"op": "delete", "id": job.id})
+        await self._delete_bytes(job)
+        return job
+
+    async def delete_many(self, match: Match) -> list[Job]:
+        """
+        Delete every job that C{match} selects, all or none: one record says
+        so.  Running ones are withdrawn from their workers, as by L{delete}.
+
+        @return: the jobs deleted, in submission order.
+        @raise Unavailable: the journal cannot be written; no job is deleted.
+        """
+        jobs = self.matching(match)
+        if jobs:
+            await self._append({"op": "delete_many", "ids": [job.id for job in jobs]})
+            await gatherResults(
+                [Deferred.fromCoroutine(self._delete_bytes(job)) for job in jobs],
+                consumeErrors=True,
+            )
+        return jobs
+
+    async def _delete_bytes(self, job: Job) -> None:
+        """
+        Remove a deleted job's payload and result from storage, once the
+        record deleting it is durable.
+        """
         try:
             await self._storage.delete(job.id)
         except Unavailable as e:
             # The job is gone for good; its bytes are swept at the next start.
-            log.warn("job {key}: bytes not deleted: {problem}", key=key, problem=e.problem)
-        return job
+            log.warn("job {key}: bytes not deleted: {problem}", key=job.key, problem=e.problem)
 
     async def retry(self, key: str) -> Job:
         """
@@ -533,6 +593,24 @@ class Registry:
             )
         await self._append({"op": "retry", "id": job.id, "order": self._take_number()})
         return job
+
+    async def retry_many(self, match: Match) -> list[Job]:
+        """
+        Put every failed job that C{match} selects back to pending, all or
+        none: one record lists them with their new queue order.
+
+        @param match: its C{status}, if given, must be failed.
+        @return: the jobs retried, in submission order.
+        @raise BadRequest: C{match} selects another status.
+        @raise Unavailable: the journal cannot be written; no job is retried.
+        """
+        if match.status not in (None, Status.FAILED):
+            raise BadRequest(f"status: only failed jobs are retried, not {match.status.value}")
+        jobs = self.matching(evolve(match, status=Status.FAILED))
+        if jobs:
+            retries = [[job.id, self._take_number()] for job in jobs]
+            await self._append({"op": "retry_many", "retries": retries})
+        return jobs
 
     # In-memory changes: a crash ends every attempt, so these are not journaled.
 
@@ -701,6 +779,16 @@ class Registry:
             job = self._jobs.get(record["id"])
             if job is not None:
                 getattr(self, "_apply_" + op)(job, record)
+        elif op == "retry_many":
+            for job_id, order in record["retries"]:
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    self._apply_retry(job, {"order": order})
+        elif op == "delete_many":
+            for job_id in record["ids"]:
+                job = self._jobs.get(job_id)
+                if job is not None:
+                    self._apply_delete(job, record)
 
     def _count_types(self, record: dict[str, Any]) -> None:
         for name, count in record.get("counts", {}).items():

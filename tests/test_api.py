@@ -613,3 +613,83 @@ class WaitTests(SynchronousTestCase):
             self.assertEqual(transport.value(), b"")
             self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual(server.clock.getDelayedCalls(), [])
+
+
+class BulkTests(SynchronousTestCase):
+    def failed(self, server: Server, key: str) -> Job:
+        server.post_form(self, form(("payload", b"x"), ("key", key.encode())))
+        registry = server.core.registry
+        job = registry.get(key)
+        registry.start(job, "w", None)
+        self.successResultOf(registry.fail(job, "boom", "log", "w", for_good=True))
+        return job
+
+    def test_retry_many(self) -> None:
+        """
+        POST /api/jobs/retry puts every failed job back in one record and
+        answers 202 with their keys and count.
+        """
+        server = Server()
+        self.failed(server, "a")
+        self.failed(server, "b")
+        server.post_form(self, form(("payload", b"x"), ("key", b"c")))
+        before = len(server.journal.records)
+        code, body = server.request(self, "POST", "/api/jobs/retry?status=failed")
+        self.assertEqual((code, body), (202, {"retried": ["a", "b"], "count": 2}))
+        self.assertEqual(len(server.journal.records), before + 1)
+        self.assertEqual(server.request(self, "GET", "/api/jobs/a")[1]["status"], "pending")
+
+    def test_delete_many(self) -> None:
+        """
+        POST /api/jobs/delete removes the jobs that match with their bytes;
+        the others stay.
+        """
+        server = Server()
+        failed = self.failed(server, "a")
+        server.post_form(self, form(("payload", b"x"), ("key", b"b")))
+        server.clock.advance(60)
+        code, body = server.request(self, "POST", "/api/jobs/delete?status=failed&older_than=30")
+        self.assertEqual((code, body), (202, {"deleted": ["a"], "count": 1}))
+        self.assertEqual(server.request(self, "GET", "/api/jobs/a")[0], 404)
+        self.assertNotIn(failed.id, server.payload_ids())
+        self.assertEqual(server.request(self, "GET", "/api/jobs/b")[0], 200)
+
+    def test_delete_needs_status(self) -> None:
+        """
+        A bulk delete without a status is refused unless all=true says that
+        every job is meant.
+        """
+        server = Server()
+        server.post_form(self, form(("payload", b"x"), ("key", b"k")))
+        code, body = server.request(self, "POST", "/api/jobs/delete")
+        self.assertEqual(code, 400)
+        self.assertTrue(body["problem"].startswith("status:"))
+        self.assertEqual(server.request(self, "GET", "/api/jobs/k")[0], 200)
+        code, body = server.request(self, "POST", "/api/jobs/delete?all=true")
+        self.assertEqual((code, body), (202, {"deleted": ["k"], "count": 1}))
+
+    def test_bad_filters(self) -> None:
+        """A bad filter is a 400 that names it; nothing changes."""
+        server = Server()
+        self.failed(server, "a")
+        for query, field in [
+            ("status=lost", "status:"),
+            ("older_than=soon", "older_than:"),
+            ("older_than=-1", "older_than:"),
+            ("status=done", "status:"),
+        ]:
+            code, body = server.request(self, "POST", "/api/jobs/retry?" + query)
+            self.assertEqual(code, 400, query)
+            self.assertTrue(body["problem"].startswith(field), body)
+        self.assertEqual(server.request(self, "GET", "/api/jobs/a")[1]["status"], "failed")
+
+    def test_journal_down(self) -> None:
+        """A bulk change the journal cannot take is a 503 and changes nothing."""
+        server = Server()
+        self.failed(server, "a")
+        server.journal.broken = True
+        self.assertEqual(server.request(self, "POST", "/api/jobs/retry")[0], 503)
+        self.assertEqual(server.request(self, "POST", "/api/jobs/delete?status=failed")[0], 503)
+        server.journal.broken = False
+        self.assertEqual(server.request(self, "GET", "/api/jobs/a")[1]["status"], "failed")
+        self.assertEqual(server.request(self, "GET", "/api/jobs/a/payload"), (200, b"x"))

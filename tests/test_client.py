@@ -484,6 +484,22 @@ class ReadTests(ClientTestCase):
         self.assertIsNone(self.done(self.client.delete("k")))
         self.fails(self.client.job("k"), NotFound)
 
+    def test_change_many(self) -> None:
+        """
+        retry_many and delete_many change every job that matches at once,
+        and answer the keys changed.
+        """
+        self.done(self.client.bulk([b"1", b"2", b"3"], keys=["a", "b", "c"]))
+        self.crash("a")
+        self.crash("b")
+        retried = self.done(self.client.retry_many())
+        self.assertEqual(retried, {"retried": ["a", "b"], "count": 2})
+        self.fails(self.client.delete_many(), BadRequest)
+        deleted = self.done(self.client.delete_many(status="pending", older_than=0))
+        self.assertEqual(deleted["count"], 0)
+        deleted = self.done(self.client.delete_many(all=True))
+        self.assertEqual(deleted, {"deleted": ["a", "b", "c"], "count": 3})
+
     def test_instance(self) -> None:
         """workers, stats and health report on the instance."""
         self.done(self.client.submit(b"in"))

@@ -362,15 +362,18 @@ class RegistryInlineTests(SynchronousTestCase):
         """
         At start-up the payloads of jobs no C{settled} record lists (a crash
         came between the record and the filing) are filed again from the
-        journal; settled and deleted ones are not.
+        journal; settled and deleted ones (one by one or in bulk) are not.
         """
         inline = Inline(inner=HeldStorage())
-        kept, deleted = inline.submit(self, b"kept", b"deleted")
+        kept, deleted, bulk = inline.submit(self, b"kept", b"deleted", b"bulk")
         settled = inline.submit(self, b"settled")[0]
         inline.journal.records.append(
             json.dumps({"op": "settled", "ids": [settled.id]}).encode()
         )
         inline.journal.records.append(json.dumps({"op": "delete", "id": deleted.id}).encode())
+        inline.journal.records.append(
+            json.dumps({"op": "delete_many", "ids": [bulk.id]}).encode()
+        )
         again = Inline(MemoryJournal(list(inline.journal.records)))
         again.registry.load()
         again.file()

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gridlike.config import Settings, parse_settings
 from gridlike.errors import BadRequest, Conflict, NotFound, Unavailable
 from gridlike.model import Job, Priority, Status
-from gridlike.registry import NewJob, Registry, new_job_id
+from gridlike.registry import Match, NewJob, Registry, new_job_id
 from gridlike.storage import PAYLOAD, RESULT
 from gridlike.testing import MemoryJournal, MemoryStorage
 
@@ -305,6 +305,108 @@ class LifecycleTests(SynchronousTestCase):
         self.assertRaises(BadRequest, h.registry.select, after="nope")
 
 
+def _failed(test: SynchronousTestCase, h: Harness, job: Job) -> None:
+    """Fail C{job} for good."""
+    h.registry.start(job, "w", None)
+    test.successResultOf(h.registry.fail(job, "x", "log", "w", for_good=True))
+
+
+class BulkTests(SynchronousTestCase):
+    def test_retry_many(self) -> None:
+        """
+        A bulk retry puts back the failed jobs that match, in one record, in
+        their submission order; the others are left as they were, and a
+        replay rebuilds the same state.
+        """
+        h = Harness(CHAINED)
+        a, b, c = run(self, h.registry.submit([h.spec("a", "first"), h.spec("b", "first"),
+                                               h.spec("c", "second")]))
+        for job in (a, b, c):
+            _failed(self, h, job)
+        before = len(h.journal.records)
+        retried = run(self, h.registry.retry_many(Match(type="first", typed=True)))
+        self.assertEqual(retried, [a, b])
+        self.assertEqual(len(h.journal.records), before + 1)
+        self.assertEqual((a.status, b.status, c.status),
+                         (Status.PENDING, Status.PENDING, Status.FAILED))
+        self.assertEqual((a.failure_count, a.error), (0, None))
+        self.assertEqual(list(h.registry.pending("first")), [a, b])
+        self.assertEqual(_state(h.reopened()), _state(h.registry))
+
+    def test_retry_many_other_status(self) -> None:
+        """Only failed jobs are retried: another status is a BadRequest."""
+        h = Harness()
+        error = fails(self, h.registry.retry_many(Match(status=Status.DONE)), BadRequest)
+        self.assertTrue(error.problem.startswith("status:"))
+
+    def test_nothing_matches(self) -> None:
+        """A bulk change that selects no job writes no record."""
+        h = Harness()
+        run(self, h.registry.submit([h.spec()]))
+        before = len(h.journal.records)
+        self.assertEqual(run(self, h.registry.retry_many(Match())), [])
+        self.assertEqual(run(self, h.registry.delete_many(Match(status=Status.DONE))), [])
+        self.assertEqual(len(h.journal.records), before)
+
+    def test_delete_many(self) -> None:
+        """
+        A bulk delete removes the jobs that match, in one record, with their
+        bytes; a running one is removed as by a single delete (dispatch is
+        told, to withdraw it); watchers hear None; a replay agrees.
+        """
+        h = Harness()
+        done, running, pending = run(self, h.registry.submit([h.spec("d"), h.spec("r"),
+                                                              h.spec("p")]))
+        h.registry.start(done, "w", None)
+        h.storage.objects[(done.id, RESULT)] = b"r"
+        run(self, h.registry.complete(done, 1, "w"))
+        h.registry.start(running, "w2", None)
+        watching = h.registry.watch(running)
+        before = len(h.journal.records)
+        deleted = run(self, h.registry.delete_many(Match(status=Status.RUNNING)))
+        self.assertEqual(deleted, [running])
+        self.assertEqual(h.removed, [running])
+        self.assertIsNone(self.successResultOf(watching))
+        deleted = run(self, h.registry.delete_many(Match(status=Status.DONE)))
+        self.assertEqual(deleted, [done])
+        self.assertEqual(len(h.journal.records), before + 2)
+        self.assertEqual([job.key for job in h.registry], ["p"])
+        self.assertEqual({job_id for job_id, _ in h.storage.objects}, {pending.id})
+        self.assertEqual(_state(h.reopened()), _state(h.registry))
+
+    def test_older_than(self) -> None:
+        """
+        C{older_than} goes by when a job ended, or when it was submitted if
+        it has not ended.
+        """
+        h = Harness()
+        old_done, old_pending = run(self, h.registry.submit([h.spec("a"), h.spec("b")]))
+        h.clock.advance(100)
+        h.registry.start(old_done, "w", None)
+        h.storage.objects[(old_done.id, RESULT)] = b"r"
+        run(self, h.registry.complete(old_done, 1, "w"))
+        h.clock.advance(50)
+        run(self, h.registry.submit([h.spec("c")]))
+        self.assertEqual(h.registry.matching(Match(older_than=120)), [old_pending])
+        self.assertEqual(h.registry.matching(Match(older_than=40)), [old_done, old_pending])
+
+    def test_journal_down(self) -> None:
+        """
+        A bulk change the journal cannot take changes nothing: no job is
+        retried or deleted, no byte removed, nothing withdrawn.
+        """
+        h = Harness()
+        failed, other = run(self, h.registry.submit([h.spec("f"), h.spec("o")]))
+        _failed(self, h, failed)
+        state = _state(h.registry)
+        h.journal.broken = True
+        fails(self, h.registry.retry_many(Match()), Unavailable)
+        fails(self, h.registry.delete_many(Match(status=Status.PENDING)), Unavailable)
+        self.assertEqual(_state(h.registry), state)
+        self.assertEqual(h.removed, [])
+        self.assertEqual(len(h.storage.objects), 2)
+
+
 def _state(registry: Registry) -> dict[str, Any]:
     """What a restart must keep: jobs (running ones as pending) and queue order."""
     jobs = {}
@@ -331,6 +433,8 @@ operations = st.lists(
         st.tuples(st.just("fail"), st.integers(0, 30)),
         st.tuples(st.just("delete"), st.integers(0, 30)),
         st.tuples(st.just("retry"), st.integers(0, 30)),
+        st.tuples(st.just("retry_many"), st.booleans()),
+        st.tuples(st.just("delete_many"), st.sampled_from(Status)),
         st.tuples(st.just("compact")),
         st.tuples(st.just("tick")),
     ),
@@ -377,6 +481,10 @@ class ReplayTests(SynchronousTestCase):
                 h.clock.advance(1.5)
             elif name == "compact":
                 self.successResultOf(h.journal.compact(reg.snapshot()))
+            elif name == "retry_many":
+                run(self, reg.retry_many(Match(type="first", typed=op[1])))
+            elif name == "delete_many":
+                run(self, reg.delete_many(Match(status=op[1], older_than=1)))
             else:
                 job = pick(op[1])
                 if job is None:

@@ -66,12 +66,13 @@ def out(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def run_worker(
-    server: Daemon, jobs: int, answer: Callable[[bytes], bytes | None]
+    server: Daemon, jobs: int, answer: Callable[[bytes], bytes | None],
+    logs: str | None = None,
 ) -> threading.Thread:
     """
     A minimal worker of PROTOCOL.md section 3, in a thread: it runs C{jobs}
     jobs, sending C{answer(payload)} as the result, or failing the job when
-    that is L{None}.
+    that is L{None} (with C{logs}).
     """
     ws = websocket.create_connection(server.ws_url + "/api/worker", timeout=30)
     ws.send(json.dumps({"code": 0, "name": "t", "id": "t1", "token": ""}))
@@ -83,7 +84,7 @@ def run_worker(
             payload = ws.recv()
             result = answer(payload)
             if result is None:
-                ws.send(json.dumps({"code": 4, "info": "boom", "logs": None}))
+                ws.send(json.dumps({"code": 4, "info": "boom", "logs": logs}))
             else:
                 ws.send_binary(result)
             assert json.loads(ws.recv())["code"] == 2
@@ -518,3 +519,56 @@ def test_job_failed(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
         gridlike("result", "doomed", "--wait", "5", server=server), 1
     )
     worker.join(30)
+
+
+def test_logs_and_bulk_retry(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    logs shows a failed job's error and logs, status points to them; retry
+    --status failed puts every failed job back at once.
+    """
+    server = make_daemon("[scheduling]\nmax_attempts = 1\n")
+    worker = run_worker(server, 2, lambda payload: None, logs="line one\nline two\n")
+    for key in ("f1", "f2"):
+        gridlike("submit", "-", "--key", key, server=server, input=b"x")
+        refused(gridlike("result", key, "--wait", "30", server=server), 1)
+    worker.join(30)
+    gridlike("submit", "-", "--key", "fresh", server=server, input=b"x")
+    shown = out(gridlike("status", "f1", server=server))
+    fields = dict(line.split(None, 1) for line in shown.splitlines())
+    assert fields["error"] == "boom"
+    assert fields["logs"] == "2 lines, see gridlike logs f1"
+    assert out(gridlike("logs", "f1", server=server)) == "error: boom\nline one\nline two\n"
+    assert json.loads(out(gridlike("logs", "f2", "--json", server=server))) == {
+        "key": "f2", "status": "failed", "info": "boom", "logs": "line one\nline two\n",
+    }
+    assert out(gridlike("logs", "fresh", server=server)) == "job fresh has no logs (pending)\n"
+    refused(gridlike("logs", "nope", server=server), 4)
+    retried = gridlike("retry", "--status", "failed", "--type", "null", "--json", server=server)
+    assert json.loads(out(retried)) == {"retried": ["f1", "f2"], "count": 2}
+    assert out(gridlike("retry", "--status", "failed", server=server)) == ""
+    views = json.loads(out(gridlike("ls", "--json", server=server)))
+    assert [(v["key"], v["status"], v["error"]) for v in views] == [
+        ("f1", "pending", None), ("f2", "pending", None), ("fresh", "pending", None),
+    ]
+
+
+def test_bulk_rm(daemon: Daemon) -> None:
+    """
+    rm --status S [--older-than AGE] deletes every job that matches at once;
+    without a status it needs --all; keys and filters do not mix.
+    """
+    for key in ("a", "b"):
+        gridlike("submit", "-", "--key", key, server=daemon, input=b"x")
+    assert out(gridlike("rm", "--status", "pending", "--older-than", "1h", server=daemon)) == ""
+    assert out(gridlike("rm", "--status", "done", server=daemon)) == ""
+    assert "--all" in refused(gridlike("rm", "--type", "null", server=daemon), 2)
+    assert "not both" in refused(gridlike("rm", "a", "--status", "pending", server=daemon), 2)
+    bad_age = gridlike("rm", "--status", "done", "--older-than", "2x", server=daemon)
+    assert "2x" in refused(bad_age, 2)
+    deleted = gridlike("rm", "--status", "pending", "--older-than", "0s", server=daemon)
+    assert out(deleted) == "deleted a\ndeleted b\n"
+    gridlike("submit", "-", "--key", "c", server=daemon, input=b"x")
+    assert json.loads(out(gridlike("rm", "--all", "--json", server=daemon))) == {
+        "deleted": ["c"], "count": 1,
+    }
+    assert json.loads(out(gridlike("ls", "--json", server=daemon))) == []

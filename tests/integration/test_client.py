@@ -67,6 +67,8 @@ except RuntimeError as e:
     report["on_reactor"] = str(e)
 with BlockingClient(url) as third:
     report["health"] = third.health()
+report["retry_many"] = client.retry_many()
+report["delete_many"] = client.delete_many(status="pending")["count"]
 print(json.dumps(report))
 """
 
@@ -113,6 +115,8 @@ def test_blocking_client(daemon: Daemon, tmp_path: Path) -> None:
     assert report["unreachable"].startswith("cannot reach http://127.0.0.1:1")
     assert "reactor thread" in report["on_reactor"]
     assert report["health"] is True
+    assert report["retry_many"] == {"retried": [], "count": 0}
+    assert report["delete_many"] == 12
     assert sorted(p.name for p in work.iterdir()) == ["big.bin", "copy.bin"]
 
 
