@@ -14,7 +14,7 @@ from http.client import HTTPResponse, IncompleteRead
 from pathlib import Path
 from typing import Any, Callable
 
-from attrs import define, field
+import attrs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -115,11 +115,11 @@ class Server:
         return {job_id for job_id, kind in self.storage.objects if kind == PAYLOAD}
 
 
-@define
+@attrs.define
 class SlowJournal(MemoryJournal):
     """A journal whose appends are durable only when L{sync} says so."""
 
-    syncing: list[Deferred[None]] = field(factory=list)
+    syncing: list[Deferred[None]] = attrs.field(factory=list)
 
     def append(self, record: bytes) -> Deferred[None]:
         self.records.append(record)
