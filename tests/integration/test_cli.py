@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import pty
+import re
 import socket
 import subprocess
 import sys
@@ -58,6 +59,25 @@ def refused(result: subprocess.CompletedProcess[bytes], code: int) -> str:
     message = result.stderr.decode()
     assert message.startswith("gridlike: ") and message.count("\n") == 1, message
     return message
+
+
+SUMMARY = re.compile(rb"(\d+) done, (\d+) failed(?:, (\d+) unfinished)? in [\d.]+ s \([\d.]+ jobs/s\)\n")
+
+
+def summarised(
+    result: subprocess.CompletedProcess[bytes],
+) -> tuple[subprocess.CompletedProcess[bytes], tuple[int, int, int]]:
+    """
+    C{submit --wait}'s run without its last line on stderr, the summary,
+    and the summary's done, failed and unfinished counts.
+    """
+    head, _, last = result.stderr.rstrip(b"\n").rpartition(b"\n")
+    match = SUMMARY.fullmatch(last + b"\n")
+    assert match is not None, result.stderr
+    rest = subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout, head + b"\n" if head else b""
+    )
+    return rest, tuple(int(n or 0) for n in match.groups())  # type: ignore[return-value]
 
 
 def out(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -149,6 +169,36 @@ def test_progress_bar(daemon: Daemon, tmp_path: Path) -> None:
     shown = os.read(leader, 65536).decode()
     os.close(leader)
     assert "3/3" in shown and "submitting" in shown
+
+
+def on_terminal(
+    *args: str, server: Daemon
+) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
+    """
+    Run C{gridlike ARGS} with its stderr on a pseudo-terminal; return how
+    it went and what it drew there, as the terminal's reader saw it (read
+    as it comes, so that a full terminal never blocks the command).
+    """
+    leader, follower = pty.openpty()
+    drawn: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the command, the last writer, has gone
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    result = gridlike(*args, server=server, stderr=follower)
+    os.close(follower)
+    reader.join(30)
+    os.close(leader)
+    return result, b"".join(drawn)
 
 
 def test_status_text(daemon: Daemon) -> None:
@@ -499,7 +549,11 @@ def test_submit_wait_timeout(daemon: Daemon, tmp_path: Path) -> None:
     """submit --wait --timeout reports the jobs unfinished by then: exit 3."""
     source = tmp_path / "slow.txt"
     source.write_bytes(b"x")
-    message = refused(gridlike("submit", "--wait", "--timeout", "0.2", str(source), server=daemon), 3)
+    result, counts = summarised(
+        gridlike("submit", "--wait", "--timeout", "0.2", str(source), server=daemon)
+    )
+    assert counts == (0, 0, 1)
+    message = refused(result, 3)
     assert "still pending after 0.2 s" in message
     assert not (tmp_path / "slow.txt.result").exists()
 
@@ -510,11 +564,66 @@ def test_job_failed(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     worker = run_worker(server, 1, lambda payload: None)
     source = tmp_path / "doomed.txt"
     source.write_bytes(b"x")
-    assert "boom" in refused(
-        gridlike("submit", "--wait", "--key", "doomed", str(source), server=server), 1
+    result, counts = summarised(
+        gridlike("submit", "--wait", "--key", "doomed", str(source), server=server)
     )
+    assert counts == (0, 1, 0)
+    assert "boom" in refused(result, 1)
     assert not (tmp_path / "doomed.txt.result").exists()
     assert "failed" in refused(
         gridlike("result", "doomed", "--wait", "5", server=server), 1
     )
+    worker.join(30)
+
+
+def test_submit_wait_report(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """
+    Without a terminal, submit --wait prints nothing until the end, then
+    one report per file in the order given, results named after their
+    inputs, the summary last on stderr, and exit 1 when a job failed.
+    """
+    server = make_daemon("[scheduling]\nmax_attempts = 1\n")
+    names = ["c.txt", "a.txt", "bad.txt", "b.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(name.encode())
+    worker = run_worker(server, 4, lambda p: None if p == b"bad.txt" else p.upper())
+    result, counts = summarised(
+        gridlike("submit", "--wait", *(str(tmp_path / n) for n in names), server=server)
+    )
+    assert counts == (3, 1, 0)
+    assert "boom" in refused(result, 1)
+    rows = [line.split() for line in result.stdout.decode().splitlines()[1:]]
+    assert [row[1:] for row in rows] == [
+        ["done", str(tmp_path / "c.txt.result")],
+        ["done", str(tmp_path / "a.txt.result")],
+        ["failed", "-"],
+        ["done", str(tmp_path / "b.txt.result")],
+    ]
+    for name in ["a.txt", "b.txt", "c.txt"]:
+        assert (tmp_path / f"{name}.result").read_bytes() == name.upper().encode()
+    assert not (tmp_path / "bad.txt.result").exists()
+    worker.join(30)
+
+
+def test_submit_wait_live_view(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """
+    On a terminal, submit --wait draws one live view through the whole run:
+    the jobs done and failed, the latest failure's info, then the summary
+    last once the view is gone.
+    """
+    server = make_daemon("[scheduling]\nmax_attempts = 1\n")
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"{i}.txt"))
+        Path(files[-1]).write_bytes(b"bad" if i == 1 else b"ok")
+    worker = run_worker(server, 3, lambda p: None if p == b"bad" else p)
+    result, drawn = on_terminal("submit", "--wait", *files, server=server)
+    assert result.returncode == 1
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", drawn).replace(b"\r\n", b"\n")
+    assert b"done 2  failed 1" in text and b"3/3" in text
+    assert b"latest failure: " in text and b": boom" in text
+    last = text.rstrip(b"\n").rpartition(b"\n")[2].rpartition(b"\r")[2]
+    assert SUMMARY.fullmatch(last + b"\n"), text
+    assert b"2 done, 1 failed" in last
+    assert len(result.stdout.splitlines()) == 4  # the table, after the view
     worker.join(30)
