@@ -57,7 +57,7 @@ from typing import IO, Any, Awaitable, Callable, Coroutine, NoReturn, Sequence, 
 from attrs import define, frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import LoopingCall, react
+from twisted.internet.task import LoopingCall, deferLater, react
 from twisted.internet.threads import deferToThread
 
 from gridlike import __version__
@@ -528,6 +528,50 @@ async def _finish(
     return {"status": status, "result": saved, "error": error}
 
 
+def _watch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interval", type=float, default=1.0, metavar="S", help="redraw every S seconds (default 1)"
+    )
+
+
+@command("watch", "a live view of the queue and the workers, until interrupted", _watch_arguments)
+async def _watch(context: Context) -> int:
+    """
+    C{stats} over C{workers}, redrawn in place every C{--interval} seconds
+    on a terminal (one C{GET /api/stats} and one C{GET /api/workers} each
+    time); without a terminal, or with C{--json}, printed once.
+    """
+    o = context.options
+    if not o.interval > 0:
+        raise CommandError("--interval must be above 0")
+    if o.json:
+        stats, views = await _watched(context)
+        context.json({"stats": stats, "workers": views})
+        return OK
+    if not context.stdout.isatty():
+        context.print(_watch_text(*await _watched(context)))
+        return OK
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(console=Console(file=context.stdout), auto_refresh=False) as live:
+        while True:
+            live.update(Text(_watch_text(*await _watched(context))), refresh=True)
+            await deferLater(context.reactor, o.interval)
+
+
+async def _watched(context: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The server's figures and its connected workers' views, asked at once."""
+    stats, views = await gatherResults([context.client.stats(), context.client.workers()])
+    return stats, _connected(views)
+
+
+def _watch_text(stats: dict[str, Any], views: list[dict[str, Any]]) -> str:
+    """What C{watch} shows: the figures, then the workers' table."""
+    return f"{_stats_text(stats)}\n\n{_workers_table(views)}"
+
+
 def _key_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("key", metavar="KEY")
 
@@ -652,10 +696,21 @@ def _workers_arguments(parser: argparse.ArgumentParser) -> None:
 async def _workers(context: Context) -> int:
     views = await context.client.workers()
     if not context.options.all:
-        views = [w for w in views if w["state"] != "disconnected"]
+        views = _connected(views)
     if context.options.json:
         context.json(views)
         return OK
+    context.print(_workers_table(views))
+    return OK
+
+
+def _connected(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The views of the workers connected now, not lately."""
+    return [w for w in views if w["state"] != "disconnected"]
+
+
+def _workers_table(views: list[dict[str, Any]]) -> str:
+    """The worker views as C{gridlike workers} (and C{watch}) show them."""
     headers = ["UID", "NAME", "TYPE", "STATE", "JOB", "PROGRESS", "DONE", "FAILED",
                "ADDRESS", "CONNECTED"]
     rows = [
@@ -663,8 +718,7 @@ async def _workers(context: Context) -> int:
          w["jobs_done"], w["jobs_failed"], w["address"], _when(w["connected_at"]))
         for w in views
     ]
-    context.print(table(rows, headers))
-    return OK
+    return table(rows, headers)
 
 
 def _progress(progress: dict[str, Any] | None) -> str | None:
@@ -684,14 +738,20 @@ async def _stats(context: Context) -> int:
     if context.options.json:
         context.json(stats)
         return OK
+    context.print(_stats_text(stats))
+    return OK
+
+
+def _stats_text(stats: dict[str, Any]) -> str:
+    """The figures as C{gridlike stats} (and C{watch}) show them."""
+    lines = []
     for name, value in stats.items():
         if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()) and value:
-            context.print(f"{name}:")
-            for sub, counts in value.items():
-                context.print(f"  {sub}: {_counts(counts)}")
+            lines.append(f"{name}:")
+            lines.extend(f"  {sub}: {_counts(counts)}" for sub, counts in value.items())
         else:
-            context.print(f"{name}: {_counts(value) if isinstance(value, dict) else value}")
-    return OK
+            lines.append(f"{name}: {_counts(value) if isinstance(value, dict) else value}")
+    return "\n".join(lines)
 
 
 def _counts(counts: dict[str, Any]) -> str:

@@ -11,6 +11,8 @@ import json
 import os
 import pty
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -627,3 +629,35 @@ def test_submit_wait_live_view(make_daemon: Callable[..., Daemon], tmp_path: Pat
     assert b"2 done, 1 failed" in last
     assert len(result.stdout.splitlines()) == 4  # the table, after the view
     worker.join(30)
+
+
+def test_watch(daemon: Daemon) -> None:
+    """
+    watch redraws the queue and the workers on a terminal until
+    interrupted (exit 130); without one it prints them once.
+    """
+    ws = websocket.create_connection(daemon.ws_url + "/api/worker", timeout=20)
+    ws.send(json.dumps({"code": 0, "name": "watched", "id": "uid-watched", "token": ""}))
+    assert json.loads(ws.recv())["code"] == 2
+    gridlike("submit", "-", "--key", "queued", server=daemon, input=b"x")
+    once = out(gridlike("watch", server=daemon))
+    assert "pending 1" in once and "uid-watched" in once
+    leader, follower = pty.openpty()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLIKE_")}
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "gridlike.cli", "watch", "--interval", "0.1"],
+        stdout=follower, stderr=subprocess.PIPE,
+        env=dict(environment, PYTHONPATH=str(ROOT), GRIDLIKE_URL=daemon.url),
+    )
+    os.close(follower)
+    drawn = b""
+    while drawn.count(b"uid-watched") < 2:  # drawn, then redrawn
+        assert select.select([leader], [], [], 30)[0], drawn
+        drawn += os.read(leader, 65536)
+    assert b"pending 1" in drawn
+    watching.send_signal(signal.SIGINT)
+    assert watching.wait(30) == 130
+    assert b"Traceback" not in watching.stderr.read()
+    watching.stderr.close()
+    os.close(leader)
+    ws.close()
