@@ -48,6 +48,8 @@ setup(
         # Pre-1.0, and 0.0.13 already renamed its module: a 0.1 may break us.
         "python-multipart>=0.0.20,<0.1",
         "prometheus-client>=0.20",
+        # submit --wait's live view on a terminal (gridlike.cli._Tally).
+        "rich>=13.7",
     ],
     extras_require={
         "test": [

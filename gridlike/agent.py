@@ -3,7 +3,8 @@
 The worker agent: any command as a GridLike worker, one run per job.
 
     gridlike worker --server URL [--type T] [--token TOKEN] [--name NAME]
-        [--id ID] [--concurrency N] [--timeout S] [--ca-file PEM] -- COMMAND [ARGS...]
+        [--id ID] [--concurrency N] [--timeout S] [--ca-file PEM]
+        [--quiet] [--log-file PATH] -- COMMAND [ARGS...]
 
 The payload is the command's standard input and its standard output is the
 result; C{{input}} and C{{output}} in its arguments switch to files (the
@@ -392,6 +393,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", metavar="ID", dest="worker_id", help="the worker's identity (default: the machine id)")
     parser.add_argument("--concurrency", metavar="N", type=int, default=1, help="jobs at once, one connection each")
     parser.add_argument("--timeout", metavar="S", type=float, help="kill a job's command after S seconds")
+    parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    parser.add_argument(
+        "--log-file", metavar="PATH", help="append the log to PATH instead of standard error"
+    )
     parser.add_argument(
         "argv", nargs="+", metavar="COMMAND",
         help="after --: the command and its arguments, run per job; {input} and {output} stand for files",
@@ -429,7 +434,10 @@ def run_worker(reactor: Any, options: argparse.Namespace, environ: dict[str, str
         ]
     except (ValueError, OSError) as e:
         return _usage(str(e))
-    _log_to_stderr()
+    try:
+        _start_logging(options.quiet, options.log_file)
+    except OSError as e:
+        return _usage(f"{options.log_file}: {e.strerror}")
     return Agent(reactor, workers, runner).run()
 
 
@@ -441,16 +449,27 @@ def _usage(problem: str) -> Deferred[int]:
 _logging = False
 
 
-def _log_to_stderr() -> None:
-    """Log (info and above) to standard error, once per process."""
+def _start_logging(quiet: bool, path: str | None) -> None:
+    """
+    Log to standard error, or to the end of the file C{path}, once per
+    process.  Standard error is the terminal a C{gridlike submit --wait}
+    may be drawing its live view on: C{--quiet} or C{--log-file} keep the
+    routine lines (a few per job) from interleaving with it.
+
+    @param quiet: log warnings and errors only, not info.
+    @param path: the log file, or L{None} for standard error.
+    @raise OSError: the file cannot be opened.
+    """
     global _logging
     if not _logging:
         from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
+        stream = sys.stderr if path is None else open(path, "a", encoding="utf-8", buffering=1)
         _logging = True
-        observer = textFileLogObserver(sys.stderr)
-        predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+        observer = textFileLogObserver(stream)
+        level = LogLevel.warn if quiet else LogLevel.info
+        predicate = LogLevelFilterPredicate(defaultLogLevel=level)
         globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])], redirectStandardIO=False)
 
 

@@ -57,7 +57,7 @@ from typing import IO, Any, Awaitable, Callable, Coroutine, NoReturn, Sequence, 
 from attrs import define, frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError
 from twisted.internet.defer import gatherResults
-from twisted.internet.task import react
+from twisted.internet.task import LoopingCall, deferLater, react
 from twisted.internet.threads import deferToThread
 
 from gridlike import __version__
@@ -244,23 +244,143 @@ def _when(timestamp: str | None) -> str | None:
     return None if timestamp is None else timestamp[:19].replace("T", " ")
 
 
-class _Progress:
-    """A one-line progress bar on stderr, when it is a terminal."""
+REFRESH = 0.2
+"""Seconds between redraws of C{submit}'s live view."""
+POLL = 1.0
+"""Seconds between the live view's asks for the running count."""
 
-    def __init__(self, stream: IO[str], total: int, what: str) -> None:
-        self._stream, self._total, self._what, self._done = stream, total, what, 0
-        self._shown = total > 1 and stream.isatty()
-        self.step(0)
 
-    def step(self, n: int = 1) -> None:
-        self._done += n
-        if self._shown:
-            filled = 30 * self._done // self._total
-            bar = "#" * filled + "." * (30 - filled)
-            self._stream.write(f"\r{self._what} [{bar}] {self._done}/{self._total}")
-            if self._done == self._total:
-                self._stream.write("\r\x1b[K")
-            self._stream.flush()
+class _Tally:
+    """
+    How far a C{submit} has got: the counts its summary line gives and, on
+    a terminal, a live view of them on standard error, so that a long
+    C{--wait} never leaves the screen blank (issue 14).
+
+    The view (rich, imported only when drawn) is a bar of uploads and, with
+    C{--wait}, a bar of jobs ended with its time left; under them the
+    counts submitted / running / done / failed, the throughput and the
+    latest failure's info.  The running count is the number of our jobs
+    that workers hold: one C{GET /api/workers} a second, not a request per
+    job.  Failures reported while the view is up go through rich's console,
+    which prints them above it instead of through it.
+    """
+
+    def __init__(self, context: Context, total: int, wait: bool) -> None:
+        """
+        @param total: the files to submit.
+        @param wait: whether the jobs' ends will follow (C{--wait}).
+        """
+        self._context, self._total, self._wait = context, total, wait
+        self._started = context.reactor.seconds()
+        self.submitted = 0
+        self.ended: dict[str, int] = {}
+        """How many jobs ended with each status."""
+        self._unended: set[str] = set()
+        self._running = 0
+        self._failure: str | None = None
+        self._live: Any = None
+        self._polled = self._started - POLL
+        self._polling: Deferred[None] | None = None
+        if context.stderr.isatty() and not context.options.json and (wait or total > 1):
+            self._draw()
+
+    def _draw(self) -> None:
+        from rich.console import Console, Group
+        from rich.file_proxy import FileProxy
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeRemainingColumn
+
+        console = Console(file=self._context.stderr)
+        self._bars = Progress(
+            TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=console, get_time=self._context.reactor.seconds,
+        )
+        self._uploads = self._bars.add_task("submitting", total=self._total)
+        self._jobs = self._bars.add_task("ended", total=self._total, visible=self._wait)
+        self._live = Live(
+            Group(self._bars, self), console=console, auto_refresh=False, transient=True,
+            redirect_stdout=False, redirect_stderr=True,
+        )
+        self._live.start(refresh=True)
+        self._stderr, self._context.stderr = self._context.stderr, FileProxy(console, self._context.stderr)
+        self._ticks = LoopingCall(self._tick)
+        self._ticks.clock = self._context.reactor
+        self._ticks.start(REFRESH, now=False)
+
+    def added(self, key: str | None) -> None:
+        """One upload ended: the job C{key} was made, or (L{None}) not."""
+        if key is None:
+            self._total -= 1
+        else:
+            self.submitted += 1
+            self._unended.add(key)
+        if self._live is not None:
+            self._bars.update(self._jobs, total=self._total)
+            self._bars.advance(self._uploads)
+            self._tick()
+
+    def end(self, key: str, status: str, info: str | None) -> None:
+        """The job C{key} ended C{status}; a failure's C{info} is shown."""
+        self.ended[status] = self.ended.get(status, 0) + 1
+        self._unended.discard(key)
+        if status == "failed":
+            self._failure = f"{key}: {info}"
+        if self._live is not None:
+            self._bars.advance(self._jobs)
+            self._tick()
+
+    def _tick(self) -> None:
+        """Redraw; start asking the running count if a second has passed."""
+        now = self._context.reactor.seconds()
+        if self._wait and self._polling is None and now - self._polled >= POLL:
+            self._polled, self._polling = now, Deferred.fromCoroutine(self._poll())
+        self._live.refresh()
+
+    async def _poll(self) -> None:
+        try:
+            views = await self._context.client.workers()
+        except (GridLikeClientError, CancelledError):
+            views = None  # the count shown stays the last one known
+        if views is not None:
+            self._running = sum(1 for w in views if w["job"] in self._unended)
+        self._polling = None
+
+    def __rich__(self) -> Any:
+        """The counts under the bars (rich calls it at each redraw)."""
+        from rich.text import Text
+
+        done, failed = self.ended.get("done", 0), self.ended.get("failed", 0)
+        line = f"submitted {self.submitted}/{self._total}"
+        if self._wait:
+            line += f"  running {self._running}  done {done}  failed {failed}  {self._rate()}"
+        if self._failure is not None:
+            line += f"\nlatest failure: {self._failure}"
+        return Text(line)
+
+    def _rate(self) -> str:
+        """Jobs done or failed per second since the first upload began."""
+        elapsed = self._context.reactor.seconds() - self._started
+        ended = self.ended.get("done", 0) + self.ended.get("failed", 0)
+        return f"{ended / elapsed if elapsed > 0 else 0:.1f} jobs/s"
+
+    def summary(self) -> str:
+        """C{3 done, 1 failed in 2.5 s (1.6 jobs/s)}, and the unfinished."""
+        done, failed = self.ended.get("done", 0), self.ended.get("failed", 0)
+        rest = self.submitted - done - failed
+        elapsed = self._context.reactor.seconds() - self._started
+        counts = f"{done} done, {failed} failed" + (f", {rest} unfinished" if rest else "")
+        return f"{counts} in {elapsed:.1f} s ({self._rate()})"
+
+    def close(self) -> None:
+        """Take the view down, if drawn: the terminal is the command's again."""
+        if self._live is None:
+            return
+        self._ticks.stop()
+        if self._polling is not None:
+            self._polling.cancel()
+        self._live.stop()
+        self._context.stderr, self._live = self._stderr, None
 
 
 # The subcommands
@@ -294,28 +414,58 @@ async def _submit(context: Context) -> int:
     outputs = [_result_path(name, o.out) for name in o.files] if o.wait else []
     if len(set(outputs)) < len(outputs):
         raise CommandError("two inputs would write the same .result file: use distinct names")
-    progress = _Progress(context.stderr, len(o.files), "submitting")
+    tally = _Tally(context, len(o.files), o.wait)
+    try:
+        reports = await _submit_and_wait(context, outputs, tally)
+    finally:
+        tally.close()
+    if reports is None:
+        return OK
+    if o.json:
+        context.json(reports)
+    else:
+        rows = [(r["key"], r["status"], r["result"]) for r in reports]
+        context.print(table(rows, ["KEY", "STATUS", "RESULT"]))
+        context.stdout.flush()  # the table, then the summary, on one terminal
+        print(tally.summary(), file=context.stderr)
+    return OK
+
+
+async def _submit_and_wait(
+    context: Context, outputs: list[str], tally: _Tally
+) -> list[dict[str, Any]] | None:
+    """
+    Submit the files; without C{--wait} print the jobs made and give
+    L{None}, with it save each result as its job ends.
+
+    @param outputs: with C{--wait}, where each file's result goes.
+    @return: with C{--wait}, one report per job made, in the order of the
+        files given (whatever order they ended in).
+    """
+    o = context.options
 
     async def submit(name: str) -> Any:
         payload: Any = Path(name) if name != "-" else await deferToThread(_spool_stdin)
         try:
             return await context.client.submit(payload, o.type, o.priority, o.key, o.description)
         finally:
-            progress.step()
             if name == "-":
                 payload.close()  # the temporary file vanishes
 
     async def attempt(name: str) -> Any:
-        return await context.attempt(submit(name), name)
+        job = await context.attempt(submit(name), name)
+        tally.added(None if job is None else job.key)
+        return job
 
     created = await _parallel([partial(attempt, name) for name in o.files])
     jobs = [(name, job) for name, job in zip(o.files, created) if job is not None]
     if not o.wait:
+        tally.close()
         if o.json:
             context.json([{"file": name, "key": job.key, "id": job.id} for name, job in jobs])
         elif jobs:
             context.print("\n".join(job.key for _, job in jobs))
-        return OK
+        return None
     if o.out is not None:
         Path(o.out).mkdir(parents=True, exist_ok=True)
     outcome = dict(zip(o.files, outputs))
@@ -330,15 +480,10 @@ async def _submit(context: Context) -> int:
         async for key, status, result in ended:
             report = by_key[key]
             report.update(await _finish(context, key, status, result, outcome[report["file"]]))
+            tally.end(key, status, (report["error"] or {}).get("info"))
 
     await context.attempt(collect())
-    reports = list(by_key.values())
-    if o.json:
-        context.json(reports)
-    else:
-        rows = [(r["key"], r["status"], r["result"]) for r in reports]
-        context.print(table(rows, ["KEY", "STATUS", "RESULT"]))
-    return OK
+    return list(by_key.values())
 
 
 def _result_path(name: str, out: str | None) -> str:
@@ -381,6 +526,50 @@ async def _finish(
     else:
         context.fail(SERVER, f"job {key} is still {status} after {context.options.timeout} s")
     return {"status": status, "result": saved, "error": error}
+
+
+def _watch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interval", type=float, default=1.0, metavar="S", help="redraw every S seconds (default 1)"
+    )
+
+
+@command("watch", "a live view of the queue and the workers, until interrupted", _watch_arguments)
+async def _watch(context: Context) -> int:
+    """
+    C{stats} over C{workers}, redrawn in place every C{--interval} seconds
+    on a terminal (one C{GET /api/stats} and one C{GET /api/workers} each
+    time); without a terminal, or with C{--json}, printed once.
+    """
+    o = context.options
+    if not o.interval > 0:
+        raise CommandError("--interval must be above 0")
+    if o.json:
+        stats, views = await _watched(context)
+        context.json({"stats": stats, "workers": views})
+        return OK
+    if not context.stdout.isatty():
+        context.print(_watch_text(*await _watched(context)))
+        return OK
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(console=Console(file=context.stdout), auto_refresh=False) as live:
+        while True:
+            live.update(Text(_watch_text(*await _watched(context))), refresh=True)
+            await deferLater(context.reactor, o.interval)
+
+
+async def _watched(context: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The server's figures and its connected workers' views, asked at once."""
+    stats, views = await gatherResults([context.client.stats(), context.client.workers()])
+    return stats, _connected(views)
+
+
+def _watch_text(stats: dict[str, Any], views: list[dict[str, Any]]) -> str:
+    """What C{watch} shows: the figures, then the workers' table."""
+    return f"{_stats_text(stats)}\n\n{_workers_table(views)}"
 
 
 def _key_argument(parser: argparse.ArgumentParser) -> None:
@@ -610,10 +799,21 @@ def _workers_arguments(parser: argparse.ArgumentParser) -> None:
 async def _workers(context: Context) -> int:
     views = await context.client.workers()
     if not context.options.all:
-        views = [w for w in views if w["state"] != "disconnected"]
+        views = _connected(views)
     if context.options.json:
         context.json(views)
         return OK
+    context.print(_workers_table(views))
+    return OK
+
+
+def _connected(views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The views of the workers connected now, not lately."""
+    return [w for w in views if w["state"] != "disconnected"]
+
+
+def _workers_table(views: list[dict[str, Any]]) -> str:
+    """The worker views as C{gridlike workers} (and C{watch}) show them."""
     headers = ["UID", "NAME", "TYPE", "STATE", "JOB", "PROGRESS", "DONE", "FAILED",
                "ADDRESS", "CONNECTED"]
     rows = [
@@ -621,8 +821,7 @@ async def _workers(context: Context) -> int:
          w["jobs_done"], w["jobs_failed"], w["address"], _when(w["connected_at"]))
         for w in views
     ]
-    context.print(table(rows, headers))
-    return OK
+    return table(rows, headers)
 
 
 def _progress(progress: dict[str, Any] | None) -> str | None:
@@ -642,14 +841,20 @@ async def _stats(context: Context) -> int:
     if context.options.json:
         context.json(stats)
         return OK
+    context.print(_stats_text(stats))
+    return OK
+
+
+def _stats_text(stats: dict[str, Any]) -> str:
+    """The figures as C{gridlike stats} (and C{watch}) show them."""
+    lines = []
     for name, value in stats.items():
         if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()) and value:
-            context.print(f"{name}:")
-            for sub, counts in value.items():
-                context.print(f"  {sub}: {_counts(counts)}")
+            lines.append(f"{name}:")
+            lines.extend(f"  {sub}: {_counts(counts)}" for sub, counts in value.items())
         else:
-            context.print(f"{name}: {_counts(value) if isinstance(value, dict) else value}")
-    return OK
+            lines.append(f"{name}: {_counts(value) if isinstance(value, dict) else value}")
+    return "\n".join(lines)
 
 
 def _counts(counts: dict[str, Any]) -> str:

@@ -259,3 +259,29 @@ def test_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: MachineAgen
         assert trusting.terminate() == 0
     finally:
         server.stop()
+
+
+def test_log_file_and_quiet(daemon: Daemon, agent: MachineAgent, tmp_path: Path) -> None:
+    """
+    C{--log-file} sends the log there, leaving standard error empty;
+    C{--quiet} keeps only warnings and errors, so a job leaves no line.
+    """
+    log_file = tmp_path / "agent.log"
+    logged = agent(daemon, "cat", options=("--log-file", str(log_file)))
+    submit(daemon, b"to the file", "logged")
+    assert finished(daemon, "logged")["status"] == "done"
+    assert logged.terminate() == 0
+    assert "job started" in log_file.read_text() and logged.log() == ""
+    quiet = agent(daemon, "cat", options=("--quiet",), id="quiet-worker")
+    submit(daemon, b"hush", "quiet")
+    assert finished(daemon, "quiet")["status"] == "done"
+    assert quiet.terminate() == 0
+    assert quiet.log() == ""
+
+
+def test_log_file_unwritable(daemon: Daemon, agent: MachineAgent, tmp_path: Path) -> None:
+    """A log file that cannot be opened is a usage error naming it."""
+    missing = tmp_path / "no" / "such" / "agent.log"
+    worker = agent(daemon, "cat", options=("--log-file", str(missing)))
+    assert worker.wait() == 2
+    assert str(missing) in worker.log()

@@ -10,6 +10,9 @@ import ipaddress
 import json
 import os
 import pty
+import re
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +61,25 @@ def refused(result: subprocess.CompletedProcess[bytes], code: int) -> str:
     message = result.stderr.decode()
     assert message.startswith("gridlike: ") and message.count("\n") == 1, message
     return message
+
+
+SUMMARY = re.compile(rb"(\d+) done, (\d+) failed(?:, (\d+) unfinished)? in [\d.]+ s \([\d.]+ jobs/s\)\n")
+
+
+def summarised(
+    result: subprocess.CompletedProcess[bytes],
+) -> tuple[subprocess.CompletedProcess[bytes], tuple[int, int, int]]:
+    """
+    C{submit --wait}'s run without its last line on stderr, the summary,
+    and the summary's done, failed and unfinished counts.
+    """
+    head, _, last = result.stderr.rstrip(b"\n").rpartition(b"\n")
+    match = SUMMARY.fullmatch(last + b"\n")
+    assert match is not None, result.stderr
+    rest = subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout, head + b"\n" if head else b""
+    )
+    return rest, tuple(int(n or 0) for n in match.groups())  # type: ignore[return-value]
 
 
 def out(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -150,6 +172,36 @@ def test_progress_bar(daemon: Daemon, tmp_path: Path) -> None:
     shown = os.read(leader, 65536).decode()
     os.close(leader)
     assert "3/3" in shown and "submitting" in shown
+
+
+def on_terminal(
+    *args: str, server: Daemon
+) -> tuple[subprocess.CompletedProcess[bytes], bytes]:
+    """
+    Run C{gridlike ARGS} with its stderr on a pseudo-terminal; return how
+    it went and what it drew there, as the terminal's reader saw it (read
+    as it comes, so that a full terminal never blocks the command).
+    """
+    leader, follower = pty.openpty()
+    drawn: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the command, the last writer, has gone
+                return
+            if not chunk:
+                return
+            drawn.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    result = gridlike(*args, server=server, stderr=follower)
+    os.close(follower)
+    reader.join(30)
+    os.close(leader)
+    return result, b"".join(drawn)
 
 
 def test_status_text(daemon: Daemon) -> None:
@@ -500,7 +552,11 @@ def test_submit_wait_timeout(daemon: Daemon, tmp_path: Path) -> None:
     """submit --wait --timeout reports the jobs unfinished by then: exit 3."""
     source = tmp_path / "slow.txt"
     source.write_bytes(b"x")
-    message = refused(gridlike("submit", "--wait", "--timeout", "0.2", str(source), server=daemon), 3)
+    result, counts = summarised(
+        gridlike("submit", "--wait", "--timeout", "0.2", str(source), server=daemon)
+    )
+    assert counts == (0, 0, 1)
+    message = refused(result, 3)
     assert "still pending after 0.2 s" in message
     assert not (tmp_path / "slow.txt.result").exists()
 
@@ -511,9 +567,11 @@ def test_job_failed(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     worker = run_worker(server, 1, lambda payload: None)
     source = tmp_path / "doomed.txt"
     source.write_bytes(b"x")
-    assert "boom" in refused(
-        gridlike("submit", "--wait", "--key", "doomed", str(source), server=server), 1
+    result, counts = summarised(
+        gridlike("submit", "--wait", "--key", "doomed", str(source), server=server)
     )
+    assert counts == (0, 1, 0)
+    assert "boom" in refused(result, 1)
     assert not (tmp_path / "doomed.txt.result").exists()
     assert "failed" in refused(
         gridlike("result", "doomed", "--wait", "5", server=server), 1
@@ -572,3 +630,88 @@ def test_bulk_rm(daemon: Daemon) -> None:
         "deleted": ["c"], "count": 1,
     }
     assert json.loads(out(gridlike("ls", "--json", server=daemon))) == []
+
+
+def test_submit_wait_report(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """
+    Without a terminal, submit --wait prints nothing until the end, then
+    one report per file in the order given, results named after their
+    inputs, the summary last on stderr, and exit 1 when a job failed.
+    """
+    server = make_daemon("[scheduling]\nmax_attempts = 1\n")
+    names = ["c.txt", "a.txt", "bad.txt", "b.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(name.encode())
+    worker = run_worker(server, 4, lambda p: None if p == b"bad.txt" else p.upper())
+    result, counts = summarised(
+        gridlike("submit", "--wait", *(str(tmp_path / n) for n in names), server=server)
+    )
+    assert counts == (3, 1, 0)
+    assert "boom" in refused(result, 1)
+    rows = [line.split() for line in result.stdout.decode().splitlines()[1:]]
+    assert [row[1:] for row in rows] == [
+        ["done", str(tmp_path / "c.txt.result")],
+        ["done", str(tmp_path / "a.txt.result")],
+        ["failed", "-"],
+        ["done", str(tmp_path / "b.txt.result")],
+    ]
+    for name in ["a.txt", "b.txt", "c.txt"]:
+        assert (tmp_path / f"{name}.result").read_bytes() == name.upper().encode()
+    assert not (tmp_path / "bad.txt.result").exists()
+    worker.join(30)
+
+
+def test_submit_wait_live_view(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """
+    On a terminal, submit --wait draws one live view through the whole run:
+    the jobs done and failed, the latest failure's info, then the summary
+    last once the view is gone.
+    """
+    server = make_daemon("[scheduling]\nmax_attempts = 1\n")
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"{i}.txt"))
+        Path(files[-1]).write_bytes(b"bad" if i == 1 else b"ok")
+    worker = run_worker(server, 3, lambda p: None if p == b"bad" else p)
+    result, drawn = on_terminal("submit", "--wait", *files, server=server)
+    assert result.returncode == 1
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", drawn).replace(b"\r\n", b"\n")
+    assert b"done 2  failed 1" in text and b"3/3" in text
+    assert b"latest failure: " in text and b": boom" in text
+    last = text.rstrip(b"\n").rpartition(b"\n")[2].rpartition(b"\r")[2]
+    assert SUMMARY.fullmatch(last + b"\n"), text
+    assert b"2 done, 1 failed" in last
+    assert len(result.stdout.splitlines()) == 4  # the table, after the view
+    worker.join(30)
+
+
+def test_watch(daemon: Daemon) -> None:
+    """
+    watch redraws the queue and the workers on a terminal until
+    interrupted (exit 130); without one it prints them once.
+    """
+    ws = websocket.create_connection(daemon.ws_url + "/api/worker", timeout=20)
+    ws.send(json.dumps({"code": 0, "name": "watched", "id": "uid-watched", "token": ""}))
+    assert json.loads(ws.recv())["code"] == 2
+    gridlike("submit", "-", "--key", "queued", server=daemon, input=b"x")
+    once = out(gridlike("watch", server=daemon))
+    assert "pending 1" in once and "uid-watched" in once
+    leader, follower = pty.openpty()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLIKE_")}
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "gridlike.cli", "watch", "--interval", "0.1"],
+        stdout=follower, stderr=subprocess.PIPE,
+        env=dict(environment, PYTHONPATH=str(ROOT), GRIDLIKE_URL=daemon.url),
+    )
+    os.close(follower)
+    drawn = b""
+    while drawn.count(b"uid-watched") < 2:  # drawn, then redrawn
+        assert select.select([leader], [], [], 30)[0], drawn
+        drawn += os.read(leader, 65536)
+    assert b"pending 1" in drawn
+    watching.send_signal(signal.SIGINT)
+    assert watching.wait(30) == 130
+    assert b"Traceback" not in watching.stderr.read()
+    watching.stderr.close()
+    os.close(leader)
+    ws.close()
