@@ -258,6 +258,19 @@ def test_server_down() -> None:
     assert f"cannot reach http://127.0.0.1:{port}" in refused(result, 3)
 
 
+def test_server_down_submit(tmp_path: Path) -> None:
+    """Submitting many files to a server that cannot be reached fails once, exit 3."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    files = []
+    for i in range(12):
+        (tmp_path / f"f{i}").write_bytes(b"x")
+        files.append(str(tmp_path / f"f{i}"))
+    result = gridlike("submit", *files, env={"GRIDLIKE_URL": f"http://127.0.0.1:{port}"})
+    assert refused(result, 3).startswith(f"gridlike: cannot reach http://127.0.0.1:{port}")
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -268,6 +281,8 @@ def test_server_down() -> None:
         (["submit"], "FILE"),
         (["submit", "/nonexistent/file"], "/nonexistent/file"),
         (["submit", "--key", "k", "setup.py", "README.md"], "--key"),
+        (["submit", "docs"], "docs: is a folder; give its files, e.g. docs/*"),
+        (["worker", "sort", "-r"], "-r; the command's own options go after --: gridlike worker"),
         (["submit", "--wait", "-"], "--out"),
         (["--server", "ftp://example.com", "stats"], "ftp://"),
         (["result", "k", "--wait", "soon"], "soon"),
