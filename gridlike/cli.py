@@ -102,6 +102,8 @@ def exit_code(error: BaseException) -> int | None:
 def _message(error: BaseException) -> str:
     if isinstance(error, Unauthorized):
         return f"{error} (give --api-key or set GRIDLIKE_API_KEY)"
+    if isinstance(error, NotFound) and error.types:
+        return f"this server has job types: give --type ({', '.join(error.types)})"
     if isinstance(error, OSError) and error.strerror:
         return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
     return str(error)

@@ -249,6 +249,22 @@ def test_not_found(daemon: Daemon, tmp_path: Path) -> None:
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_wrong_prefix(daemon: Daemon) -> None:
+    """A server URL with a path prefix the server lacks is exit 4, saying where the API is."""
+    result = gridlike("stats", env={"GRIDLIKE_URL": daemon.url + "/grid"})
+    assert refused(result, 4) == (
+        "gridlike: no such path /grid/api/stats: the API is under /api/ here;"
+        " is the URL's path prefix right?\n"
+    )
+
+
+def test_type_required(make_daemon: Callable[..., Daemon]) -> None:
+    """Submitting without --type to a server with types is exit 4, pointing at --type."""
+    server = make_daemon("[types.upper]\n[types.lower]\n")
+    result = gridlike("submit", "-", server=server, input=b"x")
+    assert refused(result, 4) == "gridlike: -: this server has job types: give --type (lower, upper)\n"
+
+
 def test_server_down() -> None:
     """A server that cannot be reached is exit 3, naming it."""
     with socket.socket() as s:
