@@ -272,6 +272,8 @@ class _WorkerProtocol(WebSocketClientProtocol):
     @ivar close_code: the close code received, if any.
     @ivar close_reason: the close reason received, if any.
     @ivar handshake_status: the HTTP status answering the upgrade, if any.
+    @ivar handshake_problem: the JSON C{problem} of a refused upgrade, when
+        its body came with its headers.
     """
 
     _log = Logger()
@@ -282,6 +284,7 @@ class _WorkerProtocol(WebSocketClientProtocol):
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.handshake_status: int | None = None
+        self.handshake_problem: str | None = None
         self._binary = False
         self._payload = False
         self._text: list[bytes] = []
@@ -329,6 +332,8 @@ class _WorkerProtocol(WebSocketClientProtocol):
         status = getattr(self, "http_status_line", None) or ""
         if re.match(r"HTTP/\S+ \d{3}", status):
             self.handshake_status = int(status.split()[1])
+            chunked = "chunked" in getattr(self, "http_headers", {}).get("transfer-encoding", "")
+            self.handshake_problem = _problem(getattr(self, "data", b""), chunked)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
@@ -433,6 +438,28 @@ class _WorkerFactory(WebSocketClientFactory):
         return protocol
 
 
+def _problem(response: bytes, chunked: bool) -> str | None:
+    """
+    @param response: what came of an HTTP response: headers, then body.
+    @param chunked: whether the body is in chunked transfer encoding.
+    @return: the body's JSON C{problem}, or L{None} if it is not (all) there:
+        Autobahn stops reading at a refused upgrade's headers.
+    """
+    _, _, body = response.partition(b"\r\n\r\n")
+    try:
+        if chunked:
+            chunks, rest = [], body
+            while (size := int(rest.partition(b"\r\n")[0], 16)) > 0:
+                chunk = rest.partition(b"\r\n")[2]
+                chunks.append(chunk[:size])
+                rest = chunk[size + 2 :]
+            body = b"".join(chunks)
+        problem = json.loads(body)["problem"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return problem if isinstance(problem, str) else None
+
+
 # The link
 
 
@@ -477,7 +504,11 @@ class _Link:
             self.inputs.refused(f"the server refused the worker token ({reason})")
             return
         if protocol.handshake_status == 404:
-            self.inputs.refused(f"{self._url}: no worker endpoint there (404); is the job type configured?")
+            problem = protocol.handshake_problem or (
+                "no worker endpoint there; is the URL's path prefix right, and the job type one"
+                " the server has?"
+            )
+            self.inputs.refused(f"{self._url}: {problem} (HTTP 404)")
             return
         self._closed_by = (code, reason)
         self.inputs.lost()

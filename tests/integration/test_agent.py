@@ -230,6 +230,16 @@ def test_types(make_daemon: Callable[..., Daemon], agent: MachineAgent) -> None:
     assert "404" in unknown.log()
 
 
+def test_wrong_prefix(daemon: Daemon, tmp_path: Path) -> None:
+    """An agent given a path prefix the server lacks exits 3 saying so, not blaming the type."""
+    worker = AgentProcess(daemon.url + "/grid", [], ["cat"], tmp_path / "agent.log")
+    assert worker.wait() == 3
+    assert (
+        f"gridlike worker: {daemon.ws_url}/grid/api/worker: no such path /grid/api/worker:"
+        " the API is under /api/ here; is the URL's path prefix right? (HTTP 404)\n"
+    ) in worker.log()
+
+
 def _group_gone(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
