@@ -56,7 +56,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClie
 from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -474,6 +474,8 @@ class _Link:
     @ivar service: the reconnecting service; set before L{inputs} is fed.
     @ivar unregistered: connections closed since the last that registered,
         which the reconnect policy counts as failed attempts.
+    @ivar unreachable: connection attempts failed since the last that
+        opened.
     """
 
     _log = Logger()
@@ -483,6 +485,8 @@ class _Link:
         self.jobs = jobs
         self.service: ClientService | None = None
         self.unregistered = 0
+        self.unreachable = 0
+        self._lost = False
         self._protocol: _WorkerProtocol | None = None
         self._closed_by: tuple[int | None, str] = (None, "")
         self.inputs: LinkInputs = new_link(LinkCore(self))
@@ -493,6 +497,9 @@ class _Link:
     def opened(self, protocol: _WorkerProtocol) -> None:
         """A connection's handshake is done."""
         self._protocol = protocol
+        if self.unreachable:
+            self._log.info("reached {url} again", url=self._url)
+            self.unreachable = 0
         self.inputs.connected()
 
     def closed(self, protocol: _WorkerProtocol) -> None:
@@ -511,7 +518,20 @@ class _Link:
             self.inputs.refused(f"{self._url}: {problem} (HTTP 404)")
             return
         self._closed_by = (code, reason)
+        self._lost = True  # the retry that follows is logged by reconnecting()
         self.inputs.lost()
+
+    def retrying(self, delay: float) -> None:
+        """
+        The service will try to connect again in C{delay} seconds: after a
+        connection that closed (said already), or an attempt that failed.
+        """
+        if self._lost:
+            self._lost = False
+            return
+        self.unreachable += 1
+        seconds = round(delay) if delay >= 1 else round(delay, 1)
+        self._log.warn("cannot reach {url}, retrying in {seconds} s", url=self._url, seconds=seconds)
 
     # LinkEffects
 
@@ -595,6 +615,22 @@ class _Link:
 # The worker
 
 
+def _without_retry_lines(event: LogEvent) -> None:
+    """
+    Publish what L{ClientService} logs, bar its C{Scheduling retry N to
+    connect ... in 2.5390968730609185 seconds} lines: L{_Link.retrying}
+    says it in GridLike's words.
+    """
+    if not str(event.get("log_format", "")).startswith("Scheduling retry"):
+        globalLogPublisher(event)
+
+
+class _ClientService(ClientService):
+    """A L{ClientService} whose retries L{_Link} logs, not it."""
+
+    _log = Logger(namespace="twisted.application.internet.ClientService", observer=_without_retry_lines)
+
+
 class Worker:
     """
     A worker: one connection to a GridLike server, running C{handler} for
@@ -662,7 +698,7 @@ class Worker:
             reporter=lambda: _ProgressReporter(reactor, self._link.inputs.progress),
         )
         self._link = _Link(self.url, self.uid, self.name, token, jobs)
-        self._link.service = ClientService(
+        self._link.service = _ClientService(
             _endpoint(reactor, self.url, tls_ca_file),
             _WorkerFactory(self._link, self.url, reactor),
             retryPolicy=self._retry_delay,
@@ -702,7 +738,9 @@ class Worker:
 
     def _retry_delay(self, attempt: int) -> float:
         """Backoff, counting connections closed before registering as failures."""
-        return self._backoff(attempt + self._link.unregistered)
+        delay = self._backoff(attempt + self._link.unregistered)
+        self._link.retrying(delay)
+        return delay
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
