@@ -442,8 +442,9 @@ def _problem(response: bytes, chunked: bool) -> str | None:
     """
     @param response: what came of an HTTP response: headers, then body.
     @param chunked: whether the body is in chunked transfer encoding.
-    @return: the body's JSON C{problem}, or L{None} if it is not (all) there:
-        Autobahn stops reading at a refused upgrade's headers.
+    @return: the body's JSON C{problem}, or what its C{types} ask for, or
+        L{None} if it is not (all) there: Autobahn stops reading at a
+        refused upgrade's headers.
     """
     _, _, body = response.partition(b"\r\n\r\n")
     try:
@@ -454,9 +455,12 @@ def _problem(response: bytes, chunked: bool) -> str | None:
                 chunks.append(chunk[:size])
                 rest = chunk[size + 2 :]
             body = b"".join(chunks)
-        problem = json.loads(body)["problem"]
-    except (ValueError, TypeError, KeyError):
+        answer = json.loads(body)
+        problem, types = answer["problem"], answer.get("types")
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
+    if isinstance(types, list) and types:  # the server's words are about paths
+        return f"this server has job types: give the worker one ({', '.join(map(str, types))})"
     return problem if isinstance(problem, str) else None
 
 

@@ -242,6 +242,17 @@ def test_wrong_prefix(daemon: Daemon, tmp_path: Path) -> None:
     ) in worker.log()
 
 
+def test_type_required(make_daemon: Callable[..., Daemon], agent: MachineAgent) -> None:
+    """An agent without --type at a server with types exits 3 listing them."""
+    server = make_daemon("[types.upper]\n")
+    worker = agent(server, "cat")
+    assert worker.wait() == 3
+    assert (
+        f"gridlike worker: {server.ws_url}/api/worker: this server has job types:"
+        " give the worker one (upper) (HTTP 404)\n"
+    ) in worker.log()
+
+
 def test_server_down_then_up(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     """
     Against a server not up yet, the agent logs one warning per failed
