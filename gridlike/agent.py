@@ -473,7 +473,12 @@ def _start_logging(quiet: bool, path: str | None) -> None:
         globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])], redirectStandardIO=False)
 
 
-@command("worker", "run a command for each job (the worker agent)", add_worker_arguments)
+@command(
+    "worker",
+    "run a command for each job (the worker agent)",
+    add_worker_arguments,
+    usage="the command's own options go after --: gridlike worker [options] -- COMMAND ARGS",
+)
 async def _worker_command(context: Context) -> int:
     """C{gridlike worker [options] -- COMMAND [ARGS...]}."""
     return await run_worker(context.reactor, context.options)

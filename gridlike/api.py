@@ -37,6 +37,7 @@ from gridlike.errors import (
     Conflict,
     GridLikeError,
     NotFound,
+    TypeRequired,
 )
 from gridlike.model import Job, Priority, Status, job_view
 from gridlike.registry import Match, NewJob
@@ -70,6 +71,8 @@ def problem_body(request: IRequest, error: GridLikeError) -> bytes:
     body: dict[str, Any] = {"problem": error.problem}
     if isinstance(error, Conflict) and error.job_status is not None:
         body["status"] = error.job_status
+    if isinstance(error, TypeRequired):
+        body["types"] = error.types
     return _json(request, body, error.status)
 
 
@@ -206,7 +209,14 @@ class GridLikeAPI:
     def http_problem(self, request: IRequest, failure: Failure) -> bytes:
         error: HTTPException = failure.value
         status = error.code or 500
+        if status == 404:  # no route: most often a client given the wrong path prefix
+            return problem_body(request, NotFound(self._no_route(request)))
         return _json(request, {"problem": error.name.lower()}, status)
+
+    def _no_route(self, request: IRequest) -> str:
+        path = request.path.decode("utf-8", "replace")
+        api = self._settings.server.path_prefix.rstrip("/") + "/api/"
+        return f"no such path {path}: the API is under {api} here; is the URL's path prefix right?"
 
     @app.handle_errors(Exception)
     def internal_problem(self, request: IRequest, failure: Failure) -> bytes:
@@ -380,7 +390,9 @@ class GridLikeAPI:
         types = self._settings.types
         if type is None:
             if types:
-                raise NotFound("this instance has job types: add the type to the path")
+                raise TypeRequired(
+                    "this instance has job types: add the type to the path", sorted(types)
+                )
             return None
         if type not in types:
             raise NotFound(f"no job type {type!r}")

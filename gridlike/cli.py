@@ -62,7 +62,7 @@ from twisted.internet.threads import deferToThread
 
 from gridlike import __version__
 from gridlike.client import BadRequest, Conflict, GridLikeClient, GridLikeClientError
-from gridlike.client import NotFound, Unauthorized, save
+from gridlike.client import NotFound, ServerUnreachable, Unauthorized, save
 
 T = TypeVar("T")
 
@@ -102,6 +102,8 @@ def exit_code(error: BaseException) -> int | None:
 def _message(error: BaseException) -> str:
     if isinstance(error, Unauthorized):
         return f"{error} (give --api-key or set GRIDLIKE_API_KEY)"
+    if isinstance(error, NotFound) and error.types:
+        return f"this server has job types: give --type ({', '.join(error.types)})"
     if isinstance(error, OSError) and error.strerror:
         return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
     return str(error)
@@ -122,6 +124,8 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Run
+    usage: str | None = None
+    """The shape of its command line, hinted at arguments it does not know."""
 
 
 COMMANDS: dict[str, Command] = {}
@@ -129,15 +133,20 @@ COMMANDS: dict[str, Command] = {}
 
 
 def command(
-    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None,
+    usage: str | None = None,
 ) -> Callable[[Run], Run]:
     """
     Register the decorated C{async def run(context) -> exit code} as the
-    subcommand C{name}; C{add_arguments} adds its own arguments.
+    subcommand C{name}; C{add_arguments} adds its own arguments.  C{usage}
+    is shown with arguments it does not recognize, where argparse alone
+    cannot say what was meant (a wrapped command's options, say).
     """
 
     def register(run: Run) -> Run:
-        COMMANDS[name] = Command(name, help, add_arguments, run)
+        COMMANDS[name] = Command(name, help, add_arguments, run, usage)
         return run
 
     return register
@@ -186,13 +195,15 @@ class Context:
     async def attempt(self, work: Awaitable[T], about: str | None = None) -> T | None:
         """
         Await C{work}; an expected error is reported (prefixed with
-        C{about}) and gives L{None}, so that the command goes on.
+        C{about}) and gives L{None}, so that the command goes on.  An
+        unreachable server is raised instead: it is no item's problem, and
+        the next items would only report it again.
         """
         try:
             return await work
         except Exception as e:
             code = exit_code(e)
-            if code is None:
+            if code is None or isinstance(e, ServerUnreachable):
                 raise
             self.fail(code, f"{about}: {_message(e)}" if about else _message(e))
             return None
@@ -409,6 +420,8 @@ async def _submit(context: Context) -> int:
     if o.files.count("-") > 1:
         raise CommandError("- (stdin) can be given once")
     for name in o.files:
+        if os.path.isdir(name):  # its files? a second run would submit the .result files too
+            raise CommandError(f"{name}: is a folder; give its files, e.g. {name.rstrip('/')}/*")
         if name != "-" and not os.path.isfile(name):
             raise CommandError(f"{name}: not a readable file")
     outputs = [_result_path(name, o.out) for name in o.files] if o.wait else []
@@ -974,7 +987,12 @@ def parse(
 ) -> argparse.Namespace:
     """Parse a command line; environment variables fill in global options."""
     environ = dict(os.environ) if environ is None else environ
-    options = build_parser().parse_args(argv)
+    parser = build_parser()
+    options, unknown = parser.parse_known_args(argv)
+    if unknown:
+        usage = COMMANDS[options.command].usage
+        hint = f"; {usage}" if usage else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     options.server = options.server or environ.get("GRIDLIKE_URL")
     options.server_given = options.server is not None
     options.server = options.server or DEFAULT_URL

@@ -106,7 +106,18 @@ class Unauthorized(GridLikeClientError):
 
 
 class NotFound(GridLikeClientError):
-    """404: no such job, or no such job type."""
+    """
+    404: no such job, or no such job type.
+
+    @ivar types: the server's job types when the request needed one and
+        gave none, else L{None}.
+    """
+
+    def __init__(
+        self, status: int | None, problem: str, body: bytes = b"", types: list[str] | None = None
+    ) -> None:
+        super().__init__(status, problem, body)
+        self.types = types
 
 
 class Conflict(GridLikeClientError):
@@ -187,6 +198,8 @@ def error_for(status: int, body: bytes, phrase: bytes = b"") -> GridLikeClientEr
     kind = _ERRORS.get(status) or (ServerError if status >= 500 else GridLikeClientError)
     if kind is Conflict:
         return Conflict(status, problem, body, parsed.get("status"))
+    if kind is NotFound:
+        return NotFound(status, problem, body, parsed.get("types"))
     return kind(status, problem, body)
 
 

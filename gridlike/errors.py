@@ -45,6 +45,18 @@ class NotFound(GridLikeError):
     status = 404
 
 
+class TypeRequired(NotFound):
+    """
+    An untyped submit or worker endpoint on a server with job types: the
+    answer lists them, so that a client can say how to choose one (the
+    CLI's C{--type}) rather than what path to build.
+    """
+
+    def __init__(self, problem: str, types: list[str]) -> None:
+        super().__init__(problem)
+        self.types = types
+
+
 class Conflict(GridLikeError):
     """The request clashes with the job's state, e.g. a key already in use."""
 

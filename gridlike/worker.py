@@ -56,7 +56,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClie
 from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -272,6 +272,8 @@ class _WorkerProtocol(WebSocketClientProtocol):
     @ivar close_code: the close code received, if any.
     @ivar close_reason: the close reason received, if any.
     @ivar handshake_status: the HTTP status answering the upgrade, if any.
+    @ivar handshake_problem: the JSON C{problem} of a refused upgrade, when
+        its body came with its headers.
     """
 
     _log = Logger()
@@ -282,6 +284,7 @@ class _WorkerProtocol(WebSocketClientProtocol):
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.handshake_status: int | None = None
+        self.handshake_problem: str | None = None
         self._binary = False
         self._payload = False
         self._text: list[bytes] = []
@@ -329,6 +332,8 @@ class _WorkerProtocol(WebSocketClientProtocol):
         status = getattr(self, "http_status_line", None) or ""
         if re.match(r"HTTP/\S+ \d{3}", status):
             self.handshake_status = int(status.split()[1])
+            chunked = "chunked" in getattr(self, "http_headers", {}).get("transfer-encoding", "")
+            self.handshake_problem = _problem(getattr(self, "data", b""), chunked)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
@@ -433,6 +438,32 @@ class _WorkerFactory(WebSocketClientFactory):
         return protocol
 
 
+def _problem(response: bytes, chunked: bool) -> str | None:
+    """
+    @param response: what came of an HTTP response: headers, then body.
+    @param chunked: whether the body is in chunked transfer encoding.
+    @return: the body's JSON C{problem}, or what its C{types} ask for, or
+        L{None} if it is not (all) there: Autobahn stops reading at a
+        refused upgrade's headers.
+    """
+    _, _, body = response.partition(b"\r\n\r\n")
+    try:
+        if chunked:
+            chunks, rest = [], body
+            while (size := int(rest.partition(b"\r\n")[0], 16)) > 0:
+                chunk = rest.partition(b"\r\n")[2]
+                chunks.append(chunk[:size])
+                rest = chunk[size + 2 :]
+            body = b"".join(chunks)
+        answer = json.loads(body)
+        problem, types = answer["problem"], answer.get("types")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if isinstance(types, list) and types:  # the server's words are about paths
+        return f"this server has job types: give the worker one ({', '.join(map(str, types))})"
+    return problem if isinstance(problem, str) else None
+
+
 # The link
 
 
@@ -447,6 +478,8 @@ class _Link:
     @ivar service: the reconnecting service; set before L{inputs} is fed.
     @ivar unregistered: connections closed since the last that registered,
         which the reconnect policy counts as failed attempts.
+    @ivar unreachable: connection attempts failed since the last that
+        opened.
     """
 
     _log = Logger()
@@ -456,6 +489,8 @@ class _Link:
         self.jobs = jobs
         self.service: ClientService | None = None
         self.unregistered = 0
+        self.unreachable = 0
+        self._lost = False
         self._protocol: _WorkerProtocol | None = None
         self._closed_by: tuple[int | None, str] = (None, "")
         self.inputs: LinkInputs = new_link(LinkCore(self))
@@ -466,6 +501,9 @@ class _Link:
     def opened(self, protocol: _WorkerProtocol) -> None:
         """A connection's handshake is done."""
         self._protocol = protocol
+        if self.unreachable:
+            self._log.info("reached {url} again", url=self._url)
+            self.unreachable = 0
         self.inputs.connected()
 
     def closed(self, protocol: _WorkerProtocol) -> None:
@@ -477,10 +515,27 @@ class _Link:
             self.inputs.refused(f"the server refused the worker token ({reason})")
             return
         if protocol.handshake_status == 404:
-            self.inputs.refused(f"{self._url}: no worker endpoint there (404); is the job type configured?")
+            problem = protocol.handshake_problem or (
+                "no worker endpoint there; is the URL's path prefix right, and the job type one"
+                " the server has?"
+            )
+            self.inputs.refused(f"{self._url}: {problem} (HTTP 404)")
             return
         self._closed_by = (code, reason)
+        self._lost = True  # the retry that follows is logged by reconnecting()
         self.inputs.lost()
+
+    def retrying(self, delay: float) -> None:
+        """
+        The service will try to connect again in C{delay} seconds: after a
+        connection that closed (said already), or an attempt that failed.
+        """
+        if self._lost:
+            self._lost = False
+            return
+        self.unreachable += 1
+        seconds = round(delay) if delay >= 1 else round(delay, 1)
+        self._log.warn("cannot reach {url}, retrying in {seconds} s", url=self._url, seconds=seconds)
 
     # LinkEffects
 
@@ -564,6 +619,22 @@ class _Link:
 # The worker
 
 
+def _without_retry_lines(event: LogEvent) -> None:
+    """
+    Publish what L{ClientService} logs, bar its C{Scheduling retry N to
+    connect ... in 2.5390968730609185 seconds} lines: L{_Link.retrying}
+    says it in GridLike's words.
+    """
+    if not str(event.get("log_format", "")).startswith("Scheduling retry"):
+        globalLogPublisher(event)
+
+
+class _ClientService(ClientService):
+    """A L{ClientService} whose retries L{_Link} logs, not it."""
+
+    _log = Logger(namespace="twisted.application.internet.ClientService", observer=_without_retry_lines)
+
+
 class Worker:
     """
     A worker: one connection to a GridLike server, running C{handler} for
@@ -631,7 +702,7 @@ class Worker:
             reporter=lambda: _ProgressReporter(reactor, self._link.inputs.progress),
         )
         self._link = _Link(self.url, self.uid, self.name, token, jobs)
-        self._link.service = ClientService(
+        self._link.service = _ClientService(
             _endpoint(reactor, self.url, tls_ca_file),
             _WorkerFactory(self._link, self.url, reactor),
             retryPolicy=self._retry_delay,
@@ -671,7 +742,9 @@ class Worker:
 
     def _retry_delay(self, attempt: int) -> float:
         """Backoff, counting connections closed before registering as failures."""
-        return self._backoff(attempt + self._link.unregistered)
+        delay = self._backoff(attempt + self._link.unregistered)
+        self._link.retrying(delay)
+        return delay
 
     def _in_pool(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()

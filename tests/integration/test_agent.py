@@ -7,7 +7,9 @@ output; failures, timeouts, concurrency, a daemon restart and SIGTERM.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,6 +230,55 @@ def test_types(make_daemon: Callable[..., Daemon], agent: MachineAgent) -> None:
     unknown = agent(server, "cat", options=("--type", "nope"), id="other")
     assert unknown.wait() == 3
     assert "404" in unknown.log()
+
+
+def test_wrong_prefix(daemon: Daemon, tmp_path: Path) -> None:
+    """An agent given a path prefix the server lacks exits 3 saying so, not blaming the type."""
+    worker = AgentProcess(daemon.url + "/grid", [], ["cat"], tmp_path / "agent.log")
+    assert worker.wait() == 3
+    assert (
+        f"gridlike worker: {daemon.ws_url}/grid/api/worker: no such path /grid/api/worker:"
+        " the API is under /api/ here; is the URL's path prefix right? (HTTP 404)\n"
+    ) in worker.log()
+
+
+def test_type_required(make_daemon: Callable[..., Daemon], agent: MachineAgent) -> None:
+    """An agent without --type at a server with types exits 3 listing them."""
+    server = make_daemon("[types.upper]\n")
+    worker = agent(server, "cat")
+    assert worker.wait() == 3
+    assert (
+        f"gridlike worker: {server.ws_url}/api/worker: this server has job types:"
+        " give the worker one (upper) (HTTP 404)\n"
+    ) in worker.log()
+
+
+def test_server_down_then_up(make_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    """
+    Against a server not up yet, the agent logs one warning per failed
+    attempt with a rounded delay, none of ClientService's own lines, and
+    says when it reaches the server.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/api/worker"
+    worker = AgentProcess(f"http://127.0.0.1:{port}", ["--id", "late"], ["cat"], tmp_path / "agent.log")
+    try:
+        retries = re.compile(
+            rf"\[gridlike\.worker\._Link#warn\] cannot reach {re.escape(url)}, retrying in \d+(\.\d)? s\n"
+        )
+        until(lambda: len(retries.findall(worker.log())) >= 2, what="two retries logged")
+        server = make_daemon(start=False)
+        server.listen = f"tcp:{port}:interface=127.0.0.1"
+        server.start()
+        until(lambda: f"reached {url} again" in worker.log(), what="the agent connected")
+        assert "Scheduling retry" not in worker.log()
+        assert worker.terminate() == 0
+    finally:
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait()
 
 
 def _group_gone(pgid: int) -> bool:

@@ -302,6 +302,22 @@ def test_not_found(daemon: Daemon, tmp_path: Path) -> None:
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_wrong_prefix(daemon: Daemon) -> None:
+    """A server URL with a path prefix the server lacks is exit 4, saying where the API is."""
+    result = gridlike("stats", env={"GRIDLIKE_URL": daemon.url + "/grid"})
+    assert refused(result, 4) == (
+        "gridlike: no such path /grid/api/stats: the API is under /api/ here;"
+        " is the URL's path prefix right?\n"
+    )
+
+
+def test_type_required(make_daemon: Callable[..., Daemon]) -> None:
+    """Submitting without --type to a server with types is exit 4, pointing at --type."""
+    server = make_daemon("[types.upper]\n[types.lower]\n")
+    result = gridlike("submit", "-", server=server, input=b"x")
+    assert refused(result, 4) == "gridlike: -: this server has job types: give --type (lower, upper)\n"
+
+
 def test_server_down() -> None:
     """A server that cannot be reached is exit 3, naming it."""
     with socket.socket() as s:
@@ -309,6 +325,19 @@ def test_server_down() -> None:
         port = s.getsockname()[1]
     result = gridlike("stats", env={"GRIDLIKE_URL": f"http://127.0.0.1:{port}"})
     assert f"cannot reach http://127.0.0.1:{port}" in refused(result, 3)
+
+
+def test_server_down_submit(tmp_path: Path) -> None:
+    """Submitting many files to a server that cannot be reached fails once, exit 3."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    files = []
+    for i in range(12):
+        (tmp_path / f"f{i}").write_bytes(b"x")
+        files.append(str(tmp_path / f"f{i}"))
+    result = gridlike("submit", *files, env={"GRIDLIKE_URL": f"http://127.0.0.1:{port}"})
+    assert refused(result, 3).startswith(f"gridlike: cannot reach http://127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize(
@@ -321,6 +350,8 @@ def test_server_down() -> None:
         (["submit"], "FILE"),
         (["submit", "/nonexistent/file"], "/nonexistent/file"),
         (["submit", "--key", "k", "setup.py", "README.md"], "--key"),
+        (["submit", "docs"], "docs: is a folder; give its files, e.g. docs/*"),
+        (["worker", "sort", "-r"], "-r; the command's own options go after --: gridlike worker"),
         (["submit", "--wait", "-"], "--out"),
         (["--server", "ftp://example.com", "stats"], "ftp://"),
         (["result", "k", "--wait", "soon"], "soon"),
