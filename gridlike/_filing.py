@@ -127,7 +127,7 @@ class Filing:
         else:  # Inline objects replayed with inline objects turned off.
             writer = self._storage.writer(job_id, kind)
             writer.write(data)
-            filed = writer.finish()
+            filed = writer.finish().addCallback(lambda size: None)
 
         def settled(ignored: object) -> None:
             self._settled[kind].append(job_id)

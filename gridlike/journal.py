@@ -642,9 +642,10 @@ class Journal:
                 version = 2
             else:
                 with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as view:
-                    version = MAGICS.get(view[: len(MAGIC)])
-                    if version is None:
+                    found = MAGICS.get(view[: len(MAGIC)])
+                    if found is None:
                         raise JournalCorrupt(str(path), 0, "not a GridLike journal")
+                    version = found
                     end, torn = yield from scan(view, str(path), version)
                 if torn is not None:
                     log.warn(

@@ -424,7 +424,7 @@ class Registry:
                 payloads.append(data)
         now = self._clock.seconds()
         jobs = [self._new_job(spec, now) for spec in specs]
-        record = {
+        record: dict[str, Any] = {
             "op": "put",
             "jobs": [_encode_job(job) for job in jobs],
             "counts": {job.type or "": self._type_counts[job.type] for job in jobs},
@@ -772,23 +772,23 @@ class Registry:
             self._count_types(record)
             self._next = max(self._next, record["next"])
         elif op == "done":
-            job = self._jobs.get(record["id"])
-            if job is not None:
-                self._apply_done(job, record, made)
+            found = self._jobs.get(record["id"])
+            if found is not None:
+                self._apply_done(found, record, made)
         elif op in ("fail", "retry", "delete"):
-            job = self._jobs.get(record["id"])
-            if job is not None:
-                getattr(self, "_apply_" + op)(job, record)
+            found = self._jobs.get(record["id"])
+            if found is not None:
+                getattr(self, "_apply_" + op)(found, record)
         elif op == "retry_many":
             for job_id, order in record["retries"]:
-                job = self._jobs.get(job_id)
-                if job is not None:
-                    self._apply_retry(job, {"order": order})
+                found = self._jobs.get(job_id)
+                if found is not None:
+                    self._apply_retry(found, {"order": order})
         elif op == "delete_many":
             for job_id in record["ids"]:
-                job = self._jobs.get(job_id)
-                if job is not None:
-                    self._apply_delete(job, record)
+                found = self._jobs.get(job_id)
+                if found is not None:
+                    self._apply_delete(found, record)
 
     def _count_types(self, record: dict[str, Any]) -> None:
         for name, count in record.get("counts", {}).items():
