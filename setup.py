@@ -58,6 +58,8 @@ setup(
             "websocket-client>=1.8",
             "requests>=2.31",
             "psutil>=5.9",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
         ],
     },
     entry_points={"console_scripts": ["gridlike = gridlike.cli:main"]},

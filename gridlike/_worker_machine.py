@@ -405,8 +405,11 @@ def _build() -> TypeMachine[WorkerInputs, WorkerCore]:
         core.effects.tell_busy()
 
     @discarding.upon(WorkerInputs.result_ended).to(asking)
+    def _late_result(inputs: WorkerInputs, core: WorkerCore) -> None:
+        core.effects.send_status_request()
+
     @settling.upon(WorkerInputs.result_stored).to(asking)
-    def _late_result(inputs: WorkerInputs, core: WorkerCore, *ignored: object) -> None:
+    def _late_result_stored(inputs: WorkerInputs, core: WorkerCore, size: int) -> None:
         core.effects.send_status_request()
 
     @settling.upon(WorkerInputs.result_unstorable).to(asking)

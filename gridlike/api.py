@@ -13,7 +13,7 @@ Every request passes L{gridlike.auth.Gate} first, in L{_Admitted}.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 from urllib.parse import urlencode
 
 from klein import Klein
@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
+    IProducer,
     IPushProducer,
     IReactorTime,
 )
@@ -28,6 +29,7 @@ from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
@@ -374,7 +376,8 @@ class GridLikeAPI:
     async def results(self, request: IRequest) -> bytes:
         asked = ResultsAsked.parse(request, self._settings.server.max_wait)
         core = self._core
-        await ResultStream(request, core.registry, core.storage, core.clock, asked).run()
+        stream = ResultStream(cast(Request, request), core.registry, core.storage, core.clock, asked)
+        await stream.run()
         return b""
 
     # Workers
@@ -404,7 +407,7 @@ class GridLikeAPI:
                 raise request.upload_refused
             upload = request.upload
         else:
-            upload = buffered_upload(self.upload_policy, request)
+            upload = buffered_upload(self.upload_policy, cast(Request, request))
         if upload is None:
             raise BadRequest("body: must be multipart/form-data")
         return await upload.result()
@@ -472,7 +475,7 @@ class GridLikeAPI:
         connection aborted: the client sees a cut response, never a short
         body passed off as whole.
         """
-        guard = _StallGuard(request, self._core.clock, self._settings.server.idle_timeout, size)
+        guard = _StallGuard(cast(Request, request), self._core.clock, self._settings.server.idle_timeout, size)
         try:
             await self._core.storage.read(job.id, kind, guard, expected_size=size)
         except TransferStopped:
@@ -583,7 +586,7 @@ class _StallGuard:
     """
 
     def __init__(
-        self, request: IRequest, clock: IReactorTime, timeout: float, size: int
+        self, request: Request, clock: IReactorTime, timeout: float, size: int
     ) -> None:
         self._request = request
         self._clock = clock
@@ -593,9 +596,9 @@ class _StallGuard:
         self._timer: IDelayedCall | None = None
         self.started = False
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._start()
-        self._producer = producer
+        self._producer = cast(IPushProducer, producer)  # storage's reader is one
         self._request.registerProducer(self, True)
 
     def unregisterProducer(self) -> None:

@@ -52,7 +52,7 @@ import traceback
 from functools import partial
 from importlib import import_module
 from pathlib import Path
-from typing import IO, Any, Awaitable, Callable, Coroutine, NoReturn, Sequence, TypeVar
+from typing import IO, Any, Awaitable, Callable, Coroutine, NoReturn, Sequence, TypeVar, cast
 
 from attrs import define, frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, FirstError
@@ -314,7 +314,7 @@ class _Tally:
             redirect_stdout=False, redirect_stderr=True,
         )
         self._live.start(refresh=True)
-        self._stderr, self._context.stderr = self._context.stderr, FileProxy(console, self._context.stderr)
+        self._stderr, self._context.stderr = self._context.stderr, cast(IO[str], FileProxy(console, self._context.stderr))
         self._ticks = LoopingCall(self._tick)
         self._ticks.clock = self._context.reactor
         self._ticks.start(REFRESH, now=False)
@@ -576,8 +576,8 @@ async def _watch(context: Context) -> int:
 
 async def _watched(context: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The server's figures and its connected workers' views, asked at once."""
-    stats, views = await gatherResults([context.client.stats(), context.client.workers()])
-    return stats, _connected(views)
+    asked_stats, asked_views = context.client.stats(), context.client.workers()
+    return await asked_stats, _connected(await asked_views)
 
 
 def _watch_text(stats: dict[str, Any], views: list[dict[str, Any]]) -> str:

@@ -258,7 +258,7 @@ def _deferred(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Deferr
 # The asynchronous client
 
 
-IDLE_REUSE = 20.0
+IDLE_REUSE = 20
 """Seconds an idle connection is kept for reuse."""
 
 

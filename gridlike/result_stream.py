@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from gridlike.errors import BadRequest, NotFound, PayloadTooLarge
@@ -125,7 +126,7 @@ class ResultStream:
     """
 
     def __init__(
-        self, request: IRequest, registry: Registry, storage: IStorage,
+        self, request: Request, registry: Registry, storage: IStorage,
         clock: IReactorTime, asked: ResultsAsked,
     ) -> None:
         self._request = request

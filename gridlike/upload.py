@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from io import BytesIO
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, cast
 
 from attrs import define, field, frozen
 from python_multipart.exceptions import MultipartParseError
@@ -31,9 +31,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from gridlike._transport import stream_transport
 from gridlike.auth import Gate
 from gridlike.errors import (
     BadRequest,
@@ -238,7 +240,7 @@ class ReadGate:
             if self.floor is not None:
                 self.floor.stop()
             if self.request.channel is not None:
-                self.request.channel.transport.pauseProducing()
+                stream_transport(self.request.channel.transport).pauseProducing()
 
     def open(self) -> None:
         self._closers -= 1
@@ -246,7 +248,7 @@ class ReadGate:
             if self.floor is not None:
                 self.floor.start()
             if self.request.channel is not None:
-                self.request.channel.transport.resumeProducing()
+                stream_transport(self.request.channel.transport).resumeProducing()
 
 
 @implementer(IPushProducer)
@@ -368,14 +370,14 @@ class MultipartUpload:
             await DeferredList(self._cleanup, consumeErrors=True)
             raise self._error
         outcomes = await DeferredList(self._stored, consumeErrors=True)
-        failures = [value for ok, value in outcomes if not ok]
+        failures = [cast("Failure", value) for ok, value in outcomes if not ok]
         payloads = [value for ok, value in outcomes if ok]
         if failures:
             await DeferredList(
                 [self.policy.storage.delete(p.job_id) for p in payloads],
                 consumeErrors=True,
             )
-            failure: Failure = failures[0]
+            failure = failures[0]
             if failure.check(GridLikeError):
                 raise failure.value
             log.failure("storing an upload", failure)
@@ -464,12 +466,13 @@ class MultipartUpload:
             self.discard()
 
     @staticmethod
-    def _release(result: Any, writer: IPayloadWriter, throttle: _Throttle) -> Any:
+    def _release(result: Any, writer: IPayloadWriter, throttle: _Throttle | None) -> Any:
         """
         A writer is done: it no longer holds the connection paused.
         """
         writer.unregisterProducer()
-        throttle.resumeProducing()
+        if throttle is not None:
+            throttle.resumeProducing()
         return result
 
 
@@ -504,7 +507,7 @@ def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload |
     Parse a body that a plain twisted.web request has already kept whole,
     the same way L{UploadRequest} parses one as it arrives.
     """
-    content = request.content
+    content = cast(BinaryIO, request.content)
     content.seek(0, 2)
     upload = start_upload(policy, request, content.tell())
     if upload is not None:
@@ -525,6 +528,7 @@ class UploadRequest(Request):
     and answer a bare 400 when it is malformed.
     """
 
+    content: BinaryIO  # type: ignore[assignment]  # twisted.web declares None
     upload: MultipartUpload | None = None
     upload_refused: GridLikeError | None = None
     _policy: UploadPolicy | None = None
@@ -532,7 +536,8 @@ class UploadRequest(Request):
     _rejected: bool = False
 
     def gotLength(self, length: int | None) -> None:
-        policy: UploadPolicy = self.channel.site.upload_policy
+        site: UploadSite = self.channel.site  # type: ignore[attr-defined]
+        policy = site.upload_policy
         try:
             upload = start_upload(policy, self, length)
         except PayloadTooLarge as e:
@@ -648,6 +653,6 @@ class UploadSite(Site):
         self.upload_policy = upload_policy
         self._access_log = access_log
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         if self._access_log:
             super().log(request)

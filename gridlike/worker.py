@@ -56,11 +56,12 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClie
 from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 from gridlike._clock import AutobahnTimer
+from gridlike._transport import stream_transport
 from gridlike import __version__
 from gridlike._worker_jobs import JobFailed, JobRunner
 from gridlike._worker_link import LinkCore, LinkInputs, Message, Result, WorkerRefused, new_link
@@ -399,8 +400,7 @@ class _WorkerProtocol(WebSocketClientProtocol):
             if self.is_live():
                 self.sendMessage(data, isBinary=True)
             return
-        pacer, transport = _Pacer(), self.transport
-        assert transport is not None
+        pacer, transport = _Pacer(), stream_transport(self.transport)
         transport.registerProducer(pacer, True)
         try:
             self.beginMessage(isBinary=True, doNotCompress=True)
@@ -598,8 +598,8 @@ class _Link:
             self._protocol.sendClose(1000, "worker stopping")
 
     def open_payload(self) -> None:
-        assert self._protocol is not None and self._protocol.transport is not None
-        transport = self._protocol.transport
+        assert self._protocol is not None
+        transport = stream_transport(self._protocol.transport)
         self.jobs.open(transport.pauseProducing, transport.resumeProducing)
 
     def start_handler(self) -> None:
@@ -619,6 +619,7 @@ class _Link:
 # The worker
 
 
+@provider(ILogObserver)
 def _without_retry_lines(event: LogEvent) -> None:
     """
     Publish what L{ClientService} logs, bar its C{Scheduling retry N to

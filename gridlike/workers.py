@@ -45,7 +45,6 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
     ISSLTransport,
-    ITransport,
 )
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -56,6 +55,7 @@ from zope.interface import implementer
 
 from gridlike import wire
 from gridlike._clock import AutobahnTimer
+from gridlike._transport import StreamTransport, stream_transport
 from gridlike._worker_machine import (
     DISCONNECTED,
     ResultNotStored,
@@ -180,10 +180,10 @@ class _FrameWriter:
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         self._begin()
-        self.protocol.transport.registerProducer(producer, streaming)
+        stream_transport(self.protocol.transport).registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        self.protocol.transport.unregisterProducer()
+        stream_transport(self.protocol.transport).unregisterProducer()
 
     def write(self, data: bytes) -> None:
         protocol = self.protocol
@@ -245,7 +245,7 @@ def _address(peer: object) -> str:
     return f"{host}:{port}"
 
 
-def _release_leftover_producer(transport: ITransport) -> None:
+def _release_leftover_producer(transport: StreamTransport) -> None:
     """
     Served through L{WebSocketResource}, the connection comes from an HTTP
     channel that registered itself as the transport's producer; it speaks
@@ -255,7 +255,7 @@ def _release_leftover_producer(transport: ITransport) -> None:
     @param transport: the connection's transport.
     """
     if getattr(transport, "producer", None) is not None:
-        transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.unregisterProducer()
 
 
 def _cap_logs(logs: str | None) -> str | None:
@@ -355,10 +355,11 @@ class WorkerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        peer = self.transport.getPeer()
+        transport = stream_transport(self.transport)
+        peer = transport.getPeer()
         self.address = _address(peer)
         self._host = getattr(peer, "host", None) or self.address
-        _release_leftover_producer(self.transport)
+        _release_leftover_producer(transport)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         """
@@ -869,7 +870,7 @@ class WorkerFactory(WebSocketServerFactory):
     @ivar registering: its connections that are open and not registered yet.
     """
 
-    protocol = WorkerProtocol
+    protocol = WorkerProtocol  # type: ignore[assignment]  # Autobahn's stub names its own base
 
     def __init__(
         self,
