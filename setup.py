@@ -62,5 +62,5 @@ setup(
             "mypy-zope>=1.0",
         ],
     },
-    entry_points={"console_scripts": ["gridlike = gridlike.cli:main"]},
+    entry_points={"console_scripts": ["gridlike = gridlike.client.cli:main"]},
 )

@@ -1,5 +1,5 @@
 """
-Benchmark of L{gridlike.journal}: append throughput under C{fsync="always"}
+Benchmark of L{gridlike.server.journal}: append throughput under C{fsync="always"}
 through the real reactor and a thread pool, next to a plain write-and-fsync
 loop as baseline; replay time for a million records; and how long the
 reactor stalls while a million-record compaction runs under appends.
@@ -26,7 +26,7 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.python.threadpool import ThreadPool  # noqa: E402
 
-from gridlike.journal import MAGIC, FileOps, Journal, frame  # noqa: E402
+from gridlike.server.journal import MAGIC, FileOps, Journal, frame  # noqa: E402
 
 
 def record(n: int) -> bytes:

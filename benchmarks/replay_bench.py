@@ -21,9 +21,9 @@ from uuid import uuid4
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gridlike.journal import MAGIC, frame  # noqa: E402
-from gridlike.model import Job, Priority  # noqa: E402
-from gridlike.registry import _encode, _encode_job  # noqa: E402
+from gridlike.server.journal import MAGIC, frame  # noqa: E402
+from gridlike.server.model import Job, Priority  # noqa: E402
+from gridlike.server.registry import _encode, _encode_job  # noqa: E402
 from tests.integration.daemon import Daemon  # noqa: E402
 
 

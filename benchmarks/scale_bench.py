@@ -60,7 +60,7 @@ def random_file(path: Path, mib: int) -> str:
 ECHO = """
 import shutil, sys
 from twisted.internet import reactor
-from gridlike.worker import Worker
+from gridlike.client.worker import Worker
 worker = Worker(sys.argv[1], lambda source, sink, progress: shutil.copyfileobj(source, sink, 1 << 20),
                 streaming=True, name="echo", uid="echo")
 worker.start()

@@ -1,5 +1,5 @@
 """
-Benchmark of L{gridlike.storage.FilesystemStorage}: objects per second for
+Benchmark of L{gridlike.server.storage.FilesystemStorage}: objects per second for
 small objects (1 KiB by default) written by many concurrent writers (32)
 through the real reactor and a C{ThreadPool(16)}, side by side in one run:
 
@@ -40,8 +40,8 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred, DeferredList  # noqa: E402
 from twisted.python.threadpool import ThreadPool  # noqa: E402
 
-from gridlike.storage import PAYLOAD, FilesystemStorage, SyncOps  # noqa: E402
-from gridlike.storage._fs_sync import system_syncfs  # noqa: E402
+from gridlike.server.storage import PAYLOAD, FilesystemStorage, SyncOps  # noqa: E402
+from gridlike.server.storage._fs_sync import system_syncfs  # noqa: E402
 
 
 class CountedSyncfs:

@@ -15,10 +15,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IProducer
 from zope.interface import implementer
 
-from gridlike.errors import GridLikeError, NotFound, PayloadTooLarge, Unavailable
-from gridlike.journal import IJournal
-from gridlike.storage import KINDS, IPayloadWriter, IStorage
-from gridlike.storage.interface import check_size, missing
+from gridlike.server.errors import GridLikeError, NotFound, PayloadTooLarge, Unavailable
+from gridlike.server.journal import IJournal
+from gridlike.server.storage import KINDS, IPayloadWriter, IStorage
+from gridlike.server.storage.interface import check_size, missing
 
 
 @implementer(IJournal)

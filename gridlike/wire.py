@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_workers -*-
 """
 The worker protocol's wire format (PROTOCOL.md section 3), for both ends:
-the server (L{gridlike.workers}) and the worker SDK (L{gridlike.worker}).
+the server (L{gridlike.server.workers}) and the worker SDK (L{gridlike.client.worker}).
 It imports nothing else from GridLike, so that either end can use it alone.
 
 Workers written for the original GridLike must run unchanged, and the

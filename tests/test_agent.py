@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.agent}: the command line, and L{Agent}'s stopping with
+Tests for L{gridlike.client.agent}: the command line, and L{Agent}'s stopping with
 fake workers; L{CommandRunner}'s, with real processes, are in
 C{tests.integration.test_runner}.
 """
@@ -16,8 +16,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike.agent import Agent, add_worker_arguments, run_worker
-from gridlike.worker import WorkerRefused
+from gridlike.client.agent import Agent, add_worker_arguments, run_worker
+from gridlike.client.worker import WorkerRefused
 
 
 def parse(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.api} in memory: error answers, faults of storage and
+Tests for L{gridlike.server.api} in memory: error answers, faults of storage and
 journal, and hostile multipart bodies.
 """
 
@@ -25,13 +25,13 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike.api import GridLikeAPI
-from gridlike.config import parse_settings
-from gridlike.service import GridLikeService
-from gridlike.model import Job
-from gridlike.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
+from gridlike.server.api import GridLikeAPI
+from gridlike.server.config import parse_settings
+from gridlike.server.service import GridLikeService
+from gridlike.server.model import Job
+from gridlike.server.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
 from gridlike.testing import MemoryJournal, MemoryStorage
-from gridlike.upload import UploadSite
+from gridlike.server.upload import UploadSite
 
 BOUNDARY = "xXx-boundary"
 

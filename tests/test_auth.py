@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.auth}: secrets compared in constant time.
+Tests for L{gridlike.server.auth}: secrets compared in constant time.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike import auth
+from gridlike.server import auth
 
 
 class MatchesAnyTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.client}: the asynchronous client against the real API
+Tests for L{gridlike.client.http}: the asynchronous client against the real API
 resource, in memory (treq's L{RequestTraversalAgent}), over a core of
 in-memory fakes driven by a hand-turned clock.
 """
@@ -23,10 +23,10 @@ from twisted.web.client import RequestTransmissionFailed
 from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
-from gridlike import _results as results_module
-from gridlike import client as client_module
-from gridlike.api import GridLikeAPI
-from gridlike.client import (
+from gridlike.client import _results as results_module
+from gridlike.client import http as client_module
+from gridlike.server.api import GridLikeAPI
+from gridlike.client.http import (
     BadRequest,
     Conflict,
     GridLikeClient,
@@ -42,12 +42,12 @@ from gridlike.client import (
     error_for,
     save,
 )
-from gridlike.config import parse_settings
-from gridlike.dispatch import Dispatcher
-from gridlike.errors import NotFound as ServerNotFound
-from gridlike.model import Job
-from gridlike.registry import Registry
-from gridlike.storage import RESULT
+from gridlike.server.config import parse_settings
+from gridlike.server.dispatch import Dispatcher
+from gridlike.server.errors import NotFound as ServerNotFound
+from gridlike.server.model import Job
+from gridlike.server.registry import Registry
+from gridlike.server.storage import RESULT
 from gridlike.testing import MemoryJournal, MemoryStorage
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ URL = "http://gridlike.test"
 
 
 class Core:
-    """What L{GridLikeAPI} needs of a L{gridlike.service.GridLikeService}, on fakes."""
+    """What L{GridLikeAPI} needs of a L{gridlike.server.service.GridLikeService}, on fakes."""
 
     def __init__(self, config: str = "") -> None:
         self.settings = parse_settings(config, Path("/nonexistent"))

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.config}: defaults, validation messages that name the key,
+Tests for L{gridlike.server.config}: defaults, validation messages that name the key,
 sizes, paths, types, listen endpoints and the anonymous-exposure refusal.
 """
 
@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.endpoints import quoteStringArgument
 
-from gridlike.config import (
+from gridlike.server.config import (
     AuthSettings,
     RegistrySettings,
     SchedulingSettings,
@@ -33,7 +33,7 @@ from gridlike.config import (
     parse_size,
     state_directory,
 )
-from gridlike.errors import ConfigError
+from gridlike.server.errors import ConfigError
 
 ETC = Path(__file__).parent.parent / "etc"
 BASE = Path("/srv/gridlike")

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.dispatch}: who gets which job, and what happens when an
+Tests for L{gridlike.server.dispatch}: who gets which job, and what happens when an
 attempt ends.
 """
 
@@ -17,12 +17,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gridlike.config import parse_settings
-from gridlike.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
-from gridlike.errors import Damaged
-from gridlike.model import Job, Priority, Status
-from gridlike.registry import NewJob, Registry, new_job_id
-from gridlike.storage import PAYLOAD, RESULT
+from gridlike.server.config import parse_settings
+from gridlike.server.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
+from gridlike.server.errors import Damaged
+from gridlike.server.model import Job, Priority, Status
+from gridlike.server.registry import NewJob, Registry, new_job_id
+from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import MemoryJournal, MemoryStorage
 
 CONFIG = """

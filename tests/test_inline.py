@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.storage.InlineStorage} and the registry's inline
+Tests for L{gridlike.server.storage.InlineStorage} and the registry's inline
 payloads: small payloads durable in their journal record, filed in storage
 afterwards.
 """
@@ -16,12 +16,12 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from gridlike.config import parse_settings
-from gridlike.errors import Damaged, PayloadTooLarge, Unavailable
-from gridlike.model import Priority
-from gridlike.registry import NewJob, Registry, new_job_id
-from gridlike.storage import PAYLOAD, RESULT, IInlineStorage, IPayloadWriter, InlineStorage, Unfiled
-from gridlike.storage._inline import OBJECT_OVERHEAD
+from gridlike.server.config import parse_settings
+from gridlike.server.errors import Damaged, PayloadTooLarge, Unavailable
+from gridlike.server.model import Priority
+from gridlike.server.registry import NewJob, Registry, new_job_id
+from gridlike.server.storage import PAYLOAD, RESULT, IInlineStorage, IPayloadWriter, InlineStorage, Unfiled
+from gridlike.server.storage._inline import OBJECT_OVERHEAD
 from gridlike.testing import MemoryJournal, MemoryStorage
 from tests.test_journal import Harness as JournalHarness
 from tests.test_journal import temp_journal

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.journal}.
+Tests for L{gridlike.server.journal}.
 
 Most tests drive the journal with a L{Clock} as reactor and L{FakeThreads} as
 its thread seam, so every reactor turn and every thread call happens when the
@@ -28,8 +28,8 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from gridlike.errors import JournalCorrupt, Unavailable
-from gridlike.journal import MAGIC, MAX_RECORD, FileOps, IJournal, Journal, frame
+from gridlike.server.errors import JournalCorrupt, Unavailable
+from gridlike.server.journal import MAGIC, MAX_RECORD, FileOps, IJournal, Journal, frame
 
 MAGIC_V1 = b"GRIDLIKE-JOURNAL 1\n"
 HEADER = 12
@@ -39,7 +39,7 @@ _T = TypeVar("_T")
 
 class FakeThreads:
     """
-    A L{gridlike.journal.RunInThread} that queues calls and runs them when
+    A L{gridlike.server.journal.RunInThread} that queues calls and runs them when
     told, or at once when C{auto}.
 
     @ivar queue: calls not yet run, oldest first.

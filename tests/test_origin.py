@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.origin}: reading origins and telling a server's own
+Tests for L{gridlike.server.origin}: reading origins and telling a server's own
 pages, allowed pages and foreign pages apart.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike.origin import Origin, canonical_origin, classify, foreign, parse_origin
+from gridlike.server.origin import Origin, canonical_origin, classify, foreign, parse_origin
 
 ALLOWED = frozenset({"https://app.example", "http://localhost:3000"})
 

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.queue}: the order in which pending jobs go out.
+Tests for L{gridlike.server.queue}: the order in which pending jobs go out.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike.model import Job, Priority
-from gridlike.queue import PendingQueue
+from gridlike.server.model import Job, Priority
+from gridlike.server.queue import PendingQueue
 
 
 def make_job(order: int, priority: Priority = Priority.BATCH, failures: int = 0) -> Job:

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.registry}: durable job state, replay and compaction.
+Tests for L{gridlike.server.registry}: durable job state, replay and compaction.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike.config import Settings, parse_settings
-from gridlike.errors import BadRequest, Conflict, NotFound, Unavailable
-from gridlike.model import Job, Priority, Status
-from gridlike.registry import Match, NewJob, Registry, new_job_id
-from gridlike.storage import PAYLOAD, RESULT
+from gridlike.server.config import Settings, parse_settings
+from gridlike.server.errors import BadRequest, Conflict, NotFound, Unavailable
+from gridlike.server.model import Job, Priority, Status
+from gridlike.server.registry import Match, NewJob, Registry, new_job_id
+from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import MemoryJournal, MemoryStorage
 
 T = TypeVar("T")

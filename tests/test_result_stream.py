@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.result_stream}: C{POST /api/jobs/results} against the
+Tests for L{gridlike.server.result_stream}: C{POST /api/jobs/results} against the
 real API resource in memory, and the stream's flow control and clean-up.
 """
 
@@ -14,12 +14,12 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.python.failure import Failure
 
-from gridlike.api import GridLikeAPI
-from gridlike.model import Priority
-from gridlike.registry import NewJob, new_job_id
-from gridlike.result_stream import ResultsAsked, ResultStream
-from gridlike.storage import RESULT
-from gridlike.upload import OTHER_BODY_LIMIT
+from gridlike.server.api import GridLikeAPI
+from gridlike.server.model import Priority
+from gridlike.server.registry import NewJob, new_job_id
+from gridlike.server.result_stream import ResultsAsked, ResultStream
+from gridlike.server.storage import RESULT
+from gridlike.server.upload import OTHER_BODY_LIMIT
 from tests.test_client import Core
 
 URL = "http://gridlike.test/api/jobs/results"

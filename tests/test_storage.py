@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.storage}: the L{IStorage} interface and
+Tests for L{gridlike.server.storage}: the L{IStorage} interface and
 L{FilesystemStorage}.
 
 Most tests run file operations through a fake L{RunInThread} (synchronous,
@@ -43,9 +43,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-import gridlike.storage
-from gridlike.errors import Damaged, NotFound, PayloadTooLarge, Unavailable
-from gridlike.storage import (
+import gridlike.server.storage
+from gridlike.server.errors import Damaged, NotFound, PayloadTooLarge, Unavailable
+from gridlike.server.storage import (
     KINDS,
     PAYLOAD,
     RESULT,
@@ -136,7 +136,7 @@ class ManualThread:
 
 class FailingOS:
     """
-    Stands in for the C{os} module in L{gridlike.storage.filesystem} and its
+    Stands in for the C{os} module in L{gridlike.server.storage.filesystem} and its
     private modules (see L{StorageMixin.patch_os}): the named functions fail
     with C{OSError(code)} from their C{after}+1-th call on; the rest is the
     real C{os}.
@@ -412,8 +412,8 @@ class InterfaceTests(StorageMixin, SynchronousTestCase):
 
     def test_exports(self) -> None:
         """The package re-exports the public names."""
-        for name in gridlike.storage.__all__:
-            self.assertTrue(hasattr(gridlike.storage, name), name)
+        for name in gridlike.server.storage.__all__:
+            self.assertTrue(hasattr(gridlike.server.storage, name), name)
         self.assertEqual((PAYLOAD, RESULT), ("payload", "result"))
         self.assertEqual(KINDS, (PAYLOAD, RESULT))
 
@@ -1518,7 +1518,7 @@ def job_ids(count: int) -> list[str]:
 
 class RecordingOS:
     """
-    Stands in for C{os} in L{gridlike.storage._fs_sync}: appends
+    Stands in for C{os} in L{gridlike.server.storage._fs_sync}: appends
     C{("rename", name)} to C{events} for each C{replace} into place.
     """
 

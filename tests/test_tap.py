@@ -1,5 +1,5 @@
 """
-Tests for the twistd plugin, L{gridlike.tap} and L{gridlike.service}.
+Tests for the twistd plugin, L{gridlike.server.tap} and L{gridlike.server.service}.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from twisted import copyright
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike import __version__, tap
-from gridlike.config import parse_settings
-from gridlike.model import Priority
-from gridlike.registry import NewJob, new_job_id
-from gridlike.service import COMPACT_EVERY, GridLikeService
-from gridlike.storage import PAYLOAD
+from gridlike import __version__
+
+from gridlike.server import tap
+from gridlike.server.config import parse_settings
+from gridlike.server.model import Priority
+from gridlike.server.registry import NewJob, new_job_id
+from gridlike.server.service import COMPACT_EVERY, GridLikeService
+from gridlike.server.storage import PAYLOAD
 from gridlike.testing import MemoryJournal, MemoryStorage
 
 ETC = Path(__file__).resolve().parents[1] / "etc"
@@ -37,7 +39,7 @@ class PluginTests(SynchronousTestCase):
         """twistd finds the plugin under the tapname gridlike."""
         makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
         self.assertIn("gridlike", makers)
-        self.assertEqual(makers["gridlike"].module, "gridlike.tap")
+        self.assertEqual(makers["gridlike"].module, "gridlike.server.tap")
 
 
 class OptionsTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for the limits of L{gridlike.upload} in memory: the size and number
+Tests for the limits of L{gridlike.server.upload} in memory: the size and number
 of a form's parts whatever the framing, uploads per client address, and
 the minimum upload rate, timed by a L{Clock}.
 """
@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 
-from gridlike.upload import UploadRequest
+from gridlike.server.upload import UploadRequest
 from tests.test_api import BOUNDARY, Server, _Received, form
 
 HEAD = (

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.worker}: the worker SDK driven in memory against a fake
+Tests for L{gridlike.client.worker}: the worker SDK driven in memory against a fake
 server side (an Autobahn server protocol over L{twisted.test.iosim}), with a
 L{MemoryReactorClock} and a thread pool that runs its work when told.
 """
@@ -21,10 +21,10 @@ from twisted.test.iosim import ConnectionCompleter, IOPump
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from gridlike import _worker_jobs as jobs_module
-from gridlike import worker as worker_module
-from gridlike._worker_jobs import SPOOL_HIGH, _Spool
-from gridlike.worker import (
+from gridlike.client import _worker_jobs as jobs_module
+from gridlike.client import worker as worker_module
+from gridlike.client._worker_jobs import SPOOL_HIGH, _Spool
+from gridlike.client.worker import (
     CHUNK,
     JobFailed,
     Worker,

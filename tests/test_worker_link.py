@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike._worker_link}: the worker's state machine alone, fed
+Tests for L{gridlike.client._worker_link}: the worker's state machine alone, fed
 inputs, with effects that record what they are asked to do.
 """
 
@@ -11,7 +11,7 @@ from automat import NoTransition
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike._worker_link import LinkCore, LinkInputs, WorkerRefused, new_link
+from gridlike.client._worker_link import LinkCore, LinkInputs, WorkerRefused, new_link
 from tests.test_workers import RecordingEffects
 
 

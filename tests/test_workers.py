@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.workers} and L{gridlike._worker_machine}: the worker
+Tests for L{gridlike.server.workers} and L{gridlike.server._worker_machine}: the worker
 protocol of PROTOCOL.md section 3.
 
 The server protocol runs against a real Autobahn client protocol (the fake
@@ -35,23 +35,27 @@ from twisted.internet.interfaces import IConsumer, IPushProducer
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gridlike import wire, worker as worker_sdk, workers
-from gridlike._worker_machine import (
+from gridlike import wire
+
+from gridlike.client import worker as worker_sdk
+
+from gridlike.server import workers
+from gridlike.server._worker_machine import (
     ABANDONED,
     ResultNotStored,
     WorkerCore,
     new_worker_machine,
 )
-from gridlike.config import Settings, parse_settings
-from gridlike.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
-from gridlike.errors import Damaged, Unavailable
-from gridlike.model import Job, Priority, Progress, Status
-from gridlike.registry import NewJob, Registry, new_job_id
-from gridlike.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
-from gridlike.storage import filesystem
-from gridlike.storage._fs_cache import BUDGET
+from gridlike.server.config import Settings, parse_settings
+from gridlike.server.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
+from gridlike.server.errors import Damaged, Unavailable
+from gridlike.server.model import Job, Priority, Progress, Status
+from gridlike.server.registry import NewJob, Registry, new_job_id
+from gridlike.server.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
+from gridlike.server.storage import filesystem
+from gridlike.server.storage._fs_cache import BUDGET
 from gridlike.testing import MemoryJournal, MemoryStorage
-from gridlike.workers import (
+from gridlike.server.workers import (
     CLOSE_BAD_TOKEN,
     CLOSE_INTERNAL_ERROR,
     CLOSE_PROTOCOL_ERROR,
@@ -92,7 +96,7 @@ class ClockTimer:
 
 class ManualThreads:
     """
-    A L{gridlike.storage.RunInThread} whose calls run only when the test
+    A L{gridlike.server.storage.RunInThread} whose calls run only when the test
     says: the disk is as slow as the test wants.
     """
 

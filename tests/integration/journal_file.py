@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from gridlike.journal import MAGIC
+from gridlike.server.journal import MAGIC
 
 _HEADER = struct.Struct(">III")
 

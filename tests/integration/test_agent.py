@@ -1,5 +1,5 @@
 """
-The worker agent (C{python -m gridlike.agent}) as a child process against a
+The worker agent (C{python -m gridlike.client.agent}) as a child process against a
 real daemon: jobs submitted over HTTP come back as the wrapped command's
 output; failures, timeouts, concurrency, a daemon restart and SIGTERM.
 """
@@ -25,12 +25,12 @@ MachineAgent = Callable[..., "AgentProcess"]
 
 
 class AgentProcess:
-    """One C{python -m gridlike.agent} run; its stderr goes to a file."""
+    """One C{python -m gridlike.client.agent} run; its stderr goes to a file."""
 
     def __init__(self, server: str, options: list[str], command: list[str], log: Path) -> None:
         self.log_path = log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gridlike.agent", "--server", server, *options, "--", *command],
+            [sys.executable, "-m", "gridlike.client.agent", "--server", server, *options, "--", *command],
             cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
             stdout=subprocess.DEVNULL,
@@ -266,7 +266,7 @@ def test_server_down_then_up(make_daemon: Callable[..., Daemon], tmp_path: Path)
     worker = AgentProcess(f"http://127.0.0.1:{port}", ["--id", "late"], ["cat"], tmp_path / "agent.log")
     try:
         retries = re.compile(
-            rf"\[gridlike\.worker\._Link#warn\] cannot reach {re.escape(url)}, retrying in \d+(\.\d)? s\n"
+            rf"\[gridlike\.client\.worker\._Link#warn\] cannot reach {re.escape(url)}, retrying in \d+(\.\d)? s\n"
         )
         until(lambda: len(retries.findall(worker.log())) >= 2, what="two retries logged")
         server = make_daemon(start=False)

@@ -17,7 +17,7 @@ from tests.integration.daemon import ROOT, Daemon
 
 def gridlike(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "gridlike.cli", *args],
+        [sys.executable, "-m", "gridlike", *args],
         capture_output=True,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         timeout=timeout,
@@ -60,7 +60,7 @@ def test_worker_command(daemon: Daemon) -> None:
     """gridlike worker -- COMMAND runs the command for each job."""
     key = requests.post(daemon.url + "/api/jobs/submit", files={"payload": b"shout"}).json()["created"]
     agent = subprocess.Popen(
-        [sys.executable, "-m", "gridlike.cli", "worker", "--server", daemon.url, "--", "tr", "a-z", "A-Z"],
+        [sys.executable, "-m", "gridlike", "worker", "--server", daemon.url, "--", "tr", "a-z", "A-Z"],
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
         stderr=subprocess.DEVNULL,
     )

@@ -43,7 +43,7 @@ def gridlike(
         environment["GRIDLIKE_URL"] = server.url
     environment.update(env or {})
     result = subprocess.run(
-        [sys.executable, "-m", "gridlike.cli", *args],
+        [sys.executable, "-m", "gridlike", *args],
         input=input,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE if stderr is None else stderr,
@@ -425,7 +425,7 @@ def test_api_key(make_daemon: Callable[..., Daemon]) -> None:
 
 
 EXTENSION = """
-from gridlike import cli
+from gridlike.client import cli
 
 @cli.command("hello", "greet", lambda parser: parser.add_argument("name"))
 async def hello(context: cli.Context) -> int:
@@ -730,7 +730,7 @@ def test_watch(daemon: Daemon) -> None:
     leader, follower = pty.openpty()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("GRIDLIKE_")}
     watching = subprocess.Popen(
-        [sys.executable, "-m", "gridlike.cli", "watch", "--interval", "0.1"],
+        [sys.executable, "-m", "gridlike", "watch", "--interval", "0.1"],
         stdout=follower, stderr=subprocess.PIPE,
         env=dict(environment, PYTHONPATH=str(ROOT), GRIDLIKE_URL=daemon.url),
     )

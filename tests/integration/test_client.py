@@ -141,7 +141,7 @@ print(json.dumps({"keys": keys, "order": order, "wrong": wrong}))
 def echo_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "gridlike.bench", "--worker-process", url],
+            [sys.executable, "-m", "gridlike.client.bench", "--worker-process", url],
             stdout=subprocess.DEVNULL,
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )

@@ -1,5 +1,5 @@
 """
-Tests for L{gridlike.agent.CommandRunner} with real small commands in real
+Tests for L{gridlike.client.agent.CommandRunner} with real small commands in real
 processes on the real reactor: they spawn and wait, so they live with the
 integration tests.
 """
@@ -19,8 +19,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from gridlike.agent import LOG_TAIL, CommandRunner
-from gridlike.worker import JobFailed
+from gridlike.client.agent import LOG_TAIL, CommandRunner
+from gridlike.client.worker import JobFailed
 
 
 class ClockedReactor:

@@ -116,7 +116,7 @@ def test_version() -> None:
 
 def check_config(*args: str) -> subprocess.CompletedProcess[bytes]:
     result = subprocess.run(
-        [sys.executable, "-m", "gridlike.cli", "check-config", *args],
+        [sys.executable, "-m", "gridlike", "check-config", *args],
         env=environment(),
         capture_output=True,
         timeout=60,

@@ -1,0 +1,502 @@
+# -*- test-case-name: tests.test_agent -*-
+"""
+The worker agent: any command as a GridLike worker, one run per job.
+
+    gridlike worker --server URL [--type T] [--token TOKEN] [--name NAME]
+        [--id ID] [--concurrency N] [--timeout S] [--ca-file PEM]
+        [--quiet] [--log-file PATH] -- COMMAND [ARGS...]
+
+The payload is the command's standard input and its standard output is the
+result; C{{input}} and C{{output}} in its arguments switch to files (the
+payload is written to C{{input}} first, the result is read from C{{output}}
+after).  Exit status 0 is a result; any other fails the job with info
+C{exit status N} (or C{killed by signal S}) and the last 64 KiB of standard
+error as logs.  A standard error line C{progress: 42.5 some text} is a
+progress report instead.  Each run is a new session (process group): on
+C{--timeout}, on abort and when the command exits, the whole group is
+killed.
+
+Payloads and results never pass through memory: the L{gridlike.client.worker}
+SDK spools them to temporary files, which become the command's standard
+input and output (L{CommandRunner} is a streaming handler that runs on the
+reactor, with C{reactor.spawnProcess}).  C{--concurrency N} runs N
+L{Worker}s, one connection each.  SIGTERM finishes the running jobs and
+exits 0; a second SIGTERM kills them and exits 143.
+
+L{add_worker_arguments} and L{run_worker} are the C{gridlike worker}
+subcommand; C{python -m gridlike.client.agent ARGS} runs it alone.  This module is
+imported whenever the C{gridlike} command line is parsed, so the SDK is
+imported only when the agent runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections import deque
+from typing import IO, TYPE_CHECKING, Any, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gridlike.client.cli import Context, command
+
+if TYPE_CHECKING:
+    from gridlike.client.worker import Progress, Worker
+
+__all__ = ["CommandRunner", "add_worker_arguments", "main", "run_worker"]
+
+log = Logger()
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+OK, USAGE, REFUSED, ABORTED = 0, 2, 3, 143
+"""Exit codes: as C{gridlike} (usage 2, the server refused 3), and 128 +
+SIGTERM when a second SIGTERM aborted the jobs."""
+LOG_TAIL = 64 * 1024
+"""How much of the command's standard error the logs of a failed job keep."""
+PROGRESS_LINE = re.compile(rb"\s*progress:\s*(\d+(?:\.\d*)?|\.\d+)\s*%?(?:\s+(.*?))?\s*")
+INPUT, OUTPUT = "{input}", "{output}"
+
+# Runs the command in a new session (so its process group can be killed),
+# with the signal dispositions Python changed put back; 127 if it cannot run.
+_NEW_SESSION = """\
+import os, signal, sys
+os.setsid()
+for name in ("SIGPIPE", "SIGXFSZ"):
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+try:
+    os.execvp(sys.argv[1], sys.argv[1:])
+except OSError as e:
+    sys.stderr.write(f"{sys.argv[1]}: {e.strerror}\\n")
+    os._exit(127)
+"""
+
+
+class _Tail:
+    """The last C{limit} bytes written."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        while self._size - len(self._chunks[0]) >= self._limit:
+            self._size -= len(self._chunks.popleft())
+
+    def text(self) -> str | None:
+        data = b"".join(self._chunks)[-self._limit :]
+        return data.decode("utf-8", "replace") or None
+
+
+class _Child(ProcessProtocol):
+    """
+    One run of the command: parses progress lines out of its output pipes,
+    keeps the tail of the rest, and kills its process group when told, on
+    timeout, and when it exits.
+
+    @ivar ended: fires with why the process ended (L{ProcessDone} or
+        L{ProcessTerminated}) once its pipes are closed; cancelling it kills
+        the process group.
+    @ivar timed_out: whether the timeout killed it.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tail = _Tail(LOG_TAIL)
+        self._partial: dict[int, bytes] = {}
+        self._gone: list[Deferred[None]] = []
+        self.pid: int | None = None
+        self.timed_out = False
+        self.over = False
+        self.ended: Deferred[BaseException] = Deferred(lambda d: self.kill())
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.pid = self.transport.pid
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        *lines, rest = (self._partial.pop(childFD, b"") + data).split(b"\n")
+        for line in lines:
+            self._line(line)
+        if len(rest) > LOG_TAIL:
+            self._tail.add(rest)
+        elif rest:
+            self._partial[childFD] = rest
+
+    def _line(self, line: bytes) -> None:
+        match = PROGRESS_LINE.fullmatch(line)
+        if match is None:
+            self._tail.add(line + b"\n")
+            return
+        info = match.group(2).decode("utf-8", "replace") if match.group(2) else None
+        self._progress(min(100.0, float(match.group(1))), info)
+
+    def logs(self) -> str | None:
+        """@return: the tail of what the command wrote, bar progress lines."""
+        return self._tail.text()
+
+    def kill(self) -> None:
+        """Kill the command's whole process group."""
+        if self.pid is not None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def time_out(self) -> None:
+        self.timed_out = True
+        self.kill()
+
+    def processExited(self, reason: Failure) -> None:
+        self.kill()  # what it left running in its group
+
+    def processEnded(self, reason: Failure) -> None:
+        for rest in self._partial.values():
+            self._line(rest)
+        self._partial.clear()
+        self.over = True
+        gone, self._gone = self._gone, []
+        for waiter in gone:
+            waiter.callback(None)
+        if not self.ended.called:  # cancelled already
+            self.ended.callback(reason.value)
+
+    def when_gone(self) -> Deferred[None]:
+        """@return: fires once the process has ended."""
+        waiter: Deferred[None] = Deferred()
+        if self.over:
+            waiter.callback(None)
+        else:
+            self._gone.append(waiter)
+        return waiter
+
+
+class CommandRunner:
+    """
+    A streaming, reactor-side handler for L{gridlike.client.worker.Worker}
+    (C{streaming=True, threaded=False}) that runs a command once per job.
+    """
+
+    def __init__(self, reactor: Any, argv: Sequence[str], timeout: float | None = None, threadpool: Any = None) -> None:
+        """
+        @param reactor: spawns the processes and keeps the time.
+        @param argv: the command and its arguments, where C{{input}} and
+            C{{output}} stand for the payload's and the result's files.
+        @param timeout: seconds after which a run is killed, or L{None}.
+        @param threadpool: where file work runs (default: the reactor's).
+        """
+        self._reactor = reactor
+        self._argv = list(argv)
+        self._timeout = timeout
+        self._threadpool = threadpool
+        self._children: set[_Child] = set()
+
+    def __call__(self, input: IO[bytes], output: IO[bytes], progress: Progress) -> Deferred[None]:
+        """
+        Run the command on one job.
+
+        @param input: the payload, a named temporary file at its start.
+        @param output: the result's temporary file, empty.
+        @param progress: reports progress.
+        @return: fires when the result is in C{output}; fails with
+            L{JobFailed}; cancelling it kills the command.
+        """
+        return Deferred.fromCoroutine(self._run(_Child(progress), input, output))
+
+    def wait(self) -> Deferred[Any]:
+        """@return: fires once every command started has ended."""
+        return DeferredList([child.when_gone() for child in list(self._children)])
+
+    def kill(self) -> None:
+        """Kill every command running."""
+        for child in self._children:
+            child.kill()
+
+    def _in_pool(self, f: Any, *args: Any) -> Deferred[Any]:
+        pool = self._threadpool if self._threadpool is not None else self._reactor.getThreadPool()
+        return deferToThreadPool(self._reactor, pool, f, *args)
+
+    async def _run(self, child: _Child, input: IO[bytes], output: IO[bytes]) -> None:
+        from gridlike.client.worker import JobFailed
+
+        argv = self._argv
+        uses_input = any(INPUT in arg for arg in argv)
+        uses_output = any(OUTPUT in arg for arg in argv)
+        workdir = await self._in_pool(tempfile.mkdtemp, "", "gridlike-agent-") if uses_output else None
+        result = os.path.join(workdir, "output") if workdir else ""
+        argv = [arg.replace(INPUT, input.name).replace(OUTPUT, result) for arg in argv]
+        fds = {0: "w" if uses_input else input.fileno(), 1: "r" if uses_output else output.fileno(), 2: "r"}
+        timer: IDelayedCall | None = None
+        try:
+            try:
+                self._reactor.spawnProcess(
+                    child, sys.executable, [sys.executable, "-c", _NEW_SESSION, *argv], env=None, childFDs=fds
+                )
+            except OSError as e:
+                raise JobFailed(f"cannot run {argv[0]}: {e.strerror}") from None
+            self._children.add(child)
+            if uses_input and child.transport is not None:
+                child.transport.closeStdin()
+            if self._timeout:
+                timer = self._reactor.callLater(self._timeout, child.time_out)
+            log.info("job started: {argv} is process {pid}", argv=argv, pid=child.pid)
+            reason = await child.ended
+            if child.timed_out:
+                raise JobFailed(f"timed out after {self._timeout:g} s", child.logs())
+            if isinstance(reason, ProcessTerminated):
+                status = reason
+                info = f"killed by signal {status.signal}" if status.signal else f"exit status {status.exitCode}"
+                raise JobFailed(info, child.logs())
+            if uses_output:
+                await self._in_pool(_copy_result, result, output)
+        except CancelledError:
+            log.info("job aborted: killing process {pid}", pid=child.pid)
+            raise
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
+            gone = child.when_gone() if child.pid is not None else succeed(None)
+            gone.addCallback(lambda _: self._cleanup(child, workdir))
+
+    def _cleanup(self, child: _Child, workdir: str | None) -> None:
+        """The command has ended: forget it, and remove its directory."""
+        self._children.discard(child)
+        if workdir is not None:
+            self._in_pool(shutil.rmtree, workdir, True)
+
+
+def _copy_result(path: str, output: IO[bytes]) -> None:
+    """Copy the command's C{{output}} file into the result (in a thread)."""
+    from gridlike.client.worker import JobFailed
+
+    try:
+        source = open(path, "rb")
+    except FileNotFoundError:
+        raise JobFailed("the command exited 0 without writing its {output} file") from None
+    with source:
+        shutil.copyfileobj(source, output, 1 << 20)
+
+
+class Agent:
+    """
+    The workers of one C{gridlike worker} command, and its signals: the
+    first SIGTERM stops them once their jobs are done, a second aborts the
+    jobs.
+    """
+
+    def __init__(self, reactor: Any, workers: list[Worker], runner: CommandRunner) -> None:
+        self._reactor = reactor
+        self._workers = workers
+        self._runner = runner
+        self._terminations = 0
+        self._refused: list[str] = []
+        self._previous_handler: Any = None
+        self._shutting_down = False
+
+    def run(self) -> Deferred[int]:
+        """
+        Start the workers.
+
+        @return: the exit code, once every worker has stopped: after
+            L{terminate}, or when the server refused them.
+        """
+        return Deferred.fromCoroutine(self._run())
+
+    def terminate(self) -> None:
+        """Stop: the first call lets the running jobs finish, the second kills them."""
+        self._terminations += 1
+        if self._terminations == 1:
+            log.info("stopping once the running jobs are done (again to abort them)")
+        else:
+            self._runner.kill()
+        for worker in self._workers:
+            worker.stop()
+
+    async def _run(self) -> int:
+        trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        self._reactor.callWhenRunning(self._catch_sigterm)  # react() calls us before the reactor runs
+        try:
+            stopped = [worker.when_stopped().addErrback(self._was_refused) for worker in self._workers]
+            for worker in self._workers:
+                worker.start()
+            await DeferredList(stopped, consumeErrors=True)
+            await self._runner.wait()
+        except CancelledError:
+            self._shutdown()
+            raise
+        finally:
+            if not self._shutting_down:
+                self._reactor.removeSystemEventTrigger(trigger)
+            if self._previous_handler is not None:
+                signal.signal(signal.SIGTERM, self._previous_handler)
+        if self._refused:
+            sys.stderr.write(f"gridlike worker: {self._refused[0]}\n")
+            return REFUSED
+        return ABORTED if self._terminations > 1 else OK
+
+    def _catch_sigterm(self) -> None:
+        """SIGTERM calls L{terminate} (on the reactor thread) instead of stopping the reactor."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(
+                signal.SIGTERM, lambda signum, frame: self._reactor.callFromThread(self.terminate)
+            )
+
+    def _was_refused(self, failure: Failure) -> None:
+        from gridlike.client.worker import WorkerRefused
+
+        if failure.check(WorkerRefused):
+            self._refused.append(str(failure.value))
+            for worker in self._workers:
+                worker.stop()
+
+    def _shutdown(self) -> Deferred[Any]:
+        """The reactor is stopping: kill the commands, and wait for them to end."""
+        self._shutting_down = True
+        while self._terminations < 2:
+            self.terminate()
+        return self._runner.wait()
+
+
+# The command line
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """
+    Add the arguments of C{gridlike worker} to C{parser}; C{--server} and
+    C{--ca-file} only if it lacks them (the C{gridlike} command has them).
+
+    @param parser: the subcommand's parser.
+    """
+    have = set(parser._option_string_actions)
+    if "--server" not in have:
+        parser.add_argument("--server", metavar="URL", help=f"the server (env GRIDLIKE_URL, default {DEFAULT_URL})")
+    if "--ca-file" not in have:
+        parser.add_argument("--ca-file", metavar="PEM", help="trust these CAs for https:// instead of the system's")
+    parser.add_argument("--type", metavar="T", dest="job_type", help="the job type to work on")
+    parser.add_argument("--token", metavar="TOKEN", help="the worker token (env GRIDLIKE_WORKER_TOKEN)")
+    parser.add_argument("--name", metavar="NAME", help="the name shown for this worker (default: the host name)")
+    parser.add_argument("--id", metavar="ID", dest="worker_id", help="the worker's identity (default: the machine id)")
+    parser.add_argument("--concurrency", metavar="N", type=int, default=1, help="jobs at once, one connection each")
+    parser.add_argument("--timeout", metavar="S", type=float, help="kill a job's command after S seconds")
+    parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
+    parser.add_argument(
+        "--log-file", metavar="PATH", help="append the log to PATH instead of standard error"
+    )
+    parser.add_argument(
+        "argv", nargs="+", metavar="COMMAND",
+        help="after --: the command and its arguments, run per job; {input} and {output} stand for files",
+    )
+
+
+def run_worker(reactor: Any, options: argparse.Namespace, environ: dict[str, str] | None = None) -> Deferred[int]:
+    """
+    Run C{gridlike worker} until SIGTERM (or until the server refuses it).
+
+    @param reactor: the running reactor.
+    @param options: as parsed with L{add_worker_arguments}.
+    @param environ: the environment (default: C{os.environ}).
+    @return: the exit code: 0 stopped, 2 usage, 3 refused by the server,
+        143 aborted by a second SIGTERM.
+    """
+    from gridlike.client.worker import Worker, default_uid
+
+    environ = dict(os.environ) if environ is None else environ
+    server = getattr(options, "server", None) or environ.get("GRIDLIKE_URL") or DEFAULT_URL
+    token = options.token if options.token is not None else environ.get("GRIDLIKE_WORKER_TOKEN", "")
+    n = options.concurrency
+    if n < 1 or (options.timeout is not None and options.timeout <= 0):
+        return _usage("--concurrency must be at least 1 and --timeout above 0")
+    runner = CommandRunner(reactor, options.argv, options.timeout)
+    base = options.worker_id or default_uid()
+    try:
+        workers = [
+            Worker(
+                server, runner, job_type=options.job_type, token=token, name=options.name,
+                uid=base if n == 1 else f"{base}-{slot}", reactor=reactor, streaming=True,
+                threaded=False, tls_ca_file=getattr(options, "ca_file", None),
+            )
+            for slot in range(1, n + 1)
+        ]
+    except (ValueError, OSError) as e:
+        return _usage(str(e))
+    try:
+        _start_logging(options.quiet, options.log_file)
+    except OSError as e:
+        return _usage(f"{options.log_file}: {e.strerror}")
+    return Agent(reactor, workers, runner).run()
+
+
+def _usage(problem: str) -> Deferred[int]:
+    sys.stderr.write(f"gridlike worker: {problem}\n")
+    return succeed(USAGE)
+
+
+_logging = False
+
+
+def _start_logging(quiet: bool, path: str | None) -> None:
+    """
+    Log to standard error, or to the end of the file C{path}, once per
+    process.  Standard error is the terminal a C{gridlike submit --wait}
+    may be drawing its live view on: C{--quiet} or C{--log-file} keep the
+    routine lines (a few per job) from interleaving with it.
+
+    @param quiet: log warnings and errors only, not info.
+    @param path: the log file, or L{None} for standard error.
+    @raise OSError: the file cannot be opened.
+    """
+    global _logging
+    if not _logging:
+        from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        stream = sys.stderr if path is None else open(path, "a", encoding="utf-8", buffering=1)
+        _logging = True
+        observer = textFileLogObserver(stream)
+        level = LogLevel.warn if quiet else LogLevel.info
+        predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+        globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])], redirectStandardIO=False)
+
+
+@command(
+    "worker",
+    "run a command for each job (the worker agent)",
+    add_worker_arguments,
+    usage="the command's own options go after --: gridlike worker [options] -- COMMAND ARGS",
+)
+async def _worker_command(context: Context) -> int:
+    """C{gridlike worker [options] -- COMMAND [ARGS...]}."""
+    return await run_worker(context.reactor, context.options)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """C{python -m gridlike.client.agent [options] -- COMMAND [ARGS...]}."""
+    from twisted.internet.task import react
+
+    parser = argparse.ArgumentParser(prog="python -m gridlike.client.agent", description="Run a command for each GridLike job.")
+    add_worker_arguments(parser)
+    options = parser.parse_args(argv)
+
+    async def run(reactor: Any) -> None:
+        raise SystemExit(await run_worker(reactor, options))
+
+    react(run)
+
+
+if __name__ == "__main__":
+    main()

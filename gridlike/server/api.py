@@ -1,0 +1,651 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+The HTTP API of PROTOCOL.md section 2: Klein routes, thin over the registry,
+storage and dispatch of a L{gridlike.server.service.GridLikeService}.
+
+Errors are raised as L{gridlike.server.errors.GridLikeError}s and turned into a JSON
+C{problem} with their status in one place, L{problem_body}: for the routes
+through L{GridLikeAPI.problem}, and for what is answered before any route
+(the gate's refusals, paths outside C{path_prefix}) through L{_Problem}.
+Every request passes L{gridlike.server.auth.Gate} first, in L{_Admitted}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
+from urllib.parse import urlencode
+
+from klein import Klein
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IPushProducer,
+    IReactorTime,
+)
+from zope.interface import implementer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import Request
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException
+
+from gridlike.server.auth import Gate
+from gridlike.server.errors import (
+    BadRequest,
+    Conflict,
+    GridLikeError,
+    NotFound,
+    TypeRequired,
+)
+from gridlike.server.model import Job, Priority, Status, job_view
+from gridlike.server.registry import Match, NewJob
+from gridlike.server.result_stream import ResultsAsked, ResultStream
+from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
+from gridlike.server.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
+
+if TYPE_CHECKING:
+    from gridlike.server.service import GridLikeService
+
+log = Logger()
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10000
+
+
+T = TypeVar("T")
+
+def _json(request: IRequest, body: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def problem_body(request: IRequest, error: GridLikeError) -> bytes:
+    """
+    @param request: the request to answer.
+    @param error: why it failed.
+    @return: the JSON problem; the status and content type are set.
+    """
+    body: dict[str, Any] = {"problem": error.problem}
+    if isinstance(error, Conflict) and error.job_status is not None:
+        body["status"] = error.job_status
+    if isinstance(error, TypeRequired):
+        body["types"] = error.types
+    return _json(request, body, error.status)
+
+
+def _open_route(path: list[bytes]) -> bool:
+    """
+    Whether the route at C{path} (its segments under C{path_prefix}) is open
+    without an API key: health, and the worker endpoints, which have their
+    own token.  Anything else is protected, routes added later included.
+    """
+    joined = b"/" + b"/".join(path)
+    if joined in (b"/healthz", b"/api/worker"):
+        return True
+    rest = joined.removeprefix(b"/api/worker/")
+    return rest != joined and b"/" not in rest
+
+
+def _arg(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"{name}: given more than once")
+    try:
+        return values[0].decode("utf-8")  # type: ignore[no-any-return]
+    except UnicodeDecodeError:
+        raise BadRequest(f"{name}: not UTF-8") from None
+
+
+def _priority(value: str | None) -> Priority:
+    if value is None:
+        return Priority.BATCH
+    try:
+        return Priority(value.strip().lower())
+    except ValueError:
+        raise BadRequest(
+            f"priority: {value!r} is neither 'immediate' nor 'batch'"
+        ) from None
+
+
+def _status(request: IRequest) -> Status | None:
+    status = _arg(request, "status")
+    try:
+        return None if status is None else Status(status)
+    except ValueError:
+        raise BadRequest(f"status: unknown status {status!r}") from None
+
+
+def _match(request: IRequest) -> Match:
+    """
+    The jobs a bulk change applies to, from the query: C{status}, C{type}
+    (C{null}: jobs without one) and C{older_than} seconds.
+    """
+    type = _arg(request, "type")
+    older_than = _arg(request, "older_than")
+    seconds = None
+    if older_than is not None:
+        try:
+            seconds = float(older_than)
+        except ValueError:
+            raise BadRequest(f"older_than: not a number of seconds: {older_than!r}") from None
+        if not 0 <= seconds < float("inf"):
+            raise BadRequest("older_than: must be a number of seconds >= 0")
+    return Match(
+        status=_status(request),
+        type=None if type in (None, "null") else type,
+        typed=type is not None,
+        older_than=seconds,
+    )
+
+
+def _int_arg(request: IRequest, name: str, low: int, high: int) -> int | None:
+    value = _arg(request, name)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name}: not an integer: {value!r}") from None
+    if not low <= number <= high:
+        raise BadRequest(f"{name}: must be from {low} to {high}")
+    return number
+
+
+class GridLikeAPI:
+    """
+    The routes.  C{GridLikeAPI(core).app.resource()} is the HTTP resource;
+    L{root} mounts it under the configured path prefix.
+    """
+
+    app = Klein()
+
+    def __init__(self, core: GridLikeService) -> None:
+        self._core = core
+        self._settings = core.settings
+        server = core.settings.server
+        self.gate = Gate(
+            allowed_origins=frozenset(server.allowed_origins),
+            api_keys=core.settings.auth.api_keys,
+        )
+        self.upload_policy = UploadPolicy(
+            storage=core.storage,
+            max_payload=server.max_payload,
+            max_uploads=server.max_uploads,
+            gate=self.gate,
+            clock=core.clock,
+            max_uploads_per_address=server.max_uploads_per_address,
+            min_upload_rate=server.min_upload_rate,
+            upload_rate_window=server.upload_rate_window,
+            max_request=server.max_request,
+            max_form_parts=server.max_form_parts,
+            max_form_text=server.max_form_text,
+        )
+
+    def root(self) -> IResource:
+        """
+        The resource to serve: the routes behind the gate, under
+        C{path_prefix}.
+        """
+        resource: IResource = _Admitted(self.app.resource(), self.gate)
+        for segment in reversed(self._settings.server.path_prefix.strip("/").split("/")):
+            if segment:
+                parent = _Prefix()
+                parent.putChild(segment.encode("utf-8"), resource)
+                resource = parent
+        return resource
+
+    # Errors
+
+    @app.handle_errors(GridLikeError)
+    def problem(self, request: IRequest, failure: Failure) -> bytes:
+        return problem_body(request, failure.value)
+
+    @app.handle_errors(HTTPException)
+    def http_problem(self, request: IRequest, failure: Failure) -> bytes:
+        error: HTTPException = failure.value
+        status = error.code or 500
+        if status == 404:  # no route: most often a client given the wrong path prefix
+            return problem_body(request, NotFound(self._no_route(request)))
+        return _json(request, {"problem": error.name.lower()}, status)
+
+    def _no_route(self, request: IRequest) -> str:
+        path = request.path.decode("utf-8", "replace")
+        api = self._settings.server.path_prefix.rstrip("/") + "/api/"
+        return f"no such path {path}: the API is under {api} here; is the URL's path prefix right?"
+
+    @app.handle_errors(Exception)
+    def internal_problem(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("handling {method} {uri}", failure, method=request.method, uri=request.uri)
+        return _json(request, {"problem": "internal error"}, 500)
+
+    # Submit
+
+    @app.route("/api/jobs/submit", methods=["POST"])
+    @app.route("/api/jobs/submit/<type>", methods=["POST"])
+    async def submit(self, request: IRequest, type: str | None = None) -> bytes:
+        job_type = self._job_type(type)
+        form = await self._form(request)
+
+        def specs() -> list[NewJob]:
+            if len(form.payloads) != 1:
+                raise BadRequest("payload: exactly one file part named 'payload' is required")
+            [payload] = form.payloads
+            return [
+                NewJob(
+                    id=payload.job_id,
+                    type=job_type,
+                    priority=_priority(form.one("priority")),
+                    payload_size=payload.size,
+                    key=form.one("key"),
+                    description=form.one("description"),
+                )
+            ]
+
+        [job] = await self._create(form, specs)
+        return _json(request, {"created": job.key, "id": job.id}, 202)
+
+    @app.route("/api/jobs/bulk", methods=["POST"])
+    @app.route("/api/jobs/bulk/<type>", methods=["POST"])
+    async def bulk(self, request: IRequest, type: str | None = None) -> bytes:
+        job_type = self._job_type(type)
+        form = await self._form(request)
+
+        def specs() -> list[NewJob]:
+            keys = form.fields.get("key", [])
+            if not form.payloads:
+                raise BadRequest("payload: at least one file part named 'payload' is required")
+            if keys and len(keys) != len(form.payloads):
+                raise BadRequest(
+                    f"key: {len(keys)} keys for {len(form.payloads)} payloads"
+                )
+            priority = _priority(form.one("priority"))
+            description = form.one("description")
+            return [
+                NewJob(
+                    id=payload.job_id,
+                    type=job_type,
+                    priority=priority,
+                    payload_size=payload.size,
+                    key=keys[i] if keys else None,
+                    description=description,
+                )
+                for i, payload in enumerate(form.payloads)
+            ]
+
+        jobs = await self._create(form, specs)
+        created = [{"created": job.key, "id": job.id} for job in jobs]
+        return _json(request, {"created": created}, 202)
+
+    # Read
+
+    @app.route("/api/jobs", methods=["GET"])
+    def jobs(self, request: IRequest) -> bytes:
+        priority = _arg(request, "priority")
+        type = _arg(request, "type")
+        after = _arg(request, "after")
+        status_filter = _status(request)
+        limit = _int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
+        batch = _int_arg(request, "batch", 1, 2**62)
+        found, more = self._core.registry.select(
+            status=status_filter,
+            type=None if type in (None, "null") else type,
+            typed=type is not None,
+            priority=None if priority is None else _priority(priority),
+            batch=batch,
+            after=after,
+            limit=limit,
+        )
+        if more and found:
+            query = {
+                k.decode("utf-8"): v[0].decode("utf-8")
+                for k, v in request.args.items()
+                if k != b"after"
+            }
+            query["after"] = found[-1].key
+            link = f"<{self._settings.server.path_prefix}/api/jobs?{urlencode(query)}>"
+            request.setHeader(b"link", f'{link}; rel="next"'.encode("utf-8"))
+        return _json(request, [job_view(job) for job in found])
+
+    @app.route("/api/jobs/<key>", methods=["GET"])
+    async def job(self, request: IRequest, key: str) -> bytes:
+        job = await self._waited(request, key)
+        return _json(request, job_view(job))
+
+    @app.route("/api/jobs/<key>/result", methods=["GET"])
+    async def result(self, request: IRequest, key: str) -> bytes:
+        job = await self._waited(request, key)
+        if job.status is not Status.DONE:
+            raise Conflict(f"job {key!r} is {job.status.value}, not done", job.status.value)
+        return await self._stream(request, job, RESULT, job.result_size or 0)
+
+    @app.route("/api/jobs/<key>/payload", methods=["GET"])
+    async def payload(self, request: IRequest, key: str) -> bytes:
+        job = self._core.registry.get(key)
+        return await self._stream(request, job, PAYLOAD, job.payload_size)
+
+    @app.route("/api/workers", methods=["GET"])
+    def workers(self, request: IRequest) -> bytes:
+        return _json(request, self._core.worker_views())
+
+    @app.route("/api/stats", methods=["GET"])
+    def stats(self, request: IRequest) -> bytes:
+        return _json(request, self._core.stats())
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz(self, request: IRequest) -> bytes:
+        await self._core.check()
+        request.setHeader(b"content-type", b"text/plain")
+        return b"ok"
+
+    # Change
+
+    @app.route("/api/jobs/<key>", methods=["DELETE"])
+    @app.route("/api/jobs/<key>/delete", methods=["POST"])
+    async def delete(self, request: IRequest, key: str) -> bytes:
+        job = await self._core.registry.delete(key)
+        return _json(request, {"deleted": job.key}, 202)
+
+    @app.route("/api/jobs/<key>/retry", methods=["POST"])
+    async def retry(self, request: IRequest, key: str) -> bytes:
+        job = await self._core.registry.retry(key)
+        return _json(request, job_view(job), 202)
+
+    @app.route("/api/jobs/retry", methods=["POST"])
+    async def retry_many(self, request: IRequest) -> bytes:
+        jobs = await self._core.registry.retry_many(_match(request))
+        return _json(request, {"retried": [job.key for job in jobs], "count": len(jobs)}, 202)
+
+    @app.route("/api/jobs/delete", methods=["POST"])
+    async def delete_many(self, request: IRequest) -> bytes:
+        match = _match(request)
+        if match.status is None and _arg(request, "all") != "true":
+            raise BadRequest("status: required, or all=true to delete jobs of every status")
+        jobs = await self._core.registry.delete_many(match)
+        return _json(request, {"deleted": [job.key for job in jobs], "count": len(jobs)}, 202)
+
+    # Many results in one stream (gridlike/result_stream.py)
+
+    @app.route("/api/jobs/results", methods=["POST"])
+    async def results(self, request: IRequest) -> bytes:
+        asked = ResultsAsked.parse(request, self._settings.server.max_wait)
+        core = self._core
+        stream = ResultStream(cast(Request, request), core.registry, core.storage, core.clock, asked)
+        await stream.run()
+        return b""
+
+    # Workers
+
+    @app.route("/api/worker", methods=["GET"])
+    @app.route("/api/worker/<type>", methods=["GET"])
+    def worker(self, request: IRequest, type: str | None = None) -> IResource:
+        return self._core.worker_resource(self._job_type(type))
+
+    # Helpers
+
+    def _job_type(self, type: str | None) -> str | None:
+        types = self._settings.types
+        if type is None:
+            if types:
+                raise TypeRequired(
+                    "this instance has job types: add the type to the path", sorted(types)
+                )
+            return None
+        if type not in types:
+            raise NotFound(f"no job type {type!r}")
+        return type
+
+    async def _form(self, request: IRequest) -> UploadedForm:
+        if isinstance(request, UploadRequest):
+            if request.upload_refused is not None:
+                raise request.upload_refused
+            upload = request.upload
+        else:
+            upload = buffered_upload(self.upload_policy, cast(Request, request))
+        if upload is None:
+            raise BadRequest("body: must be multipart/form-data")
+        return await upload.result()
+
+    def _create(
+        self, form: UploadedForm, specs: Callable[[], list[NewJob]]
+    ) -> Deferred[list[Job]]:
+        """
+        Create the jobs of a form, or remove its payloads when that fails.
+
+        A client that goes away meanwhile cancels its route, but must not
+        stop this half-way: once the record is appended it becomes durable
+        and replays, so its payloads must stay.  The creation runs on its
+        own; the route only stops waiting for it.
+
+        @param form: the uploaded form, its payloads stored.
+        @param specs: the jobs to make of it; may raise L{BadRequest}.
+        @return: the jobs, in the order of C{specs}.
+        """
+
+        async def create() -> list[Job]:
+            try:
+                return await self._core.registry.submit(specs())
+            except BaseException:
+                await DeferredList(
+                    [self._core.storage.delete(p.job_id) for p in form.payloads],
+                    consumeErrors=True,
+                )
+                raise
+
+        return _detached(Deferred.fromCoroutine(create()))
+
+    async def _waited(self, request: IRequest, key: str) -> Job:
+        """
+        The job, once terminal or after C{?wait=} seconds, whichever is first.
+        """
+        job = self._core.registry.get(key)
+        wait = _arg(request, "wait")
+        if wait is None or job.status.terminal:
+            return job
+        try:
+            seconds = float(wait)
+        except ValueError:
+            raise BadRequest(f"wait: not a number of seconds: {wait!r}") from None
+        if not seconds >= 0:
+            raise BadRequest("wait: must be >= 0")
+        seconds = min(seconds, self._settings.server.max_wait)
+        # When the client goes away, Klein cancels the route: that
+        # cancellation must go on up, so that nothing is answered (and
+        # logged as unanswerable); only the end of the wait answers the job.
+        ended = await self._core.registry.watch(job).addTimeout(
+            seconds, self._core.clock, onTimeoutCancel=lambda result, timeout: job
+        )
+        if ended is None:
+            raise NotFound(f"job {key!r} was deleted")
+        return ended
+
+    async def _stream(self, request: IRequest, job: Job, kind: str, size: int) -> bytes:
+        """
+        Send a stored object as the response.  Storage checks it against
+        C{size}, the job's record, before the first byte; only then do the
+        status and headers go out, so a damaged or missing object is
+        answered with a problem (L{gridlike.server.errors.Damaged}, 500).  One that
+        turns out damaged midway, once the headers are out, has its
+        connection aborted: the client sees a cut response, never a short
+        body passed off as whole.
+        """
+        guard = _StallGuard(cast(Request, request), self._core.clock, self._settings.server.idle_timeout, size)
+        try:
+            await self._core.storage.read(job.id, kind, guard, expected_size=size)
+        except TransferStopped:
+            guard.unregisterProducer()  # the client went away; nothing to answer
+        except GridLikeError as e:
+            if not guard.started:
+                raise
+            log.warn(
+                "cut off the download of the {kind} of job {key}: {problem}",
+                kind=kind,
+                key=job.key,
+                problem=e.problem,
+            )
+            guard.abort()
+        return b""
+
+
+def _detached(work: Deferred[T]) -> Deferred[T]:
+    """
+    @param work: something that must run to its end.
+    @return: a L{Deferred} of C{work}'s outcome whose cancellation does not
+        reach C{work}.
+    """
+    outcome: Deferred[T] = Deferred()
+    work.addBoth(lambda result: None if outcome.called else outcome.callback(result))
+    return outcome
+
+
+class _Admitted(Resource):
+    """
+    The routes behind the gate: a request is answered by the routes only
+    once L{Gate.admit} lets it through, with the CORS headers it decided.
+    A leaf, as the Klein resource it wraps, so that both see the same
+    C{prepath} and C{postpath}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, routes: IResource, gate: Gate) -> None:
+        super().__init__()
+        self._routes = routes
+        self._gate = gate
+
+    def render(self, request: IRequest) -> bytes | int:
+        admission = self._gate.admit(request, protected=not _open_route(request.postpath))
+        for name, value in admission.headers:
+            request.setHeader(name, value)
+        if admission.preflight:
+            request.setResponseCode(204)
+            return b""
+        error = admission.refusal or _undecodable(request)
+        if error is not None:
+            return problem_body(request, error)
+        return self._routes.render(request)  # type: ignore[no-any-return]
+
+
+def _undecodable(request: IRequest) -> BadRequest | None:
+    """
+    A URL that is not UTF-8 once percent-decoded is a 400 here, where Klein
+    would log a traceback and answer plain text.
+    """
+    try:
+        b"/".join(request.prepath + request.postpath).decode("utf-8")
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return BadRequest("the URL is not UTF-8 once percent-decoded")
+    return None
+
+
+class _Problem(Resource):
+    """Answers every request with one JSON problem."""
+
+    isLeaf = True
+
+    def __init__(self, error: GridLikeError) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: IRequest) -> bytes:
+        return problem_body(request, self._error)
+
+
+_OUTSIDE_PREFIX = "no such path: the API is under its path_prefix"
+
+
+class _Prefix(Resource):
+    """A segment of C{path_prefix}: whatever is not under it is a JSON 404."""
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        return _Problem(NotFound(_OUTSIDE_PREFIX))
+
+    def render(self, request: IRequest) -> bytes:
+        return problem_body(request, NotFound(_OUTSIDE_PREFIX))
+
+
+@implementer(IConsumer, IPushProducer)
+class _StallGuard:
+    """
+    Passes a download to the request, and closes the connection of a client
+    that reads none of it for C{timeout} seconds: a stalled reader must not
+    hold a connection and an open file forever.
+
+    The download's headers are set when storage starts sending (registers
+    its producer, or writes), that is once it has checked the object: until
+    then the request may still be answered with a problem.
+
+    @ivar started: whether storage started sending.
+    """
+
+    def __init__(
+        self, request: Request, clock: IReactorTime, timeout: float, size: int
+    ) -> None:
+        self._request = request
+        self._clock = clock
+        self._timeout = timeout
+        self._size = size
+        self._producer: IPushProducer | None = None
+        self._timer: IDelayedCall | None = None
+        self.started = False
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._start()
+        self._producer = cast(IPushProducer, producer)  # storage's reader is one
+        self._request.registerProducer(self, True)
+
+    def unregisterProducer(self) -> None:
+        self._cancel_timer()
+        self._producer = None
+        self._request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self._start()
+        self._request.write(data)
+
+    def abort(self) -> None:
+        """Drop the connection, so that the response is seen to be cut."""
+        self._cancel_timer()
+        transport = getattr(self._request, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+    def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._request.setHeader(b"content-type", b"application/octet-stream")
+            self._request.setHeader(b"content-length", str(self._size).encode("ascii"))
+
+    def pauseProducing(self) -> None:
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._stalled)
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._cancel_timer()
+        if self._producer is not None:
+            self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._cancel_timer()
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _stalled(self) -> None:
+        self._timer = None
+        log.info("closing a download its client stopped reading")
+        self.abort()

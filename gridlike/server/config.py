@@ -1,0 +1,734 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+GridLike's static configuration: one TOML file read with L{tomllib} into a
+frozen, validated L{Settings}.
+
+Every key has a default, so an empty file (or no file at all) is a working
+configuration: L{load_settings} with C{None} gives the embedded defaults.
+Unknown tables and keys, and values of the wrong kind or out of range, are
+start-up errors: L{ConfigError} with a message that names the table and key,
+such as C{"[scheduling] max_attemps: unknown key"}.
+
+Relative paths resolve against the directory of the configuration file (or
+the current directory when there is none), except under a systemd unit with
+a C{StateDirectory=}: there the data paths resolve against it (see
+L{state_directory}), as C{/etc} is read-only to the service. Listen addresses are Twisted
+server endpoint strings, checked here by parsing them against a
+L{MemoryReactor}, so that a typo stops start-up rather than the first
+request.
+
+L{parse_settings} is the from-string twin of L{load_settings}, for tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+from attrs import field, frozen
+
+from gridlike.server._config_table import (
+    GiB,
+    KiB,
+    MiB,
+    _endpoints,
+    _listens_locally,
+    _refuse_anonymous_exposure,
+    _Table,
+    parse_size,
+)
+from gridlike.server.errors import ConfigError
+from gridlike.server.origin import canonical_origin
+
+__all__ = [
+    "AuthSettings",
+    "RegistrySettings",
+    "SchedulingSettings",
+    "ServerSettings",
+    "Settings",
+    "StorageSettings",
+    "TYPE_NAME_PATTERN",
+    "TypeSettings",
+    "WorkerSettings",
+    "load_settings",
+    "parse_settings",
+    "parse_size",
+    "state_directory",
+]
+
+
+TYPE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+"""
+What a job type's name must fully match: it appears in URL paths, so no dots
+and no slashes.
+"""
+
+
+# One path segment of [server] path_prefix: RFC 3986 unreserved characters.
+_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+# An API key travels in the X-API-KEY header: visible ASCII, with spaces only
+# inside (a header value loses its surrounding whitespace).
+_API_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+_REGISTRY_KINDS = ("journal",)
+_REGISTRY_KINDS_LATER = ("redis",)
+_STORAGE_KINDS = ("filesystem",)
+_STORAGE_KINDS_LATER = ("s3",)
+_FSYNC_MODES = ("always", "interval", "never")
+
+_TABLES = ("server", "registry", "storage", "auth", "workers", "scheduling", "types")
+
+
+@frozen
+class ServerSettings:
+    """
+    The C{[server]} table: where and how the HTTP and WebSocket server listens.
+
+    @ivar listen: Twisted server endpoint strings, one listening port each.
+    @ivar path_prefix: C{""}, or a path such as C{"/gridlike"} (leading slash,
+        no trailing slash) under which every route sits.
+    @ivar max_payload: the largest payload or result accepted, in bytes.
+    @ivar max_wait: the longest, in seconds, that a C{?wait=} request is held.
+    @ivar max_uploads: how many payload uploads may be in progress at once
+        (a GridLike extension).
+    @ivar max_uploads_per_address: how many of those one client address may
+        hold at once, so that one client cannot take every slot (a GridLike
+        extension).
+    @ivar min_upload_rate: the fewest bytes per second, averaged over each
+        C{upload_rate_window}, that an upload must send while the server
+        reads it; C{0} for no floor (a GridLike extension).
+    @ivar upload_rate_window: the seconds over which C{min_upload_rate} is
+        averaged (a GridLike extension).
+    @ivar max_request: the largest whole upload body in bytes, C{0} for no
+        limit beyond C{max_payload} per payload (a GridLike extension).
+    @ivar max_form_parts: the most parts, payloads and fields together, in
+        one multipart body (a GridLike extension).
+    @ivar max_form_text: the most bytes of text fields, all together, in one
+        multipart body: they are held in memory (a GridLike extension).
+    @ivar idle_timeout: seconds an HTTP connection may send nothing while a
+        request is expected, or read nothing of a download, before it is
+        closed (a GridLike extension).
+    @ivar access_log: whether each HTTP request is logged (a GridLike
+        extension).
+    @ivar allowed_origins: the web origins, besides the server's own, whose
+        pages may use the API and the worker endpoints, in canonical form
+        (see L{gridlike.server.origin}).
+    """
+
+    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    path_prefix: str = ""
+    max_payload: int = GiB
+    max_wait: float = 300.0
+    max_uploads: int = 256
+    max_uploads_per_address: int = 64
+    min_upload_rate: int = KiB
+    upload_rate_window: float = 30.0
+    max_request: int = 0
+    max_form_parts: int = 100_000
+    max_form_text: int = 8 * MiB
+    idle_timeout: float = 60.0
+    access_log: bool = False
+    allowed_origins: tuple[str, ...] = ()
+
+
+@frozen
+class RegistrySettings:
+    """
+    The C{[registry]} table: where job metadata is kept.
+
+    @ivar kind: the registry provider; only C{"journal"} in this version.
+    @ivar path: the journal file. L{parse_settings} makes it absolute; the
+        class default is relative.
+    @ivar fsync: C{"always"} (group commit before acknowledging),
+        C{"interval"} (every C{fsync_interval} seconds) or C{"never"}.
+    @ivar fsync_interval: seconds between flushes when C{fsync} is
+        C{"interval"} (a GridLike extension).
+    @ivar compact_ratio: compact the journal when it is this many times the
+        size of the live state (a GridLike extension).
+    @ivar compact_min: never compact a journal smaller than this many bytes
+        (a GridLike extension).
+    @ivar url: the Redis URL, for C{kind = "redis"}; C{None} when unset.
+    """
+
+    kind: str = "journal"
+    path: Path = Path("gridlike-data/journal")
+    fsync: str = "always"
+    fsync_interval: float = 1.0
+    compact_ratio: float = 4.0
+    compact_min: int = 64 * MiB
+    url: str | None = None
+
+
+MAX_INLINE = 1 * MiB
+"""The largest C{[storage] inline_max}: a bulk of 1,000 such payloads is one
+journal record."""
+
+
+@frozen
+class StorageSettings:
+    """
+    The C{[storage]} table: where payloads and results are kept.
+
+    @ivar kind: the storage provider; only C{"filesystem"} in this version.
+    @ivar path: the payload directory. L{parse_settings} makes it absolute;
+        the class default is relative.
+    @ivar inline_max: payloads and results up to this many bytes travel
+        inside their journal record (one durable write per change) and are
+        filed in storage afterwards; C{0} turns that off.
+    @ivar inline_memory: the bytes of such objects held in memory before
+        the oldest are filed; C{0} files each at once.
+    """
+
+    kind: str = "filesystem"
+    path: Path = Path("gridlike-data/payloads")
+    inline_max: int = 64 * KiB
+    inline_memory: int = 64 * MiB
+
+
+@frozen
+class AuthSettings:
+    """
+    The C{[auth]} table: who may use the job API and who may work.
+
+    @ivar api_keys: keys accepted in C{X-API-KEY}; empty means the job API is
+        open.
+    @ivar worker_token: the token a worker must register with; empty means any
+        token is accepted.
+    @ivar kick_after_ms: milliseconds a new worker connection has to register.
+    @ivar dashboard_user: the dashboard's user name, or C{None}.
+    @ivar dashboard_password: the dashboard's password, or C{None}.
+    @ivar allow_anonymous: serve beyond loopback with neither API keys nor a
+        worker token.
+    """
+
+    api_keys: tuple[str, ...] = ()
+    worker_token: str = ""
+    kick_after_ms: int = 2000
+    dashboard_user: str | None = None
+    dashboard_password: str | None = None
+    allow_anonymous: bool = False
+
+
+@frozen
+class WorkerSettings:
+    """
+    The C{[workers]} table, a GridLike extension: worker connection limits.
+
+    @ivar ping_interval: seconds between WebSocket pings to a worker.
+    @ivar ping_timeout: seconds a pong may be late before the worker is
+        dropped.
+    @ivar max_registering: how many connections may be still registering at
+        once.
+    @ivar forget_after: seconds a disconnected worker stays listed.
+    @ivar max_message: the largest JSON text frame a worker may send, bytes.
+    """
+
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    max_registering: int = 1000
+    forget_after: float = 600.0
+    max_message: int = 2 * MiB
+
+
+@frozen
+class SchedulingSettings:
+    """
+    The C{[scheduling]} table.
+
+    @ivar batch_size: the most jobs in one numbered batch.
+    @ivar max_attempts: how many failed attempts make a job C{failed} for
+        good, unless its type says otherwise.
+    """
+
+    batch_size: int = 100
+    max_attempts: int = 3
+
+
+@frozen
+class TypeSettings:
+    """
+    One C{[types.NAME]} table: a configured job type.
+
+    @ivar name: the type's name, matching L{TYPE_NAME_PATTERN}.
+    @ivar description: text for people, or C{None}.
+    @ivar result_becomes: the name of the type that a done job's result is
+        submitted as, or C{None}.
+    @ivar timeout: seconds an attempt may run; C{0} means no limit.
+    @ivar max_attempts: this type's attempt limit, or C{None} for
+        C{[scheduling] max_attempts}.
+    """
+
+    name: str
+    description: str | None = None
+    result_becomes: str | None = None
+    timeout: float = 0.0
+    max_attempts: int | None = None
+
+
+def _no_types() -> Mapping[str, TypeSettings]:
+    """
+    @return: an empty, read-only type mapping.
+    """
+    return MappingProxyType({})
+
+
+@frozen
+class Settings:
+    """
+    A whole, validated GridLike configuration.
+
+    @ivar server: the C{[server]} table.
+    @ivar registry: the C{[registry]} table.
+    @ivar storage: the C{[storage]} table.
+    @ivar auth: the C{[auth]} table.
+    @ivar workers: the C{[workers]} table.
+    @ivar scheduling: the C{[scheduling]} table.
+    @ivar types: the configured types by name, read-only, in the file's
+        order; empty for an untyped instance.
+    @ivar source: the configuration file's path, or C{None} for the embedded
+        defaults.
+    """
+
+    server: ServerSettings = field(factory=ServerSettings)
+    registry: RegistrySettings = field(factory=RegistrySettings)
+    storage: StorageSettings = field(factory=StorageSettings)
+    auth: AuthSettings = field(factory=AuthSettings)
+    workers: WorkerSettings = field(factory=WorkerSettings)
+    scheduling: SchedulingSettings = field(factory=SchedulingSettings)
+    types: Mapping[str, TypeSettings] = field(factory=_no_types)
+    source: str | None = None
+
+    def attempts_for(self, type_name: str | None) -> int:
+        """
+        How many failed attempts end a job of the given type.
+
+        @param type_name: the job's type, or C{None} for an untyped job. A name
+            no longer configured (a job journaled under an older
+            configuration) gets the instance-wide limit.
+        @return: the type's C{max_attempts} when it sets one, otherwise
+            C{[scheduling] max_attempts}.
+        """
+        if type_name is not None:
+            job_type = self.types.get(type_name)
+            if job_type is not None and job_type.max_attempts is not None:
+                return job_type.max_attempts
+        return self.scheduling.max_attempts
+
+
+def state_directory(environ: Mapping[str, str]) -> Path | None:
+    """
+    The state directory systemd made for the service, if any.
+
+    A unit with C{StateDirectory=gridlike} gets C{/var/lib/gridlike},
+    writable even under C{ProtectSystem=strict}, in C{$STATE_DIRECTORY}
+    (a colon-separated list when the unit names several; the first is
+    GridLike's).
+
+    @param environ: the process environment.
+    @return: the directory, or C{None} outside such a unit.
+    """
+    value = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(value) if value else None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None,
+    listen: Sequence[str] = (),
+    data_dir: Path | None = None,
+) -> Settings:
+    """
+    Read the configuration file, or take the embedded defaults.
+
+    @param path: the TOML file, or C{None} for the embedded defaults (relative
+        paths then resolve against the current directory).
+    @param listen: endpoint strings that, when given, replace
+        C{[server] listen} (from the C{--listen} command-line option).
+    @param data_dir: the directory that relative C{[registry] path} and
+        C{[storage] path} resolve against instead (L{state_directory}), so
+        that the shipped file keeps its data out of C{/etc}; C{None} for the
+        configuration file's.
+    @return: the validated settings.
+    @raise ConfigError: the file cannot be read, is not TOML, or has an
+        unknown or bad key.
+    """
+    if path is None:
+        return parse_settings("", Path.cwd(), None, listen, data_dir)
+    source = os.fspath(path)
+    try:
+        raw = Path(source).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{source}: not valid TOML: not UTF-8 at byte {e.start}"
+        ) from None
+    return parse_settings(text, Path(source).absolute().parent, source, listen, data_dir)
+
+
+def parse_settings(
+    text: str,
+    base_dir: Path,
+    source: str | None = None,
+    listen: Sequence[str] = (),
+    data_dir: Path | None = None,
+) -> Settings:
+    """
+    Read a configuration from TOML text: the from-string twin of
+    L{load_settings}.
+
+    @param text: the TOML document.
+    @param base_dir: the directory relative paths resolve against.
+    @param source: the file the text came from, for messages and
+        L{Settings.source}; C{None} for none.
+    @param listen: endpoint strings that, when given, replace
+        C{[server] listen}.
+    @param data_dir: the directory relative data paths (C{[registry] path},
+        C{[storage] path}) resolve against instead of C{base_dir}; C{None}
+        for C{base_dir}.
+    @return: the validated settings.
+    @raise ConfigError: the text is not TOML, or has an unknown or bad key.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        label = source if source is not None else "<string>"
+        raise ConfigError(f"{label}: not valid TOML: {e}") from None
+    for name, value in document.items():
+        if name not in _TABLES:
+            if isinstance(value, dict):
+                raise ConfigError(f"[{name}]: unknown table")
+            raise ConfigError(
+                f"{name}: unknown key (keys belong in a table such as [server])"
+            )
+    data = Path(base_dir if data_dir is None else data_dir).absolute()
+    server, exposed = _server(_Table.of("server", document), listen)
+    registry = _registry(_Table.of("registry", document), data)
+    storage = _storage(_Table.of("storage", document), data)
+    auth = _auth(_Table.of("auth", document))
+    workers = _workers(_Table.of("workers", document))
+    scheduling = _scheduling(_Table.of("scheduling", document))
+    types = _types(document.get("types", {}))
+    _refuse_anonymous_exposure(exposed, auth)
+    return Settings(
+        server=server,
+        registry=registry,
+        storage=storage,
+        auth=auth,
+        workers=workers,
+        scheduling=scheduling,
+        types=MappingProxyType(types),
+        source=source,
+    )
+
+
+
+def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[str]]:
+    """
+    @param table: the C{[server]} table.
+    @param listen: endpoint strings replacing C{listen} when not empty.
+    @return: its settings, and those of its endpoints that serve beyond this
+        machine.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = ServerSettings()
+    endpoints = _endpoints(table, defaults.listen)
+    if listen:
+        endpoints = tuple(listen)
+        for description in endpoints:
+            if not isinstance(description, str) or not description:
+                raise ConfigError(
+                    f"{table.where('listen')}: must be a non-empty endpoint"
+                    f" string, not {description!r}"
+                )
+    exposed = [
+        description
+        for description in endpoints
+        if not _listens_locally(description, table.where("listen"))
+    ]
+    settings = ServerSettings(
+        listen=endpoints,
+        path_prefix=_path_prefix(table, defaults.path_prefix),
+        max_payload=table.size("max_payload", defaults.max_payload, above=0),
+        max_wait=table.number("max_wait", defaults.max_wait),
+        max_uploads=table.integer("max_uploads", defaults.max_uploads, at_least=1),
+        max_uploads_per_address=table.integer(
+            "max_uploads_per_address", defaults.max_uploads_per_address, above=0
+        ),
+        min_upload_rate=table.size("min_upload_rate", defaults.min_upload_rate),
+        upload_rate_window=table.number(
+            "upload_rate_window", defaults.upload_rate_window, above=0
+        ),
+        max_request=table.size("max_request", defaults.max_request),
+        max_form_parts=table.integer(
+            "max_form_parts", defaults.max_form_parts, above=0
+        ),
+        max_form_text=table.size("max_form_text", defaults.max_form_text, above=0),
+        idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
+        access_log=table.boolean("access_log", defaults.access_log),
+        allowed_origins=_allowed_origins(table, defaults.allowed_origins),
+    )
+    table.finish()
+    return settings, exposed
+
+
+def _allowed_origins(table: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    @param table: the C{[server]} table.
+    @param default: the value when C{allowed_origins} is unset.
+    @return: the origins, canonical (lower case, no default port).
+    @raise ConfigError: the value is not a list of http(s) origins, or
+        lists C{"null"}, which every web site can send from a sandboxed
+        frame, so allowing it would allow them all.
+    """
+    where = table.where("allowed_origins")
+    value = table.get("allowed_origins")
+    if value is _Table._missing:
+        return default
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: must be a list of origins, not {value!r}")
+    origins: list[str] = []
+    for item in value:
+        if item == "null":
+            raise ConfigError(
+                f"{where}: \"null\" cannot be allowed: any web site can send"
+                " Origin null from a sandboxed frame; serve the page from an"
+                " http(s) origin and list that"
+            )
+        try:
+            if isinstance(item, str):
+                origins.append(canonical_origin(item))
+                continue
+        except ValueError:
+            pass
+        raise ConfigError(
+            f"{where}: {item!r} is not an origin such as"
+            ' "https://app.example" or "http://localhost:3000"'
+            " (scheme, host and optional port; no path, no trailing slash)"
+        )
+    return tuple(origins)
+
+
+
+def _path_prefix(table: _Table, default: str) -> str:
+    """
+    @param table: the C{[server]} table.
+    @param default: the value when C{path_prefix} is unset.
+    @return: C{""} or C{"/a/b"}: a leading slash added, a trailing one
+        removed, C{"/"} read as C{""}.
+    @raise ConfigError: the value is not a plain URL path.
+    """
+    value = table.string("path_prefix", default, empty=True)
+    if value in ("", "/"):
+        return ""
+    body = value.removeprefix("/").removesuffix("/")
+    segments = body.split("/")
+    if all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
+        return "/" + "/".join(segments)
+    raise ConfigError(
+        f"{table.where('path_prefix')}: must be a plain URL path such as"
+        f" '/gridlike' (letters, digits, '.', '_', '~' and '-' between single"
+        f" slashes), not {value!r}"
+    )
+
+
+
+def _registry(table: _Table, base: Path) -> RegistrySettings:
+    """
+    @param table: the C{[registry]} table.
+    @param base: the directory relative paths resolve against.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = RegistrySettings()
+    settings = RegistrySettings(
+        kind=table.choice(
+            "kind", defaults.kind, _REGISTRY_KINDS, _REGISTRY_KINDS_LATER
+        ),
+        path=table.path("path", defaults.path, base),
+        fsync=table.choice("fsync", defaults.fsync, _FSYNC_MODES),
+        fsync_interval=table.number("fsync_interval", defaults.fsync_interval, above=0),
+        compact_ratio=table.number("compact_ratio", defaults.compact_ratio, above=1),
+        compact_min=table.size("compact_min", defaults.compact_min),
+        url=table.string("url", defaults.url),
+    )
+    table.finish()
+    return settings
+
+
+def _storage(table: _Table, base: Path) -> StorageSettings:
+    """
+    @param table: the C{[storage]} table.
+    @param base: the directory relative paths resolve against.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = StorageSettings()
+    settings = StorageSettings(
+        kind=table.choice("kind", defaults.kind, _STORAGE_KINDS, _STORAGE_KINDS_LATER),
+        path=table.path("path", defaults.path, base),
+        inline_max=table.size("inline_max", defaults.inline_max),
+        inline_memory=table.size("inline_memory", defaults.inline_memory),
+    )
+    if settings.inline_max > MAX_INLINE:
+        raise ConfigError(
+            f"{table.where('inline_max')}: at most {MAX_INLINE} bytes,"
+            f" not {settings.inline_max}"
+        )
+    table.finish()
+    return settings
+
+
+def _auth(table: _Table) -> AuthSettings:
+    """
+    @param table: the C{[auth]} table.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad, or only one of the dashboard
+        user and password is set.
+    """
+    defaults = AuthSettings()
+    api_keys = table.get("api_keys")
+    if api_keys is _Table._missing:
+        api_keys = defaults.api_keys
+    elif not isinstance(api_keys, list) or not all(
+        isinstance(key, str) and _API_KEY.fullmatch(key) for key in api_keys
+    ):
+        raise ConfigError(
+            f"{table.where('api_keys')}: must be a list of non-empty strings of"
+            " printable ASCII without surrounding spaces"
+        )
+    settings = AuthSettings(
+        api_keys=tuple(api_keys),
+        worker_token=table.string("worker_token", defaults.worker_token, empty=True),
+        kick_after_ms=table.integer("kick_after_ms", defaults.kick_after_ms, above=0),
+        dashboard_user=table.string("dashboard_user", defaults.dashboard_user),
+        dashboard_password=table.string(
+            "dashboard_password", defaults.dashboard_password
+        ),
+        allow_anonymous=table.boolean("allow_anonymous", defaults.allow_anonymous),
+    )
+    table.finish()
+    user, password = settings.dashboard_user, settings.dashboard_password
+    if user is not None and password is None:
+        raise ConfigError(
+            f"{table.where('dashboard_password')}: must be set when dashboard_user is"
+        )
+    if password is not None and user is None:
+        raise ConfigError(
+            f"{table.where('dashboard_user')}: must be set when dashboard_password is"
+        )
+    return settings
+
+
+def _workers(table: _Table) -> WorkerSettings:
+    """
+    @param table: the C{[workers]} table.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = WorkerSettings()
+    settings = WorkerSettings(
+        ping_interval=table.number("ping_interval", defaults.ping_interval, above=0),
+        ping_timeout=table.number("ping_timeout", defaults.ping_timeout, above=0),
+        max_registering=table.integer(
+            "max_registering", defaults.max_registering, at_least=1
+        ),
+        forget_after=table.number("forget_after", defaults.forget_after),
+        max_message=table.size("max_message", defaults.max_message, above=0),
+    )
+    table.finish()
+    return settings
+
+
+def _scheduling(table: _Table) -> SchedulingSettings:
+    """
+    @param table: the C{[scheduling]} table.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = SchedulingSettings()
+    settings = SchedulingSettings(
+        batch_size=table.integer("batch_size", defaults.batch_size, above=0),
+        max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
+    )
+    table.finish()
+    return settings
+
+
+def _types(data: object) -> dict[str, TypeSettings]:
+    """
+    @param data: the C{[types]} table: one sub-table per type.
+    @return: the types by name, in the file's order.
+    @raise ConfigError: a name or key is bad, C{result_becomes} names no
+        configured type, or C{result_becomes} links form a cycle.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"[types]: must be a table of types such as [types.stage1], not {data!r}"
+        )
+    types: dict[str, TypeSettings] = {}
+    for name, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(
+                f"[types] {name}: must be a table such as [types.{name}],"
+                f" not {body!r}"
+            )
+        if not TYPE_NAME_PATTERN.fullmatch(name):
+            raise ConfigError(
+                f"[types.{name}]: bad type name {name!r}: 1 to 64 letters,"
+                " digits, '_' or '-', starting with a letter or digit"
+            )
+        types[name] = _type(_Table(f"types.{name}", body), name)
+    for name, job_type in types.items():
+        target = job_type.result_becomes
+        if target is not None and target not in types:
+            raise ConfigError(
+                f"[types.{name}] result_becomes: no type {target!r} is configured"
+            )
+    _refuse_cycles(types)
+    return types
+
+
+def _type(table: _Table, name: str) -> TypeSettings:
+    """
+    @param table: one C{[types.NAME]} table.
+    @param name: the type's name.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = TypeSettings(name)
+    settings = TypeSettings(
+        name=name,
+        description=table.string("description", defaults.description, empty=True),
+        result_becomes=table.string("result_becomes", defaults.result_becomes),
+        timeout=table.number("timeout", defaults.timeout),
+        max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
+    )
+    table.finish()
+    return settings
+
+
+def _refuse_cycles(types: Mapping[str, TypeSettings]) -> None:
+    """
+    @param types: the configured types; every C{result_becomes} names one.
+    @raise ConfigError: following C{result_becomes} from some type comes back
+        to it, naming the first such type in the file, e.g.
+        C{"[types.a] result_becomes: cycle a -> b -> a"}.
+    """
+    for start in types:
+        chain = [start]
+        following = types[start].result_becomes
+        while following is not None and following not in chain:
+            chain.append(following)
+            following = types[following].result_becomes
+        if following == start:
+            raise ConfigError(
+                f"[types.{start}] result_becomes: cycle"
+                f" {' -> '.join([*chain, start])}"
+            )

@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_registry -*-
+"""
+GridLike's data: jobs, their status and priority, and the JSON views of them.
+Pure data, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from attrs import define, frozen
+
+KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
+MAX_DESCRIPTION = 128
+
+
+class Status(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Status.DONE, Status.FAILED)
+
+
+class Priority(str, Enum):
+    """Every pending immediate job goes out before any batch job of its type."""
+
+    IMMEDIATE = "immediate"
+    BATCH = "batch"
+
+    @property
+    def rank(self) -> int:
+        return 0 if self is Priority.IMMEDIATE else 1
+
+
+@frozen
+class Progress:
+    percent: float | None
+    info: str | None
+
+
+@frozen
+class JobError:
+    info: str | None
+    logs: str | None
+
+
+@define(eq=False)
+class Job:
+    """
+    A job's metadata; its bytes live in storage under its id.
+
+    Only L{gridlike.server.registry} changes a job, so that every change is journaled.
+    """
+
+    id: str
+    key: str
+    type: str | None
+    priority: Priority
+    seq: int
+    """Submission order across the instance: listing order."""
+    batch: int
+    submitted: float
+    payload_size: int
+    description: str | None = None
+    status: Status = Status.PENDING
+    order: int = 0
+    """Place in the queue among jobs of its priority; new on every requeue."""
+    started: float | None = None
+    ended: float | None = None
+    failure_count: int = 0
+    worker_id: str | None = None
+    worker_name: str | None = None
+    avoid: str | None = None
+    """The uid of the worker this job last failed on."""
+    progress: Progress | None = None
+    error: JobError | None = None
+    parent: str | None = None
+    child: str | None = None
+    result_size: int | None = None
+    queue_entry: list[Any] | None = None
+    """The queue's live heap entry for this job, when pending."""
+
+
+def timestamp(seconds: float | None) -> str | None:
+    """RFC 3339 UTC with a Z, as the wire contract wants, or None."""
+    if seconds is None:
+        return None
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The job view of PROTOCOL.md section 2."""
+    return {
+        "id": job.id,
+        "key": job.key,
+        "type": job.type,
+        "status": job.status.value,
+        "priority": job.priority.value,
+        "description": job.description,
+        "batch": job.batch,
+        "submitted": timestamp(job.submitted),
+        "started": timestamp(job.started),
+        "ended": timestamp(job.ended),
+        "failure_count": job.failure_count,
+        "worker_id": job.worker_id,
+        "worker_name": job.worker_name,
+        "progress": (
+            None
+            if job.progress is None
+            else {"percent": job.progress.percent, "info": job.progress.info}
+        ),
+        "error": (
+            None
+            if job.error is None
+            else {"info": job.error.info, "logs": job.error.logs}
+        ),
+        "from": job.parent,
+        "next": job.child,
+        "payload_size": job.payload_size,
+        "result_size": job.result_size,
+    }

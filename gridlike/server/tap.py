@@ -1,0 +1,146 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The C{twistd gridlike} command line: L{Options} reads and checks the
+configuration, L{makeService} wires the service tree.  Neither does I/O
+beyond reading the configuration file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted import copyright
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.python import usage
+
+from gridlike import __version__
+from gridlike.server.api import GridLikeAPI
+from gridlike.server.config import Settings, load_settings, state_directory
+from gridlike.server.errors import ConfigError
+from gridlike.server.service import GridLikeService
+from gridlike.server.upload import UploadSite
+
+TWISTD_PIDFILE = "twistd.pid"
+"""twistd's own default for C{--pidfile}, which GridLike drops under C{-n}."""
+
+
+class Options(usage.Options):
+    """
+    The options after C{twistd [twistd options] gridlike}.
+
+    twistd parses its own options (C{--nodaemon}, C{--pidfile}) before these
+    and hands this instance its own in C{parent}.
+    """
+
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: the built-in defaults)."]
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """
+        Endpoint to serve on instead of the configured ones, e.g.
+        tcp:8080:interface=127.0.0.1 (repeatable).
+        """
+        self["listen"].append(description)
+
+    def opt_version(self) -> None:
+        """
+        Print GridLike's version (and Twisted's) and exit.
+        """
+        print(f"gridlike {__version__} (Twisted {copyright.version})")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        """
+        Read the configuration (data paths in systemd's state directory
+        when there is one), and drop twistd's default pid file under C{-n}.
+
+        A bad configuration is not a usage error: twistd would print its
+        whole usage text before the one line that matters, so it ends
+        start-up with that line alone.
+
+        @raise SystemExit: the configuration is bad; the message names the
+            key.
+        """
+        try:
+            self["settings"] = load_settings(
+                self["config"], listen=self["listen"], data_dir=state_directory(os.environ)
+            )
+        except ConfigError as e:
+            raise SystemExit(f"gridlike: {e.problem}") from None
+        _no_default_pidfile(getattr(self, "parent", None))
+
+
+def _no_default_pidfile(twistd: usage.Options | None) -> None:
+    """
+    Under C{twistd -n}, write no pid file unless C{--pidfile} names one.
+
+    A foreground process has a supervisor (a shell, systemd, a container)
+    that knows its pid; twistd's default C{./twistd.pid} only makes a second
+    instance in the same directory refuse to start, and is left behind
+    after a crash.  twistd parses C{--pidfile} before GridLike sees its own
+    options and records no trace of whether it was given, so its default
+    value, C{twistd.pid} as it stands, counts as not given: a pid file
+    under -n needs another spelling (C{--pidfile=./twistd.pid},
+    C{--pidfile=/run/gridlike.pid}).  Daemonized, twistd's default stands.
+
+    @param twistd: twistd's options, or L{None} outside twistd.
+    """
+    if twistd is None or not twistd.get("nodaemon"):
+        return
+    if twistd.get("pidfile") == TWISTD_PIDFILE:
+        twistd["pidfile"] = ""
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    The service tree: the core first (it replays the journal when started),
+    then one listener per configured endpoint.
+    """
+    if reactor is None:
+        from twisted.internet import reactor  # installed by twistd by now
+    settings: Settings = options["settings"]
+    root = MultiService()
+    core = GridLikeService(settings, reactor)
+    core.setServiceParent(root)
+    api = GridLikeAPI(core)
+    site = UploadSite(
+        api.root(),
+        api.upload_policy,
+        access_log=settings.server.access_log,
+        reactor=reactor,
+        timeout=settings.server.idle_timeout,
+    )
+    site.displayTracebacks = False
+    for description in settings.server.listen:
+        Listener(description, serverFromString(reactor, description), site).setServiceParent(root)
+    return root
+
+
+class Listener(StreamServerEndpointService):
+    """
+    One configured endpoint.  A port that cannot be bound stops start-up
+    with one line naming it, rather than a traceback.
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise SystemExit(f"gridlike: cannot listen on {self.description}: {reason}") from None

@@ -1,0 +1,658 @@
+# -*- test-case-name: tests.test_upload -*-
+"""
+Streaming multipart uploads.
+
+twisted.web keeps a whole request body and parses a form in one piece.  Here
+the request factory parses C{multipart/form-data} bodies as they arrive:
+each C{payload} part goes straight to a storage writer (which pauses the
+connection while the disk catches up), and the small text fields are kept,
+with caps on their number and size.  The route then receives an
+L{UploadedForm} whose payloads are already durable, or the error that
+stopped the upload; either way nothing is left in storage that no job owns.
+
+Uploads hold slots (C{max_uploads} in all, C{max_uploads_per_address} for
+one client) only while their body arrives, and must arrive at
+C{min_upload_rate} or better: a client trickling bytes cannot keep a slot
+from everyone else.  Every limit is checked on the bytes as they are
+parsed, so it holds the same whether the body is sent with a
+C{Content-Length} or chunked.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, cast
+
+from attrs import define, field, frozen
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.web import http
+from twisted.web.server import Request, Site
+from zope.interface import implementer
+
+from gridlike._transport import stream_transport
+from gridlike.server.auth import Gate
+from gridlike.server.errors import (
+    BadRequest,
+    GridLikeError,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
+    Unavailable,
+)
+from gridlike.server.registry import new_job_id
+from gridlike.server.storage import PAYLOAD, IPayloadWriter, IStorage
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+log = Logger()
+
+FIELD_LIMIT = 4096
+"""Largest text field of a form, in bytes."""
+OTHER_BODY_LIMIT = 64 * 1024
+"""Bodies of other requests are not used; at most this much is kept."""
+
+
+@frozen
+class StoredPayload:
+    """A payload part, durable in storage under C{job_id}."""
+
+    job_id: str
+    size: int
+
+
+@frozen
+class UploadedForm:
+    """A multipart form whose payload parts are durable in storage."""
+
+    fields: dict[str, list[str]]
+    payloads: list[StoredPayload]
+
+    def one(self, name: str) -> str | None:
+        """
+        The value of a field given at most once.
+
+        @raise BadRequest: it is given more than once.
+        """
+        values = self.fields.get(name, [])
+        if len(values) > 1:
+            raise BadRequest(f"{name}: given more than once")
+        return values[0] if values else None
+
+
+@define
+class UploadPolicy:
+    """
+    What the site accepts as an upload, how many at once, and how slowly.
+
+    The limits are those of L{gridlike.server.config.ServerSettings} of the same
+    names; C{clock} times the minimum rate.
+
+    @ivar gate: who may upload at all, asked before the body is read.
+    @ivar active: the uploads whose body is arriving.
+    """
+
+    storage: IStorage
+    max_payload: int
+    max_uploads: int
+    gate: Gate
+    clock: IReactorTime
+    max_uploads_per_address: int
+    min_upload_rate: int
+    upload_rate_window: float
+    max_request: int
+    max_form_parts: int
+    max_form_text: int
+    active: int = 0
+    _by_address: dict[str, int] = field(factory=dict)
+
+    def check_room(self, address: str) -> None:
+        """
+        Refuse an upload that would take a slot there is none of.
+
+        @param address: the client's address, as L{client_address} gives it.
+        @raise Unavailable: C{max_uploads} uploads are in progress.
+        @raise TooManyRequests: that address already holds
+            C{max_uploads_per_address} of them.
+        """
+        if self.active >= self.max_uploads:
+            raise Unavailable("too many uploads in progress; try again")
+        if self._by_address.get(address, 0) >= self.max_uploads_per_address:
+            raise TooManyRequests(
+                f"{self.max_uploads_per_address} uploads from {address} are"
+                " in progress; try again when one ends"
+            )
+
+    def occupy(self, address: str) -> None:
+        """
+        An upload from C{address} begins to arrive: it takes a slot.
+
+        @param address: the client's address.
+        """
+        self.active += 1
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+
+    def vacate(self, address: str) -> None:
+        """
+        An upload from C{address} is complete or gone: its slot is free.
+
+        @param address: the client's address.
+        """
+        self.active -= 1
+        held = self._by_address.pop(address) - 1
+        if held:
+            self._by_address[address] = held
+
+    def rate_floor(
+        self, too_slow: Callable[[RequestTimeout], None]
+    ) -> _RateFloor | None:
+        """
+        @param too_slow: what to do with an upload below the minimum rate.
+        @return: a floor for one upload, or L{None} when there is no
+            minimum rate.
+        """
+        if not self.min_upload_rate:
+            return None
+        return _RateFloor(
+            self.clock, self.min_upload_rate, self.upload_rate_window, too_slow
+        )
+
+
+def client_address(request: Request) -> str:
+    """
+    @param request: a request.
+    @return: the address its client's uploads are counted under: the IP
+        address, or C{"local"} for a UNIX socket (whose clients all share).
+    """
+    host: str | None = getattr(request.getClientAddress(), "host", None)
+    return host or "local"
+
+
+@define
+class _RateFloor:
+    """
+    Tells when an upload sends fewer than C{rate} bytes a second, averaged
+    over each C{window} seconds in which the server is reading it.
+
+    While storage holds the connection paused the client is not to blame:
+    L{stop} then, and L{start} again on resume with a fresh window.
+    """
+
+    clock: IReactorTime
+    rate: int
+    window: float
+    too_slow: Callable[[RequestTimeout], None]
+    _received: int = 0
+    _timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """Begin a window."""
+        self.stop()
+        self._received = 0
+        self._timer = self.clock.callLater(self.window, self._judge)
+
+    def received(self, size: int) -> None:
+        """
+        @param size: bytes of the body that just arrived.
+        """
+        self._received += size
+
+    def stop(self) -> None:
+        """Stop timing, until L{start}."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _judge(self) -> None:
+        self._timer = None
+        if self._received < self.rate * self.window:
+            self.too_slow(
+                RequestTimeout(
+                    f"body: slower than {self.rate} bytes a second"
+                    f" over {self.window:g} s"
+                )
+            )
+        else:
+            self.start()
+
+
+@define
+class ReadGate:
+    """
+    Stops reading from an uploading connection while any of its payload
+    writers asks for a pause; the upload's rate C{floor}, if any, stops
+    timing meanwhile.
+    """
+
+    request: Request
+    floor: _RateFloor | None = None
+    _closers: int = 0
+
+    def close(self) -> None:
+        self._closers += 1
+        if self._closers == 1:
+            if self.floor is not None:
+                self.floor.stop()
+            if self.request.channel is not None:
+                stream_transport(self.request.channel.transport).pauseProducing()
+
+    def open(self) -> None:
+        self._closers -= 1
+        if self._closers == 0:
+            if self.floor is not None:
+                self.floor.start()
+            if self.request.channel is not None:
+                stream_transport(self.request.channel.transport).resumeProducing()
+
+
+@implementer(IPushProducer)
+@define
+class _Throttle:
+    """The producer one payload writer sees: pauses count on the gate once."""
+
+    gate: ReadGate
+    paused: bool = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.gate.close()
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.gate.open()
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+
+@define
+class MultipartUpload:
+    """
+    One streaming multipart body: feed it data, then take its L{result}.
+    """
+
+    policy: UploadPolicy
+    boundary: bytes
+    gate: ReadGate
+    _fields: dict[str, list[str]] = field(factory=dict)
+    _stored: list[Deferred[StoredPayload]] = field(factory=list)
+    _cleanup: list[Deferred[Any]] = field(factory=list)
+    _error: GridLikeError | None = None
+    _finished: bool = False
+    _body_size: int = 0
+    _parts: int = 0
+    _text_size: int = 0
+    _claimed: bool = False
+    _part_headers: dict[bytes, bytes] = field(factory=dict)
+    _header_name: bytes = b""
+    _header_value: bytes = b""
+    _part_name: str | None = None
+    _part_text: bytearray | None = None
+    _writer: IPayloadWriter | None = None
+    _writer_id: str = ""
+    _throttle: _Throttle | None = None
+    _parser: MultipartParser = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        callbacks: dict[str, Callable[..., None]] = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+        self._parser = MultipartParser(self.boundary, callbacks)  # type: ignore[arg-type]
+
+    @property
+    def failed(self) -> GridLikeError | None:
+        return self._error
+
+    def feed(self, data: bytes) -> None:
+        """Parse the next piece of the body."""
+        if self._error is not None:
+            return
+        try:
+            self._body_size += len(data)
+            limit = self.policy.max_request
+            if limit and self._body_size > limit:
+                raise PayloadTooLarge(f"body: larger than {limit} bytes")
+            self._parser.write(data)
+        except MultipartParseError as e:
+            self.fail(BadRequest(f"body: malformed multipart: {e}"))
+        except GridLikeError as e:
+            self.fail(e)
+
+    def fail(self, error: GridLikeError) -> None:
+        """Stop the upload and discard every payload stored for it."""
+        if self._error is None:
+            self._error = error
+            self.discard()
+
+    def discard(self) -> None:
+        """
+        Remove every payload of this upload from storage; L{result} waits
+        until they are gone.
+        """
+        writer, self._writer = self._writer, None
+        if writer is not None and self._throttle is not None:
+            self._cleanup.append(writer.abort())
+            self._release(None, writer, self._throttle)
+        for stored in self._stored:
+            self._cleanup.append(
+                stored.addCallbacks(
+                    lambda payload: self.policy.storage.delete(payload.job_id),
+                    lambda failure: None,
+                )
+            )
+        self._stored = []
+
+    async def result(self) -> UploadedForm:
+        """
+        The form, once the body is complete and every payload durable.
+
+        @raise GridLikeError: the upload was refused; nothing of it remains.
+        """
+        self._claimed = True
+        if self._error is None and not self._finished:
+            self.fail(BadRequest("body: the multipart body is incomplete"))
+        if self._error is not None:
+            await DeferredList(self._cleanup, consumeErrors=True)
+            raise self._error
+        outcomes = await DeferredList(self._stored, consumeErrors=True)
+        failures = [cast("Failure", value) for ok, value in outcomes if not ok]
+        payloads = [value for ok, value in outcomes if ok]
+        if failures:
+            await DeferredList(
+                [self.policy.storage.delete(p.job_id) for p in payloads],
+                consumeErrors=True,
+            )
+            failure = failures[0]
+            if failure.check(GridLikeError):
+                raise failure.value
+            log.failure("storing an upload", failure)
+            raise Unavailable("the payload could not be stored")
+        return UploadedForm(self._fields, payloads)
+
+    # Parser callbacks
+
+    def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self.policy.max_form_parts:
+            raise PayloadTooLarge(f"body: more than {self.policy.max_form_parts} parts")
+        self._part_headers = {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._part_headers[self._header_name.strip().lower()] = self._header_value.strip()
+        self._header_name = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        disposition, options = parse_options_header(
+            self._part_headers.get(b"content-disposition", b"")
+        )
+        if disposition != b"form-data" or b"name" not in options:
+            raise BadRequest("body: a part has no form-data name")
+        try:
+            name = options[b"name"].decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("body: a field name is not UTF-8") from None
+        self._part_name = name
+        if name == "payload":
+            self._writer_id = new_job_id()
+            writer = self.policy.storage.writer(
+                self._writer_id, PAYLOAD, max_size=self.policy.max_payload
+            )
+            self._throttle = _Throttle(self.gate)
+            writer.registerProducer(self._throttle, True)
+            self._writer = writer
+        else:
+            self._part_text = bytearray()
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._writer is not None:
+            self._writer.write(data[start:end])
+        elif self._part_text is not None:
+            self._part_text += data[start:end]
+            if len(self._part_text) > FIELD_LIMIT:
+                raise BadRequest(f"{self._part_name}: longer than {FIELD_LIMIT} bytes")
+            self._text_size += end - start
+            if self._text_size > self.policy.max_form_text:
+                raise PayloadTooLarge(
+                    f"body: more than {self.policy.max_form_text} bytes of fields"
+                )
+
+    def _part_end(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            job_id = self._writer_id
+            stored = writer.finish()
+            stored.addBoth(self._release, writer, self._throttle)
+            self._stored.append(
+                stored.addCallback(lambda size: StoredPayload(job_id, size))
+            )
+        elif self._part_text is not None and self._part_name is not None:
+            try:
+                text = self._part_text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadRequest(f"{self._part_name}: not UTF-8") from None
+            self._fields.setdefault(self._part_name, []).append(text)
+        self._part_text = None
+        self._part_name = None
+
+    def _end(self) -> None:
+        self._finished = True
+
+    def unclaimed(self) -> None:
+        """
+        The response is sent: payloads that no route took are discarded.
+        """
+        if not self._claimed:
+            self.discard()
+
+    @staticmethod
+    def _release(result: Any, writer: IPayloadWriter, throttle: _Throttle | None) -> Any:
+        """
+        A writer is done: it no longer holds the connection paused.
+        """
+        writer.unregisterProducer()
+        if throttle is not None:
+            throttle.resumeProducing()
+        return result
+
+
+def start_upload(
+    policy: UploadPolicy, request: Request, length: int | None
+) -> MultipartUpload | None:
+    """
+    Begin parsing a request body as a multipart upload.
+
+    @return: the upload, or L{None} when the body is not multipart.
+    @raise GridLikeError: the upload is refused before anything is stored;
+        the gate's refusal (a foreign web page, no valid API key) comes
+        first, so that an unauthorized client learns nothing of its body.
+    """
+    mime, options = parse_options_header(request.getHeader(b"content-type") or "")
+    if mime != b"multipart/form-data":
+        return None
+    refusal = policy.gate.upload_refusal(request)
+    if refusal is not None:
+        raise refusal
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("body: multipart without a boundary")
+    if policy.max_request and length is not None and length > policy.max_request:
+        raise PayloadTooLarge(f"body: larger than {policy.max_request} bytes")
+    policy.check_room(client_address(request))
+    return MultipartUpload(policy, boundary, ReadGate(request))
+
+
+def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload | None:
+    """
+    Parse a body that a plain twisted.web request has already kept whole,
+    the same way L{UploadRequest} parses one as it arrives.
+    """
+    content = cast(BinaryIO, request.content)
+    content.seek(0, 2)
+    upload = start_upload(policy, request, content.tell())
+    if upload is not None:
+        content.seek(0)
+        while data := content.read(65536):
+            upload.feed(data)
+    return upload
+
+
+class UploadRequest(Request):
+    """
+    A request that streams multipart bodies into storage as they arrive.
+
+    The route finds the parsed body in C{upload} (or L{None} when the body
+    was not multipart or not streamed) and C{upload_refused} when it was
+    refused before anything was stored.  The body of a refused upload is
+    dropped as it arrives: kept, twisted.web would parse it as a form itself
+    and answer a bare 400 when it is malformed.
+    """
+
+    content: BinaryIO  # type: ignore[assignment]  # twisted.web declares None
+    upload: MultipartUpload | None = None
+    upload_refused: GridLikeError | None = None
+    _policy: UploadPolicy | None = None
+    _address: str = ""
+    _rejected: bool = False
+
+    def gotLength(self, length: int | None) -> None:
+        site: UploadSite = self.channel.site  # type: ignore[attr-defined]
+        policy = site.upload_policy
+        try:
+            upload = start_upload(policy, self, length)
+        except PayloadTooLarge as e:
+            self._reject_early(e)
+            upload = None
+        except GridLikeError as e:
+            self.upload_refused = e
+            upload = None
+        else:
+            if upload is None:
+                super().gotLength(min(length or 0, OTHER_BODY_LIMIT))
+                return
+        self.content = BytesIO()
+        if upload is not None:
+            self._address = client_address(self)
+            policy.occupy(self._address)
+            self._policy = policy
+            self.upload = upload
+            upload.gate.floor = policy.rate_floor(self._too_slow)
+            if upload.gate.floor is not None:
+                upload.gate.floor.start()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        upload = self.upload
+        if upload is None:
+            if self.upload_refused is not None:
+                return
+            room = OTHER_BODY_LIMIT - self.content.tell()
+            if room > 0:
+                self.content.write(data[:room])
+            return
+        if upload.gate.floor is not None:
+            upload.gate.floor.received(len(data))
+        upload.feed(data)
+        if isinstance(upload.failed, PayloadTooLarge):
+            self._reject_early(upload.failed)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._upload_over()
+        if self._rejected:
+            return  # answered early and closing: no route may answer again
+        if self.upload is not None:
+            upload = self.upload
+            self.notifyFinish().addBoth(lambda _: upload.unclaimed())
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.upload is not None and self._policy is not None:
+            self.upload.fail(BadRequest("the connection was lost mid-upload"))
+        self._upload_over()
+        super().connectionLost(reason)
+
+    def _upload_over(self) -> None:
+        """
+        The body is complete or gone: the upload no longer counts, and its
+        rate no longer matters.
+        """
+        policy, self._policy = self._policy, None
+        if policy is not None:
+            policy.vacate(self._address)
+        if self.upload is not None and self.upload.gate.floor is not None:
+            self.upload.gate.floor.stop()
+            self.upload.gate.floor = None
+
+    def _too_slow(self, error: RequestTimeout) -> None:
+        """The body arrives below the minimum rate: answer 408 and close."""
+        log.info(
+            "closing an upload from {address}: {problem}",
+            address=self._address,
+            problem=error.problem,
+        )
+        self._reject_early(error)
+
+    def _reject_early(self, error: GridLikeError) -> None:
+        """
+        Answer now and close, rather than read a body we will not keep; the
+        upload's slot is free at once.
+        """
+        self.upload_refused = error
+        if self.upload is not None:
+            self.upload.fail(error)
+        self._upload_over()
+        channel = self.channel
+        if self._rejected or channel is None or channel.transport is None:
+            return
+        self._rejected = True
+        body = json.dumps({"problem": error.problem}).encode("utf-8")
+        reason = HTTPStatus(error.status).phrase.encode("ascii")
+        channel.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (error.status, reason, len(body), body)
+        )
+        channel.transport.loseConnection()
+
+
+class UploadSite(Site):
+    """
+    A L{Site} whose requests stream uploads under an L{UploadPolicy}, and
+    which logs each request only when asked to.
+    """
+
+    requestFactory = UploadRequest
+
+    def __init__(
+        self,
+        resource: Any,
+        upload_policy: UploadPolicy,
+        access_log: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(resource, **kwargs)
+        self.upload_policy = upload_policy
+        self._access_log = access_log
+
+    def log(self, request: http.Request) -> None:
+        if self._access_log:
+            super().log(request)
