@@ -8,7 +8,7 @@ disk.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
@@ -17,8 +17,13 @@ from zope.interface import implementer
 
 from gridlike.server.errors import GridLikeError, NotFound, PayloadTooLarge, Unavailable
 from gridlike.server.journal import IJournal
+from gridlike.server.listeners import IJobListener, IWorkerListener, JobChange, WorkerChange
+from gridlike.server.model import Job
 from gridlike.server.storage import KINDS, IPayloadWriter, IStorage
 from gridlike.server.storage.interface import check_size, missing
+
+if TYPE_CHECKING:
+    from gridlike.server.dispatch import WorkerRecord
 
 
 @implementer(IJournal)
@@ -187,3 +192,22 @@ class MemoryStorage:
 
     def sweep_temporary(self) -> Deferred[int]:
         return succeed(0)
+
+
+@implementer(IJobListener, IWorkerListener)
+@define
+class Heard:
+    """A listener that keeps every change it hears, in order."""
+
+    jobs: list[tuple[JobChange, Job]] = field(factory=list)
+    workers: list[tuple[WorkerChange, WorkerRecord]] = field(factory=list)
+
+    def job_changed(self, change: JobChange, job: Job) -> None:
+        self.jobs.append((change, job))
+
+    def worker_changed(self, change: WorkerChange, worker: WorkerRecord) -> None:
+        self.workers.append((change, worker))
+
+    def of(self, *changes: JobChange) -> list[Job]:
+        """The jobs heard of with one of C{changes}, in order."""
+        return [job for change, job in self.jobs if change in changes]

@@ -66,7 +66,7 @@ class Core:
             self.settings, MemoryJournal(), self.storage, self.clock
         )
         self.dispatcher = Dispatcher(self.settings, self.registry, self.clock)
-        self.registry.on_pending = self.dispatcher.job_pending
+        self.registry.add_listener(self.dispatcher)
 
     def stats(self) -> dict[str, Any]:
         stats = self.registry.stats()

@@ -51,6 +51,8 @@ class FakeLink:
     record: Any = None
     connected: bool = True
     on_run: Any = None
+    clock: Clock | None = None
+    """Turned once an answer is given, so that the registry's announcements are out."""
 
     def run(self, job: Job) -> Deferred[int]:
         assert job.id not in self.running
@@ -72,6 +74,8 @@ class FakeLink:
             d.errback(result)
         else:
             d.callback(result)
+        if self.clock is not None:
+            self.clock.advance(0)
 
 
 class Harness:
@@ -79,13 +83,13 @@ class Harness:
         self.settings = parse_settings(CONFIG, Path("/nonexistent"))
         self.clock = Clock()
         self.storage = MemoryStorage()
-        self.registry = Registry(self.settings, MemoryJournal(), self.storage, self.clock)
+        self.journal = MemoryJournal()
+        self.registry = Registry(self.settings, self.journal, self.storage, self.clock)
         self.dispatcher = Dispatcher(self.settings, self.registry, self.clock)
-        self.registry.on_pending = self.dispatcher.job_pending
-        self.registry.on_removed = self.dispatcher.withdraw
+        self.registry.add_listener(self.dispatcher)
 
     def connect(self, uid: str, job_type: str | None = "render") -> FakeLink:
-        link = FakeLink(uid, job_type)
+        link = FakeLink(uid, job_type, clock=self.clock)
         record = self.dispatcher.opened("127.0.0.1", job_type)
         self.dispatcher.registered(record, link)
         link.record = record
@@ -98,6 +102,7 @@ class Harness:
             self.registry.submit([NewJob(job_id, job_type, priority, 2, key)])
         )
         [job] = d.result
+        self.clock.advance(0)
         return job
 
     def result(self, link: FakeLink, data: bytes = b"out") -> None:
@@ -233,6 +238,8 @@ class DispatchTests(SynchronousTestCase):
         h.dispatcher.ready(link)
         job = h.submit(key="k")
         self.successResultOf(Deferred.fromCoroutine(h.registry.delete("k")))
+        self.assertEqual(link.held(), [job.id], "withdrawn on the next turn, not inside delete")
+        h.clock.advance(0)
         self.assertEqual(link.held(), [])
         self.assertEqual(link.status_requests, 1)
         self.assertEqual(h.clock.getDelayedCalls(), [])

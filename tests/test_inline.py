@@ -18,11 +18,12 @@ from zope.interface.verify import verifyObject
 
 from gridlike.server.config import parse_settings
 from gridlike.server.errors import Damaged, PayloadTooLarge, Unavailable
+from gridlike.server.listeners import JobChange
 from gridlike.server.model import Priority
 from gridlike.server.registry import NewJob, Registry, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT, IInlineStorage, IPayloadWriter, InlineStorage, Unfiled
 from gridlike.server.storage._inline import OBJECT_OVERHEAD
-from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.testing import Heard, MemoryJournal, MemoryStorage
 from tests.test_journal import Harness as JournalHarness
 from tests.test_journal import temp_journal
 
@@ -336,12 +337,13 @@ class RegistryInlineTests(SynchronousTestCase):
         so that dispatch can hand it to a worker at once.
         """
         inline = Inline(inner=HeldStorage())
-        reads: list[Deferred[bytes]] = []
-        inline.registry.on_pending = lambda job: reads.append(
-            inline.storage.read_bytes(job.id, PAYLOAD, 100)
-        )
+        heard = Heard()
+        inline.registry.add_listener(heard)
         inline.submit(self, b"at once")
-        self.assertEqual([self.successResultOf(d) for d in reads], [b"at once"])
+        inline.clock.advance(0)
+        [job] = heard.of(JobChange.SUBMITTED)
+        read = inline.storage.read_bytes(job.id, PAYLOAD, 100)
+        self.assertEqual(self.successResultOf(read), b"at once")
 
     def test_journal_down(self) -> None:
         """If the record cannot be written, the payload is not filed."""

@@ -18,7 +18,8 @@ from gridlike.server.errors import BadRequest, Conflict, NotFound, Unavailable
 from gridlike.server.model import Job, Priority, Status
 from gridlike.server.registry import Match, NewJob, Registry, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT
-from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.server.listeners import JobChange
+from gridlike.testing import Heard, MemoryJournal, MemoryStorage
 
 T = TypeVar("T")
 
@@ -49,10 +50,20 @@ class Harness:
         self.journal = journal or MemoryJournal()
         self.storage = MemoryStorage()
         self.registry = Registry(self.settings, self.journal, self.storage, self.clock)
-        self.pending: list[Job] = []
-        self.removed: list[Job] = []
-        self.registry.on_pending = self.pending.append
-        self.registry.on_removed = self.removed.append
+        self.heard = Heard()
+        self.registry.add_listener(self.heard)
+
+    @property
+    def pending(self) -> list[Job]:
+        """The jobs announced as pending, once this turn's announcements are out."""
+        self.clock.advance(0)
+        return self.heard.of(*(change for change in JobChange if change.pending))
+
+    @property
+    def removed(self) -> list[Job]:
+        """The jobs announced as deleted, once this turn's announcements are out."""
+        self.clock.advance(0)
+        return self.heard.of(JobChange.DELETED)
 
     def reopened(self) -> Registry:
         """A registry replayed from this one's journal."""

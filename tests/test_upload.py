@@ -234,6 +234,7 @@ class SlotTests(SynchronousTestCase):
         self.assertEqual(server.post_form(self, form(("payload", b"y")))[0], 202)
         slow.close()
         self.assertEqual(len(server.payload_ids()), 1)
+        server.clock.advance(0)  # the registry's announcements
         self.assertEqual(server.clock.getDelayedCalls(), [])
 
     def test_upload_at_the_rate_kept(self) -> None:
@@ -252,6 +253,7 @@ class SlotTests(SynchronousTestCase):
         upload.end()
         self.assertEqual(upload.answer()[0], 202)
         upload.close()
+        server.clock.advance(0)  # the registry's announcements
         self.assertEqual(server.clock.getDelayedCalls(), [])
 
     def test_paused_time_not_counted(self) -> None:
@@ -273,6 +275,7 @@ class SlotTests(SynchronousTestCase):
         upload.send(body[100:])
         self.assertEqual(upload.answer()[0], 202)
         upload.close()
+        server.clock.advance(0)  # the registry's announcements
         self.assertEqual(server.clock.getDelayedCalls(), [])
 
     def test_no_minimum_rate(self) -> None:

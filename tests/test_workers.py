@@ -357,14 +357,9 @@ class Harness:
             self.settings, MemoryJournal(), self.storage, self.clock
         )
         self.dispatcher = Dispatcher(self.settings, self.registry, self.clock)
-        self.registry.on_pending = self.dispatcher.job_pending
-        self.registry.on_removed = self._removed
+        self.registry.add_listener(self.dispatcher)
         self.factories: dict[str | None, WorkerFactory] = {}
         self._ports = 40000
-
-    def _removed(self, job: Job) -> None:
-        self.dispatcher.withdraw(job)
-        self.storage.delete(job.id)
 
     def run_threads(self) -> bool:
         return self.threads.run()

@@ -26,10 +26,17 @@ from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 from gridlike.server.config import Settings
 from gridlike.server.errors import Damaged, Unavailable
+from gridlike.server.listeners import (
+    EventualQueue,
+    IJobListener,
+    IWorkerListener,
+    JobChange,
+    WorkerChange,
+)
 from gridlike.server.model import Job, Progress, timestamp
 from gridlike.server.registry import Registry
 
@@ -144,21 +151,42 @@ class _Idle:
         return link
 
 
+@implementer(IJobListener)
 class Dispatcher:
     """
     Matches ready workers with pending jobs, and keeps the roster of workers.
+
+    It hears of jobs as a listener of the registry, and announces each change
+    of a worker connection to the L{IWorkerListener}s added with
+    L{add_listener}.
     """
 
-    def __init__(self, settings: Settings, registry: Registry, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        clock: IReactorTime,
+        eventual: EventualQueue | None = None,
+    ) -> None:
+        """
+        @param eventual: where announcements wait for their turn: the
+            registry's, so that job and worker changes keep their order.
+        """
         self._settings = settings
         self._registry = registry
         self._clock = clock
+        self._eventual = eventual if eventual is not None else EventualQueue(clock)
+        self._listeners: list[IWorkerListener] = []
         self._idle: dict[str | None, _Idle] = {}
         self._records: dict[IWorkerLink | int, WorkerRecord] = {}
         self._gone: dict[int, WorkerRecord] = {}
         self._totals: dict[str, _Totals] = {}
         self._running: dict[str, Deferred[int]] = {}
         self._connections = 0
+
+    def add_listener(self, listener: IWorkerListener) -> None:
+        """Announce every change of a worker from now on to C{listener}."""
+        self._listeners.append(listener)
 
     # Connections, as the worker protocol reports them
 
@@ -183,6 +211,7 @@ class Dispatcher:
         record.state = "busy"
         self._records[link] = record
         self._totals.setdefault(link.uid, _Totals())
+        self._announce(WorkerChange.JOINED, record)
         link.request_status()
 
     def ready(self, link: IWorkerLink) -> None:
@@ -196,7 +225,7 @@ class Dispatcher:
         while True:
             job = queue.peek()
             if job is None:
-                record.state = "ready"
+                self._set_state(record, "ready")
                 idle.add(link)
                 return
             if job.avoid == link.uid and idle.has_other_than(link.uid):
@@ -212,7 +241,7 @@ class Dispatcher:
         self._idle_of(link.job_type).remove(link)
         record = self._records[link]
         if record.job is None:
-            record.state = "busy"
+            self._set_state(record, "busy")
 
     def progress(self, link: IWorkerLink, percent: float | None, info: str | None) -> None:
         """The worker reported progress on the job it holds."""
@@ -236,24 +265,36 @@ class Dispatcher:
         record.disconnected_at = self._clock.seconds()
         if record.uid is not None:
             self._gone[record.id] = record
+            self._announce(WorkerChange.LEFT, record)
         self._forget_old()
 
-    # Jobs, as the registry reports them
+    # Jobs, as the registry announces them
 
-    def job_pending(self, job: Job) -> None:
-        """A job became pending: an idle worker of its type takes it now."""
-        idle = self._idle.get(job.type)
-        if idle is None or not idle.by_uid:
+    def job_changed(self, change: JobChange, job: Job) -> None:
+        """
+        A job that became pending goes to an idle worker of its type now; a
+        deleted one is taken back from its worker.
+        """
+        if change.pending:
+            self._offer(job.type)
+        elif change is JobChange.DELETED:
+            running = self._running.get(job.id)
+            if running is not None:
+                running.cancel()
+
+    def _offer(self, job_type: str | None) -> None:
+        """Give the best pending jobs of C{job_type} to its idle workers."""
+        idle = self._idle.get(job_type)
+        if idle is None:
             return
-        link = idle.take(avoid=job.avoid)
-        if link is not None:
+        queue = self._registry.pending(job_type)
+        while idle.by_uid:
+            job = queue.peek()
+            if job is None:
+                return
+            link = idle.take(avoid=job.avoid)
+            assert link is not None
             self._assign(link, job)
-
-    def withdraw(self, job: Job) -> None:
-        """The job was deleted: take it back from its worker."""
-        running = self._running.get(job.id)
-        if running is not None:
-            running.cancel()
 
     # Views
 
@@ -306,11 +347,21 @@ class Dispatcher:
             idle = self._idle[job_type] = _Idle()
         return idle
 
+    def _set_state(self, record: WorkerRecord, state: str) -> None:
+        if record.state != state:
+            record.state = state
+            self._announce(WorkerChange.STATE, record)
+
+    def _announce(self, change: WorkerChange, record: WorkerRecord) -> None:
+        eventually = self._eventual.eventually
+        for listener in self._listeners:
+            eventually(listener.worker_changed, change, record)
+
     def _assign(self, link: IWorkerLink, job: Job) -> None:
         record = self._records[link]
         self._registry.start(job, link.uid, link.name)
-        record.state = "busy"
         record.job = job
+        self._set_state(record, "busy")
         running = record.attempt = link.run(job)
         timeout = self._timeout(job.type)
         if timeout:

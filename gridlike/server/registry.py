@@ -27,7 +27,7 @@ import json
 import os
 from collections import Counter, deque
 from functools import partial
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 from uuid import UUID
 
 from attrs import evolve, frozen
@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from gridlike.server.config import Settings
 from gridlike.server.errors import BadRequest, Conflict, NotFound, Unavailable
 from gridlike.server.journal import IJournal
+from gridlike.server.listeners import EventualQueue, IJobListener, JobChange
 from gridlike.server.model import (
     KEY_PATTERN,
     MAX_DESCRIPTION,
@@ -207,12 +208,9 @@ class Registry:
     The jobs of one instance: lookup by key and id, the pending queues per
     type, counts, and the journal that makes changes durable.
 
-    @ivar on_pending: called with each job that becomes pending (new,
-        requeued, retried), after its record is durable; dispatch sets it.
-    @ivar on_removed: called with each job that is deleted, once its record
-        is durable: dispatch withdraws it from its worker.
-
-    Neither is called while the journal is replayed.
+    Every change is announced to the L{IJobListener}s added with
+    L{add_listener}, on a later turn (L{gridlike.server.listeners}); nothing
+    is announced while the journal is replayed.
     """
 
     def __init__(
@@ -221,7 +219,12 @@ class Registry:
         journal: IJournal,
         storage: IStorage,
         clock: IReactorTime,
+        eventual: EventualQueue | None = None,
     ) -> None:
+        """
+        @param eventual: where announcements wait for their turn; shared with
+            the dispatcher so that job and worker changes keep their order.
+        """
         self._settings = settings
         self._journal = journal
         self._storage = storage
@@ -236,8 +239,13 @@ class Registry:
         self._counts: Counter[tuple[str | None, Priority, Status]] = Counter()
         self._ended: deque[tuple[float, Status]] = deque()
         self._watchers: dict[str, list[Deferred[Job | None]]] = {}
-        self.on_pending: Callable[[Job], None] = lambda job: None
-        self.on_removed: Callable[[Job], None] = lambda job: None
+        self._eventual = eventual if eventual is not None else EventualQueue(clock)
+        self._listeners: list[IJobListener] = []
+        self._replaying = False
+
+    def add_listener(self, listener: IJobListener) -> None:
+        """Announce every change from now on to C{listener}, after those added before."""
+        self._listeners.append(listener)
 
     # Start-up
 
@@ -251,6 +259,7 @@ class Registry:
         # Replay makes millions of long-lived objects and no garbage cycles:
         # the cyclic collector would only rescan them again and again.
         gc.disable()
+        self._replaying = True
         try:
             for raw in self._journal.replay():
                 head, objects = split(raw)
@@ -259,6 +268,7 @@ class Registry:
                 if filing.tracks(record):
                     filing.replayed(record, objects)
         finally:
+            self._replaying = False
             gc.enable()
         gc.freeze()
         log.info(
@@ -482,7 +492,7 @@ class Registry:
             )
         except Unavailable:
             if child is not None and carried is None:
-                self._storage.delete(child.id)
+                await self._delete_bytes(child)
             raise
         return child
 
@@ -624,11 +634,13 @@ class Registry:
         job.worker_id = worker_id
         job.worker_name = worker_name
         job.progress = None
+        self._announce(JobChange.STARTED, job)
 
     def note_progress(self, job: Job, progress: Progress) -> None:
         """The worker running C{job} reported progress."""
         if job.status is Status.RUNNING:
             job.progress = progress
+            self._announce(JobChange.PROGRESS, job)
 
     # Compaction
 
@@ -768,6 +780,7 @@ class Registry:
             self._count_types(record)
             for job in made or [_decode_job(row) for row in record["jobs"]]:
                 self._insert(job)
+                self._announce(JobChange.SUBMITTED, job)
         elif op == "counters":
             self._count_types(record)
             self._next = max(self._next, record["next"])
@@ -809,7 +822,6 @@ class Registry:
         self._counts[(job.type, job.priority, job.status)] += 1
         if job.status is Status.PENDING:
             self.pending(job.type).push(job)
-            self.on_pending(job)
 
     def _remove(self, job: Job) -> None:
         self.pending(job.type).discard(job)
@@ -826,6 +838,7 @@ class Registry:
         job.error = None
         job.progress = None
         child = record.get("child")
+        child_job = None
         if child is not None:
             self._count_types(record)
             child_job = made[0] if made else _decode_job(child)
@@ -833,6 +846,9 @@ class Registry:
             self._insert(child_job)
         self._set_status(job, Status.DONE)
         self._note_end(job)
+        self._announce(JobChange.DONE, job)
+        if child_job is not None:
+            self._announce(JobChange.SUBMITTED, child_job)
 
     def _apply_fail(self, job: Job, record: dict[str, Any]) -> None:
         job.failure_count = record["count"]
@@ -847,10 +863,11 @@ class Registry:
             self.pending(job.type).discard(job)
             self._set_status(job, Status.FAILED)
             self._note_end(job)
+            self._announce(JobChange.FAILED, job)
         else:
             self._set_status(job, Status.PENDING)
             self.pending(job.type).push(job)
-            self.on_pending(job)
+            self._announce(JobChange.ATTEMPT_FAILED, job)
 
     def _apply_retry(self, job: Job, record: dict[str, Any]) -> None:
         if job.status is not Status.FAILED:
@@ -863,10 +880,17 @@ class Registry:
         self._next = max(self._next, job.order + 1)
         self._set_status(job, Status.PENDING)
         self.pending(job.type).push(job)
-        self.on_pending(job)
+        self._announce(JobChange.RETRIED, job)
 
     def _apply_delete(self, job: Job, record: dict[str, Any]) -> None:
         self._remove(job)
         for waiter in self._watchers.pop(job.id, ()):
             waiter.callback(None)
-        self.on_removed(job)
+        self._announce(JobChange.DELETED, job)
+
+    def _announce(self, change: JobChange, job: Job) -> None:
+        if self._replaying:
+            return
+        eventually = self._eventual.eventually
+        for listener in self._listeners:
+            eventually(listener.job_changed, change, job)

@@ -23,6 +23,7 @@ from gridlike.server.config import Settings
 from gridlike.server.dispatch import Dispatcher
 from gridlike.server.errors import GridLikeError
 from gridlike.server.journal import IJournal, Journal
+from gridlike.server.listeners import EventualQueue
 from gridlike.server.registry import Registry
 from gridlike.server.storage import FilesystemStorage, InlineStorage, IStorage
 from gridlike.server.workers import worker_resources
@@ -90,10 +91,10 @@ class GridLikeService(Service):
             fsync=settings.registry.fsync,
             fsync_interval=settings.registry.fsync_interval,
         )
-        self.registry = Registry(settings, self.journal, self.storage, reactor)
-        self.dispatcher = Dispatcher(settings, self.registry, reactor)
-        self.registry.on_pending = self.dispatcher.job_pending
-        self.registry.on_removed = self.dispatcher.withdraw
+        eventual = EventualQueue(reactor)
+        self.registry = Registry(settings, self.journal, self.storage, reactor, eventual)
+        self.dispatcher = Dispatcher(settings, self.registry, reactor, eventual)
+        self.registry.add_listener(self.dispatcher)
         self._worker_resources = worker_resources(
             settings, self.dispatcher, self.storage, reactor
         )
