@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from itertools import islice
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred

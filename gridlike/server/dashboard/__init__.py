@@ -28,7 +28,7 @@ from twisted.web.iweb import IRequest
 
 from gridlike.server.auth import matches_any
 from gridlike.server.config import Settings
-from gridlike.server.errors import BadRequest, NotFound, Unauthorized
+from gridlike.server.errors import BadRequest, NotFound, TooManyRequests, Unauthorized
 from gridlike.server.sessions import COOKIE, Sessions
 
 log = Logger()
@@ -132,14 +132,14 @@ class Dashboard:
         C{POST /api/session} with a JSON body C{{"user", "password"}} or
         C{{"api_key"}}: open a session and set its cookie.
 
-        @raise Unauthorized: the credentials are wrong, or too many wrong
-            ones came in a row lately.
+        @raise Unauthorized: the credentials are wrong.
+        @raise TooManyRequests: too many wrong ones came in a row lately.
         """
         if self.mode == "none":
             return self.state(request)
         now = self._clock.seconds()
         if now < self._wait_until:
-            raise Unauthorized(
+            raise TooManyRequests(
                 f"too many failed sign-ins: try again in {self._wait_until - now:.0f} s"
             )
         body = _json_body(request)
