@@ -69,9 +69,9 @@ class Session:
         if request.method in (b"GET", b"HEAD"):
             return True
         given = request.getHeader(CSRF_HEADER)
-        return given is not None and hmac.compare_digest(
-            given.encode("utf-8", "surrogateescape"), self.csrf.encode("ascii")
-        )
+        if isinstance(given, str):
+            given = given.encode("utf-8", "surrogateescape")
+        return given is not None and hmac.compare_digest(given, self.csrf.encode("ascii"))
 
 
 class Sessions:
