@@ -7,6 +7,7 @@ L{Clock}.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,8 +20,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
 
+from gridlike.server.config import parse_settings
 from gridlike.server.dispatch import Dispatcher, JobFailed
-from gridlike.server.errors import BadRequest
+from gridlike.server.errors import BadRequest, ConfigError
 from gridlike.server.events import EventStream, Selection
 from gridlike.server.listeners import IJobListener, IWorkerListener
 from tests.test_dispatch import Harness
@@ -398,3 +400,35 @@ class EventStreamTests(SynchronousTestCase):
         self.assertTrue(c.transport.value().endswith(b"0\r\n\r\n"))
         self.assertEqual(s.stream.clients, 0)
         self.assertEqual(s.clock.getDelayedCalls(), [])
+
+
+class EventSettingsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """[events] keep is 10000 by default, the heartbeat 15 s."""
+        settings = parse_settings("", Path("/nonexistent"))
+        self.assertEqual(
+            (settings.events.keep, settings.events.heartbeat), (10000, 15.0)
+        )
+
+    def test_set(self) -> None:
+        """The keys are read."""
+        settings = parse_settings(
+            '[events]\nkeep = 5\nkeep_bytes = "1MiB"\nheartbeat = 2\n', Path("/nonexistent")
+        )
+        self.assertEqual(
+            (settings.events.keep, settings.events.keep_bytes, settings.events.heartbeat),
+            (5, 1024 * 1024, 2.0),
+        )
+
+    def test_bad_values_name_the_key(self) -> None:
+        """A bad value is an error naming the key."""
+        for text, message in [
+            ("keep = 0", "[events] keep: must be an integer > 0, not 0"),
+            ('keep = "many"', "[events] keep: must be an integer > 0, not 'many'"),
+            ("keep_bytes = -1", "[events] keep_bytes: not a size: -1"),
+            ("heartbeat = 30", "[events] heartbeat: at most 15 seconds (PROTOCOL.md 5.1), not 30"),
+            ("nope = 1", "[events] nope: unknown key"),
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                parse_settings("[events]\n" + text, Path("/nonexistent"))
+            self.assertEqual(str(caught.exception), message)

@@ -17,7 +17,7 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from gridlike.server.config import parse_settings
 from gridlike.server.dashboard import MAX_FAILURES, Dashboard
-from gridlike.server.errors import NotFound, TooManyRequests, Unauthorized
+from gridlike.server.errors import ConfigError, NotFound, TooManyRequests, Unauthorized
 from gridlike.server.sessions import COOKIE, Sessions, page_route
 
 
@@ -204,6 +204,16 @@ class DashboardTests(SynchronousTestCase):
         self.assertRaises(TooManyRequests, d.sign_in, request(b"POST", body=good))
         clock.advance(1)
         self.assertTrue(d.sign_in(request(b"POST", body=good))["signed_in"])
+
+    def test_session_settings(self) -> None:
+        """[auth] session_idle and session_lifetime are read and checked."""
+        settings = parse_settings(
+            "[auth]\nsession_idle = 60\nsession_lifetime = 600\n", Path("/nonexistent")
+        )
+        self.assertEqual((settings.auth.session_idle, settings.auth.session_lifetime), (60.0, 600.0))
+        with self.assertRaises(ConfigError) as caught:
+            parse_settings("[auth]\nsession_idle = 0\n", Path("/nonexistent"))
+        self.assertEqual(str(caught.exception), "[auth] session_idle: must be a number > 0, not 0")
 
     def test_static(self) -> None:
         """The page carries its base; only the page's own files are served."""
