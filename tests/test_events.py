@@ -44,10 +44,12 @@ class _Events(Resource):
 
     def render_GET(self, request: Any) -> Any:
         try:
-            self.stream.serve(request)
+            done = self.stream.serve(request)
         except BadRequest as e:
             request.setResponseCode(400)
             return e.problem.encode()
+        # As Klein does once the route returns:
+        done.addCallback(lambda _: None if request._disconnected else request.finish())
         return NOT_DONE_YET
 
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from itertools import islice
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Protocol, cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -54,6 +54,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from gridlike.server.errors import BadRequest
@@ -193,7 +194,7 @@ class _Client:
     """
 
     def __init__(
-        self, stream: EventStream, request: IRequest, selection: Selection, position: int
+        self, stream: EventStream, request: Request, selection: Selection, position: int
     ) -> None:
         self.stream = stream
         self.request = request
@@ -236,9 +237,17 @@ class _Client:
             transport.abortConnection()
 
     def end(self) -> None:
-        """Forget the client; fire L{done}."""
+        """
+        Forget the client: unregister from its request, then fire L{done},
+        on which the route ends the response (unless the connection is lost).
+        """
+        if self.gone:
+            return
         self.gone = True
         self._cancel_stall()
+        request = self.request
+        if getattr(request, "producer", None) is self and not request._disconnected:
+            request.unregisterProducer()
         if not self.done.called:
             self.done.callback(None)
 
@@ -275,7 +284,7 @@ class EventStream:
         self._keep = keep
         self._keep_bytes = keep_bytes
         self._progress_interval = progress_interval
-        self._last = int(clock.seconds() * 1_000_000)
+        self._started: int | None = None
         self._retained: deque[Event] = deque()
         self._retained_bytes = 0
         self._clients: dict[_Client, None] = {}
@@ -348,6 +357,21 @@ class EventStream:
         return event
 
     @property
+    def _last(self) -> int:
+        """
+        The newest id given: before the first event, the time of the first
+        look in microseconds (read then, not at construction, which comes
+        before the reactor runs).
+        """
+        if self._started is None:
+            self._started = int(self.clock.seconds() * 1_000_000)
+        return self._started
+
+    @_last.setter
+    def _last(self, value: int) -> None:
+        self._started = value
+
+    @property
     def last_id(self) -> int:
         """The newest id given."""
         return self._last
@@ -371,10 +395,11 @@ class EventStream:
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer
-        client = _Client(self, request, selection, self._last if after is None else after)
+        web = cast(Request, request)
+        client = _Client(self, web, selection, self._last if after is None else after)
         self._clients[client] = None
-        request.registerProducer(client, True)
-        request.notifyFinish().addBoth(lambda _: self.drop(client))
+        web.registerProducer(client, True)
+        web.notifyFinish().addBoth(lambda _: self.drop(client))
         client.write(_OPENING_FRAME)  # the headers go out now
         if not self._beat.running:
             self._beat.start(self._heartbeat_interval, now=False)
@@ -417,11 +442,6 @@ class EventStream:
         """End every client's response, and stop every timer."""
         for client in list(self._clients):
             self.drop(client)
-            try:
-                client.request.unregisterProducer()
-                client.request.finish()
-            except Exception:
-                log.failure("ending an event stream")
         for _, held in self._progress.values():
             if held is not None and held.active():
                 held.cancel()

@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import Callable
+from typing import Callable, cast
 
 from attrs import define
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 COOKIE = b"gridlike_session"
 CSRF_HEADER = b"x-csrf-token"
@@ -153,7 +154,7 @@ class Sessions:
 
     def set_cookie(self, request: IRequest, token: str, path: str) -> None:
         """Give the browser a session's cookie."""
-        request.addCookie(
+        cast(Request, request).addCookie(
             COOKIE,
             token.encode("ascii"),
             path=path.encode("utf-8"),
@@ -165,7 +166,7 @@ class Sessions:
 
     def clear_cookie(self, request: IRequest, path: str) -> None:
         """Make the browser forget the cookie."""
-        request.addCookie(
+        cast(Request, request).addCookie(
             COOKIE,
             b"",
             path=path.encode("utf-8"),
