@@ -34,11 +34,14 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
 from gridlike.server.auth import Gate
+from gridlike.server.dashboard import Dashboard
 from gridlike.server.errors import BadRequest, Conflict, GridLikeError, NotFound, TypeRequired
+from gridlike.server.events import EventStream
 from gridlike.server.model import Job, Priority, Status, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
 from gridlike.server.registry import Match, NewJob
 from gridlike.server.result_stream import ResultsAsked, ResultStream
+from gridlike.server.sessions import Sessions, page_route
 from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
 from gridlike.server.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
 
@@ -56,11 +59,15 @@ T = TypeVar("T")
 def _open_route(path: list[bytes]) -> bool:
     """
     Whether the route at C{path} (its segments under C{path_prefix}) is open
-    without an API key: health, and the worker endpoints, which have their
-    own token.  Anything else is protected, routes added later included.
+    without an API key: health, the worker endpoints, which have their
+    own token, and the dashboard's page, files and sign-in, which ask for
+    credentials themselves.  Anything else is protected, routes added later
+    included.
     """
     joined = b"/" + b"/".join(path)
-    if joined in (b"/healthz", b"/api/worker"):
+    if joined in (b"/healthz", b"/api/worker", b"/", b"/api/session"):
+        return True
+    if joined.startswith(b"/dashboard/") and joined.count(b"/") == 2:
         return True
     rest = joined.removeprefix(b"/api/worker/")
     return rest != joined and b"/" not in rest
@@ -145,9 +152,25 @@ class GridLikeAPI:
         self._core = core
         self._settings = core.settings
         server = core.settings.server
+        auth, events = core.settings.auth, core.settings.events
+        self.sessions = Sessions(core.clock, auth.session_idle, auth.session_lifetime)
+        self.events = EventStream(
+            core.clock,
+            core.dispatcher.view,
+            keep=events.keep,
+            keep_bytes=events.keep_bytes,
+            heartbeat=events.heartbeat,
+            stall_timeout=server.idle_timeout,
+        )
+        core.registry._listeners.insert(0, self.events)  # before the dispatcher
+        core.dispatcher.add_listener(self.events)
+        self.dashboard = Dashboard(
+            core.settings, self.sessions, core.clock, lambda: self.events.last_id
+        )
         self.gate = Gate(
             allowed_origins=frozenset(server.allowed_origins),
             api_keys=core.settings.auth.api_keys,
+            sessions=self.sessions,
         )
         self.upload_policy = UploadPolicy(
             storage=core.storage,
@@ -355,6 +378,33 @@ class GridLikeAPI:
         await stream.run()
         return b""
 
+    # The event stream and the dashboard (events.py, dashboard/)
+
+    @app.route("/api/events", methods=["GET"])
+    async def event_stream(self, request: IRequest) -> bytes:
+        await self.events.serve(request)
+        return b""
+
+    @app.route("/", methods=["GET"])
+    def dashboard_page(self, request: IRequest) -> bytes:
+        return self.dashboard.page(request)
+
+    @app.route("/dashboard/<name>", methods=["GET"])
+    def dashboard_file(self, request: IRequest, name: str) -> bytes:
+        return self.dashboard.static(request, name)
+
+    @app.route("/api/session", methods=["GET"])
+    def session(self, request: IRequest) -> bytes:
+        return json_body(request, self.dashboard.state(request))
+
+    @app.route("/api/session", methods=["POST"])
+    def sign_in(self, request: IRequest) -> bytes:
+        return json_body(request, self.dashboard.sign_in(request))
+
+    @app.route("/api/session", methods=["DELETE"])
+    def sign_out(self, request: IRequest) -> bytes:
+        return json_body(request, self.dashboard.sign_out(request))
+
     # Workers
 
     @app.route("/api/worker", methods=["GET"])
@@ -495,7 +545,11 @@ class _Admitted(Resource):
         self._gate = gate
 
     def render(self, request: IRequest) -> bytes | int:
-        admission = self._gate.admit(request, protected=not _open_route(request.postpath))
+        admission = self._gate.admit(
+            request,
+            protected=not _open_route(request.postpath),
+            page=page_route(request.method, request.postpath),
+        )
         for name, value in admission.headers:
             request.setHeader(name, value)
         if admission.preflight:
