@@ -283,9 +283,11 @@ function drawChart() {
     rect.setAttribute("height", height);
     return rect;
   }));
-  const window = Math.min(5 * 60e3, now - state.since);
-  const recent = state.done.filter((t) => t > now - window).length;
-  const perMinute = window > 0 ? recent * 60e3 / window : 0;
+  // The rate over the last 5 minutes, or since the page loaded, but over a
+  // minute at least, so that the first few jobs do not promise too much.
+  const span = Math.max(60e3, Math.min(5 * 60e3, now - state.since));
+  const recent = state.done.filter((t) => t > now - span).length;
+  const perMinute = recent * 60e3 / span;
   const left = (state.jobs.pending || 0) + (state.jobs.running || 0);
   let drain = "queue empty";
   if (left) drain = perMinute ? "about " + duration(left / perMinute * 60) + " to drain" : "not draining yet";
