@@ -15,9 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
+from gridlike.server.auth import Gate
 from gridlike.server.config import parse_settings
 from gridlike.server.dashboard import MAX_FAILURES, Dashboard
-from gridlike.server.errors import ConfigError, NotFound, TooManyRequests, Unauthorized
+from gridlike.server.errors import ConfigError, Forbidden, NotFound, TooManyRequests, Unauthorized
 from gridlike.server.sessions import COOKIE, Sessions, page_route
 
 
@@ -222,3 +223,43 @@ class DashboardTests(SynchronousTestCase):
         self.assertIn(b'<base href="/grid/">', d.page(r))
         self.assertIn(b"EventSource", d.static(r, "app.js"))
         self.assertRaises(NotFound, d.static, r, "../__init__.py")
+
+
+class GateTests(SynchronousTestCase):
+    """The gate takes a session's cookie for an API key on the page's routes only."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sessions = Sessions(self.clock, idle=60)
+        self.token, self.session = self.sessions.open("ann")
+        self.gate = Gate(frozenset(), ("key",), sessions=self.sessions)
+
+    def refusal(self, r: Request, page: bool = True) -> object:
+        return self.gate.admit(r, protected=True, page=page).refusal
+
+    def test_cookie_on_page_routes(self) -> None:
+        """A live session's cookie opens the page's routes."""
+        self.assertIsNone(self.refusal(request(cookie=self.token)))
+        self.assertIsInstance(self.refusal(request(cookie=self.token), page=False), Unauthorized)
+        self.assertIsInstance(self.refusal(request(cookie="forged")), Unauthorized)
+        self.assertIsInstance(self.refusal(request()), Unauthorized)
+
+    def test_changes_need_csrf(self) -> None:
+        """A change made with the cookie needs the session's CSRF token."""
+        refused = self.refusal(request(b"POST", cookie=self.token))
+        self.assertIsInstance(refused, Forbidden)
+        self.assertIn("X-CSRF-Token", refused.problem)  # type: ignore[attr-defined]
+        wrong = self.refusal(request(b"POST", cookie=self.token, csrf="other"))
+        self.assertIsInstance(wrong, Forbidden)
+        self.assertIsNone(self.refusal(request(b"POST", cookie=self.token, csrf=self.session.csrf)))
+
+    def test_expired(self) -> None:
+        """An expired session's cookie counts for nothing."""
+        self.clock.advance(60)
+        self.assertIsInstance(self.refusal(request(cookie=self.token)), Unauthorized)
+
+    def test_api_key_still_works(self) -> None:
+        """The API key is accepted as before, with no CSRF token."""
+        r = request(b"POST")
+        r.requestHeaders.setRawHeaders(b"x-api-key", [b"key"])
+        self.assertIsNone(self.refusal(r, page=False))
