@@ -21,18 +21,11 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface.verify import verifyObject
 
 from gridlike.server.config import parse_settings
-from gridlike.server.dispatch import Dispatcher, JobFailed
+from gridlike.server.dispatch import JobFailed
 from gridlike.server.errors import BadRequest, ConfigError
 from gridlike.server.events import EventStream, Selection
 from gridlike.server.listeners import IJobListener, IWorkerListener
 from tests.test_dispatch import Harness
-
-
-def worker_view(dispatcher: Dispatcher) -> Any:
-    def view(record: Any) -> dict[str, Any]:
-        return next(v for v in dispatcher.views() if v["id"] == str(record.id))
-
-    return view
 
 
 class _Events(Resource):
@@ -105,10 +98,8 @@ class Setup:
     def __init__(self, **options: Any) -> None:
         self.h = Harness()
         self.clock = self.h.clock
-        self.stream = EventStream(self.clock, worker_view(self.h.dispatcher), **options)
-        # Observers first, then the dispatcher, as the listeners module says.
-        self.h.registry._listeners.insert(0, self.stream)
-        self.h.dispatcher.add_listener(self.stream)
+        self.stream = EventStream(self.clock, self.h.dispatcher.view, **options)
+        self.h.core.add_observer(self.stream)  # before the dispatcher
         self.site = Site(_Events(self.stream), reactor=self.clock, timeout=None)
 
     def connect(self, query: str = "", **headers: str) -> Connection:

@@ -168,8 +168,7 @@ class GridLikeAPI:
             heartbeat=events.heartbeat,
             stall_timeout=server.idle_timeout,
         )
-        core.registry._listeners.insert(0, self.events)  # before the dispatcher
-        core.dispatcher.add_listener(self.events)
+        core.add_observer(self.events)
         self.dashboard = Dashboard(
             core.settings, self.sessions, core.clock, lambda: self.events.last_id
         )
