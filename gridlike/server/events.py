@@ -11,8 +11,8 @@ they are.  Announcements come a turn after the change, so the view is the
 job as it is when the event is recorded, which may already show a later
 change of the same turn.
 
-Ids: consecutive integers.  The first id of a process is the start time in
-microseconds since the epoch, plus one, so that ids keep growing across
+Ids: consecutive integers.  The first id of a process is the time it first
+needs one, in microseconds since the epoch, plus one, so that ids keep growing across
 restarts (unless a process sends over a million events a second on
 average).  A client's C{Last-Event-ID} from an earlier process is thus
 older than anything retained, and it is told to reset.

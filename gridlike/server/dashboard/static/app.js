@@ -256,7 +256,7 @@ function draw() {
     const total = STATUSES.reduce((sum, s) => sum + (c[s] || 0), 0);
     const meter = el("progress", { max: String(total || 1) });
     meter.value = (c.done || 0);
-    return el("tr", {}, td(type), ...STATUSES.map((s) => td(c[s] || 0)),
+    return el("tr", {}, td(type === "null" ? "(untyped)" : type), ...STATUSES.map((s) => td(c[s] || 0)),
       el("td", {}, meter, " " + (c.done || 0) + " / " + total));
   }));
   fill($("#priorities tbody"), Object.entries(state.priorities).map(([p, c]) =>
