@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from itertools import islice
 from typing import Any, Iterable, Protocol, cast
 
 from attrs import frozen
@@ -71,6 +70,8 @@ HEARTBEAT = 15.0
 """Seconds between comment lines."""
 PROGRESS_INTERVAL = 0.25
 """Least seconds between two progress events of one job."""
+WRITE_SIZE = 64 * 1024
+"""About the most bytes written to a client at once, when catching up."""
 STALL_TIMEOUT = 60.0
 """Seconds a client may read nothing before its connection is closed."""
 
@@ -289,6 +290,7 @@ class EventStream:
         self._retained_bytes = 0
         self._clients: dict[_Client, None] = {}
         self._progress: dict[str, tuple[float, IDelayedCall | None]] = {}
+        self._delivery: IDelayedCall | None = None
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
         self._heartbeat_interval = heartbeat
@@ -337,8 +339,9 @@ class EventStream:
 
     def record(self, kind: str, type: str | None, key: str | None, data: dict[str, Any]) -> Event:
         """
-        Record one event: render it, retain it, send it to every client
-        that selects it and is not paused.
+        Record one event: render it, retain it, and have it sent at the end
+        of this turn to every client that selects it and is not paused
+        (one write per client per turn, however many events it brings).
         """
         self._last += 1
         event = Event(self._last, kind, type, key, frame(self._last, kind, data))
@@ -349,12 +352,15 @@ class EventStream:
             len(retained) > self._keep or self._retained_bytes > self._keep_bytes
         ):
             self._retained_bytes -= len(retained.popleft().frame)
-        for client in list(self._clients):
-            if not client.paused and client.position == event.id - 1:
-                client.position = event.id
-                if client.selection.matches(event):
-                    client.write(event.frame)
+        if self._clients and self._delivery is None:
+            self._delivery = self.clock.callLater(0, self._deliver)
         return event
+
+    def _deliver(self) -> None:
+        self._delivery = None
+        for client in list(self._clients):
+            if not client.paused:
+                self.catch_up(client)
 
     @property
     def _last(self) -> int:
@@ -418,13 +424,23 @@ class EventStream:
             data = {"last_event_id": client.position, "oldest_retained": oldest}
             client.position = self._last
             client.write(frame(self._last, "reset", data))
-        start = client.position - oldest + 1
-        for event in islice(retained, start, None):
-            if client.paused or client.gone:
-                return
+        # Indexing a deque near its end is cheap: a client that is level
+        # costs nothing per turn, however many events are retained.
+        batch: list[bytes] = []
+        size = 0
+        for index in range(client.position - oldest + 1, len(retained)):
+            event = retained[index]
             client.position = event.id
             if client.selection.matches(event):
-                client.write(event.frame)
+                batch.append(event.frame)
+                size += len(event.frame)
+                if size >= WRITE_SIZE:
+                    client.write(b"".join(batch))
+                    batch, size = [], 0
+                    if client.paused or client.gone:
+                        return
+        if batch:
+            client.write(b"".join(batch))
 
     def drop(self, client: _Client) -> None:
         """Forget C{client}: it went away, or is closed."""
@@ -446,6 +462,9 @@ class EventStream:
             if held is not None and held.active():
                 held.cancel()
         self._progress.clear()
+        if self._delivery is not None:
+            self._delivery.cancel()
+            self._delivery = None
 
     def _heartbeat(self) -> None:
         for client in list(self._clients):
