@@ -32,6 +32,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from gridlike.server.auth import Gate
 from gridlike.server.dashboard import Dashboard
@@ -216,6 +217,8 @@ class GridLikeAPI:
         status = error.code or 500
         if status == 404:  # no route: most often a client given the wrong path prefix
             return problem_body(request, NotFound(self._no_route(request)))
+        if isinstance(error, RequestRedirect):  # the dashboard's "/prefix" to "/prefix/"
+            request.setHeader(b"location", error.new_url.encode("utf-8"))
         return bare_problem(request, status, error.name.lower())
 
     def _no_route(self, request: IRequest) -> str:

@@ -186,7 +186,8 @@ def test_dashboard(make_daemon: Callable[..., Daemon], page: Page) -> None:
 def test_open_page(make_daemon: Callable[..., Daemon], page: Page) -> None:
     """With no auth configured, the page is open, under the path prefix too."""
     server = make_daemon('[server]\npath_prefix = "/grid"\n')
-    page.goto(server.url + "/grid/")
+    page.goto(server.url + "/grid")  # redirected to /grid/
+    expect(page).to_have_url(server.url + "/grid/")
     expect(page.locator("#live")).to_have_text("live")
     expect(page.locator("#sign-in")).to_be_hidden()
     expect(page.locator("#sign-out")).to_be_hidden()
