@@ -98,6 +98,7 @@ class Setup:
     def __init__(self, **options: Any) -> None:
         self.h = Harness()
         self.clock = self.h.clock
+        options.setdefault("delivery_delay", 0)
         self.stream = EventStream(self.clock, self.h.dispatcher.view, **options)
         self.h.core.add_observer(self.stream)  # before the dispatcher
         self.site = Site(_Events(self.stream), reactor=self.clock, timeout=None)
@@ -151,6 +152,20 @@ class EventStreamTests(SynchronousTestCase):
         [event] = s.stream.retained()
         self.assertIn(event.frame, a.raw())
         a.close(), b.close()
+
+    def test_delivery_batched(self) -> None:
+        """Events go out together after the delivery delay, in one write per client."""
+        s = Setup(delivery_delay=0.05)
+        c = s.connect()
+        before = len(c.transport.value())
+        s.h.submit(key="a")
+        s.h.submit(key="b")
+        self.assertEqual(len(c.transport.value()), before)
+        s.clock.advance(0.05)
+        self.assertEqual([e["data"]["job"]["key"] for e in c.events()], ["a", "b"])
+        self.assertEqual(c.transport.value()[before:].count(b"\r\n") // 2, 1)  # one chunk
+        c.close()
+        self.assertEqual(s.clock.getDelayedCalls(), [])
 
     def test_worker_events(self) -> None:
         """Joined, state and left, with the worker view."""

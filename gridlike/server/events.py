@@ -70,6 +70,9 @@ HEARTBEAT = 15.0
 """Seconds between comment lines."""
 PROGRESS_INTERVAL = 0.25
 """Least seconds between two progress events of one job."""
+DELIVERY_DELAY = 0.05
+"""Seconds events wait to go out together: under load, one write per client
+for all the events of that time, not one per event."""
 WRITE_SIZE = 64 * 1024
 """About the most bytes written to a client at once, when catching up."""
 STALL_TIMEOUT = 60.0
@@ -272,12 +275,15 @@ class EventStream:
         heartbeat: float = HEARTBEAT,
         progress_interval: float = PROGRESS_INTERVAL,
         stall_timeout: float = STALL_TIMEOUT,
+        delivery_delay: float = DELIVERY_DELAY,
     ) -> None:
         """
         @param worker_view: renders one worker record's view.
         @param keep: the most events retained.
         @param keep_bytes: the most bytes of events retained (the newest
             event is retained whatever its size).
+        @param delivery_delay: seconds an event may wait for others to go
+            out with it.
         """
         self.clock = clock
         self.stall_timeout = stall_timeout
@@ -291,6 +297,7 @@ class EventStream:
         self._clients: dict[_Client, None] = {}
         self._progress: dict[str, tuple[float, IDelayedCall | None]] = {}
         self._delivery: IDelayedCall | None = None
+        self._delivery_delay = delivery_delay
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = clock
         self._heartbeat_interval = heartbeat
@@ -339,9 +346,9 @@ class EventStream:
 
     def record(self, kind: str, type: str | None, key: str | None, data: dict[str, Any]) -> Event:
         """
-        Record one event: render it, retain it, and have it sent at the end
-        of this turn to every client that selects it and is not paused
-        (one write per client per turn, however many events it brings).
+        Record one event: render it, retain it, and have it sent within
+        C{delivery_delay} to every client that selects it and is not paused
+        (one write per client for all the events of that time).
         """
         self._last += 1
         event = Event(self._last, kind, type, key, frame(self._last, kind, data))
@@ -353,7 +360,7 @@ class EventStream:
         ):
             self._retained_bytes -= len(retained.popleft().frame)
         if self._clients and self._delivery is None:
-            self._delivery = self.clock.callLater(0, self._deliver)
+            self._delivery = self.clock.callLater(self._delivery_delay, self._deliver)
         return event
 
     def _deliver(self) -> None:
