@@ -97,6 +97,11 @@ def fetch(page: Page, method: str, path: str, csrf: bool) -> Any:
 
 
 def test_dashboard(make_daemon: Callable[..., Daemon], page: Page) -> None:
+    """
+    Signed in with the dashboard's user and password (API keys set too, so
+    the session cookie is what opens the API), the page follows a real
+    worker and its jobs live, and its buttons act.
+    """
     server = make_daemon(CONFIG)
     page.goto(server.url + "/")
 
@@ -144,6 +149,9 @@ def test_dashboard(make_daemon: Callable[..., Daemon], page: Page) -> None:
     expect(page.locator('.card[data-status="done"] b')).to_have_text("1")
     expect(job.locator("a", has_text="result")).to_have_attribute("href", "api/jobs/job-1/result")
     expect(row.locator("td").nth(6)).to_have_text("1")  # jobs done
+    # Its links open with the session's cookie alone.
+    assert fetch(page, "GET", "api/jobs/job-1/payload", csrf=False) == [200, "in"]
+    assert fetch(page, "GET", "api/jobs/job-1/result", csrf=False) == [200, "out"]
 
     # A failure, with its logs, grouped by its info.
     submit(server, "job-2")
