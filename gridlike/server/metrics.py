@@ -1,0 +1,411 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+The Prometheus metrics of C{GET /metrics} (PROTOCOL.md section 5.2).
+
+Each instance has its own L{CollectorRegistry}, never prometheus_client's
+global one, so that several instances (and tests) in one process do not
+mix their figures.
+
+Two kinds of figure, so that nothing on the hot path gets slower:
+
+  - what is now (jobs by status, workers by state, journal and storage
+    bytes) is read at scrape time, by L{_Now}, from the registry's and the
+    dispatcher's own counts: no second bookkeeping to drift;
+  - what happened (submissions, endings, failed attempts, waits and runs,
+    group commits, HTTP requests) is counted as it happens, each an O(1)
+    increment: L{Metrics} hears jobs as an L{IJobListener} (so nothing is
+    counted while the journal is replayed, which announces nothing), and
+    is told of failed attempts by the dispatcher, of group commits and
+    compactions by the journal, and of finished requests by the site.
+
+Jobs without a type carry the label C{type=""}.  Every label takes values
+from a small fixed set (configured types, statuses, L{REASONS}, route
+patterns), never from free text, so the number of series stays bounded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
+from urllib.parse import unquote
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map
+from zope.interface import implementer
+
+from gridlike import __version__
+from gridlike.server.auth import matches_any
+from gridlike.server.errors import Unauthorized
+from gridlike.server.listeners import IJobListener, JobChange
+from gridlike.server.model import Job, Priority, Status
+
+if TYPE_CHECKING:
+    from gridlike.server.config import Settings
+    from gridlike.server.dispatch import WorkerRecord
+
+__all__ = ["CONTENT_TYPE", "Metrics", "REASONS", "WORKER_STATES"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode("ascii")
+
+REASONS = ("failed", "disconnected", "timeout", "damaged", "unstored", "internal")
+"""Why an attempt ended without a result: the worker reported failure, its
+connection went, it ran past its type's timeout, the payload is damaged in
+storage, the result could not be stored, or an internal error.  Anything
+else counts as C{internal}."""
+
+WORKER_STATES = ("registering", "ready", "busy", "disconnected")
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+"""HTTP methods counted under their name; any other is C{other}."""
+
+UNMATCHED = "unmatched"
+"""The route label of a request that matched no route (or lay outside
+C{path_prefix})."""
+
+WAIT_BUCKETS = (
+    0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400,
+)
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 86400)
+SYNC_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10,
+)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def type_label(job_type: str | None) -> str:
+    """The C{type} label of a job type: C{""} for the untyped."""
+    return job_type or ""
+
+
+class _Registry(Protocol):
+    """What L{_Now} reads of the registry."""
+
+    def counts(self) -> Iterable[tuple[tuple[str | None, Priority, Status], int]]:
+        ...
+
+    def stored_bytes(self) -> tuple[int, int]:
+        ...
+
+
+class _Dispatcher(Protocol):
+    def records(self) -> Iterator[WorkerRecord]:
+        ...
+
+
+class _Journal(Protocol):
+    def size(self) -> int:
+        ...
+
+
+class _Now:
+    """
+    The gauges, computed from the registry, dispatcher and journal when
+    scraped (a custom collector: prometheus_client calls L{collect}).
+    """
+
+    def __init__(
+        self,
+        types: tuple[str, ...],
+        registry: _Registry,
+        dispatcher: _Dispatcher,
+        journal: _Journal,
+    ) -> None:
+        self._types = types
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._journal = journal
+
+    def collect(self) -> Iterator[Metric]:
+        """
+        @return: C{gridlike_jobs}, C{gridlike_workers},
+            C{gridlike_journal_bytes}, C{gridlike_storage_bytes} and
+            C{gridlike_info}, as they are now.
+        """
+        jobs = dict.fromkeys(
+            ((s.value, t, p.value) for t in self._types for p in Priority for s in Status), 0
+        )
+        for (job_type, priority, status), n in self._registry.counts():
+            key = (status.value, type_label(job_type), priority.value)
+            jobs[key] = jobs.get(key, 0) + n
+        family = GaugeMetricFamily(
+            "gridlike_jobs",
+            "Jobs now in each status, by type and priority.",
+            labels=["status", "type", "priority"],
+        )
+        for labels, n in jobs.items():
+            family.add_metric(labels, n)
+        yield family
+
+        workers = dict.fromkeys(((s, t) for t in self._types for s in WORKER_STATES), 0)
+        for record in self._dispatcher.records():
+            state = (record.state, type_label(record.type))
+            workers[state] = workers.get(state, 0) + 1
+        family = GaugeMetricFamily(
+            "gridlike_workers",
+            "Worker connections now in each state (disconnected ones until forgotten).",
+            labels=["state", "type"],
+        )
+        for pair, n in workers.items():
+            family.add_metric(pair, n)
+        yield family
+
+        yield GaugeMetricFamily(
+            "gridlike_journal_bytes",
+            "Size of the journal file, with what is appended and not yet written.",
+            value=self._journal.size(),
+        )
+        payloads, results = self._registry.stored_bytes()
+        family = GaugeMetricFamily(
+            "gridlike_storage_bytes",
+            "Bytes of the payloads and results of the jobs that exist.",
+            labels=["kind"],
+        )
+        family.add_metric(["payload"], payloads)
+        family.add_metric(["result"], results)
+        yield family
+        family = GaugeMetricFamily(
+            "gridlike_info", "This GridLike instance.", labels=["version"]
+        )
+        family.add_metric([__version__], 1)
+        yield family
+
+
+@implementer(IJobListener)
+class Metrics:
+    """
+    The metrics of one instance.
+
+    Add it to the registry as a listener before the dispatcher; give
+    L{attempt_failed} to the dispatcher, L{journal_flushed} and
+    L{journal_compacted} to the journal, L{request_finished} to the site.
+
+    @ivar collectors: this instance's own registry of collectors.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: _Registry,
+        dispatcher: _Dispatcher,
+        journal: _Journal,
+        clock: IReactorTime,
+        routes: Map | None = None,
+    ) -> None:
+        """
+        @param clock: when a job became pending again (the registry keeps
+            no time for it) is when its announcement is heard.
+        @param routes: the API's URL map, whose rule patterns label HTTP
+            requests (C{GridLikeAPI.app.url_map}).
+        """
+        self._api_keys = settings.auth.api_keys
+        self._clock = clock
+        self._prefix = settings.server.path_prefix.rstrip("/").encode("utf-8")
+        self._routes = None if routes is None else routes.bind("localhost", "/")
+        self._pending_since: dict[str, float] = {}
+        types = tuple(settings.types) or ("",)
+        r = self.collectors = CollectorRegistry(auto_describe=False)
+        r.register(_Now(types, registry, dispatcher, journal))  # type: ignore[arg-type]
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, labels, registry=r)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...], *labels: str) -> Histogram:
+            return Histogram(name, doc, labels, registry=r, buckets=buckets)
+
+        self._submitted = counter(
+            "gridlike_jobs_submitted_total", "Jobs submitted (children of result_becomes too).", "type"
+        )
+        self._finished = counter(
+            "gridlike_jobs_finished_total", "Jobs that ended: done, or failed for good.", "type", "outcome"
+        )
+        self._attempt_failures = counter(
+            "gridlike_attempt_failures_total", "Attempts that ended without a result, by reason.", "type", "reason"
+        )
+        self._timeouts = counter(
+            "gridlike_job_timeouts_total", "Attempts withdrawn past their type's timeout.", "type"
+        )
+        self._dispatches = counter(
+            "gridlike_dispatches_total", "Jobs handed to a worker (every attempt).", "type"
+        )
+        self._retries = counter("gridlike_job_retries_total", "Failed jobs put back to pending.", "type")
+        self._deleted = counter("gridlike_jobs_deleted_total", "Jobs deleted.", "type")
+        self._wait = histogram(
+            "gridlike_job_wait_seconds",
+            "From submitted (or pending again) to started.",
+            WAIT_BUCKETS,
+            "type",
+        )
+        self._run = histogram(
+            "gridlike_job_run_seconds", "From started to ended, of jobs that ended.", RUN_BUCKETS, "type"
+        )
+        self._sync = histogram(
+            "gridlike_journal_sync_seconds",
+            "Time of each group commit: its write, and its fdatasync under fsync = always.",
+            SYNC_BUCKETS,
+        )
+        self._batch = histogram(
+            "gridlike_journal_batch_records", "Records written by each group commit.", BATCH_BUCKETS
+        )
+        self._journal_written = counter(
+            "gridlike_journal_written_bytes_total", "Bytes written to the journal by group commits."
+        )
+        self._compactions = counter("gridlike_journal_compactions_total", "Journal compactions done.")
+        self._requests = counter(
+            "gridlike_http_requests_total",
+            "HTTP requests answered, by method, route pattern and status.",
+            "method",
+            "route",
+            "status",
+        )
+        for t in types:  # series that exist from the start, so that rate() sees the first
+            self._submitted.labels(t)
+            self._dispatches.labels(t)
+            self._retries.labels(t)
+            self._timeouts.labels(t)
+            self._wait.labels(t)
+            self._run.labels(t)
+            for outcome in ("done", "failed"):
+                self._finished.labels(t, outcome)
+            for reason in REASONS:
+                self._attempt_failures.labels(t, reason)
+        self._on_change = {
+            JobChange.SUBMITTED: self._job_submitted,
+            JobChange.STARTED: self._job_started,
+            JobChange.ATTEMPT_FAILED: self._job_pending_again,
+            JobChange.RETRIED: self._job_retried,
+            JobChange.DONE: self._job_ended,
+            JobChange.FAILED: self._job_ended,
+            JobChange.DELETED: self._job_deleted,
+        }
+
+    # The exposition
+
+    def refusal(self, request: IRequest) -> Unauthorized | None:
+        """
+        Whether a scrape must be refused: with API keys set, it needs one
+        in C{X-API-KEY} or as C{Authorization: Bearer <key>}.
+        """
+        if not self._api_keys:
+            return None
+        given = request.getHeader(b"x-api-key")
+        if given is None:
+            scheme, _, token = (request.getHeader(b"authorization") or b"").partition(b" ")
+            if scheme.lower() == b"bearer":
+                given = token.strip()
+        if matches_any(given, self._api_keys):
+            return None
+        return Unauthorized("an X-API-KEY header or a Bearer token with a valid key is required")
+
+    def render(self) -> bytes:
+        """@return: every family, in the Prometheus text format."""
+        return generate_latest(self.collectors)
+
+    # IJobListener
+
+    def job_changed(self, change: JobChange, job: Job) -> None:
+        on_change = self._on_change.get(change)
+        if on_change is not None:
+            on_change(job)
+
+    def _job_submitted(self, job: Job) -> None:
+        self._submitted.labels(type_label(job.type)).inc()
+
+    def _job_started(self, job: Job) -> None:
+        label = type_label(job.type)
+        self._dispatches.labels(label).inc()
+        since = self._pending_since.pop(job.id, job.submitted)
+        if job.started is not None:
+            self._wait.labels(label).observe(max(0.0, job.started - since))
+
+    def _job_pending_again(self, job: Job) -> None:
+        self._pending_since[job.id] = self._clock.seconds()
+
+    def _job_retried(self, job: Job) -> None:
+        self._retries.labels(type_label(job.type)).inc()
+        self._pending_since[job.id] = self._clock.seconds()
+
+    def _job_ended(self, job: Job) -> None:
+        label = type_label(job.type)
+        outcome = "done" if job.status is Status.DONE else "failed"
+        self._finished.labels(label, outcome).inc()
+        self._pending_since.pop(job.id, None)
+        if job.started is not None and job.ended is not None:
+            self._run.labels(label).observe(max(0.0, job.ended - job.started))
+
+    def _job_deleted(self, job: Job) -> None:
+        self._deleted.labels(type_label(job.type)).inc()
+        self._pending_since.pop(job.id, None)
+
+    # Hooks of the dispatcher, the journal and the site
+
+    def attempt_failed(self, job: Job, reason: str) -> None:
+        """
+        The dispatcher ended an attempt at C{job} without a result.
+
+        @param reason: one of L{REASONS}; anything else counts as
+            C{internal}.
+        """
+        label = type_label(job.type)
+        if reason not in REASONS:
+            reason = "internal"
+        self._attempt_failures.labels(label, reason).inc()
+        if reason == "timeout":
+            self._timeouts.labels(label).inc()
+
+    def journal_flushed(self, records: int, size: int, seconds: float) -> None:
+        """
+        One group commit of the journal succeeded.
+
+        @param records: how many records it wrote.
+        @param size: how many bytes.
+        @param seconds: how long its write (and sync) took.
+        """
+        self._sync.observe(seconds)
+        self._batch.observe(records)
+        self._journal_written.inc(size)
+
+    def journal_compacted(self, before: int, after: int) -> None:
+        """The journal was compacted from C{before} to C{after} bytes."""
+        self._compactions.inc()
+
+    def request_finished(self, request: IRequest) -> None:
+        """An HTTP request was answered: count it by method, route and status."""
+        method = request.method.decode("ascii", "replace")
+        if method not in METHODS:
+            method = "other"
+        code = getattr(request, "code", 0)  # http.Request's, not in IRequest
+        self._requests.labels(method, self._route(request), str(code)).inc()
+
+    def _route(self, request: IRequest) -> str:
+        """
+        @return: the pattern of the route that C{request}'s path matches
+            under C{path_prefix}, such as C{/api/jobs/<key>}, or
+            L{UNMATCHED}.
+        """
+        if self._routes is None:
+            return UNMATCHED
+        path: bytes = request.path
+        prefix = self._prefix
+        if prefix:
+            if not path.startswith(prefix + b"/"):
+                return UNMATCHED
+            path = path[len(prefix):]
+        try:
+            rule, _ = self._routes.match(
+                unquote(path.decode("utf-8")),
+                method=request.method.decode("ascii"),
+                return_rule=True,
+            )
+        except (HTTPException, UnicodeDecodeError):
+            return UNMATCHED
+        return rule.rule  # type: ignore[no-any-return]
+
