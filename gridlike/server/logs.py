@@ -15,10 +15,12 @@ carries them as they are (C{key}, C{type}, C{worker_uid}, ...).
 
 from __future__ import annotations
 
-from typing import IO, TYPE_CHECKING, Any
+import sys
+from typing import IO, TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 
 from twisted.logger import FileLogObserver, ILogObserver, Logger, eventAsJSON, formatEvent
+from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from gridlike import __version__
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from gridlike.server.config import Settings
     from gridlike.server.dispatch import WorkerRecord
 
-__all__ = ["ActivityLog", "json_log_observer", "log_summary"]
+__all__ = ["ActivityLog", "json_log_observer", "log_summary", "twistd_json_observer"]
 
 log = Logger()
 
@@ -187,3 +189,39 @@ def json_log_observer(out: IO[Any]) -> ILogObserver:
     @return: an observer writing each event to C{out} as one line of JSON.
     """
     return FileLogObserver(out, _json_line)
+
+
+@implementer(ILogObserver)
+class _JsonToLogFile:
+    """
+    A JSON observer on a twistd log file, opened at the first event rather
+    than when the service tree is made (which does no I/O).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._observer: ILogObserver | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self._observer is None:
+            self._observer = json_log_observer(LogFile.fromFullPath(self._path))
+        self._observer(event)
+
+
+def twistd_json_observer(twistd: Mapping[str, Any] | None) -> ILogObserver | None:
+    """
+    The observer for C{log_format = "json"} under twistd: on what twistd
+    would log to itself (standard output under C{-n} without C{--logfile},
+    else C{--logfile}, by default C{twistd.log}).
+
+    @param twistd: twistd's own options, or L{None} outside twistd.
+    @return: the observer, or L{None} when twistd logs elsewhere by the
+        user's choice (C{--syslog}, or C{--logger}, which twistd prefers to
+        any observer of the application anyway).
+    """
+    if twistd is None or twistd.get("syslog") or twistd.get("logger"):
+        return None
+    logfile = twistd.get("logfile") or ""
+    if logfile == "-" or (twistd.get("nodaemon") and not logfile):
+        return json_log_observer(sys.stdout)
+    return _JsonToLogFile(logfile or "twistd.log")
