@@ -71,6 +71,9 @@ UNMATCHED = "unmatched"
 """The route label of a request that matched no route (or lay outside
 C{path_prefix})."""
 
+ROUTES_KEPT = 1024
+"""How many (method, path) pairs keep their route pattern: a bounded cache."""
+
 WAIT_BUCKETS = (
     0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400,
 )
@@ -210,6 +213,7 @@ class Metrics:
         self._clock = clock
         self._prefix = settings.server.path_prefix.rstrip("/").encode("utf-8")
         self._routes = None if routes is None else routes.bind("localhost", "/")
+        self._seen_routes: dict[tuple[bytes, bytes], str] = {}
         self._pending_since: dict[str, float] = {}
         types = tuple(settings.types) or ("",)
         r = self.collectors = CollectorRegistry(auto_describe=False)
@@ -389,11 +393,21 @@ class Metrics:
         """
         @return: the pattern of the route that C{request}'s path matches
             under C{path_prefix}, such as C{/api/jobs/<key>}, or
-            L{UNMATCHED}.
+            L{UNMATCHED}.  Recent answers are kept, so that the paths
+            requested over and over (submissions) are matched once.
         """
+        path: bytes = request.path
+        seen = self._seen_routes
+        known = seen.get((request.method, path))
+        if known is None:
+            if len(seen) >= ROUTES_KEPT:
+                seen.clear()
+            known = seen[(request.method, path)] = self._match(request.method, path)
+        return known
+
+    def _match(self, method: bytes, path: bytes) -> str:
         if self._routes is None:
             return UNMATCHED
-        path: bytes = request.path
         prefix = self._prefix
         if prefix:
             if not path.startswith(prefix + b"/"):
@@ -402,7 +416,7 @@ class Metrics:
         try:
             rule, _ = self._routes.match(
                 unquote(path.decode("utf-8")),
-                method=request.method.decode("ascii"),
+                method=method.decode("ascii", "replace"),
                 return_rule=True,
             )
         except (HTTPException, UnicodeDecodeError):
