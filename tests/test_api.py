@@ -28,12 +28,10 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from gridlike.server import errors
 from gridlike.server.api import GridLikeAPI
-from gridlike.server.config import parse_settings
-from gridlike.server.service import GridLikeService
 from gridlike.server.model import Job
 from gridlike.server.problems import early_response, problem_body, status_of
 from gridlike.server.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
-from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.testing import MemoryJournal, MemoryStorage, memory_core
 from gridlike.server.upload import UploadSite
 
 BOUNDARY = "xXx-boundary"
@@ -66,14 +64,10 @@ class Server:
         storage: IStorage | None = None,
         journal: MemoryJournal | None = None,
     ) -> None:
-        self.settings = parse_settings(config, Path("/nonexistent"))
         self.storage = MemoryStorage() if storage is None else storage
         self.journal = MemoryJournal() if journal is None else journal
         self.clock = Clock()
-        self.core = GridLikeService(
-            self.settings, self.clock, storage=self.storage, journal=self.journal
-        )
-        self.core.registry.load()
+        self.core = memory_core(config, self.clock, storage=self.storage, journal=self.journal)
         api = GridLikeAPI(self.core)
         self.site = UploadSite(api.root(), api.upload_policy, reactor=self.clock)
 

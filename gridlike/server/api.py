@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_api -*-
 """
 The HTTP API of PROTOCOL.md section 2: Klein routes, thin over the registry,
-storage and dispatch of a L{gridlike.server.service.GridLikeService}.
+storage and dispatch of a L{gridlike.server.core.Core}.
 
 Errors are raised as L{gridlike.server.errors.GridLikeError}s and turned into a JSON
 C{problem} with their status by the table of L{gridlike.server.problems}: for
@@ -13,7 +13,7 @@ nowhere else.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, TypeVar, cast
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar, cast
 from urllib.parse import urlencode
 
 from klein import Klein
@@ -44,7 +44,7 @@ from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
 from gridlike.server.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
 
 if TYPE_CHECKING:
-    from gridlike.server.service import GridLikeService
+    from gridlike.server.core import Core
 
 log = Logger()
 
@@ -147,8 +147,14 @@ class GridLikeAPI:
     metrics: Metrics | None = None
     """What C{GET /metrics} serves; without it, that route is not found."""
 
-    def __init__(self, core: GridLikeService) -> None:
+    def __init__(self, core: Core, workers: Mapping[str | None, IResource] = {}) -> None:
+        """
+        @param workers: the WebSocket resources workers connect to, by job
+            type (L{gridlike.server.workers.worker_resources}); without
+            them, C{/api/worker} is not found.
+        """
         self._core = core
+        self._workers = workers
         self._settings = core.settings
         server = core.settings.server
         self.gate = Gate(
@@ -377,7 +383,10 @@ class GridLikeAPI:
     @app.route("/api/worker", methods=["GET"])
     @app.route("/api/worker/<type>", methods=["GET"])
     def worker(self, request: IRequest, type: str | None = None) -> IResource:
-        return self._core.worker_resource(self._job_type(type))
+        job_type = self._job_type(type)
+        if job_type not in self._workers:
+            raise NotFound("workers do not connect here")
+        return self._workers[job_type]
 
     # Helpers
 
