@@ -12,24 +12,34 @@ import json
 from pathlib import Path
 from typing import Any
 
+import sys
+
 from attrs import define
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.application.service import Application
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs, eventFromJSON
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogLevel, capturedLogs, eventFromJSON
+from twisted.python.failure import Failure
+from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
+from gridlike.server import tap
 from gridlike.server.api import GridLikeAPI
 from gridlike.server.config import parse_settings
-from gridlike.server.dispatch import Dispatcher, JobFailed, WorkerLost
+from gridlike.server.core import Core
+from gridlike.server.dispatch import JobFailed, WorkerLost
 from gridlike.server.errors import Unauthorized
 from gridlike.server.listeners import IJobListener, IWorkerListener
 from gridlike.server.logs import ActivityLog, json_log_observer, log_summary
 from gridlike.server.metrics import REASONS, Metrics
 from gridlike.server.model import Job, Priority
-from gridlike.server.registry import NewJob, Registry, new_job_id
+from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import MemoryJournal, MemoryStorage
 from tests.test_dispatch import FakeLink
@@ -53,26 +63,18 @@ class Harness:
     """A registry and dispatcher with the metrics and activity log added first."""
 
     def __init__(self, config: str = CONFIG, journal: MemoryJournal | None = None) -> None:
-        self.settings = parse_settings(config, Path("/nonexistent"))
         self.clock = Clock()
         self.storage = MemoryStorage()
         self.journal = journal if journal is not None else MemoryJournal()
-        self.registry = Registry(self.settings, self.journal, self.storage, self.clock)
-        self.dispatcher = Dispatcher(self.settings, self.registry, self.clock)
-        self.metrics = Metrics(
-            self.settings,
-            self.registry,
-            self.dispatcher,
-            self.journal,
-            self.clock,
-            GridLikeAPI.app.url_map,
-        )
+        self.settings = parse_settings(config, Path("/nonexistent"))
+        # As the server does: observers hooked before the journal's replay.
+        self.core = Core.build(self.settings, self.clock, self.journal, self.storage)
+        self.registry = self.core.registry
+        self.dispatcher = self.core.dispatcher
+        self.metrics = Metrics.of(self.core, GridLikeAPI.app.url_map)
         self.activity = ActivityLog(self.settings)
-        self.registry.add_listener(self.metrics)
-        self.registry.add_listener(self.activity)
-        self.dispatcher.add_listener(self.activity)
-        self.registry.add_listener(self.dispatcher)
-        self.dispatcher.attempt_failed = self.metrics.attempt_failed
+        self.core.add_observer(self.activity)
+        self.registry.load()
 
     def connect(self, uid: str, job_type: str | None = "render") -> FakeLink:
         link = FakeLink(uid, job_type, clock=self.clock)
@@ -332,7 +334,6 @@ class JobFigureTests(SynchronousTestCase):
         h.clock.advance(1)
         h.finish(link)
         again = Harness(journal=MemoryJournal(list(h.journal.records)))
-        again.registry.load()
         again.clock.advance(0)
         families = again.scrape()
         self.assertEqual(
@@ -351,7 +352,6 @@ class JobFigureTests(SynchronousTestCase):
             self.assertEqual(value(families, "gridlike_job_run_seconds_count", type=t), 0)
         # Replaying the same records twice (as after a compaction) counts bytes once.
         twice = Harness(journal=MemoryJournal(list(h.journal.records) * 2))
-        twice.registry.load()
         self.assertEqual(twice.registry.stored_bytes(), (4, 3))
 
 
@@ -497,6 +497,7 @@ class ActivityLogTests(SynchronousTestCase):
         self.assertIn("registry: journal at", text)
         self.assertIn("storage: filesystem at", text)
         self.assertIn("listening on tcp:8080:interface=127.0.0.1", text)
+        self.assertIn("log format text", text)
         self.assertNotIn("sekrit", text + repr(events))
 
     def test_json_lines(self) -> None:
@@ -514,6 +515,103 @@ class ActivityLogTests(SynchronousTestCase):
         self.assertEqual(line["text"], "worker w1 (fake) joined from 127.0.0.1, type render")
         back = eventFromJSON(out.getvalue().splitlines()[-1])
         self.assertEqual(back["log_level"], LogLevel.info)
+
+
+class TapTests(SynchronousTestCase):
+    """The wiring of L{gridlike.server.tap.makeService}, on a MemoryReactor."""
+
+    def make(self, *args: str, config: str = "") -> tuple[Any, Any]:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        path = directory / "gridlike.toml"
+        path.write_text(config)
+        options = ServerOptions()
+        options.parseOptions([*args, "gridlike", "--config", str(path)])
+        reactor = MemoryReactorClock()
+        root = tap.makeService(options.subOptions, reactor)
+        return root, reactor
+
+    def get(self, root: Any, path: bytes, headers: bytes = b"") -> bytes:
+        """One request through the real site, as a client sends it."""
+        [site] = {child.factory for child in root if isinstance(child, tap.Listener)}
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET " + path + b" HTTP/1.1\r\nHost: grid\r\n" + headers + b"\r\n")
+        channel.connectionLost(Failure(ConnectionDone()))
+        return bytes(transport.value())
+
+    def test_metrics_served_and_counted(self) -> None:
+        """
+        The server serves /metrics behind its API key, and counts the
+        requests it answered, /metrics among them, by route.
+        """
+        root, _ = self.make(config='[auth]\napi_keys = ["k"]\n')
+        self.assertIn(b" 401 ", self.get(root, b"/metrics").split(b"\r\n")[0])
+        answer = self.get(root, b"/metrics", b"Authorization: Bearer k\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        self.assertIn(b" 200 ", head.split(b"\r\n")[0])
+        if b"transfer-encoding: chunked" in head.lower():
+            body = dechunked(body)
+        self.assertIn(b"content-type: text/plain; version=", head.lower())
+        families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+        self.assertEqual(
+            value(families, "gridlike_http_requests_total", method="GET", route="/metrics", status="401"),
+            1,
+        )
+        self.assertEqual(value(families, "gridlike_workers", state="busy", type=""), 0)
+
+    def test_json_log_observer(self) -> None:
+        """
+        With log_format = "json", the service tree gives twistd its observer
+        as the application's ILogObserver; with "text", none.
+        """
+        root, _ = self.make("-n", config='[server]\nlog_format = "json"\n')
+        application = Application("gridlike")
+        root.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsNotNone(observer)
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        root, _ = self.make("-n", config='[server]\nlog_format = "json"\n')
+        application = Application("gridlike")
+        root.setServiceParent(application)
+        application.getComponent(ILogObserver)({"log_format": "hi {who}", "who": "there", "log_level": LogLevel.info, "log_time": 0.0})
+        self.assertEqual(json.loads(out.getvalue())["text"], "hi there")
+        root, _ = self.make("-n")
+        application = Application("gridlike")
+        root.setServiceParent(application)
+        self.assertIsNone(application.getComponent(ILogObserver))
+
+    def test_json_log_file(self) -> None:
+        """
+        Given --logfile, the JSON lines go there, the file opened only at
+        the first event; with --syslog, twistd's own observer stays.
+        """
+        logfile = Path(self.mktemp()).absolute()
+        root, _ = self.make("-n", f"--logfile={logfile}", config='[server]\nlog_format = "json"\n')
+        application = Application("gridlike")
+        root.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertFalse(logfile.exists())
+        observer({"log_format": "hi", "log_level": LogLevel.warn, "log_time": 0.0})
+        self.assertEqual(json.loads(logfile.read_text())["level"], "warn")
+        root, _ = self.make("-n", "--syslog", config='[server]\nlog_format = "json"\n')
+        application = Application("gridlike")
+        root.setServiceParent(application)
+        self.assertIsNone(application.getComponent(ILogObserver))
+
+
+def dechunked(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body, whole."""
+    whole = b""
+    while True:
+        size, _, rest = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return whole
+        whole += rest[:n]
+        body = rest[n + 2 :]
 
 
 def formatted(event: dict[str, Any]) -> str:

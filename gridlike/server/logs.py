@@ -62,12 +62,12 @@ def log_summary(settings: Settings) -> None:
     server, registry, storage, auth = settings.server, settings.registry, settings.storage, settings.auth
     log.info(
         "GridLike {version} starting: configuration {source}, listening on {listen},"
-        " path prefix {path_prefix!r}, log format {log_format}",
+        " path prefix {path_prefix!r}, log format {output}",
         version=__version__,
         source=settings.source or "(built-in defaults)",
         listen=", ".join(server.listen),
         path_prefix=server.path_prefix,
-        log_format=server.log_format,
+        output=server.log_format,  # not log_format: twisted.logger's own key
     )
     where = (
         str(registry.path)

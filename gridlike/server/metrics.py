@@ -25,7 +25,7 @@ patterns), never from free text, so the number of series stays bounded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import unquote
 
 from prometheus_client import (
@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
+from twisted.web import http
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map
@@ -50,7 +51,10 @@ from gridlike.server.model import Job, Priority, Status
 
 if TYPE_CHECKING:
     from gridlike.server.config import Settings
-    from gridlike.server.dispatch import WorkerRecord
+    from gridlike.server.core import Core
+    from gridlike.server.dispatch import Dispatcher
+    from gridlike.server.journal import IJournal
+    from gridlike.server.registry import IRegistry
 
 __all__ = ["CONTENT_TYPE", "Metrics", "REASONS", "WORKER_STATES"]
 
@@ -89,26 +93,6 @@ def type_label(job_type: str | None) -> str:
     return job_type or ""
 
 
-class _Registry(Protocol):
-    """What L{_Now} reads of the registry."""
-
-    def counts(self) -> Iterable[tuple[tuple[str | None, Priority, Status], int]]:
-        ...
-
-    def stored_bytes(self) -> tuple[int, int]:
-        ...
-
-
-class _Dispatcher(Protocol):
-    def records(self) -> Iterator[WorkerRecord]:
-        ...
-
-
-class _Journal(Protocol):
-    def size(self) -> int:
-        ...
-
-
 class _Now:
     """
     The gauges, computed from the registry, dispatcher and journal when
@@ -118,9 +102,9 @@ class _Now:
     def __init__(
         self,
         types: tuple[str, ...],
-        registry: _Registry,
-        dispatcher: _Dispatcher,
-        journal: _Journal,
+        registry: IRegistry,
+        dispatcher: Dispatcher,
+        journal: IJournal,
     ) -> None:
         self._types = types
         self._registry = registry
@@ -187,9 +171,9 @@ class Metrics:
     """
     The metrics of one instance.
 
-    Add it to the registry as a listener before the dispatcher; give
-    L{attempt_failed} to the dispatcher, L{journal_flushed} and
-    L{journal_compacted} to the journal, L{request_finished} to the site.
+    L{of} adds it to a core as an observer (before the dispatcher) and
+    hooks it to the dispatcher and the journal; the site is to call
+    L{request_finished}.
 
     @ivar collectors: this instance's own registry of collectors.
     """
@@ -197,9 +181,9 @@ class Metrics:
     def __init__(
         self,
         settings: Settings,
-        registry: _Registry,
-        dispatcher: _Dispatcher,
-        journal: _Journal,
+        registry: IRegistry,
+        dispatcher: Dispatcher,
+        journal: IJournal,
         clock: IReactorTime,
         routes: Map | None = None,
     ) -> None:
@@ -217,7 +201,7 @@ class Metrics:
         self._pending_since: dict[str, float] = {}
         types = tuple(settings.types) or ("",)
         r = self.collectors = CollectorRegistry(auto_describe=False)
-        r.register(_Now(types, registry, dispatcher, journal))  # type: ignore[arg-type]
+        r.register(_Now(types, registry, dispatcher, journal))
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(name, doc, labels, registry=r)
@@ -290,6 +274,24 @@ class Metrics:
             JobChange.FAILED: self._job_ended,
             JobChange.DELETED: self._job_deleted,
         }
+
+    @classmethod
+    def of(cls, core: Core, routes: Map | None = None) -> Metrics:
+        """
+        The metrics of C{core}, hooked to it: an observer of its jobs, told
+        of failed attempts by its dispatcher and, when its journal is the
+        file journal, of each group commit and compaction.
+
+        @param routes: see L{__init__}.
+        """
+        from gridlike.server.journal import Journal
+
+        metrics = cls(core.settings, core.registry, core.dispatcher, core.journal, core.clock, routes)
+        core.add_observer(metrics)
+        core.dispatcher.attempt_failed = metrics.attempt_failed
+        if isinstance(core.journal, Journal):
+            core.journal.observer = metrics
+        return metrics
 
     # The exposition
 
@@ -381,15 +383,14 @@ class Metrics:
         """The journal was compacted from C{before} to C{after} bytes."""
         self._compactions.inc()
 
-    def request_finished(self, request: IRequest) -> None:
+    def request_finished(self, request: http.Request) -> None:
         """An HTTP request was answered: count it by method, route and status."""
         method = request.method.decode("ascii", "replace")
         if method not in METHODS:
             method = "other"
-        code = getattr(request, "code", 0)  # http.Request's, not in IRequest
-        self._requests.labels(method, self._route(request), str(code)).inc()
+        self._requests.labels(method, self._route(request), str(request.code)).inc()
 
-    def _route(self, request: IRequest) -> str:
+    def _route(self, request: http.Request) -> str:
         """
         @return: the pattern of the route that C{request}'s path matches
             under C{path_prefix}, such as C{/api/jobs/<key>}, or
