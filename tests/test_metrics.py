@@ -35,6 +35,7 @@ from gridlike.server.config import parse_settings
 from gridlike.server.core import Core
 from gridlike.server.dispatch import JobFailed, WorkerLost
 from gridlike.server.errors import Unauthorized
+from gridlike.server.journal import Journal
 from gridlike.server.listeners import IJobListener, IWorkerListener
 from gridlike.server.logs import ActivityLog, json_log_observer, log_summary
 from gridlike.server.metrics import REASONS, Metrics
@@ -43,6 +44,7 @@ from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import MemoryJournal, MemoryStorage
 from tests.test_dispatch import FakeLink
+from tests.test_journal import FakeThreads
 
 CONFIG = """
 [scheduling]
@@ -374,6 +376,40 @@ class HookTests(SynchronousTestCase):
         self.assertEqual(value(families, "gridlike_journal_written_bytes_total"), 400)
         self.assertEqual(value(families, "gridlike_journal_compactions_total"), 1)
         self.assertEqual(value(families, "gridlike_journal_bytes"), h.journal.size())
+
+    def test_file_journal(self) -> None:
+        """
+        The file journal tells the metrics of each group commit (the records
+        of one turn, timed by the reactor's clock from the thread call to
+        its end) and of each compaction.
+        """
+        clock = Clock()
+        threads = FakeThreads()
+        journal = Journal(Path(self.mktemp()), reactor=clock, run_in_thread=threads)
+        list(journal.replay())
+        settings = parse_settings(CONFIG, Path("/nonexistent"))
+        core = Core.build(settings, clock, journal, MemoryStorage())
+        metrics = Metrics.of(core)
+        self.assertIs(journal.observer, metrics)
+        journal.append(b"one")
+        journal.append(b"two")
+        clock.advance(0)
+        clock.advance(0.003)
+        threads.run_all()
+        families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+        self.assertEqual(value(families, "gridlike_journal_sync_seconds_count"), 1)
+        self.assertAlmostEqual(value(families, "gridlike_journal_sync_seconds_sum"), 0.003)
+        self.assertEqual(value(families, "gridlike_journal_batch_records_sum"), 2)
+        self.assertEqual(value(families, "gridlike_journal_bytes"), journal.size())
+        compacted = journal.compact([b"one"])
+        for _ in range(10):
+            clock.advance(0)
+            threads.run_all()
+        self.successResultOf(compacted)
+        families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+        self.assertEqual(value(families, "gridlike_journal_compactions_total"), 1)
+        journal.close()
+        threads.run_all()
 
     def test_http_routes(self) -> None:
         """
