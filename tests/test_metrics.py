@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -385,7 +387,7 @@ class HookTests(SynchronousTestCase):
         """
         clock = Clock()
         threads = FakeThreads()
-        journal = Journal(Path(self.mktemp()), reactor=clock, run_in_thread=threads)
+        journal = Journal(scratch(self) / "journal", reactor=clock, run_in_thread=threads)
         list(journal.replay())
         settings = parse_settings(CONFIG, Path("/nonexistent"))
         core = Core.build(settings, clock, journal, MemoryStorage())
@@ -557,8 +559,7 @@ class TapTests(SynchronousTestCase):
     """The wiring of L{gridlike.server.tap.makeService}, on a MemoryReactor."""
 
     def make(self, *args: str, config: str = "") -> tuple[Any, Any]:
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = scratch(self)
         path = directory / "gridlike.toml"
         path.write_text(config)
         options = ServerOptions()
@@ -624,7 +625,7 @@ class TapTests(SynchronousTestCase):
         Given --logfile, the JSON lines go there, the file opened only at
         the first event; with --syslog, twistd's own observer stays.
         """
-        logfile = Path(self.mktemp()).absolute()
+        logfile = scratch(self) / "twistd.log"
         root, _ = self.make("-n", f"--logfile={logfile}", config='[server]\nlog_format = "json"\n')
         application = Application("gridlike")
         root.setServiceParent(application)
@@ -636,6 +637,13 @@ class TapTests(SynchronousTestCase):
         application = Application("gridlike")
         root.setServiceParent(application)
         self.assertIsNone(application.getComponent(ILogObserver))
+
+
+def scratch(test: SynchronousTestCase) -> Path:
+    """A new directory, removed after C{test}."""
+    directory = Path(tempfile.mkdtemp())
+    test.addCleanup(shutil.rmtree, directory, True)
+    return directory
 
 
 def dechunked(body: bytes) -> bytes:
