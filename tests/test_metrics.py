@@ -36,7 +36,7 @@ from gridlike.server.api import GridLikeAPI
 from gridlike.server.config import parse_settings
 from gridlike.server.core import Core
 from gridlike.server.dispatch import JobFailed, WorkerLost
-from gridlike.server.errors import Unauthorized
+from gridlike.server.errors import Damaged, Unauthorized
 from gridlike.server.journal import Journal
 from gridlike.server.listeners import IJobListener, IWorkerListener
 from gridlike.server.logs import ActivityLog, json_log_observer, log_summary
@@ -310,6 +310,30 @@ class JobFigureTests(SynchronousTestCase):
             value(families, "gridlike_attempt_failures_total", type="render", reason="timeout"), 1
         )
         self.assertEqual(value(families, "gridlike_job_timeouts_total", type="render"), 1)
+
+    def test_damaged_payload(self) -> None:
+        """
+        A damaged payload fails its job for good at once: reason damaged,
+        finished failed, and one error line naming the problem.
+        """
+        h = Harness()
+        job = h.submit()
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        h.clock.advance(0)
+        with capturedLogs() as events:
+            link.finish(Damaged("the payload is damaged"))
+            h.clock.advance(0)
+        families = h.scrape()
+        self.assertEqual(
+            value(families, "gridlike_attempt_failures_total", type="render", reason="damaged"), 1
+        )
+        self.assertEqual(
+            value(families, "gridlike_jobs_finished_total", type="render", outcome="failed"), 1
+        )
+        [line] = [e for e in events if e.get("key") == job.key]
+        self.assertEqual(line["log_level"], LogLevel.error)
+        self.assertIn("the payload is damaged", formatted(line))
 
     def test_unknown_reason(self) -> None:
         """A reason outside the fixed set counts as internal: no free text in labels."""

@@ -424,7 +424,7 @@ class Dispatcher:
                 await registry.complete(job, size, link.uid)
                 totals.done += 1
             except Unavailable as e:
-                log.warn("job {key}: result not recorded: {problem}", key=job.key, problem=e.problem)
+                # Logged with the attempt's failure, which says the problem.
                 self.attempt_failed(job, "unstored")
                 await registry.fail(job, f"result could not be stored: {e.problem}", None, link.uid)
         finally:
