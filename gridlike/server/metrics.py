@@ -25,7 +25,7 @@ patterns), never from free text, so the number of series stays bounded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 from urllib.parse import unquote
 
 from prometheus_client import (
@@ -46,6 +46,7 @@ from zope.interface import implementer
 from gridlike import __version__
 from gridlike.server.auth import matches_any
 from gridlike.server.errors import Unauthorized
+from gridlike.server.journal import Journal
 from gridlike.server.listeners import IJobListener, JobChange
 from gridlike.server.model import Job, Priority, Status
 
@@ -117,53 +118,35 @@ class _Now:
             C{gridlike_journal_bytes}, C{gridlike_storage_bytes} and
             C{gridlike_info}, as they are now.
         """
-        jobs = dict.fromkeys(
-            ((s.value, t, p.value) for t in self._types for p in Priority for s in Status), 0
-        )
+        types = self._types
+        jobs = dict.fromkeys(((s.value, t, p.value) for t in types for p in Priority for s in Status), 0)
         for (job_type, priority, status), n in self._registry.counts():
             key = (status.value, type_label(job_type), priority.value)
             jobs[key] = jobs.get(key, 0) + n
-        family = GaugeMetricFamily(
-            "gridlike_jobs",
-            "Jobs now in each status, by type and priority.",
-            labels=["status", "type", "priority"],
-        )
-        for labels, n in jobs.items():
-            family.add_metric(labels, n)
-        yield family
-
-        workers = dict.fromkeys(((s, t) for t in self._types for s in WORKER_STATES), 0)
+        yield _gauge("gridlike_jobs", "Jobs now in each status, by type and priority.",
+                     ["status", "type", "priority"], jobs)
+        workers = dict.fromkeys(((s, t) for t in types for s in WORKER_STATES), 0)
         for record in self._dispatcher.records():
             state = (record.state, type_label(record.type))
             workers[state] = workers.get(state, 0) + 1
-        family = GaugeMetricFamily(
-            "gridlike_workers",
-            "Worker connections now in each state (disconnected ones until forgotten).",
-            labels=["state", "type"],
-        )
-        for pair, n in workers.items():
-            family.add_metric(pair, n)
-        yield family
-
-        yield GaugeMetricFamily(
-            "gridlike_journal_bytes",
-            "Size of the journal file, with what is appended and not yet written.",
-            value=self._journal.size(),
-        )
+        yield _gauge("gridlike_workers", "Worker connections now in each state (disconnected"
+                     " ones until forgotten).", ["state", "type"], workers)
+        yield _gauge("gridlike_journal_bytes", "Size of the journal file, with what is appended"
+                     " and not yet written.", [], {(): self._journal.size()})
         payloads, results = self._registry.stored_bytes()
-        family = GaugeMetricFamily(
-            "gridlike_storage_bytes",
-            "Bytes of the payloads and results of the jobs that exist.",
-            labels=["kind"],
-        )
-        family.add_metric(["payload"], payloads)
-        family.add_metric(["result"], results)
-        yield family
-        family = GaugeMetricFamily(
-            "gridlike_info", "This GridLike instance.", labels=["version"]
-        )
-        family.add_metric([__version__], 1)
-        yield family
+        yield _gauge("gridlike_storage_bytes", "Bytes of the payloads and results of the jobs"
+                     " that exist.", ["kind"], {("payload",): payloads, ("result",): results})
+        yield _gauge("gridlike_info", "This GridLike instance.", ["version"], {(__version__,): 1})
+
+
+def _gauge(
+    name: str, doc: str, labels: list[str], values: Mapping[Any, float]
+) -> GaugeMetricFamily:
+    """A gauge family of C{values}, by their label values."""
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for key, value in values.items():
+        family.add_metric(list(key), value)
+    return family
 
 
 @implementer(IJobListener)
@@ -227,10 +210,7 @@ class Metrics:
         self._retries = counter("gridlike_job_retries_total", "Failed jobs put back to pending.", "type")
         self._deleted = counter("gridlike_jobs_deleted_total", "Jobs deleted.", "type")
         self._wait = histogram(
-            "gridlike_job_wait_seconds",
-            "From submitted (or pending again) to started.",
-            WAIT_BUCKETS,
-            "type",
+            "gridlike_job_wait_seconds", "From submitted (or pending again) to started.", WAIT_BUCKETS, "type"
         )
         self._run = histogram(
             "gridlike_job_run_seconds", "From started to ended, of jobs that ended.", RUN_BUCKETS, "type"
@@ -248,11 +228,8 @@ class Metrics:
         )
         self._compactions = counter("gridlike_journal_compactions_total", "Journal compactions done.")
         self._requests = counter(
-            "gridlike_http_requests_total",
-            "HTTP requests answered, by method, route pattern and status.",
-            "method",
-            "route",
-            "status",
+            "gridlike_http_requests_total", "HTTP requests answered, by method, route pattern and status.",
+            "method", "route", "status",
         )
         for t in types:  # series that exist from the start, so that rate() sees the first
             self._submitted.labels(t)
@@ -284,8 +261,6 @@ class Metrics:
 
         @param routes: see L{__init__}.
         """
-        from gridlike.server.journal import Journal
-
         metrics = cls(core.settings, core.registry, core.dispatcher, core.journal, core.clock, routes)
         core.add_observer(metrics)
         core.dispatcher.attempt_failed = metrics.attempt_failed
