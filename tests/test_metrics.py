@@ -35,7 +35,7 @@ from gridlike.server import tap
 from gridlike.server.api import GridLikeAPI
 from gridlike.server.config import parse_settings
 from gridlike.server.core import Core
-from gridlike.server.dispatch import JobFailed, WorkerLost
+from gridlike.server.dispatch import JobFailed, ResultNotStored, WorkerLost
 from gridlike.server.errors import Damaged, Unauthorized
 from gridlike.server.journal import Journal
 from gridlike.server.listeners import IJobListener, IWorkerListener
@@ -334,6 +334,22 @@ class JobFigureTests(SynchronousTestCase):
         [line] = [e for e in events if e.get("key") == job.key]
         self.assertEqual(line["log_level"], LogLevel.error)
         self.assertIn("the payload is damaged", formatted(line))
+
+    def test_result_not_stored(self) -> None:
+        """A result that could not be stored counts as unstored, not as a disconnection."""
+        h = Harness()
+        h.submit()
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        h.clock.advance(0)
+        link.finish(ResultNotStored("disk full"))
+        families = h.scrape()
+        self.assertEqual(
+            value(families, "gridlike_attempt_failures_total", type="render", reason="unstored"), 1
+        )
+        self.assertEqual(
+            value(families, "gridlike_attempt_failures_total", type="render", reason="disconnected"), 0
+        )
 
     def test_unknown_reason(self) -> None:
         """A reason outside the fixed set counts as internal: no free text in labels."""

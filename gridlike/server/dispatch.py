@@ -59,6 +59,18 @@ class WorkerLost(Exception):
     """
 
 
+class ResultNotStored(WorkerLost):
+    """
+    The worker's whole result arrived, or was recorded, but could not be made
+    durable (disk full, I/O error).  It is a L{WorkerLost}, so the attempt
+    fails with this message as C{error.info}; the worker itself did nothing
+    wrong and keeps its connection.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"result could not be stored: {problem}")
+
+
 class IWorkerLink(Interface):
     """
     One registered worker connection, as dispatch sees it.
@@ -401,7 +413,7 @@ class Dispatcher:
             await registry.fail(job, e.info, e.logs, link.uid)
         except WorkerLost as e:
             totals.failed += 1
-            self.attempt_failed(job, "disconnected")
+            self.attempt_failed(job, "unstored" if isinstance(e, ResultNotStored) else "disconnected")
             await registry.fail(job, str(e) or "worker disconnected", None, link.uid)
         except TimeoutError:
             withdrawn = True
@@ -426,7 +438,7 @@ class Dispatcher:
             except Unavailable as e:
                 # Logged with the attempt's failure, which says the problem.
                 self.attempt_failed(job, "unstored")
-                await registry.fail(job, f"result could not be stored: {e.problem}", None, link.uid)
+                await registry.fail(job, str(ResultNotStored(e.problem)), None, link.uid)
         finally:
             # The job may be on another attempt already: end only this one.
             if self._running.get(job.id) is running:
