@@ -38,6 +38,7 @@ from gridlike.server.auth import Gate
 from gridlike.server.dashboard import Dashboard
 from gridlike.server.errors import BadRequest, Conflict, GridLikeError, NotFound, TypeRequired
 from gridlike.server.events import EventStream
+from gridlike.server.metrics import CONTENT_TYPE, Metrics
 from gridlike.server.model import Job, Priority, Status, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
 from gridlike.server.registry import Match, NewJob
@@ -61,12 +62,13 @@ def _open_route(path: list[bytes]) -> bool:
     """
     Whether the route at C{path} (its segments under C{path_prefix}) is open
     without an API key: health, the worker endpoints, which have their
-    own token, and the dashboard's page, files and sign-in, which ask for
-    credentials themselves.  Anything else is protected, routes added later
-    included.
+    own token, the metrics, which check the key themselves (a Bearer token
+    will do there), and the dashboard's page, files and sign-in, which ask
+    for credentials themselves.  Anything else is protected, routes added
+    later included.
     """
     joined = b"/" + b"/".join(path)
-    if joined in (b"/healthz", b"/api/worker", b"/", b"/api/session"):
+    if joined in (b"/healthz", b"/api/worker", b"/metrics", b"/", b"/api/session"):
         return True
     if joined.startswith(b"/dashboard/") and joined.count(b"/") == 2:
         return True
@@ -148,6 +150,9 @@ class GridLikeAPI:
     """
 
     app = Klein()
+
+    metrics: Metrics | None = None
+    """What C{GET /metrics} serves; without it, that route is not found."""
 
     def __init__(self, core: Core, workers: Mapping[str | None, IResource] = {}) -> None:
         """
@@ -343,6 +348,17 @@ class GridLikeAPI:
     @app.route("/api/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:
         return json_body(request, self._core.stats())
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        metrics = self.metrics
+        if metrics is None:
+            raise NotFound("this server serves no metrics")
+        refusal = metrics.refusal(request)
+        if refusal is not None:
+            raise refusal
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        return metrics.render()
 
     @app.route("/healthz", methods=["GET"])
     async def healthz(self, request: IRequest) -> bytes:
