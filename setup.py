@@ -27,7 +27,11 @@ setup(
     python_requires=">=3.11",
     # twisted.plugins carries our twistd plugin; it must not get an __init__.py.
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
-    package_data={"gridlike": ["py.typed"]},
+    package_data={
+        "gridlike": ["py.typed"],
+        # The dashboard's page, served as they are: no build step.
+        "gridlike.server.dashboard": ["static/*"],
+    },
     # Installed under the prefix (/opt/gridlike in etc/gridlike.service), so
     # that the units' Documentation= and install steps name files that exist.
     data_files=[
@@ -59,6 +63,9 @@ setup(
             "psutil>=5.9",
             "mypy>=1.10",
             "mypy-zope>=1.0",
+            # tests/integration/test_dashboard.py drives Debian's chromium
+            # (never a browser of Playwright's own download).
+            "playwright>=1.50",
         ],
     },
     entry_points={"console_scripts": ["gridlike = gridlike.client.cli:main"]},

@@ -32,14 +32,18 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from gridlike.server.auth import Gate
+from gridlike.server.dashboard import Dashboard
 from gridlike.server.errors import BadRequest, Conflict, GridLikeError, NotFound, TypeRequired
+from gridlike.server.events import EventStream
 from gridlike.server.metrics import CONTENT_TYPE, Metrics
 from gridlike.server.model import Job, Priority, Status, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
 from gridlike.server.registry import Match, NewJob
 from gridlike.server.result_stream import ResultsAsked, ResultStream
+from gridlike.server.sessions import Sessions, page_route
 from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
 from gridlike.server.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
 
@@ -58,12 +62,15 @@ def _open_route(path: list[bytes]) -> bool:
     """
     Whether the route at C{path} (its segments under C{path_prefix}) is open
     without an API key: health, the worker endpoints, which have their
-    own token, and the metrics, which check the key themselves (a Bearer
-    token will do there).  Anything else is protected, routes added later
-    included.
+    own token, the metrics, which check the key themselves (a Bearer token
+    will do there), and the dashboard's page, files and sign-in, which ask
+    for credentials themselves.  Anything else is protected, routes added
+    later included.
     """
     joined = b"/" + b"/".join(path)
-    if joined in (b"/healthz", b"/api/worker", b"/metrics"):
+    if joined in (b"/healthz", b"/api/worker", b"/metrics", b"/", b"/api/session"):
+        return True
+    if joined.startswith(b"/dashboard/") and joined.count(b"/") == 2:
         return True
     rest = joined.removeprefix(b"/api/worker/")
     return rest != joined and b"/" not in rest
@@ -157,9 +164,24 @@ class GridLikeAPI:
         self._workers = workers
         self._settings = core.settings
         server = core.settings.server
+        auth, events = core.settings.auth, core.settings.events
+        self.sessions = Sessions(core.clock, auth.session_idle, auth.session_lifetime)
+        self.events = EventStream(
+            core.clock,
+            core.dispatcher.view,
+            keep=events.keep,
+            keep_bytes=events.keep_bytes,
+            heartbeat=events.heartbeat,
+            stall_timeout=server.idle_timeout,
+        )
+        core.add_observer(self.events)
+        self.dashboard = Dashboard(
+            core.settings, self.sessions, core.clock, lambda: self.events.last_id
+        )
         self.gate = Gate(
             allowed_origins=frozenset(server.allowed_origins),
             api_keys=core.settings.auth.api_keys,
+            sessions=self.sessions,
         )
         self.upload_policy = UploadPolicy(
             storage=core.storage,
@@ -200,6 +222,8 @@ class GridLikeAPI:
         status = error.code or 500
         if status == 404:  # no route: most often a client given the wrong path prefix
             return problem_body(request, NotFound(self._no_route(request)))
+        if isinstance(error, RequestRedirect):  # the dashboard's "/prefix" to "/prefix/"
+            request.setHeader(b"location", error.new_url.encode("utf-8"))
         return bare_problem(request, status, error.name.lower())
 
     def _no_route(self, request: IRequest) -> str:
@@ -378,6 +402,33 @@ class GridLikeAPI:
         await stream.run()
         return b""
 
+    # The event stream and the dashboard (events.py, dashboard/)
+
+    @app.route("/api/events", methods=["GET"])
+    async def event_stream(self, request: IRequest) -> bytes:
+        await self.events.serve(request)
+        return b""
+
+    @app.route("/", methods=["GET"])
+    def dashboard_page(self, request: IRequest) -> bytes:
+        return self.dashboard.page(request)
+
+    @app.route("/dashboard/<name>", methods=["GET"])
+    def dashboard_file(self, request: IRequest, name: str) -> bytes:
+        return self.dashboard.static(request, name)
+
+    @app.route("/api/session", methods=["GET"])
+    def session(self, request: IRequest) -> bytes:
+        return json_body(request, self.dashboard.state(request))
+
+    @app.route("/api/session", methods=["POST"])
+    def sign_in(self, request: IRequest) -> bytes:
+        return json_body(request, self.dashboard.sign_in(request))
+
+    @app.route("/api/session", methods=["DELETE"])
+    def sign_out(self, request: IRequest) -> bytes:
+        return json_body(request, self.dashboard.sign_out(request))
+
     # Workers
 
     @app.route("/api/worker", methods=["GET"])
@@ -521,7 +572,11 @@ class _Admitted(Resource):
         self._gate = gate
 
     def render(self, request: IRequest) -> bytes | int:
-        admission = self._gate.admit(request, protected=not _open_route(request.postpath))
+        admission = self._gate.admit(
+            request,
+            protected=not _open_route(request.postpath),
+            page=page_route(request.method, request.postpath),
+        )
         for name, value in admission.headers:
             request.setHeader(name, value)
         if admission.preflight:

@@ -14,8 +14,9 @@ from attrs import frozen
 from twisted.web.iweb import IRequest
 
 from gridlike.server import origin
-from gridlike.server.errors import GridLikeError, Unauthorized
+from gridlike.server.errors import Forbidden, GridLikeError, Unauthorized
 from gridlike.server.origin import Origin, classify, foreign
+from gridlike.server.sessions import Sessions
 
 SAFE_METHODS = frozenset({b"GET", b"HEAD"})
 """Methods that change nothing, which any page may send (it cannot read the
@@ -68,12 +69,19 @@ class Gate:
     a state-changing request from a foreign web page is a 403, a request
     for a protected route without a valid API key a 401, in that order.
 
+    On the routes the dashboard uses (L{gridlike.server.sessions.page_route}),
+    a live dashboard session's cookie stands for an API key, and a request
+    that changes state with it must also carry the session's CSRF token
+    (403 otherwise).  Anywhere else the cookie counts for nothing.
+
     @ivar allowed_origins: canonical origins of C{[server] allowed_origins}.
     @ivar api_keys: the accepted API keys; empty, the API is open.
+    @ivar sessions: the dashboard's sessions, or L{None} for none.
     """
 
     allowed_origins: frozenset[str]
     api_keys: tuple[str, ...]
+    sessions: Sessions | None = None
 
     def upload_refusal(self, request: IRequest) -> GridLikeError | None:
         """
@@ -86,10 +94,12 @@ class Gate:
         """
         return self._refusal(request, self._origin(request), True, True)
 
-    def admit(self, request: IRequest, protected: bool) -> Admission:
+    def admit(self, request: IRequest, protected: bool, page: bool = False) -> Admission:
         """
         @param request: a request about to be served.
         @param protected: whether its route needs an API key.
+        @param page: whether its route is one the dashboard uses, where a
+            session cookie may stand for the API key.
         @return: whether and how to serve it.
         """
         kind = self._origin(request)
@@ -111,7 +121,7 @@ class Gate:
                 )
                 return Admission(None, headers, preflight=True)
         changes = request.method not in SAFE_METHODS
-        return Admission(self._refusal(request, kind, changes, protected), headers)
+        return Admission(self._refusal(request, kind, changes, protected, page), headers)
 
     def _origin(self, request: IRequest) -> Origin:
         return classify(
@@ -122,7 +132,12 @@ class Gate:
         )
 
     def _refusal(
-        self, request: IRequest, kind: Origin, changes: bool, protected: bool
+        self,
+        request: IRequest,
+        kind: Origin,
+        changes: bool,
+        protected: bool,
+        page: bool = False,
     ) -> GridLikeError | None:
         if changes and kind is Origin.FOREIGN:
             return foreign(_header(request, b"origin"))
@@ -131,5 +146,11 @@ class Gate:
             and self.api_keys
             and not matches_any(request.getHeader(b"x-api-key"), self.api_keys)
         ):
-            return Unauthorized("an X-API-KEY header with a valid key is required")
+            session = self.sessions.of(request) if page and self.sessions else None
+            if session is None:
+                return Unauthorized("an X-API-KEY header with a valid key is required")
+            if not session.allows(request):
+                return Forbidden(
+                    "a change made with a dashboard session needs its X-CSRF-Token header"
+                )
         return None

@@ -46,6 +46,7 @@ from gridlike.server.origin import canonical_origin
 
 __all__ = [
     "AuthSettings",
+    "EventSettings",
     "RegistrySettings",
     "SchedulingSettings",
     "ServerSettings",
@@ -82,7 +83,7 @@ _STORAGE_KINDS_LATER = ("s3",)
 _FSYNC_MODES = ("always", "interval", "never")
 _LOG_FORMATS = ("text", "json")
 
-_TABLES = ("server", "registry", "storage", "auth", "workers", "scheduling", "types")
+_TABLES = ("server", "registry", "storage", "auth", "workers", "scheduling", "events", "types")
 
 
 @frozen
@@ -209,6 +210,10 @@ class AuthSettings:
     @ivar dashboard_password: the dashboard's password, or C{None}.
     @ivar allow_anonymous: serve beyond loopback with neither API keys nor a
         worker token.
+    @ivar session_idle: seconds a dashboard session may go unused before it
+        ends (a GridLike extension).
+    @ivar session_lifetime: seconds a dashboard session lasts at most (a
+        GridLike extension).
     """
 
     api_keys: tuple[str, ...] = ()
@@ -217,6 +222,8 @@ class AuthSettings:
     dashboard_user: str | None = None
     dashboard_password: str | None = None
     allow_anonymous: bool = False
+    session_idle: float = 3600.0
+    session_lifetime: float = 43200.0
 
 
 @frozen
@@ -238,6 +245,24 @@ class WorkerSettings:
     max_registering: int = 1000
     forget_after: float = 600.0
     max_message: int = 2 * MiB
+
+
+@frozen
+class EventSettings:
+    """
+    The C{[events]} table: the event stream of C{GET /api/events}.
+
+    @ivar keep: how many of the latest events are retained for clients that
+        resume with C{Last-Event-ID}.
+    @ivar keep_bytes: the most bytes those events may take (a GridLike
+        extension).
+    @ivar heartbeat: seconds between the comment lines that keep idle
+        streams open (a GridLike extension).
+    """
+
+    keep: int = 10_000
+    keep_bytes: int = 64 * MiB
+    heartbeat: float = 15.0
 
 
 @frozen
@@ -293,6 +318,7 @@ class Settings:
     @ivar auth: the C{[auth]} table.
     @ivar workers: the C{[workers]} table.
     @ivar scheduling: the C{[scheduling]} table.
+    @ivar events: the C{[events]} table.
     @ivar types: the configured types by name, read-only, in the file's
         order; empty for an untyped instance.
     @ivar source: the configuration file's path, or C{None} for the embedded
@@ -305,6 +331,7 @@ class Settings:
     auth: AuthSettings = field(factory=AuthSettings)
     workers: WorkerSettings = field(factory=WorkerSettings)
     scheduling: SchedulingSettings = field(factory=SchedulingSettings)
+    events: EventSettings = field(factory=EventSettings)
     types: Mapping[str, TypeSettings] = field(factory=_no_types)
     source: str | None = None
 
@@ -419,6 +446,7 @@ def parse_settings(
     auth = _auth(_Table.of("auth", document))
     workers = _workers(_Table.of("workers", document))
     scheduling = _scheduling(_Table.of("scheduling", document))
+    events = _events(_Table.of("events", document))
     types = _types(document.get("types", {}))
     _refuse_anonymous_exposure(exposed, auth)
     return Settings(
@@ -428,6 +456,7 @@ def parse_settings(
         auth=auth,
         workers=workers,
         scheduling=scheduling,
+        events=events,
         types=MappingProxyType(types),
         source=source,
     )
@@ -618,6 +647,10 @@ def _auth(table: _Table) -> AuthSettings:
             "dashboard_password", defaults.dashboard_password
         ),
         allow_anonymous=table.boolean("allow_anonymous", defaults.allow_anonymous),
+        session_idle=table.number("session_idle", defaults.session_idle, above=0),
+        session_lifetime=table.number(
+            "session_lifetime", defaults.session_lifetime, above=0
+        ),
     )
     table.finish()
     user, password = settings.dashboard_user, settings.dashboard_password
@@ -664,6 +697,27 @@ def _scheduling(table: _Table) -> SchedulingSettings:
         max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
     )
     table.finish()
+    return settings
+
+
+def _events(table: _Table) -> EventSettings:
+    """
+    @param table: the C{[events]} table.
+    @return: its settings.
+    @raise ConfigError: a key is unknown or bad.
+    """
+    defaults = EventSettings()
+    settings = EventSettings(
+        keep=table.integer("keep", defaults.keep, above=0),
+        keep_bytes=table.size("keep_bytes", defaults.keep_bytes, above=0),
+        heartbeat=table.number("heartbeat", defaults.heartbeat, above=0),
+    )
+    table.finish()
+    if settings.heartbeat > 15:
+        raise ConfigError(
+            f"{table.where('heartbeat')}: at most 15 seconds (PROTOCOL.md 5.1),"
+            f" not {settings.heartbeat:g}"
+        )
     return settings
 
 

@@ -322,31 +322,30 @@ class Dispatcher:
 
     def views(self) -> list[dict[str, Any]]:
         """The worker views of C{GET /api/workers}."""
-        views = []
-        for record in self.records():
-            totals = self._totals.get(record.uid or "", _Totals())
-            job = record.job
-            views.append(
-                {
-                    "id": str(record.id),
-                    "uid": record.uid,
-                    "uid_source": record.uid_source,
-                    "name": record.name,
-                    "type": record.type,
-                    "state": record.state,
-                    "address": record.address,
-                    "connected_at": timestamp(record.connected_at),
-                    "job": None if job is None else job.key,
-                    "progress": (
-                        None
-                        if job is None or job.progress is None
-                        else {"percent": job.progress.percent, "info": job.progress.info}
-                    ),
-                    "jobs_done": totals.done,
-                    "jobs_failed": totals.failed,
-                }
-            )
-        return views
+        return [self.view(record) for record in self.records()]
+
+    def view(self, record: WorkerRecord) -> dict[str, Any]:
+        """The worker view of one record, as C{GET /api/workers} shows it."""
+        totals = self._totals.get(record.uid or "", _Totals())
+        job = record.job
+        return {
+            "id": str(record.id),
+            "uid": record.uid,
+            "uid_source": record.uid_source,
+            "name": record.name,
+            "type": record.type,
+            "state": record.state,
+            "address": record.address,
+            "connected_at": timestamp(record.connected_at),
+            "job": None if job is None else job.key,
+            "progress": (
+                None
+                if job is None or job.progress is None
+                else {"percent": job.progress.percent, "info": job.progress.info}
+            ),
+            "jobs_done": totals.done,
+            "jobs_failed": totals.failed,
+        }
 
     def counts(self) -> dict[str, int]:
         """Workers by state."""
