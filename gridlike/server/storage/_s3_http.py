@@ -337,13 +337,22 @@ class S3Client:
 
     def close(self) -> Deferred[None]:
         """
-        Close the cached connections.
+        Close the cached connections, those given back on this turn too.
 
         @return: A L{Deferred} firing when they are closed.
         """
-        if self._pool is None:
+        pool = self._pool
+        if pool is None:
             return succeed(None)
-        return cast("Deferred[None]", self._pool.closeCachedConnections())
+
+        async def closing() -> None:
+            await pool.closeCachedConnections()
+            # A response that just ended gives its connection back on the
+            # next turn.
+            await deferLater(self._clock, 0)
+            await pool.closeCachedConnections()
+
+        return Deferred.fromCoroutine(closing())
 
     def delay(self, attempt: int) -> float:
         """

@@ -255,13 +255,12 @@ class S3Writer:
             raise RuntimeError(f"{self!r}: finish() called twice")
         self._state = _State.FINISHING
         self._producer = None
-        finishing = Deferred.fromCoroutine(self._finish())
         self._settled = Deferred()
+        finishing = Deferred.fromCoroutine(self._finish())
 
         def settled(result: int | Failure) -> int | Failure:
-            settled_d, self._settled = self._settled, None
-            assert settled_d is not None
-            settled_d.callback(None)
+            assert self._settled is not None
+            self._settled.callback(None)
             return result
 
         return finishing.addBoth(settled)
@@ -311,24 +310,23 @@ class S3Writer:
         self._upload_id = None
 
     def abort(self) -> Deferred[None]:
-        if self._state in (_State.FINISHING, _State.FINISHED, _State.FAILED):
-            if self._settled is None:
-                return Deferred.fromCoroutine(_nothing())
-            waiter: Deferred[None] = Deferred()
-
-            def fire(result: object) -> object:
-                waiter.callback(None)
-                return result
-
-            self._settled.addBoth(fire)
-            return waiter
-        if self._state is _State.ABORTED:
+        if self._state is _State.OPEN:
+            self._state = _State.ABORTED
+            self._producer = None
+            self._part = Body()
+            self._queue.clear()
+            self._settled = Deferred()
+            Deferred.fromCoroutine(self._aborting()).chainDeferred(self._settled)
+        if self._settled is None:
             return Deferred.fromCoroutine(_nothing())
-        self._state = _State.ABORTED
-        self._producer = None
-        self._part = Body()
-        self._queue.clear()
-        return Deferred.fromCoroutine(self._aborting())
+        waiter: Deferred[None] = Deferred()
+
+        def fire(result: object) -> object:
+            waiter.callback(None)
+            return None
+
+        self._settled.addBoth(fire)
+        return waiter
 
     async def _aborting(self) -> None:
         await self._wait_idle()
