@@ -26,7 +26,6 @@ import tempfile
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -3,18 +3,23 @@
 In-memory fakes of GridLike's seams, for tests of GridLike and of code built
 on it: L{MemoryJournal} provides L{IJournal}, L{MemoryStorage} provides
 L{IStorage}.  Both answer synchronously, and can be told to fail like a full
-disk.
+disk.  L{memory_core} wires a whole L{Core} over them, the same way the
+service does, so that no test wires a registry and a dispatcher by hand.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
+from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from gridlike.server.config import parse_settings
+from gridlike.server.core import Core
 from gridlike.server.errors import GridLikeError, NotFound, PayloadTooLarge, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import IJobListener, IWorkerListener, JobChange, WorkerChange
@@ -211,3 +216,34 @@ class Heard:
     def of(self, *changes: JobChange) -> list[Job]:
         """The jobs heard of with one of C{changes}, in order."""
         return [job for change, job in self.jobs if change in changes]
+
+
+def memory_core(
+    config_text: str = "",
+    clock: IReactorTime | None = None,
+    *,
+    journal: IJournal | None = None,
+    storage: IStorage | None = None,
+    observers: Iterable[IJobListener | IWorkerListener] = (),
+) -> Core:
+    """
+    A L{Core} as a started service holds it, with nothing on disk: its
+    journal replayed, announcing nothing.
+
+    @param config_text: the TOML configuration; relative paths in it
+        resolve against a directory that does not exist, and are never used.
+    @param clock: the time source; by default a new L{Clock}.
+    @param journal: by default an empty L{MemoryJournal}; pass one with
+        records to play a restart.
+    @param storage: by default an empty L{MemoryStorage}.
+    @param observers: see L{Core.build}.
+    """
+    core = Core.build(
+        parse_settings(config_text, Path("/nonexistent")),
+        Clock() if clock is None else clock,
+        MemoryJournal() if journal is None else journal,
+        MemoryStorage() if storage is None else storage,
+        observers=observers,
+    )
+    core.registry.load()
+    return core

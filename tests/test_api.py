@@ -24,13 +24,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyRequest
 
+from gridlike.server import errors
 from gridlike.server.api import GridLikeAPI
-from gridlike.server.config import parse_settings
-from gridlike.server.service import GridLikeService
 from gridlike.server.model import Job
+from gridlike.server.problems import early_response, problem_body, status_of
 from gridlike.server.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
-from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.testing import MemoryJournal, MemoryStorage, memory_core
 from gridlike.server.upload import UploadSite
 
 BOUNDARY = "xXx-boundary"
@@ -63,14 +64,10 @@ class Server:
         storage: IStorage | None = None,
         journal: MemoryJournal | None = None,
     ) -> None:
-        self.settings = parse_settings(config, Path("/nonexistent"))
         self.storage = MemoryStorage() if storage is None else storage
         self.journal = MemoryJournal() if journal is None else journal
         self.clock = Clock()
-        self.core = GridLikeService(
-            self.settings, self.clock, storage=self.storage, journal=self.journal
-        )
-        self.core.registry.load()
+        self.core = memory_core(config, self.clock, storage=self.storage, journal=self.journal)
         api = GridLikeAPI(self.core)
         self.site = UploadSite(api.root(), api.upload_policy, reactor=self.clock)
 
@@ -693,3 +690,40 @@ class BulkTests(SynchronousTestCase):
         server.journal.broken = False
         self.assertEqual(server.request(self, "GET", "/api/jobs/a")[1]["status"], "failed")
         self.assertEqual(server.request(self, "GET", "/api/jobs/a/payload"), (200, b"x"))
+
+
+class ProblemTableTests(SynchronousTestCase):
+    """L{gridlike.server.problems}: the one table of HTTP statuses."""
+
+    def test_statuses(self) -> None:
+        """Each kind of error has its status; a subclass its base's; others 500."""
+        for error, status in [
+            (errors.BadRequest("x"), 400),
+            (errors.Unauthorized("x"), 401),
+            (errors.Forbidden("x"), 403),
+            (errors.NotFound("x"), 404),
+            (errors.TypeRequired("x", ["a"]), 404),
+            (errors.RequestTimeout("x"), 408),
+            (errors.Conflict("x"), 409),
+            (errors.PayloadTooLarge("x"), 413),
+            (errors.TooManyRequests("x"), 429),
+            (errors.Damaged("x"), 500),
+            (errors.ConfigError("x"), 500),
+            (errors.Unavailable("x"), 503),
+        ]:
+            with self.subTest(error=error):
+                self.assertEqual(status_of(error), status)
+
+    def test_early_response(self) -> None:
+        """
+        The response written before Klein runs has the status and the body
+        that a route's answer to the same error has.
+        """
+        error = errors.PayloadTooLarge("body: larger than 10 bytes")
+        request = DummyRequest([b""])
+        body = problem_body(request, error)
+        head, _, sent = early_response(error).partition(b"\r\n\r\n")
+        self.assertEqual(sent, body)
+        self.assertTrue(head.startswith(b"HTTP/1.1 413 "))
+        self.assertEqual(request.responseCode, 413)
+        self.assertIn(b"Content-Length: %d" % len(body), head)

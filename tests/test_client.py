@@ -42,45 +42,20 @@ from gridlike.client.http import (
     error_for,
     save,
 )
-from gridlike.server.config import parse_settings
-from gridlike.server.dispatch import Dispatcher
-from gridlike.server.errors import NotFound as ServerNotFound
+from gridlike.server.core import Core
 from gridlike.server.model import Job
-from gridlike.server.registry import Registry
 from gridlike.server.storage import RESULT
-from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.testing import memory_core
 
 T = TypeVar("T")
 URL = "http://gridlike.test"
 
 
-class Core:
-    """What L{GridLikeAPI} needs of a L{gridlike.server.service.GridLikeService}, on fakes."""
-
-    def __init__(self, config: str = "") -> None:
-        self.settings = parse_settings(config, Path("/nonexistent"))
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
-        self.storage = MemoryStorage()
-        self.registry = Registry(
-            self.settings, MemoryJournal(), self.storage, self.clock
-        )
-        self.dispatcher = Dispatcher(self.settings, self.registry, self.clock)
-        self.registry.add_listener(self.dispatcher)
-
-    def stats(self) -> dict[str, Any]:
-        stats = self.registry.stats()
-        stats["workers"] = self.dispatcher.counts()
-        return stats
-
-    def worker_views(self) -> list[dict[str, Any]]:
-        return self.dispatcher.views()
-
-    async def check(self) -> None:
-        await self.storage.check()
-
-    def worker_resource(self, job_type: str | None) -> None:
-        raise ServerNotFound("no workers here")
+def client_core(config: str = "") -> Core:
+    """The in-memory core the client talks to, its clock at a realistic time."""
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    return memory_core(config, clock)
 
 
 @implementer(IAgent)
@@ -119,7 +94,7 @@ class ClientTestCase(SynchronousTestCase):
     base = URL
 
     def setUp(self) -> None:
-        self.core = Core(self.config)
+        self.core = client_core(self.config)
         self.traversal = RequestTraversalAgent(GridLikeAPI(self.core).root())
         self.agent = RecordingAgent(self.traversal)
         self.client = GridLikeClient(

@@ -5,7 +5,6 @@ attempt ends.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from attrs import define, field
@@ -17,13 +16,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gridlike.server.config import parse_settings
-from gridlike.server.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
+from gridlike.server.dispatch import IWorkerLink, JobFailed, WorkerLost
 from gridlike.server.errors import Damaged
 from gridlike.server.model import Job, Priority, Status
-from gridlike.server.registry import NewJob, Registry, new_job_id
+from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT
-from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.testing import MemoryJournal, MemoryStorage, memory_core
 
 CONFIG = """
 [scheduling]
@@ -79,14 +77,16 @@ class FakeLink:
 
 
 class Harness:
+    """The in-memory core, with its parts at hand and a hand-driven clock."""
+
     def __init__(self) -> None:
-        self.settings = parse_settings(CONFIG, Path("/nonexistent"))
         self.clock = Clock()
         self.storage = MemoryStorage()
         self.journal = MemoryJournal()
-        self.registry = Registry(self.settings, self.journal, self.storage, self.clock)
-        self.dispatcher = Dispatcher(self.settings, self.registry, self.clock)
-        self.registry.add_listener(self.dispatcher)
+        self.core = memory_core(CONFIG, self.clock, journal=self.journal, storage=self.storage)
+        self.settings = self.core.settings
+        self.registry = self.core.registry
+        self.dispatcher = self.core.dispatcher
 
     def connect(self, uid: str, job_type: str | None = "render") -> FakeLink:
         link = FakeLink(uid, job_type, clock=self.clock)

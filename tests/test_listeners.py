@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from gridlike.server.dispatch import Dispatcher, JobFailed
+from gridlike.server.dispatch import JobFailed
 from gridlike.server.listeners import (
     EventualQueue,
     IJobListener,
@@ -26,7 +26,7 @@ from gridlike.server.model import Job, Priority, Status
 from gridlike.server.registry import NewJob, Registry, new_job_id
 from gridlike.server.storage import PAYLOAD
 from gridlike.testing import Heard, MemoryJournal
-from tests.test_dispatch import FakeLink, Harness
+from tests.test_dispatch import Harness
 
 
 class EventualQueueTests(SynchronousTestCase):
@@ -137,9 +137,9 @@ class RegistryAnnouncementTests(SynchronousTestCase):
 
     def test_observers_before_the_dispatcher(self) -> None:
         """
-        An observer added before the dispatcher hears of a submitted job
-        while it is still pending, though the dispatcher starts it in the
-        same flush.
+        An observer, which the core adds before the dispatcher even after
+        it is wired, hears of a submitted job while it is still pending,
+        though the dispatcher starts it in the same flush.
         """
         h = Harness()
         seen: list[tuple[JobChange, Status]] = []
@@ -149,15 +149,10 @@ class RegistryAnnouncementTests(SynchronousTestCase):
             def job_changed(self, change: JobChange, job: Job) -> None:
                 seen.append((change, job.status))
 
-        registry = Registry(h.settings, MemoryJournal(), h.storage, h.clock)
-        dispatcher = Dispatcher(h.settings, registry, h.clock)
-        registry.add_listener(Observer())
-        registry.add_listener(dispatcher)
-        link = FakeLink("w1", clock=h.clock)
-        link.record = dispatcher.opened("127.0.0.1", "render")
-        dispatcher.registered(link.record, link)
-        dispatcher.ready(link)
-        self.successResultOf(Deferred.fromCoroutine(registry.submit([h_spec(h)])))
+        h.core.add_observer(Observer())
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        self.successResultOf(Deferred.fromCoroutine(h.registry.submit([h_spec(h)])))
         h.clock.advance(0)
         self.assertEqual(
             seen, [(JobChange.SUBMITTED, Status.PENDING), (JobChange.STARTED, Status.RUNNING)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridlike.server.origin import Origin, canonical_origin, classify, foreign, parse_origin
+from gridlike.server.problems import status_of
 
 ALLOWED = frozenset({"https://app.example", "http://localhost:3000"})
 
@@ -101,6 +102,6 @@ class ClassifyTests(SynchronousTestCase):
     def test_refusal(self) -> None:
         """The refusal is a 403 that names the origin and the setting."""
         error = foreign("http://evil.example")
-        self.assertEqual(error.status, 403)
+        self.assertEqual(status_of(error), 403)
         self.assertIn("'http://evil.example'", error.problem)
         self.assertIn("allowed_origins", error.problem)

@@ -12,13 +12,15 @@ from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from gridlike.server.config import Settings, parse_settings
 from gridlike.server.errors import BadRequest, Conflict, NotFound, Unavailable
 from gridlike.server.model import Job, Priority, Status
-from gridlike.server.registry import Match, NewJob, Registry, new_job_id
+from gridlike.server.registry import IRegistry, Match, NewJob, Registry, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT
-from gridlike.server.listeners import JobChange
+from gridlike.server.listeners import IJobListener, JobChange
 from gridlike.testing import Heard, MemoryJournal, MemoryStorage
 
 T = TypeVar("T")
@@ -88,6 +90,34 @@ def run(test: SynchronousTestCase, coroutine: Coroutine[Any, Any, T]) -> T:
 
 def fails(test: SynchronousTestCase, coroutine: Coroutine[Any, Any, Any], error: type) -> Any:
     return test.failureResultOf(Deferred.fromCoroutine(coroutine), error).value
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_provides(self) -> None:
+        """The journaled registry provides IRegistry, as callers expect."""
+        self.assertTrue(verifyObject(IRegistry, Harness().registry))
+
+    def test_listener_before(self) -> None:
+        """A listener added before another is told of each change first."""
+        h = Harness()
+        order: list[str] = []
+
+        @implementer(IJobListener)
+        class Named:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def job_changed(self, change: JobChange, job: Job) -> None:
+                order.append(self.name)
+
+        last = Named("last")
+        h.registry.add_listener(last)
+        h.registry.add_listener(Named("first"), before=h.heard)
+        h.registry.add_listener(Named("second"), before=last)
+        run(self, h.registry.submit([h.spec()]))
+        h.clock.advance(0)
+        self.assertEqual(order, ["first", "second", "last"])
+        self.assertEqual(len(h.heard.jobs), 1)
 
 
 class SubmitTests(SynchronousTestCase):

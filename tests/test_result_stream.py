@@ -20,7 +20,7 @@ from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.result_stream import ResultsAsked, ResultStream
 from gridlike.server.storage import RESULT
 from gridlike.server.upload import OTHER_BODY_LIMIT
-from tests.test_client import Core
+from tests.test_client import client_core
 
 URL = "http://gridlike.test/api/jobs/results"
 
@@ -62,7 +62,7 @@ class ResultStreamTests(SynchronousTestCase):
     config = "[scheduling]\nmax_attempts = 1\n[server]\nmax_wait = 50\n"
 
     def setUp(self) -> None:
-        self.core = Core(self.config)
+        self.core = client_core(self.config)
         self.treq = StubTreq(GridLikeAPI(self.core).root())
 
     def submit(self, *keys: str) -> None:
@@ -171,7 +171,7 @@ class ResultStreamTests(SynchronousTestCase):
 
     def test_api_key(self) -> None:
         """With API keys, the request needs one."""
-        self.core = Core('[auth]\napi_keys = ["sesame"]\n')
+        self.core = client_core('[auth]\napi_keys = ["sesame"]\n')
         self.treq = StubTreq(GridLikeAPI(self.core).root())
         self.assertEqual(self.answer(self.post({"keys": []})).code, 401)
         answer = self.answer(self.post({"keys": []}, {b"x-api-key": [b"sesame"]}))

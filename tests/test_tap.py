@@ -11,6 +11,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Iterable
 
+from twisted.application.internet import TimerService
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -144,9 +145,12 @@ class CountingJournal(MemoryJournal):
 
 
 class CompactionTests(SynchronousTestCase):
-    def started(self, attempts: int) -> tuple[GridLikeService, CountingJournal, Clock]:
+    def started(
+        self, attempts: int, records: Iterable[bytes] = ()
+    ) -> tuple[GridLikeService, CountingJournal, Clock]:
         """
         @param attempts: C{[scheduling] max_attempts}.
+        @param records: what the journal holds at start.
         @return: a started service on a counting journal, compacting past
             1 KiB at ratio 2, its journal and its clock.
         """
@@ -158,14 +162,14 @@ class CompactionTests(SynchronousTestCase):
             f"[scheduling]\nmax_attempts = {attempts}\n",
             directory / "gridlike.toml",
         )
-        journal, clock = CountingJournal(), Clock()
-        core = GridLikeService(settings, clock, storage=MemoryStorage(), journal=journal)
-        core.startService()
-        self.addCleanup(lambda: self.successResultOf(core.stopService()))
-        return core, journal, clock
+        journal, clock = CountingJournal(list(records)), Clock()
+        service = GridLikeService(settings, clock, storage=MemoryStorage(), journal=journal)
+        service.startService()
+        self.addCleanup(lambda: self.successResultOf(service.stopService()))
+        return service, journal, clock
 
     def fail_jobs(
-        self, core: GridLikeService, count: int, attempts: int, info: int = 2000
+        self, service: GridLikeService, count: int, attempts: int, info: int = 2000
     ) -> None:
         """
         Submit C{count} jobs and fail each C{attempts} times with C{info}
@@ -175,11 +179,27 @@ class CompactionTests(SynchronousTestCase):
             job_id = new_job_id()
             [job] = self.successResultOf(
                 Deferred.fromCoroutine(
-                    core.registry.submit([NewJob(job_id, None, Priority.BATCH, 1)])
+                    service.core.registry.submit([NewJob(job_id, None, Priority.BATCH, 1)])
                 )
             )
             for _ in range(attempts):
-                self.successResultOf(core.registry.fail(job, "e" * info, None, "w"))
+                self.successResultOf(service.core.registry.fail(job, "e" * info, None, "w"))
+
+    def test_check_is_a_timer(self) -> None:
+        """
+        The service's one child is the compaction check, a TimerService
+        whose first check comes a period after start, not at start: a
+        journal that wants compacting when replayed is compacted then.
+        """
+        service, journal, clock = self.started(attempts=1)
+        [timer] = list(service)
+        self.assertIsInstance(timer, TimerService)
+        self.fail_jobs(service, 20, attempts=1)
+        records = list(journal.records)
+        service, journal, clock = self.started(attempts=1, records=records)
+        self.assertEqual(journal.compactions, 0)
+        clock.advance(COMPACT_EVERY)
+        self.assertEqual(journal.compactions, 1)
 
     def test_large_live_records_compacted_once(self) -> None:
         """
@@ -187,8 +207,8 @@ class CompactionTests(SynchronousTestCase):
         jobs with large error info), one compaction measures them, and the
         next checks do not rewrite the journal again for nothing.
         """
-        core, journal, clock = self.started(attempts=3)
-        self.fail_jobs(core, 20, attempts=3)
+        service, journal, clock = self.started(attempts=3)
+        self.fail_jobs(service, 20, attempts=3)
         for _ in range(10):
             clock.advance(COMPACT_EVERY)
         self.assertEqual(journal.compactions, 1)
@@ -198,15 +218,15 @@ class CompactionTests(SynchronousTestCase):
         A compaction that does not halve the journal makes the following
         checks skip, twice as many after each such compaction in a row.
         """
-        core, journal, clock = self.started(attempts=1)
-        self.fail_jobs(core, 20, attempts=1)
+        service, journal, clock = self.started(attempts=1)
+        self.fail_jobs(service, 20, attempts=1)
         with capturedLogs() as events:
             clock.advance(COMPACT_EVERY)
         self.assertEqual(journal.compactions, 1)
         self.assertEqual([e["checks"] for e in events if "checks" in e], [1])
         # Jobs ten times larger than measured: the journal is past twice the
         # estimated state, yet a compaction gains little again.
-        self.fail_jobs(core, 10, attempts=1, info=20_000)
+        self.fail_jobs(service, 10, attempts=1, info=20_000)
         clock.advance(COMPACT_EVERY)  # skipped
         self.assertEqual(journal.compactions, 1)
         with capturedLogs() as events:
@@ -223,26 +243,26 @@ class CompactionTests(SynchronousTestCase):
             '[registry]\ncompact_min = "1KiB"\ncompact_ratio = 2\n', Path("/nonexistent")
         )
         journal, storage = MemoryJournal(), MemoryStorage()
-        core = GridLikeService(settings, Clock(), storage=storage, journal=journal)
-        core.registry.load()
+        service = GridLikeService(settings, Clock(), storage=storage, journal=journal)
+        service.core.registry.load()
         keys = []
         for n in range(40):
             job_id = new_job_id()
             storage.objects[(job_id, PAYLOAD)] = b"x"
             [job] = self.successResultOf(
                 Deferred.fromCoroutine(
-                    core.registry.submit([NewJob(job_id, None, Priority.BATCH, 1, f"k{n}")])
+                    service.core.registry.submit([NewJob(job_id, None, Priority.BATCH, 1, f"k{n}")])
                 )
             )
             keys.append(job.key)
         for key in keys[:38]:
-            self.successResultOf(Deferred.fromCoroutine(core.registry.delete(key)))
+            self.successResultOf(Deferred.fromCoroutine(service.core.registry.delete(key)))
         before = len(journal.records)
-        core._maybe_compact()
+        service._maybe_compact()
         self.assertLess(len(journal.records), before)
         again = GridLikeService(settings, Clock(), storage=storage, journal=MemoryJournal(list(journal.records)))
-        again.registry.load()
-        self.assertEqual([job.key for job in again.registry], ["k38", "k39"])
+        again.core.registry.load()
+        self.assertEqual([job.key for job in again.core.registry], ["k38", "k39"])
 
 
 class TidyTests(SynchronousTestCase):
@@ -260,18 +280,18 @@ class TidyTests(SynchronousTestCase):
         """
         settings = parse_settings("", Path("/nonexistent"))
         journal, storage = MemoryJournal(dropped=dropped), MemoryStorage()
-        core = GridLikeService(settings, Clock(), storage=storage, journal=journal)
-        core.registry.load()
+        service = GridLikeService(settings, Clock(), storage=storage, journal=journal)
+        service.core.registry.load()
         kept, orphan = new_job_id(), new_job_id()
         storage.objects[(kept, PAYLOAD)] = b"kept"
         storage.objects[(orphan, PAYLOAD)] = b"orphan"
         self.successResultOf(
             Deferred.fromCoroutine(
-                core.registry.submit([NewJob(kept, None, Priority.BATCH, 4, "kept")])
+                service.core.registry.submit([NewJob(kept, None, Priority.BATCH, 4, "kept")])
             )
         )
         with capturedLogs() as events:
-            self.successResultOf(Deferred.fromCoroutine(core._tidy_storage(0.0)))
+            self.successResultOf(Deferred.fromCoroutine(service._tidy_storage(0.0)))
         return storage, kept, orphan, events
 
     def test_orphans_deleted(self) -> None:

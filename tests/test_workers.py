@@ -3,8 +3,8 @@ Tests for L{gridlike.server.workers} and L{gridlike.server._worker_machine}: the
 protocol of PROTOCOL.md section 3.
 
 The server protocol runs against a real Autobahn client protocol (the fake
-worker) over an in-memory connection (L{twisted.test.iosim}), with a real
-L{Dispatcher} over a real L{Registry} on L{MemoryJournal}, and either
+worker) over an in-memory connection (L{twisted.test.iosim}), with the
+real core of L{gridlike.testing.memory_core} on L{MemoryJournal}, and either
 L{MemoryStorage} or L{FilesystemStorage} in a temporary directory with its
 "thread" calls run by the test.  Time is a L{Clock}; nothing sleeps and no
 socket is opened.
@@ -47,14 +47,14 @@ from gridlike.server._worker_machine import (
     new_worker_machine,
 )
 from gridlike.server.config import Settings, parse_settings
-from gridlike.server.dispatch import Dispatcher, IWorkerLink, JobFailed, WorkerLost
+from gridlike.server.dispatch import IWorkerLink, JobFailed, WorkerLost
 from gridlike.server.errors import Damaged, Unavailable
 from gridlike.server.model import Job, Priority, Progress, Status
-from gridlike.server.registry import NewJob, Registry, new_job_id
+from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
 from gridlike.server.storage import filesystem
 from gridlike.server.storage._fs_cache import BUDGET
-from gridlike.testing import MemoryJournal, MemoryStorage
+from gridlike.testing import MemoryStorage, memory_core
 from gridlike.server.workers import (
     CLOSE_BAD_TOKEN,
     CLOSE_INTERNAL_ERROR,
@@ -335,7 +335,6 @@ class Harness:
         memory: int = BUDGET,
     ) -> None:
         self.test = test
-        self.settings = settings_from(config)
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.threads = ManualThreads()
@@ -353,11 +352,10 @@ class Harness:
             )
         else:
             self.storage = MemoryStorage()
-        self.registry = Registry(
-            self.settings, MemoryJournal(), self.storage, self.clock
-        )
-        self.dispatcher = Dispatcher(self.settings, self.registry, self.clock)
-        self.registry.add_listener(self.dispatcher)
+        self.core = memory_core(config, self.clock, storage=self.storage)
+        self.settings = self.core.settings
+        self.registry = self.core.registry
+        self.dispatcher = self.core.dispatcher
         self.factories: dict[str | None, WorkerFactory] = {}
         self._ports = 40000
 

@@ -6,6 +6,7 @@ C{gridlike.client} itself is the public Python client (PROTOCOL.md section
 facade, with the errors they raise.  The rest of the package builds on it:
 
   - L{gridlike.client.http}: the asynchronous HTTP client;
+  - L{gridlike.client.errors}: the errors it raises, by HTTP status;
   - L{gridlike.client.blocking}: the synchronous facade;
   - L{gridlike.client.worker}: the worker SDK (public as C{gridlike.worker});
   - L{gridlike.client.cli}, L{gridlike.client.agent}, L{gridlike.client.bench}:

@@ -50,7 +50,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gridlike.client.cli import Context, command
+from gridlike.client.cli import DEFAULT_URL, OK, CommandError, Context, command, exit_code
 
 if TYPE_CHECKING:
     from gridlike.client.worker import Progress, Worker
@@ -59,10 +59,9 @@ __all__ = ["CommandRunner", "add_worker_arguments", "main", "run_worker"]
 
 log = Logger()
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-OK, USAGE, REFUSED, ABORTED = 0, 2, 3, 143
-"""Exit codes: as C{gridlike} (usage 2, the server refused 3), and 128 +
-SIGTERM when a second SIGTERM aborted the jobs."""
+ABORTED = 143
+"""The exit code when a second SIGTERM aborted the jobs: 128 + SIGTERM, as
+a shell reports it.  Errors have theirs from L{exit_code}, as in C{gridlike}."""
 LOG_TAIL = 64 * 1024
 """How much of the command's standard error the logs of a failed job keep."""
 PROGRESS_LINE = re.compile(rb"\s*progress:\s*(\d+(?:\.\d*)?|\.\d+)\s*%?(?:\s+(.*?))?\s*")
@@ -304,7 +303,7 @@ class Agent:
         self._workers = workers
         self._runner = runner
         self._terminations = 0
-        self._refused: list[str] = []
+        self._refused: list[Exception] = []
         self._previous_handler: Any = None
         self._shutting_down = False
 
@@ -345,8 +344,7 @@ class Agent:
             if self._previous_handler is not None:
                 signal.signal(signal.SIGTERM, self._previous_handler)
         if self._refused:
-            sys.stderr.write(f"gridlike worker: {self._refused[0]}\n")
-            return REFUSED
+            return _failed(self._refused[0])
         return ABORTED if self._terminations > 1 else OK
 
     def _catch_sigterm(self) -> None:
@@ -360,7 +358,7 @@ class Agent:
         from gridlike.client.worker import WorkerRefused
 
         if failure.check(WorkerRefused):
-            self._refused.append(str(failure.value))
+            self._refused.append(failure.value)
             for worker in self._workers:
                 worker.stop()
 
@@ -420,7 +418,7 @@ def run_worker(reactor: Any, options: argparse.Namespace, environ: dict[str, str
     token = options.token if options.token is not None else environ.get("GRIDLIKE_WORKER_TOKEN", "")
     n = options.concurrency
     if n < 1 or (options.timeout is not None and options.timeout <= 0):
-        return _usage("--concurrency must be at least 1 and --timeout above 0")
+        return succeed(_failed(CommandError("--concurrency must be at least 1 and --timeout above 0")))
     runner = CommandRunner(reactor, options.argv, options.timeout)
     base = options.worker_id or default_uid()
     try:
@@ -433,17 +431,26 @@ def run_worker(reactor: Any, options: argparse.Namespace, environ: dict[str, str
             for slot in range(1, n + 1)
         ]
     except (ValueError, OSError) as e:
-        return _usage(str(e))
+        return succeed(_failed(CommandError(str(e))))
     try:
         _start_logging(options.quiet, options.log_file)
     except OSError as e:
-        return _usage(f"{options.log_file}: {e.strerror}")
+        return succeed(_failed(CommandError(f"{options.log_file}: {e.strerror}")))
     return Agent(reactor, workers, runner).run()
 
 
-def _usage(problem: str) -> Deferred[int]:
-    sys.stderr.write(f"gridlike worker: {problem}\n")
-    return succeed(USAGE)
+def _failed(error: Exception) -> int:
+    """
+    Report an error that stops the agent, as C{gridlike worker: ...} on
+    standard error.
+
+    @param error: a refusal by the server, or a L{CommandError}.
+    @return: its exit code.
+    """
+    sys.stderr.write(f"gridlike worker: {error}\n")
+    code = exit_code(error)
+    assert code is not None, f"{error!r} has no exit code"
+    return code
 
 
 _logging = False

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine
 from urllib.request import urlopen
 
-from gridlike.client.cli import Context, command
+from gridlike.client.cli import OK, Context, command
 
 PORT_LINE = re.compile(rb"UploadSite (?:\(TLS\) )?starting on (\d+)")
 
@@ -309,7 +309,7 @@ async def run_bench(context: Context) -> int:
         print(json.dumps(figures))
     else:
         _print(context, figures, url if server is None else None)
-    return 0
+    return OK
 
 
 def _print(context: Context, figures: dict[str, Any], url: str | None) -> None:

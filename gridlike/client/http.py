@@ -17,7 +17,8 @@ Payloads given as paths or files stream from disk, and
 L{GridLikeClient.result_to} streams to disk: neither is ever held whole in
 memory.  A refusal by the server is a L{GridLikeClientError} (a subclass per
 status callers tell apart); a server that cannot be reached is
-L{ServerUnreachable}.
+L{ServerUnreachable}.  Both come from L{gridlike.client.errors}, the one
+place statuses map to exceptions, and are importable from here too.
 """
 
 from __future__ import annotations
@@ -26,29 +27,40 @@ import io
 import json
 import os
 import re
-import uuid
 from functools import wraps
 from pathlib import Path
-from typing import IO, Any, AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
-from typing import ParamSpec, Sequence, TypeVar, Union, cast
+from typing import Any, AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from typing import ParamSpec, Sequence, TypeVar, cast
 from urllib.parse import quote, urljoin
 
 import treq
 from attrs import frozen
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
-from twisted.internet.defer import succeed
-from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
-from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, succeed
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.internet.task import Cooperator, deferLater
-from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer
-from twisted.web.client import HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
+from gridlike.client._files import Payload, Target, save, write_to
 from gridlike.client._multipart import _Form
 from gridlike.client._results import Ended, LineReader, Outcomes, decode, key_groups
+from gridlike.client.errors import (
+    CONNECTION_ERRORS,
+    BadRequest,
+    Conflict,
+    GridLikeClientError,
+    NotFound,
+    PartlySubmitted,
+    PayloadTooLarge,
+    ServerError,
+    ServerUnreachable,
+    Unauthorized,
+    Unavailable,
+    error_for,
+    unreachable,
+)
 
 __all__ = [
     "BadRequest", "Conflict", "Ended", "GridLikeClient", "GridLikeClientError",
@@ -58,12 +70,6 @@ __all__ = [
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Payload = Union[bytes, str, "os.PathLike[str]", IO[bytes]]
-"""Bytes are the payload itself; a C{str} or path names a file; a binary file
-object is read from its current position to its end."""
-Target = Union[str, "os.PathLike[str]", IO[bytes]]
-"""Where a download goes: a path, or a binary file object."""
-
 TERMINAL = frozenset({"done", "failed"})
 POLL = 60.0
 """Longest single C{?wait=} request; longer waits repeat it."""
@@ -76,151 +82,6 @@ PIPELINE = 4
 STREAMS = 4
 """Responses of C{POST /api/jobs/results} read at once by L{GridLikeClient.results}."""
 _NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
-
-
-# Errors
-
-
-class GridLikeClientError(Exception):
-    """
-    The server refused a request, or could not be reached.
-
-    @ivar status: the HTTP status, or L{None} when no response came.
-    @ivar problem: the reason (the server's JSON C{problem}), fit for a user.
-    @ivar body: the raw response body.
-    """
-
-    def __init__(self, status: int | None, problem: str, body: bytes = b"") -> None:
-        super().__init__(problem)
-        self.status = status
-        self.problem = problem
-        self.body = body
-
-
-class BadRequest(GridLikeClientError):
-    """400: a field has a wrong value (key, priority, description...)."""
-
-
-class Unauthorized(GridLikeClientError):
-    """401: the API key is missing or wrong."""
-
-
-class NotFound(GridLikeClientError):
-    """
-    404: no such job, or no such job type.
-
-    @ivar types: the server's job types when the request needed one and
-        gave none, else L{None}.
-    """
-
-    def __init__(
-        self, status: int | None, problem: str, body: bytes = b"", types: list[str] | None = None
-    ) -> None:
-        super().__init__(status, problem, body)
-        self.types = types
-
-
-class Conflict(GridLikeClientError):
-    """
-    409: the request clashes with the job's state: its key is in use, it is
-    not done (result), it is not failed (retry).
-
-    @ivar job_status: the job's status when the server says it, else L{None}.
-    """
-
-    def __init__(
-        self, status: int | None, problem: str, body: bytes = b"", job_status: str | None = None
-    ) -> None:
-        super().__init__(status, problem, body)
-        self.job_status = job_status
-
-
-class PayloadTooLarge(GridLikeClientError):
-    """413: the payload is over the server's C{max_payload}."""
-
-
-class ServerError(GridLikeClientError):
-    """5xx: the server failed."""
-
-
-class Unavailable(ServerError):
-    """503: the server cannot store anything now; later may work."""
-
-
-class ServerUnreachable(GridLikeClientError):
-    """No complete response: connection refused, DNS, TLS, connection lost."""
-
-
-class PartlySubmitted(GridLikeClientError):
-    """
-    L{GridLikeClient.submit_many} stopped: a bulk request failed, so none of
-    its jobs exists, while the bulks before it (and any in flight beside it)
-    may have created theirs.  Its status and problem are the failed
-    request's, which is also its C{__cause__}.
-
-    @ivar keys: one entry per payload taken from the iterable so far, in
-        order: the created job's key, or L{None} where no job was created.
-        Payloads after the last entry were not taken.
-    """
-
-    def __init__(self, keys: list[str | None], cause: GridLikeClientError) -> None:
-        created = sum(key is not None for key in keys)
-        super().__init__(
-            cause.status, f"{cause.problem} ({created} of {len(keys)} jobs created)", cause.body
-        )
-        self.keys = keys
-
-
-_ERRORS: dict[int, type[GridLikeClientError]] = {
-    400: BadRequest, 401: Unauthorized, 404: NotFound, 409: Conflict,
-    413: PayloadTooLarge, 503: Unavailable,
-}
-_CONNECTION_ERRORS = (
-    ConnectError, ConnectingCancelledError, ConnectTimeout, DNSLookupError,
-    ResponseFailed, RequestTransmissionFailed,
-)
-
-
-def error_for(status: int, body: bytes, phrase: bytes = b"") -> GridLikeClientError:
-    """
-    The error a non-2xx response stands for: the one place statuses map to
-    exception classes.
-
-    @param status: the HTTP status.
-    @param body: the response body, C{{"problem": ...}} from GridLike.
-    @param phrase: the HTTP reason phrase, used when the body is not JSON.
-    """
-    try:
-        parsed = json.loads(body)
-        problem = str(parsed["problem"])
-    except (ValueError, TypeError, KeyError):
-        parsed, problem = {}, f"HTTP {status} {phrase.decode('latin-1')}".strip()
-    kind = _ERRORS.get(status) or (ServerError if status >= 500 else GridLikeClientError)
-    if kind is Conflict:
-        return Conflict(status, problem, body, parsed.get("status"))
-    if kind is NotFound:
-        return NotFound(status, problem, body, parsed.get("types"))
-    return kind(status, problem, body)
-
-
-def _unreachable(error: Exception, base: str) -> Exception:
-    """
-    What a failed connection or transfer stands for: L{ServerUnreachable};
-    or the local L{OSError} (a file that cannot be read) or cancellation
-    that stopped it.
-    """
-    reasons: list[Failure] = getattr(error, "reasons", None) or []
-    for reason in reasons:
-        if reason.check(CancelledError) or (
-            isinstance(error, RequestTransmissionFailed) and reason.check(OSError)
-        ):
-            return reason.value  # type: ignore[no-any-return]
-    detail = reasons[0].getErrorMessage() if reasons else str(error) or type(error).__name__
-    from OpenSSL.SSL import Error as TLSError
-
-    if any(reason.check(TLSError) for reason in reasons):
-        detail = f"TLS failed ({detail}); is the server's certificate trusted (ca_file)?"
-    return ServerUnreachable(None, f"cannot reach {base}: {detail}")
 
 
 # Values
@@ -469,8 +330,8 @@ class GridLikeClient:
             response.deliverBody(reader)
             try:
                 await reader.finished
-            except _CONNECTION_ERRORS as e:
-                raise _unreachable(e, self.base_url) from None
+            except CONNECTION_ERRORS as e:
+                raise unreachable(e, self.base_url) from None
             if not reader.unfinished:
                 return
             if remaining == 0:
@@ -704,8 +565,8 @@ class GridLikeClient:
                 method, url or self.base_url + path, params=params, headers=headers, data=body,
                 allow_redirects=False, unbuffered=stream, reactor=self._reactor,
             )
-        except _CONNECTION_ERRORS as e:
-            raise _unreachable(e, self.base_url) from None
+        except CONNECTION_ERRORS as e:
+            raise unreachable(e, self.base_url) from None
         if not 200 <= response.code < 300:
             raise error_for(response.code, await self._read(response), response.phrase)
         return response
@@ -719,8 +580,8 @@ class GridLikeClient:
                 return await treq.content(response)  # type: ignore[no-any-return]
             await treq.collect(response, write)
             return b""
-        except _CONNECTION_ERRORS as e:
-            raise _unreachable(e, self.base_url) from None
+        except CONNECTION_ERRORS as e:
+            raise unreachable(e, self.base_url) from None
 
     async def _json(self, response: IResponse) -> Any:
         return json.loads(await self._read(response))
@@ -764,7 +625,7 @@ class GridLikeClient:
 
     async def _save(self, key: str, kind: str, target: Target, wait: float | None) -> int:
         """L{_download} into a file object, or a path by way of a temporary."""
-        return await _write_to(target, lambda write: self._download(key, kind, write, wait))
+        return await write_to(target, lambda write: self._download(key, kind, write, wait))
 
     async def _pace(self, asked: float, remaining: float) -> None:
         """
@@ -774,56 +635,6 @@ class GridLikeClient:
         """
         if self._reactor.seconds() - asked < remaining / 2:
             await deferLater(self._reactor, min(1.0, remaining / 2), lambda: None)
-
-
-def save(data: bytes, target: Target) -> Deferred[int]:
-    """
-    Write bytes (a result from L{GridLikeClient.results}) the way
-    L{GridLikeClient.result_to} writes a download: a path by way of a
-    temporary beside it, so that it never holds a partial result.
-
-    @return: the number of bytes written.
-    """
-
-    async def fill(write: Callable[[bytes], None]) -> None:
-        write(data)
-
-    return Deferred.fromCoroutine(_write_to(target, fill))
-
-
-async def _write_to(
-    target: Target, fill: Callable[[Callable[[bytes], None]], Awaitable[None]]
-) -> int:
-    """
-    Have C{fill} write into a file object, or into a path by way of a
-    temporary renamed once complete; return the bytes written.
-    """
-    if not isinstance(target, (str, os.PathLike)):
-        counter = _Counter(target.write)
-        await fill(counter)
-        return counter.count
-    path = Path(target)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.part")
-    try:
-        with open(temporary, "xb") as file:
-            counter = _Counter(file.write)
-            await fill(counter)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return counter.count
-
-
-class _Counter:
-    """A write function that counts the bytes it passes on."""
-
-    def __init__(self, write: Callable[[bytes], object]) -> None:
-        self._write = write
-        self.count = 0
-
-    def __call__(self, data: bytes) -> None:
-        self._write(data)
-        self.count += len(data)
 
 
 def _chunks(payloads: Iterable[Payload]) -> Iterator[list[Payload]]:

@@ -1,19 +1,19 @@
 # -*- test-case-name: tests.test_api -*-
 """
 The HTTP API of PROTOCOL.md section 2: Klein routes, thin over the registry,
-storage and dispatch of a L{gridlike.server.service.GridLikeService}.
+storage and dispatch of a L{gridlike.server.core.Core}.
 
 Errors are raised as L{gridlike.server.errors.GridLikeError}s and turned into a JSON
-C{problem} with their status in one place, L{problem_body}: for the routes
-through L{GridLikeAPI.problem}, and for what is answered before any route
-(the gate's refusals, paths outside C{path_prefix}) through L{_Problem}.
-Every request passes L{gridlike.server.auth.Gate} first, in L{_Admitted}.
+C{problem} with their status by the table of L{gridlike.server.problems}: for
+the routes through L{GridLikeAPI.problem}, and for what is answered before any
+route (the gate's refusals, paths outside C{path_prefix}) through L{_Problem}.
+Every request passes L{gridlike.server.auth.Gate} first, in L{_Admitted}, and
+nowhere else.
 """
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar, cast
 from urllib.parse import urlencode
 
 from klein import Klein
@@ -34,21 +34,16 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
 from gridlike.server.auth import Gate
-from gridlike.server.errors import (
-    BadRequest,
-    Conflict,
-    GridLikeError,
-    NotFound,
-    TypeRequired,
-)
+from gridlike.server.errors import BadRequest, Conflict, GridLikeError, NotFound, TypeRequired
 from gridlike.server.model import Job, Priority, Status, job_view
+from gridlike.server.problems import bare_problem, json_body, problem_body
 from gridlike.server.registry import Match, NewJob
 from gridlike.server.result_stream import ResultsAsked, ResultStream
 from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
 from gridlike.server.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
 
 if TYPE_CHECKING:
-    from gridlike.server.service import GridLikeService
+    from gridlike.server.core import Core
 
 log = Logger()
 
@@ -57,26 +52,6 @@ MAX_LIMIT = 10000
 
 
 T = TypeVar("T")
-
-def _json(request: IRequest, body: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
-
-
-def problem_body(request: IRequest, error: GridLikeError) -> bytes:
-    """
-    @param request: the request to answer.
-    @param error: why it failed.
-    @return: the JSON problem; the status and content type are set.
-    """
-    body: dict[str, Any] = {"problem": error.problem}
-    if isinstance(error, Conflict) and error.job_status is not None:
-        body["status"] = error.job_status
-    if isinstance(error, TypeRequired):
-        body["types"] = error.types
-    return _json(request, body, error.status)
-
 
 def _open_route(path: list[bytes]) -> bool:
     """
@@ -166,8 +141,14 @@ class GridLikeAPI:
 
     app = Klein()
 
-    def __init__(self, core: GridLikeService) -> None:
+    def __init__(self, core: Core, workers: Mapping[str | None, IResource] = {}) -> None:
+        """
+        @param workers: the WebSocket resources workers connect to, by job
+            type (L{gridlike.server.workers.worker_resources}); without
+            them, C{/api/worker} is not found.
+        """
         self._core = core
+        self._workers = workers
         self._settings = core.settings
         server = core.settings.server
         self.gate = Gate(
@@ -213,7 +194,7 @@ class GridLikeAPI:
         status = error.code or 500
         if status == 404:  # no route: most often a client given the wrong path prefix
             return problem_body(request, NotFound(self._no_route(request)))
-        return _json(request, {"problem": error.name.lower()}, status)
+        return bare_problem(request, status, error.name.lower())
 
     def _no_route(self, request: IRequest) -> str:
         path = request.path.decode("utf-8", "replace")
@@ -223,7 +204,7 @@ class GridLikeAPI:
     @app.handle_errors(Exception)
     def internal_problem(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("handling {method} {uri}", failure, method=request.method, uri=request.uri)
-        return _json(request, {"problem": "internal error"}, 500)
+        return bare_problem(request, 500, "internal error")
 
     # Submit
 
@@ -249,7 +230,7 @@ class GridLikeAPI:
             ]
 
         [job] = await self._create(form, specs)
-        return _json(request, {"created": job.key, "id": job.id}, 202)
+        return json_body(request, {"created": job.key, "id": job.id}, 202)
 
     @app.route("/api/jobs/bulk", methods=["POST"])
     @app.route("/api/jobs/bulk/<type>", methods=["POST"])
@@ -281,7 +262,7 @@ class GridLikeAPI:
 
         jobs = await self._create(form, specs)
         created = [{"created": job.key, "id": job.id} for job in jobs]
-        return _json(request, {"created": created}, 202)
+        return json_body(request, {"created": created}, 202)
 
     # Read
 
@@ -311,12 +292,12 @@ class GridLikeAPI:
             query["after"] = found[-1].key
             link = f"<{self._settings.server.path_prefix}/api/jobs?{urlencode(query)}>"
             request.setHeader(b"link", f'{link}; rel="next"'.encode("utf-8"))
-        return _json(request, [job_view(job) for job in found])
+        return json_body(request, [job_view(job) for job in found])
 
     @app.route("/api/jobs/<key>", methods=["GET"])
     async def job(self, request: IRequest, key: str) -> bytes:
         job = await self._waited(request, key)
-        return _json(request, job_view(job))
+        return json_body(request, job_view(job))
 
     @app.route("/api/jobs/<key>/result", methods=["GET"])
     async def result(self, request: IRequest, key: str) -> bytes:
@@ -332,11 +313,11 @@ class GridLikeAPI:
 
     @app.route("/api/workers", methods=["GET"])
     def workers(self, request: IRequest) -> bytes:
-        return _json(request, self._core.worker_views())
+        return json_body(request, self._core.worker_views())
 
     @app.route("/api/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:
-        return _json(request, self._core.stats())
+        return json_body(request, self._core.stats())
 
     @app.route("/healthz", methods=["GET"])
     async def healthz(self, request: IRequest) -> bytes:
@@ -350,17 +331,17 @@ class GridLikeAPI:
     @app.route("/api/jobs/<key>/delete", methods=["POST"])
     async def delete(self, request: IRequest, key: str) -> bytes:
         job = await self._core.registry.delete(key)
-        return _json(request, {"deleted": job.key}, 202)
+        return json_body(request, {"deleted": job.key}, 202)
 
     @app.route("/api/jobs/<key>/retry", methods=["POST"])
     async def retry(self, request: IRequest, key: str) -> bytes:
         job = await self._core.registry.retry(key)
-        return _json(request, job_view(job), 202)
+        return json_body(request, job_view(job), 202)
 
     @app.route("/api/jobs/retry", methods=["POST"])
     async def retry_many(self, request: IRequest) -> bytes:
         jobs = await self._core.registry.retry_many(_match(request))
-        return _json(request, {"retried": [job.key for job in jobs], "count": len(jobs)}, 202)
+        return json_body(request, {"retried": [job.key for job in jobs], "count": len(jobs)}, 202)
 
     @app.route("/api/jobs/delete", methods=["POST"])
     async def delete_many(self, request: IRequest) -> bytes:
@@ -368,7 +349,7 @@ class GridLikeAPI:
         if match.status is None and _arg(request, "all") != "true":
             raise BadRequest("status: required, or all=true to delete jobs of every status")
         jobs = await self._core.registry.delete_many(match)
-        return _json(request, {"deleted": [job.key for job in jobs], "count": len(jobs)}, 202)
+        return json_body(request, {"deleted": [job.key for job in jobs], "count": len(jobs)}, 202)
 
     # Many results in one stream (gridlike/result_stream.py)
 
@@ -385,7 +366,10 @@ class GridLikeAPI:
     @app.route("/api/worker", methods=["GET"])
     @app.route("/api/worker/<type>", methods=["GET"])
     def worker(self, request: IRequest, type: str | None = None) -> IResource:
-        return self._core.worker_resource(self._job_type(type))
+        job_type = self._job_type(type)
+        if job_type not in self._workers:
+            raise NotFound("workers do not connect here")
+        return self._workers[job_type]
 
     # Helpers
 

@@ -38,7 +38,7 @@ from gridlike.server.listeners import (
     WorkerChange,
 )
 from gridlike.server.model import Job, Progress, timestamp
-from gridlike.server.registry import Registry
+from gridlike.server.registry import IRegistry
 
 log = Logger()
 
@@ -164,7 +164,7 @@ class Dispatcher:
     def __init__(
         self,
         settings: Settings,
-        registry: Registry,
+        registry: IRegistry,
         clock: IReactorTime,
         eventual: EventualQueue | None = None,
     ) -> None:

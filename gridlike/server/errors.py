@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_api -*-
 """
-The exceptions GridLike raises, each translated once at its edge: HTTP status
-and JSON problem in L{gridlike.server.api}, close codes in L{gridlike.server.workers}, exit
-codes in L{gridlike.client.cli}.
+The exceptions GridLike's server raises: domain errors, which know nothing of
+the edge that reports them.  Each is translated once per edge: HTTP status and
+JSON problem in L{gridlike.server.problems}, close codes in
+L{gridlike.server.workers}.
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ from __future__ import annotations
 class GridLikeError(Exception):
     """
     Base of GridLike's expected errors; C{str(error)} is a message fit for a
-    user, and C{status} is the HTTP status it maps to.
+    user.
     """
-
-    status = 500
 
     def __init__(self, problem: str) -> None:
         super().__init__(problem)
@@ -24,25 +23,17 @@ class GridLikeError(Exception):
 class BadRequest(GridLikeError):
     """The request is malformed or a field has a wrong value."""
 
-    status = 400
-
 
 class Unauthorized(GridLikeError):
     """A required API key is missing or wrong."""
-
-    status = 401
 
 
 class Forbidden(GridLikeError):
     """The request comes from a web page that may not use this server."""
 
-    status = 403
-
 
 class NotFound(GridLikeError):
     """No such job, type or route."""
-
-    status = 404
 
 
 class TypeRequired(NotFound):
@@ -60,8 +51,6 @@ class TypeRequired(NotFound):
 class Conflict(GridLikeError):
     """The request clashes with the job's state, e.g. a key already in use."""
 
-    status = 409
-
     def __init__(self, problem: str, status: str | None = None) -> None:
         super().__init__(problem)
         self.job_status = status
@@ -73,13 +62,9 @@ class PayloadTooLarge(GridLikeError):
     passes another of its size limits (parts, field text, whole body).
     """
 
-    status = 413
-
 
 class RequestTimeout(GridLikeError):
     """An upload arrived slower than the configured minimum rate."""
-
-    status = 408
 
 
 class TooManyRequests(GridLikeError):
@@ -88,16 +73,12 @@ class TooManyRequests(GridLikeError):
     once one of them ends.
     """
 
-    status = 429
-
 
 class Unavailable(GridLikeError):
     """
     The server cannot durably store something now (disk full, I/O error).
     Nothing of the request remains; trying again later may work.
     """
-
-    status = 503
 
 
 class Damaged(GridLikeError):
@@ -107,8 +88,6 @@ class Damaged(GridLikeError):
     L{Unavailable}, waiting does not help: the bytes are lost, so none of
     them is served, and a job whose payload is damaged fails for good.
     """
-
-    status = 500
 
 
 class ConfigError(GridLikeError):

@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from gridlike.server.errors import BadRequest, NotFound, PayloadTooLarge
 from gridlike.server.model import Job, Status
-from gridlike.server.registry import Registry
+from gridlike.server.registry import IRegistry
 from gridlike.server.storage import RESULT, IStorage
 from gridlike.server.upload import OTHER_BODY_LIMIT
 
@@ -126,7 +126,7 @@ class ResultStream:
     """
 
     def __init__(
-        self, request: Request, registry: Registry, storage: IStorage,
+        self, request: Request, registry: IRegistry, storage: IStorage,
         clock: IReactorTime, asked: ResultsAsked,
     ) -> None:
         self._request = request

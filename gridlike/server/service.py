@@ -1,8 +1,12 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-The core service: builds the registry, storage and dispatch of one instance
-from its settings, replays the journal at start, and keeps the journal and
-storage tidy while running.
+The service shell around a L{gridlike.server.core.Core}: what only a
+running daemon needs.  It owns the thread pool, builds the filesystem
+storage and journal the core works over, replays the journal at start,
+and keeps the journal and storage tidy while running.
+
+Kept apart from the core so that the core can be built in memory, with no
+threads, files or timers (L{gridlike.testing.memory_core}).
 """
 
 from __future__ import annotations
@@ -10,23 +14,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.resource import IResource
 
 from gridlike.server.config import Settings
-from gridlike.server.dispatch import Dispatcher
+from gridlike.server.core import Core
 from gridlike.server.errors import GridLikeError
 from gridlike.server.journal import IJournal, Journal
-from gridlike.server.listeners import EventualQueue
-from gridlike.server.registry import Registry
 from gridlike.server.storage import FilesystemStorage, InlineStorage, IStorage
-from gridlike.server.workers import worker_resources
 
 log = Logger()
 
@@ -39,12 +38,13 @@ MAX_BACKOFF = 64
 """The most compaction checks skipped after compactions that gained little."""
 
 
-class GridLikeService(Service):
+class GridLikeService(MultiService):
     """
-    One GridLike instance's state and machinery, without its listeners.
+    One GridLike instance's core, started and stopped; its one child is the
+    compaction check, a L{TimerService} started once the journal is
+    replayed.
 
-    @ivar registry: the jobs.
-    @ivar storage: their bytes.
+    @ivar core: the instance's machinery, for the API and worker endpoints.
     """
 
     def __init__(
@@ -60,8 +60,7 @@ class GridLikeService(Service):
             behind an L{InlineStorage} unless C{[storage] inline_max} is 0.
         @param journal: where changes go; by default the configured journal.
         """
-        self.settings = settings
-        self.clock: IReactorTime = reactor
+        super().__init__()
         self._threadpool = ThreadPool(minthreads=2, maxthreads=16, name="gridlike-io")
         self._filesystem = None if storage is not None else FilesystemStorage(
             settings.storage.path,
@@ -83,98 +82,69 @@ class GridLikeService(Service):
                 if inline_max
                 else self._filesystem
             )
-        self.storage: IStorage = storage
-        self.journal: IJournal = journal or Journal(
+        journal = journal or Journal(
             settings.registry.path,
             reactor=reactor,
             threadpool=self._threadpool,
             fsync=settings.registry.fsync,
             fsync_interval=settings.registry.fsync_interval,
         )
-        eventual = EventualQueue(reactor)
-        self.registry = Registry(settings, self.journal, self.storage, reactor, eventual)
-        self.dispatcher = Dispatcher(settings, self.registry, reactor, eventual)
-        self.registry.add_listener(self.dispatcher)
-        self._worker_resources = worker_resources(
-            settings, self.dispatcher, self.storage, reactor
-        )
+        self.core = Core.build(settings, reactor, journal, storage)
         self._compacting: Deferred[None] | None = None
         self._bytes_per_job: float = RECORD_ESTIMATE
         self._backoff = 0
         self._skip_checks = 0
-        self._compaction_check = LoopingCall(self._maybe_compact)
-        self._compaction_check.clock = reactor
+        compaction = TimerService(COMPACT_EVERY, self._maybe_compact)
+        compaction.clock = reactor
+        compaction.setServiceParent(self)
 
     # Service
 
     def startService(self) -> None:
         """
-        Replay the journal before anything is served, then tidy storage in
-        the background.
+        Replay the journal before anything is served, then start checking
+        for compaction and tidy storage in the background.
 
         @raise SystemExit: the journal is damaged; the message says where.
         """
-        super().startService()
+        core = self.core
         self._threadpool.start()
-        started = self.clock.seconds()
+        started = core.clock.seconds()
         try:
-            for directory in (self.settings.registry.path.parent, self.settings.storage.path):
+            for directory in (core.settings.registry.path.parent, core.settings.storage.path):
                 try:
                     os.makedirs(directory, exist_ok=True)
                 except OSError as e:
                     raise GridLikeError(f"cannot create {directory}: {e.strerror}") from None
-            self.registry.load()
+            core.registry.load()
         except (GridLikeError, OSError) as e:
             self._threadpool.stop()
             problem = e.problem if isinstance(e, GridLikeError) else f"{e.filename}: {e.strerror}"
             raise SystemExit(f"gridlike: {problem}") from None
-        self._compaction_check.start(COMPACT_EVERY, now=False)
+        # The timer checks at once when started; the first check waits a
+        # period, as the others do, so that start-up is replay and tidying.
+        self._skip_checks += 1
+        super().startService()
         Deferred.fromCoroutine(self._tidy_storage(started)).addErrback(
             lambda f: log.failure("tidying storage at start-up", f)
         )
 
     def stopService(self) -> Deferred[None]:
         """Stop once the journal is written and synced."""
-        super().stopService()
-        if self._compaction_check.running:
-            self._compaction_check.stop()
-        return Deferred.fromCoroutine(self._stop())
+        stopped: Deferred[Any] = super().stopService()
+        return stopped.addCallback(lambda _: Deferred.fromCoroutine(self._stop()))
 
     async def _stop(self) -> None:
+        core = self.core
         try:
             if self._compacting is not None:
                 await DeferredList([self._compacting], consumeErrors=True)
-            await self.registry.drain()
-            await self.journal.close()
+            await core.registry.drain()
+            await core.journal.close()
             if self._filesystem is not None:
                 await self._filesystem.close()
         finally:
             self._threadpool.stop()
-
-    # What the API asks
-
-    def stats(self) -> dict[str, Any]:
-        """The figures of C{GET /api/stats}."""
-        stats = self.registry.stats()
-        stats["workers"] = self.dispatcher.counts()
-        return stats
-
-    def worker_views(self) -> list[dict[str, Any]]:
-        """The worker views of C{GET /api/workers}."""
-        return self.dispatcher.views()
-
-    def worker_resource(self, job_type: str | None) -> IResource:
-        """The WebSocket resource workers of C{job_type} connect to."""
-        return self._worker_resources[job_type]
-
-    async def check(self) -> None:
-        """
-        Storage and the journal can be written now.
-
-        @raise Unavailable: one of them cannot.
-        """
-        await self.storage.check()
-        await self.journal.check()
 
     # Housekeeping
 
@@ -193,17 +163,18 @@ class GridLikeService(Service):
         if self._skip_checks:
             self._skip_checks -= 1
             return
-        registry = self.settings.registry
-        size = self.journal.size()
-        live = len(self.registry) * self._bytes_per_job
+        registry = self.core.settings.registry
+        journal = self.core.journal
+        size = journal.size()
+        live = len(self.core.registry) * self._bytes_per_job
         if size <= max(registry.compact_min, registry.compact_ratio * live):
             return
         log.info(
             "compacting the journal: {size} bytes, {jobs} jobs",
             size=size,
-            jobs=len(self.registry),
+            jobs=len(self.core.registry),
         )
-        self._compacting = self.journal.compact(self.registry.snapshot())
+        self._compacting = journal.compact(self.core.registry.snapshot())
 
         def done(result: object) -> object:
             self._compacting = None
@@ -222,8 +193,8 @@ class GridLikeService(Service):
 
         @param before: the journal's size when the compaction began.
         """
-        after = self.journal.size()
-        self._bytes_per_job = max(RECORD_ESTIMATE, after / max(1, len(self.registry)))
+        after = self.core.journal.size()
+        self._bytes_per_job = max(RECORD_ESTIMATE, after / max(1, len(self.core.registry)))
         if after * 2 > before:
             self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
             self._skip_checks = self._backoff
@@ -247,26 +218,27 @@ class GridLikeService(Service):
         may be one whose record went with it: such objects are quarantined,
         never deleted, and the log says where they are.
         """
-        removed = await self.storage.sweep_temporary()
+        storage, journal, registry = self.core.storage, self.core.journal, self.core.registry
+        removed = await storage.sweep_temporary()
         orphans = {
             job_id
-            for job_id, kind in await self.storage.object_ids(before=started)
-            if self.registry.by_id(job_id) is None
+            for job_id, kind in await storage.object_ids(before=started)
+            if registry.by_id(job_id) is None
         }
-        if self.journal.dropped and orphans:
+        if journal.dropped and orphans:
             for job_id in orphans:
-                await self.storage.quarantine(job_id)
+                await storage.quarantine(job_id)
             log.warn(
                 "the journal's replay dropped {dropped} bytes of a torn tail:"
                 " {orphans} stored jobs without a record were moved to"
                 " {folder}, not deleted",
-                dropped=self.journal.dropped,
+                dropped=journal.dropped,
                 orphans=len(orphans),
-                folder=self.storage.quarantined,
+                folder=storage.quarantined,
             )
             orphans = set()
         for job_id in orphans:
-            await self.storage.delete(job_id)
+            await storage.delete(job_id)
         if removed or orphans:
             log.info(
                 "storage tidied: {temporary} temporary files, {orphans} orphan jobs",

@@ -3,6 +3,10 @@
 The C{twistd gridlike} command line: L{Options} reads and checks the
 configuration, L{makeService} wires the service tree.  Neither does I/O
 beyond reading the configuration file.
+
+This is the edge where adapters meet the core: the HTTP API and the worker
+WebSocket resources are built here from the service's
+L{gridlike.server.core.Core}, which knows neither.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from gridlike.server.config import Settings, load_settings, state_directory
 from gridlike.server.errors import ConfigError
 from gridlike.server.service import GridLikeService
 from gridlike.server.upload import UploadSite
+from gridlike.server.workers import worker_resources
 
 TWISTD_PIDFILE = "twistd.pid"
 """twistd's own default for C{--pidfile}, which GridLike drops under C{-n}."""
@@ -103,16 +108,19 @@ def _no_default_pidfile(twistd: usage.Options | None) -> None:
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
-    The service tree: the core first (it replays the journal when started),
-    then one listener per configured endpoint.
+    The service tree: the core's service first (it replays the journal when
+    started), then one listener per configured endpoint, serving the API
+    and, under it, the worker WebSocket resources.
     """
     if reactor is None:
         from twisted.internet import reactor  # installed by twistd by now
     settings: Settings = options["settings"]
     root = MultiService()
-    core = GridLikeService(settings, reactor)
-    core.setServiceParent(root)
-    api = GridLikeAPI(core)
+    service = GridLikeService(settings, reactor)
+    service.setServiceParent(root)
+    core = service.core
+    workers = worker_resources(settings, core.dispatcher, core.storage, reactor)
+    api = GridLikeAPI(core, workers)
     site = UploadSite(
         api.root(),
         api.upload_policy,

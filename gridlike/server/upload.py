@@ -20,8 +20,6 @@ C{Content-Length} or chunked.
 
 from __future__ import annotations
 
-import json
-from http import HTTPStatus
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, cast
 
@@ -45,6 +43,7 @@ from gridlike.server.errors import (
     TooManyRequests,
     Unavailable,
 )
+from gridlike.server.problems import early_response
 from gridlike.server.registry import new_job_id
 from gridlike.server.storage import PAYLOAD, IPayloadWriter, IStorage
 
@@ -94,7 +93,8 @@ class UploadPolicy:
     The limits are those of L{gridlike.server.config.ServerSettings} of the same
     names; C{clock} times the minimum rate.
 
-    @ivar gate: who may upload at all, asked before the body is read.
+    @ivar gate: who may upload at all, asked before a streamed body is
+        read.
     @ivar active: the uploads whose body is arriving.
     """
 
@@ -477,11 +477,14 @@ class MultipartUpload:
 
 
 def start_upload(
-    policy: UploadPolicy, request: Request, length: int | None
+    policy: UploadPolicy, request: Request, length: int | None, gate: Gate | None
 ) -> MultipartUpload | None:
     """
     Begin parsing a request body as a multipart upload.
 
+    @param gate: the gate to ask first, for a body that streams in before
+        the request reaches the gate in front of the routes; L{None} for one
+        that has passed it.
     @return: the upload, or L{None} when the body is not multipart.
     @raise GridLikeError: the upload is refused before anything is stored;
         the gate's refusal (a foreign web page, no valid API key) comes
@@ -490,7 +493,7 @@ def start_upload(
     mime, options = parse_options_header(request.getHeader(b"content-type") or "")
     if mime != b"multipart/form-data":
         return None
-    refusal = policy.gate.upload_refusal(request)
+    refusal = None if gate is None else gate.upload_refusal(request)
     if refusal is not None:
         raise refusal
     boundary = options.get(b"boundary")
@@ -505,11 +508,12 @@ def start_upload(
 def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload | None:
     """
     Parse a body that a plain twisted.web request has already kept whole,
-    the same way L{UploadRequest} parses one as it arrives.
+    the same way L{UploadRequest} parses one as it arrives.  The request
+    is a route's: the gate has admitted it.
     """
     content = cast(BinaryIO, request.content)
     content.seek(0, 2)
-    upload = start_upload(policy, request, content.tell())
+    upload = start_upload(policy, request, content.tell(), None)
     if upload is not None:
         content.seek(0)
         while data := content.read(65536):
@@ -539,7 +543,7 @@ class UploadRequest(Request):
         site: UploadSite = self.channel.site  # type: ignore[attr-defined]
         policy = site.upload_policy
         try:
-            upload = start_upload(policy, self, length)
+            upload = start_upload(policy, self, length, policy.gate)
         except PayloadTooLarge as e:
             self._reject_early(e)
             upload = None
@@ -614,7 +618,9 @@ class UploadRequest(Request):
     def _reject_early(self, error: GridLikeError) -> None:
         """
         Answer now and close, rather than read a body we will not keep; the
-        upload's slot is free at once.
+        upload's slot is free at once.  No route will run, so the answer,
+        the one L{gridlike.server.problems} gives the error, goes straight
+        to the transport.
         """
         self.upload_refused = error
         if self.upload is not None:
@@ -624,13 +630,7 @@ class UploadRequest(Request):
         if self._rejected or channel is None or channel.transport is None:
             return
         self._rejected = True
-        body = json.dumps({"problem": error.problem}).encode("utf-8")
-        reason = HTTPStatus(error.status).phrase.encode("ascii")
-        channel.transport.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (error.status, reason, len(body), body)
-        )
+        channel.transport.write(early_response(error))
         channel.transport.loseConnection()
 
 

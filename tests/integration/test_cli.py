@@ -746,3 +746,34 @@ def test_watch(daemon: Daemon) -> None:
     watching.stderr.close()
     os.close(leader)
     ws.close()
+
+
+def test_exit_code_table() -> None:
+    """
+    L{gridlike.client.cli.exit_code} is the one table of exit codes: client
+    errors by status, the worker agent's refusal, check-config's bad file,
+    local files; anything else is a bug.
+    """
+    from gridlike.client import cli
+    from gridlike.client._worker_link import WorkerRefused
+    from gridlike.client.errors import BadRequest, Conflict, NotFound, ServerUnreachable
+    from gridlike.server.errors import ConfigError
+
+    assert [
+        cli.exit_code(error)
+        for error in [
+            cli.CommandError("x", cli.NOT_FOUND),
+            Conflict(409, "x", job_status="failed"),
+            Conflict(409, "x", job_status="pending"),
+            NotFound(404, "x"),
+            BadRequest(400, "x"),
+            ServerUnreachable(None, "x"),
+            WorkerRefused("x"),
+            ConfigError("x"),
+            FileNotFoundError(2, "x"),
+            ValueError("x"),
+        ]
+    ] == [
+        cli.NOT_FOUND, cli.JOB_FAILED, cli.SERVER, cli.NOT_FOUND, cli.USAGE,
+        cli.SERVER, cli.SERVER, cli.USAGE, cli.USAGE, None,
+    ]

@@ -15,7 +15,7 @@ in memory, serving reads, for as long as they fit C{memory} (the C{[storage]
 inline_memory} setting).  Only when they no longer fit are the oldest
 written to the wrapped storage as ordinary objects, off the path of the
 acknowledgement and many at once; the registry then journals that they are
-settled (see L{gridlike.server._filing}).  So a job that comes and goes within that
+settled (see L{gridlike.server.registry._filing}).  So a job that comes and goes within that
 memory never costs a file: filing, with its renames and syncs, cost more
 than everything else a small job does.  What is still only in memory at
 shutdown stays only in the journal, and a restart takes it back from there.

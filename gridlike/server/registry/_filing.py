@@ -38,7 +38,7 @@ __all__ = ["Filing", "with_objects"]
 log = Logger()
 
 _ID, _PAYLOAD_SIZE, _RESULT_SIZE = 0, 7, 21
-"""Where a job row (L{gridlike.server.registry._encode_job}) holds these."""
+"""Where a job row (L{gridlike.server.registry._records._encode_job}) holds these."""
 
 _TRACKED = frozenset({"settled", "delete", "delete_many"})
 """The ops that replay tracks besides records that carry objects."""

@@ -1,0 +1,93 @@
+# -*- test-case-name: tests.integration.test_cli -*-
+"""
+The subcommands about the server rather than its jobs: C{workers},
+C{stats}, and C{check-config}, which reads a server's configuration file
+without contacting any server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from gridlike.client.cli import OK, Context, command, connected, stats_text, table
+from gridlike.client.cli import workers_table
+
+
+def _workers_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--all", action="store_true", help="also the workers that disconnected lately"
+    )
+
+
+@command("workers", "list the connected workers", _workers_arguments)
+async def _workers(context: Context) -> int:
+    views = await context.client.workers()
+    if not context.options.all:
+        views = connected(views)
+    if context.options.json:
+        context.json(views)
+        return OK
+    context.print(workers_table(views))
+    return OK
+
+
+@command("stats", "show job and worker counts")
+async def _stats(context: Context) -> int:
+    stats = await context.client.stats()
+    if context.options.json:
+        context.json(stats)
+        return OK
+    context.print(stats_text(stats))
+    return OK
+
+
+def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="the TOML configuration file")
+
+
+@command(
+    "check-config",
+    "validate a server configuration file without starting a server",
+    _check_config_arguments,
+)
+async def _check_config(context: Context) -> int:
+    """
+    Read C{FILE} as C{twistd gridlike --config FILE} would (data paths in
+    C{$STATE_DIRECTORY} when set), and summarise what it configures; a bad
+    file is a usage error naming the key.  No server is contacted.
+    """
+    from gridlike.server.config import load_settings, state_directory
+
+    settings = load_settings(context.options.file, data_dir=state_directory(os.environ))
+    auth = settings.auth
+    summary = {
+        "file": context.options.file,
+        "listen": list(settings.server.listen),
+        "journal": str(settings.registry.path),
+        "fsync": settings.registry.fsync,
+        "payloads": str(settings.storage.path),
+        "api_keys": len(auth.api_keys),
+        "worker_token": bool(auth.worker_token),
+        "types": {
+            name: job_type.result_becomes for name, job_type in settings.types.items()
+        },
+    }
+    if context.options.json:
+        context.json(summary)
+        return OK
+    types = [
+        name if becomes is None else f"{name} -> {becomes}"
+        for name, becomes in summary["types"].items()
+    ]
+    rows = [
+        ("listen", ", ".join(settings.server.listen)),
+        ("journal", f"{settings.registry.path} (fsync {settings.registry.fsync})"),
+        ("payloads", settings.storage.path),
+        ("api keys", len(auth.api_keys) or "none: the job API is open"),
+        ("worker token", "set" if auth.worker_token else "none: any worker may connect"),
+        ("types", ", ".join(types) or "none"),
+    ]
+    context.print(f"{context.options.file}: ok")
+    context.print(table([("  " + name, value) for name, value in rows]))
+    return OK

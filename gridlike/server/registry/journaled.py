@@ -1,0 +1,437 @@
+# -*- test-case-name: tests.test_registry -*-
+"""
+The journaled registry, GridLike's default L{IRegistry}: every job's
+metadata in memory, each change journaled.
+
+Every durable change follows one path: check it against the state in memory,
+append its record to the journal, and only when the record is durable apply
+it with L{JobTable._apply}, the same function that replays the journal at
+start-up.  So the state in memory is always what a restart would rebuild,
+except that running jobs are pending again after a restart (starting a job is
+not journaled: a crash ends every attempt anyway).
+
+Records are JSON objects with an C{op}; jobs inside them are positional
+arrays, see L{gridlike.server.registry._records}.  Every record sets
+absolute values, so applying a record twice is harmless: compaction relies
+on that (L{Registry.snapshot}).  A bulk change is one record, so that it
+happens whole or not at all:
+C{{"op": "retry_many", "retries": [[id, order], ...]}} and
+C{{"op": "delete_many", "ids": [id, ...]}}.
+
+Small payloads and results may travel inside the record that creates or
+ends their job; L{gridlike.server.registry._filing} holds that bookkeeping.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from typing import Any, Iterator, Sequence
+
+from attrs import evolve
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gridlike.server.config import Settings
+from gridlike.server.errors import BadRequest, Conflict, Unavailable
+from gridlike.server.journal import IJournal
+from gridlike.server.listeners import EventualQueue
+from gridlike.server.model import KEY_PATTERN, MAX_DESCRIPTION, Job, Status
+from gridlike.server.storage import PAYLOAD, RESULT, IStorage
+
+from ._filing import Filing, split, with_objects
+from ._records import _encode, _encode_job
+from ._table import JobTable
+from .interface import IRegistry, Match, NewJob, new_job_id
+
+log = Logger()
+
+
+@implementer(IRegistry)
+class Registry(JobTable):
+    """
+    The jobs of one instance (L{JobTable}), and the journal that makes
+    their changes durable.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: IJournal,
+        storage: IStorage,
+        clock: IReactorTime,
+        eventual: EventualQueue | None = None,
+    ) -> None:
+        """
+        @param eventual: where announcements wait for their turn; shared with
+            the dispatcher so that job and worker changes keep their order.
+        """
+        super().__init__(clock, eventual)
+        self._settings = settings
+        self._journal = journal
+        self._storage = storage
+        self._filing = Filing(journal, storage, clock, _encode)
+        self._reserved: set[str] = set()
+
+    # Start-up
+
+    def load(self) -> None:
+        """
+        Replay the journal into memory.  Running jobs come back pending.
+        """
+        apply = self._apply
+        filing = self._filing
+        loads = json.loads
+        # Replay makes millions of long-lived objects and no garbage cycles:
+        # the cyclic collector would only rescan them again and again.
+        gc.disable()
+        self._replaying = True
+        try:
+            for raw in self._journal.replay():
+                head, objects = split(raw)
+                record = loads(head)
+                apply(record)
+                if filing.tracks(record):
+                    filing.replayed(record, objects)
+        finally:
+            self._replaying = False
+            gc.enable()
+        gc.freeze()
+        log.info(
+            "registry loaded: {jobs} jobs, {pending} pending",
+            jobs=len(self._jobs),
+            pending=sum(len(q) for q in self._queues.values()),
+        )
+        filing.refile(lambda job_id: job_id in self._jobs)
+
+    async def drain(self) -> None:
+        """
+        Wait for the payloads and results being filed in storage, and journal
+        that they are: before closing the journal at shutdown.
+        """
+        await self._filing.drain()
+
+    # Durable changes
+
+    async def submit(self, specs: Sequence[NewJob]) -> list[Job]:
+        """
+        Create jobs, all or none, durably.
+
+        @raise BadRequest: a key or description is malformed.
+        @raise Conflict: a key is in use (or given twice).
+        @raise Unavailable: the journal cannot be written.
+        """
+        keys = []
+        for spec in specs:
+            if spec.key is not None:
+                if not KEY_PATTERN.fullmatch(spec.key):
+                    raise BadRequest(f"key: not a valid key: {spec.key!r}")
+                keys.append(spec.key)
+            if spec.description is not None and len(spec.description) > MAX_DESCRIPTION:
+                raise BadRequest(
+                    f"description: longer than {MAX_DESCRIPTION} characters"
+                )
+        if len(set(keys)) != len(keys):
+            raise Conflict("key: the same key is given twice")
+        for key in keys:
+            if self._key_taken(key):
+                raise Conflict(f"key: {key!r} is already in use")
+        inline: list[int] = []
+        payloads: list[bytes] = []
+        for index, spec in enumerate(specs):
+            data = self._filing.take(spec.id, PAYLOAD)
+            if data is not None:
+                inline.append(index)
+                payloads.append(data)
+        now = self._clock.seconds()
+        jobs = [self._new_job(spec, now) for spec in specs]
+        record: dict[str, Any] = {
+            "op": "put",
+            "jobs": [_encode_job(job) for job in jobs],
+            "counts": {job.type or "": self._type_counts[job.type] for job in jobs},
+        }
+        if inline:
+            record["inline"] = inline
+        await self._append_reserving(record, [job.key for job in jobs], jobs, payloads)
+        return jobs
+
+    async def complete(
+        self, job: Job, result_size: int, worker_id: str | None
+    ) -> Job | None:
+        """
+        Record that C{job} is done: its result is durable in storage, or its
+        writer left it for this record to carry.  With a type whose result
+        becomes another type's job, the child job is created in the same
+        record, its payload linked to this result (or, carried, the same
+        bytes).
+
+        @return: the child job, if any.
+        @raise Unavailable: the journal cannot be written.
+        """
+        carried = self._filing.take(job.id, RESULT)
+        if self._jobs.get(job.id) is not job:
+            return None
+        record: dict[str, Any] = {
+            "op": "done",
+            "id": job.id,
+            "ended": self._clock.seconds(),
+            "size": result_size,
+            "worker": worker_id,
+        }
+        child = None
+        child_type = self._settings.types[job.type].result_becomes if job.type else None
+        reserved: list[str] = []
+        if child_type is not None:
+            child_id = new_job_id()
+            key = f"{job.key}.{child_type}"
+            if len(key) > 128 or self._key_taken(key):
+                key = child_id
+            if carried is None:
+                await self._storage.link(job.id, RESULT, child_id, PAYLOAD)
+            spec = NewJob(child_id, child_type, job.priority, result_size, key)
+            child = self._new_job(spec, record["ended"], parent=job.key)
+            record["child"] = _encode_job(child)
+            record["counts"] = {child_type: self._type_counts[child_type]}
+            reserved.append(key)
+        objects = []
+        if carried is not None:
+            record["inline"] = True
+            objects.append(carried)
+        try:
+            await self._append_reserving(
+                record, reserved, [child] if child else [], objects
+            )
+        except Unavailable:
+            if child is not None and carried is None:
+                await self._delete_bytes(child)
+            raise
+        return child
+
+    def fail(
+        self,
+        job: Job,
+        info: str | None,
+        logs: str | None,
+        worker_id: str | None,
+        *,
+        for_good: bool = False,
+    ) -> Deferred[None]:
+        """
+        End the attempt at C{job} without a result: it is pending again, or
+        failed for good once it has failed as often as its type allows.
+
+        The record is applied even when the journal cannot take it: the
+        job must not be lost in memory; at worst a restart retries it.
+
+        @param for_good: Fail the job for good now, without counting an
+            attempt: what failed is no worker's doing and no other attempt
+            can do better (its payload is damaged).
+        """
+        if self._jobs.get(job.id) is not job:
+            return succeed(None)
+        if for_good:
+            count, final = job.failure_count, True
+        else:
+            count = job.failure_count + 1
+            final = count >= self._settings.attempts_for(job.type)
+        record = {
+            "op": "fail",
+            "id": job.id,
+            "count": count,
+            "status": (Status.FAILED if final else Status.PENDING).value,
+            "info": info,
+            "logs": logs,
+            "ended": self._clock.seconds(),
+            "worker": worker_id,
+            "order": self._take_number(),
+        }
+        job.worker_id = worker_id
+        d = self._journal.append(_encode(record))
+
+        def apply(result: object) -> None:
+            if isinstance(result, Failure):
+                log.warn(
+                    "job {key}: failed attempt not journaled: {problem}",
+                    key=job.key,
+                    problem=result.getErrorMessage(),
+                )
+            self._apply(record)
+
+        return d.addBoth(apply)
+
+    async def delete(self, key: str) -> Job:
+        """
+        Delete a job, its payload and its result.
+
+        @raise NotFound: no such job.
+        @raise Unavailable: the journal cannot be written.
+        """
+        job = self.get(key)
+        await self._append({"op": "delete", "id": job.id})
+        await self._delete_bytes(job)
+        return job
+
+    async def delete_many(self, match: Match) -> list[Job]:
+        """
+        Delete every job that C{match} selects, all or none: one record says
+        so.  Running ones are withdrawn from their workers, as by L{delete}.
+
+        @return: the jobs deleted, in submission order.
+        @raise Unavailable: the journal cannot be written; no job is deleted.
+        """
+        jobs = self.matching(match)
+        if jobs:
+            await self._append({"op": "delete_many", "ids": [job.id for job in jobs]})
+            await gatherResults(
+                [Deferred.fromCoroutine(self._delete_bytes(job)) for job in jobs],
+                consumeErrors=True,
+            )
+        return jobs
+
+    async def _delete_bytes(self, job: Job) -> None:
+        """
+        Remove a deleted job's payload and result from storage, once the
+        record deleting it is durable.
+        """
+        try:
+            await self._storage.delete(job.id)
+        except Unavailable as e:
+            # The job is gone for good; its bytes are swept at the next start.
+            log.warn("job {key}: bytes not deleted: {problem}", key=job.key, problem=e.problem)
+
+    async def retry(self, key: str) -> Job:
+        """
+        Put a failed job back to pending with no failures.
+
+        @raise NotFound: no such job.
+        @raise Conflict: the job is not failed.
+        @raise Unavailable: the journal cannot be written.
+        """
+        job = self.get(key)
+        if job.status is not Status.FAILED:
+            raise Conflict(
+                f"job {key!r} is {job.status.value}, not failed", job.status.value
+            )
+        await self._append({"op": "retry", "id": job.id, "order": self._take_number()})
+        return job
+
+    async def retry_many(self, match: Match) -> list[Job]:
+        """
+        Put every failed job that C{match} selects back to pending, all or
+        none: one record lists them with their new queue order.
+
+        @param match: its C{status}, if given, must be failed.
+        @return: the jobs retried, in submission order.
+        @raise BadRequest: C{match} selects another status.
+        @raise Unavailable: the journal cannot be written; no job is retried.
+        """
+        if match.status not in (None, Status.FAILED):
+            raise BadRequest(f"status: only failed jobs are retried, not {match.status.value}")
+        jobs = self.matching(evolve(match, status=Status.FAILED))
+        if jobs:
+            retries = [[job.id, self._take_number()] for job in jobs]
+            await self._append({"op": "retry_many", "retries": retries})
+        return jobs
+
+    # Compaction
+
+    def snapshot(self) -> Iterator[bytes]:
+        """
+        Records that rebuild the live state, produced lazily so that the
+        journal can write them while the registry keeps changing: a job is
+        written as it is when the snapshot reaches it, and the records that
+        changed it meanwhile are applied again after (they set absolute
+        values, so that is harmless).
+        """
+        yield _encode(
+            {
+                "op": "counters",
+                "next": self._next,
+                "counts": {t or "": n for t, n in self._type_counts.items()},
+            }
+        )
+        unsettled = self._filing.unsettled
+        for job in list(self._jobs.values()):
+            if self._jobs.get(job.id) is job:
+                record: dict[str, Any] = {"op": "put", "jobs": [_encode_job(job)]}
+                objects = []
+                for kind, key in ((PAYLOAD, "inline"), (RESULT, "results")):
+                    data = unsettled(job.id, kind)
+                    if data is not None:
+                        record[key] = [0]
+                        objects.append(data)
+                yield with_objects(_encode(record), objects)
+
+    # Internals
+
+    def _key_taken(self, key: str) -> bool:
+        return key in self._keys or key in self._reserved
+
+    def _new_job(self, spec: NewJob, now: float, parent: str | None = None) -> Job:
+        count = self._type_counts[spec.type]
+        self._type_counts[spec.type] = count + 1
+        seq = self._take_number()
+        return Job(
+            id=spec.id,
+            key=spec.key if spec.key is not None else spec.id,
+            type=spec.type,
+            priority=spec.priority,
+            seq=seq,
+            order=seq,
+            batch=count // self._settings.scheduling.batch_size + 1,
+            submitted=now,
+            payload_size=spec.payload_size,
+            description=spec.description,
+            parent=parent,
+        )
+
+    async def _append(self, record: dict[str, Any]) -> None:
+        await self._journal.append(_encode(record))
+        self._apply(record)
+
+    async def _append_reserving(
+        self,
+        record: dict[str, Any],
+        keys: list[str],
+        made: list[Job],
+        payloads: Sequence[bytes] = (),
+    ) -> None:
+        """
+        Append a record that creates jobs, holding their keys meanwhile; once
+        durable, the very C{made} objects join the registry.
+
+        @param payloads: the objects the record carries (see
+            L{gridlike.server._filing}).
+        """
+        raw = with_objects(_encode(record), payloads)
+        self._reserved.update(keys)
+        try:
+            await self._journal.append(raw)
+        finally:
+            self._reserved.difference_update(keys)
+        self._file_carried(record, made, payloads)
+        self._apply(record, made)
+
+    def _file_carried(
+        self, record: dict[str, Any], made: Sequence[Job], objects: Sequence[bytes]
+    ) -> None:
+        """
+        A record carrying objects is durable: hand them to storage, before
+        its jobs join the registry, so that dispatch can read them at once.
+
+        @param record: the record.
+        @param made: the jobs it creates.
+        @param objects: the bytes it carries.
+        """
+        if record["op"] == "done":
+            if objects:
+                [data] = objects
+                self._filing.file(record["id"], RESULT, data)
+                if made:
+                    self._filing.file(made[0].id, PAYLOAD, data)
+        else:
+            for index, data in zip(record.get("inline", ()), objects):
+                self._filing.file(made[index].id, PAYLOAD, data)
