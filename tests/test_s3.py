@@ -34,7 +34,7 @@ from gridlike.server.errors import (
 )
 from gridlike.server.storage import PAYLOAD, RESULT, IPayloadWriter, IStorage
 from gridlike.server.storage._s3_http import Location
-from gridlike.server.storage.s3 import S3Storage, load_credentials
+from gridlike.server.storage.s3 import CLOCK_SKEW, S3Storage, load_credentials
 from tests.integration.s3server import ACCESS_KEY, SECRET_KEY, free_ports, shared
 
 JOB = "0123abcd-0000-4000-8000-000000000001"
@@ -423,8 +423,9 @@ class S3ServerTests(TestCase):
                 await d
             found = await self.storage.object_ids()
             self.assertEqual(found, {(job_id, RESULT) for job_id in ids})
-            self.assertEqual(await self.storage.object_ids(before=0), set())
-            later = reactor.seconds() + 5  # type: ignore[attr-defined]
+            now = reactor.seconds()  # type: ignore[attr-defined]
+            self.assertEqual(await self.storage.object_ids(before=now), set())
+            later = reactor.seconds() + CLOCK_SKEW + 5  # type: ignore[attr-defined]
             self.assertEqual(len(await self.storage.object_ids(before=later)), len(ids))
 
         return self.run_async(go)
@@ -761,11 +762,12 @@ class CredentialTests(SynchronousTestCase):
 
     def test_files(self) -> None:
         """The *_file keys are read, stripped."""
-        directory = self.mktemp()
-        import os
+        import shutil
+        import tempfile
         from pathlib import Path
 
-        os.mkdir(directory)
+        directory = tempfile.mkdtemp(prefix="gridlike-s3-credentials-")
+        self.addCleanup(shutil.rmtree, directory, True)
         key, secret = Path(directory, "k"), Path(directory, "s")
         key.write_text("fromfile\n")
         secret.write_text("secret\n")

@@ -187,3 +187,35 @@ def shared() -> SeaweedS3:
         atexit.register(server.stop)
         _shared = server
     return _shared
+
+
+def signed(
+    server: SeaweedS3, method: str, path: str, body: bytes = b""
+) -> requests.Response:
+    """
+    A SigV4-signed request to the server, for tests to look at the bucket.
+
+    @param path: After the endpoint, such as C{/bucket?list-type=2}.
+    """
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = server.endpoint + path
+    request = AWSRequest(method=method, url=url, data=body)
+    S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", "us-east-1").add_auth(request)
+    return requests.request(method, url, headers=dict(request.headers), data=body, timeout=20)
+
+
+def keys(server: SeaweedS3, prefix: str) -> list[str]:
+    """
+    @return: The keys under C{prefix} in the server's bucket (one page).
+    """
+    import xml.etree.ElementTree as ElementTree
+    from urllib.parse import quote
+
+    query = f"list-type=2&prefix={quote(prefix, safe='')}"
+    answer = signed(server, "GET", f"/{server.bucket}?{query}")
+    answer.raise_for_status()
+    root = ElementTree.fromstring(answer.content)
+    return sorted(key.text or "" for key in root.iterfind("{*}Contents/{*}Key"))

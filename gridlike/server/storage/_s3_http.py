@@ -33,7 +33,12 @@ from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseFailed,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
@@ -229,6 +234,12 @@ class Body:
         return _BodyProducer(self.chunks, self.length)
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """The pool's connection factory, without a log line per connection."""
+
+    noisy = False
+
+
 class _Signer(S3SigV4Auth):
     """
     botocore's S3 SigV4 signer, told the payload's hash rather than handed
@@ -324,6 +335,7 @@ class S3Client:
         self._pool: HTTPConnectionPool | None = None
         if http is None:
             self._pool = HTTPConnectionPool(reactor, persistent=True)
+            self._pool._factory = _QuietFactory
             self._pool.maxPersistentPerHost = 16
             # Under the idle timeout of common servers (SeaweedFS: 30 s), so
             # that a cached connection is rarely found closed.

@@ -62,6 +62,11 @@ PART_SIZE = 8 * 1024 * 1024
 
 QUARANTINE = "quarantine/"
 
+CLOCK_SKEW = 300.0
+"""Seconds by which L{S3Storage.object_ids} moves C{before} back: it is
+compared with the server's C{LastModified}, on the server's clock, and an
+object just stored must never be taken for an orphan."""
+
 
 def load_credentials(
     access_key_id: str | None,
@@ -389,6 +394,12 @@ class S3Storage:
         await self.client.call("DELETE", probe, ok=(200, 204, 404))
 
     def object_ids(self, before: float | None = None) -> Deferred[set[tuple[str, str]]]:
+        """
+        See L{IStorage.object_ids}; C{before} is moved back by
+        L{CLOCK_SKEW}, as it is compared with times of the server's clock.
+        """
+        if before is not None:
+            before -= CLOCK_SKEW
         return self._guard("listing the objects", self._object_ids(before))
 
     async def _object_ids(self, before: float | None) -> set[tuple[str, str]]:
