@@ -182,6 +182,7 @@ class _BodyProducer:
         # The Deferred of startProducing must not fire after this.
         self._done = None
         self._paused = True
+        self._chunks = ()
 
     def _pump(self) -> None:
         while not self._paused and self._index < len(self._chunks):
@@ -195,6 +196,7 @@ class _BodyProducer:
             self._consumer.write(piece)
         if self._index >= len(self._chunks) and self._done is not None:
             done, self._done = self._done, None
+            self._chunks = ()
             done.callback(None)
 
 
@@ -226,6 +228,14 @@ class Body:
         @return: The hex SHA-256 of the bytes so far.
         """
         return self._hash.hexdigest()
+
+    def release(self) -> None:
+        """
+        Drop the bytes, once sent for good: the agent's request objects,
+        which refer to this body's producers, may live on in reference
+        cycles until the next full garbage collection.
+        """
+        self.chunks.clear()
 
     def producer(self) -> IBodyProducer:
         """

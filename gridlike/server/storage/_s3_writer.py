@@ -199,14 +199,15 @@ class S3Writer:
         if self._queue and self._error is None and self._state is not _State.ABORTED:
             body = self._queue.popleft()
             self._in_flight = body.length
-            Deferred.fromCoroutine(self._send_part(body)).addBoth(self._part_sent)
+            Deferred.fromCoroutine(self._send_part(body)).addBoth(self._part_sent, body)
             return
         self._queue.clear()
         idle, self._idle = self._idle, []
         for waiter in idle:
             waiter.callback(None)
 
-    def _part_sent(self, result: object) -> None:
+    def _part_sent(self, result: object, body: Body) -> None:
+        body.release()
         self._in_flight = 0
         if isinstance(result, Failure) and self._error is None:
             self._error = result.value
@@ -271,7 +272,10 @@ class S3Writer:
                 if self._error is not None:
                     raise self._error
                 body, self._part = self._part, Body()
-                await _call(self._client.call("PUT", self._key, body=body))
+                try:
+                    await _call(self._client.call("PUT", self._key, body=body))
+                finally:
+                    body.release()
             else:
                 if self._part.length:
                     self._queue.append(self._part)
