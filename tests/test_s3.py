@@ -225,6 +225,24 @@ class S3ServerTests(TestCase):
 
         return self.run_async(go)
 
+    def test_pull_producer(self) -> Deferred[None]:
+        """
+        A pull producer (FileSender) is asked for more while there is room,
+        through a multipart upload.
+        """
+        import io
+
+        from twisted.protocols.basic import FileSender
+
+        async def go() -> None:
+            data = payload(PART * 2 + 17)
+            writer = self.storage.writer(JOB, PAYLOAD, max_size=len(data))
+            await FileSender().beginFileTransfer(io.BytesIO(data), writer)
+            self.assertEqual(await writer.finish(), len(data))
+            self.assertEqual(await self.storage.read_bytes(JOB, PAYLOAD, len(data)), data)
+
+        return self.run_async(go)
+
     def test_exact_parts(self) -> Deferred[None]:
         """An object of exactly two parts ends without an empty third."""
 
