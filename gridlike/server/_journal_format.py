@@ -50,6 +50,7 @@ __all__ = [
     "check_record",
     "frame",
     "frame_header",
+    "framed",
     "header_size",
     "scan",
 ]
@@ -113,6 +114,19 @@ def frame(record: bytes) -> bytes:
     """
     check_record(record)
     return frame_header(record) + record
+
+
+def framed(records: list[bytes], version: int) -> list[bytes]:
+    """
+    @param records: records that passed L{check_record}.
+    @param version: the format of the file they go to.
+    @return: their headers and the records, alternating.
+    """
+    parts = []
+    for record in records:
+        parts.append(frame_header(record, version))
+        parts.append(record)
+    return parts
 
 
 def _all_zero(view: mmap.mmap, offset: int) -> bool:

@@ -9,14 +9,10 @@ worker, feeds one input to the connection's state machine
 status requests, payloads, result writers, and telling dispatch, which
 makes every scheduling decision.  It provides L{IWorkerLink} to dispatch.
 
-Payload bytes never sit whole in memory.  A result streams frame by frame
-into a storage writer, which pauses reading from the worker while the disk
-lags behind.  A payload up to L{SMALL_PAYLOAD} bytes is read in one go and
-sent as one frame; a larger one streams from storage as one binary message
-of one frame per chunk read, with the storage producer registered on the
-transport, so that a slow worker pauses the disk reads.  (One frame per
-chunk rather than one frame for the whole payload: the keepalive pings are
-control frames, which may only go between frames.)
+Payload bytes never sit whole in memory: sending them (in turn with the
+text messages) is L{gridlike.server._worker_sending}, receiving a result into
+storage is L{gridlike.server._worker_results}.  This module is what is left:
+the Autobahn callbacks, reading messages, closing, and the endpoints.
 
 Frames are read by L{gridlike.wire}, as the original server read them.
 Close codes: L{CLOSE_BAD_TOKEN}, L{CLOSE_REGISTER_TIMEOUT},
@@ -27,25 +23,17 @@ when the server fails.
 from __future__ import annotations
 
 import json
-from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from attrs import define, field, frozen
+from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from automat import NoTransition
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import (
-    IConsumer,
-    IDelayedCall,
-    IProducer,
-    IPushProducer,
-    IReactorTime,
-    ISSLTransport,
-)
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -63,13 +51,20 @@ from gridlike.server._worker_machine import (
     WorkerInputs,
     new_worker_machine,
 )
+from gridlike.server._worker_results import ReadThrottle, Result, store_result
+from gridlike.server._worker_sending import (
+    CLOSE_INTERNAL_ERROR,
+    SMALL_PAYLOAD,
+    Outbox,
+    Unsent,
+)
 from gridlike.server.auth import matches_any
 from gridlike.server.config import Settings
 from gridlike.server.dispatch import Dispatcher, IWorkerLink, WorkerLost, WorkerRecord
-from gridlike.server.errors import Damaged, GridLikeError, PayloadTooLarge
+from gridlike.server.errors import PayloadTooLarge
 from gridlike.server.origin import Origin, classify, foreign
 from gridlike.server.model import Job
-from gridlike.server.storage import PAYLOAD, RESULT, IPayloadWriter, IStorage, TransferStopped
+from gridlike.server.storage import RESULT, IStorage
 from gridlike.wire import CLOSE_BAD_TOKEN, CLOSE_PROTOCOL_ERROR, CLOSE_REGISTER_TIMEOUT
 
 __all__ = [
@@ -85,15 +80,6 @@ __all__ = [
     "worker_resources",
 ]
 
-CLOSE_INTERNAL_ERROR = 1011
-"""Close code: the server failed (a bug, or a payload it cannot read)."""
-
-SMALL_PAYLOAD = 64 * 1024
-"""
-Payloads up to this many bytes are read whole (one thread hop) and sent as
-one frame.
-"""
-
 MAX_LOGS = 1024 * 1024
 """The most characters of a job-failed message's C{logs} kept (the last ones)."""
 
@@ -104,122 +90,6 @@ _OUT_OF_ORDER = {
     "progress": "progress while holding no job",
     "job failed": "job failed while holding no job",
 }
-
-
-@implementer(IPushProducer)
-@define
-class _ReadThrottle:
-    """
-    The connection's reading, as a producer for a result writer: the writer
-    pauses it while the disk lags behind.  L{release} resumes reading if the
-    writer left it paused (it stops throttling once finished or aborted).
-    """
-
-    transport: Any
-    paused: bool = False
-
-    def pauseProducing(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        if self.paused:
-            self.paused = False
-            self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        # The writer wants no more; the protocol decides what happens to
-        # the connection.
-        self.resumeProducing()
-
-    def release(self) -> None:
-        self.resumeProducing()
-
-
-@define
-class _Result:
-    """A result being written: its writer, and the throttle registered on it."""
-
-    writer: IPayloadWriter
-    throttle: _ReadThrottle
-
-    def start(self) -> None:
-        self.writer.registerProducer(self.throttle, True)
-
-    def stop(self) -> None:
-        self.writer.unregisterProducer()
-        self.throttle.release()
-
-    def abort(self) -> None:
-        self.stop()
-        self.writer.abort()
-
-    def finish(self) -> Deferred[int]:
-        self.stop()
-        return self.writer.finish()
-
-
-@implementer(IConsumer)
-@define
-class _FrameWriter:
-    """
-    A consumer for L{IStorage.read} that sends each chunk as one frame of
-    one binary message on C{protocol}, and registers the storage producer
-    on the transport so that a slow worker pauses the reads.
-
-    The message begins only when storage has checked the payload and
-    registers its producer (or writes): until then nothing of it is sent,
-    so a damaged payload leaves the connection as it was.
-
-    @ivar begun: whether the message has begun.
-    """
-
-    protocol: WorkerProtocol
-    begun: bool = False
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self._begin()
-        stream_transport(self.protocol.transport).registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        stream_transport(self.protocol.transport).unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        protocol = self.protocol
-        self._begin()
-        if data and protocol.state == protocol.STATE_OPEN:
-            protocol.beginMessageFrame(len(data))
-            protocol.sendMessageFrameData(data)
-
-    def end(self) -> None:
-        """End the message, begun or not: the payload is sent whole."""
-        self._begin()
-        self.protocol.endMessage()
-
-    def _begin(self) -> None:
-        if not self.begun:
-            self.begun = True
-            self.protocol.beginMessage(isBinary=True, doNotCompress=True)
-
-
-@frozen
-class _Unsent:
-    """
-    A payload could not be sent: how to close the connection, and what the
-    job's attempt fails with.
-    """
-
-    code: int
-    reason: str
-    why: str
-
-
-_Send = Callable[[], "Deferred[_Unsent | None] | None"]
-"""
-Sends one thing: returns L{None} when it is sent at once, or a L{Deferred}
-firing when it is sent, or with L{_Unsent}.
-"""
 
 
 @define
@@ -317,9 +187,10 @@ class WorkerProtocol(WebSocketServerProtocol):
         self._record: WorkerRecord | None = None
         self._kick: IDelayedCall | None = None
         self._incoming: _Incoming | None = None
-        self._result: _Result | None = None
-        self._outgoing: deque[_Send] = deque()
-        self._sending: Deferred[_Unsent | None] | None = None
+        self._result: Result | None = None
+        self._outbox = Outbox(
+            self, storage, self._log, self._broken, self._fail, self._payload_damaged
+        )
         self._core = WorkerCore(self)
         self._machine: WorkerInputs = new_worker_machine(self._core)
 
@@ -638,59 +509,6 @@ class WorkerProtocol(WebSocketServerProtocol):
             reason = f"no register within {ms} ms"
             self._fail(CLOSE_REGISTER_TIMEOUT, reason, reason)
 
-    # Sending, in order: a message never goes out inside a streamed payload.
-
-    def _send_in_turn(self, data: bytes) -> None:
-        """
-        Send a text message, after what waits to be sent.
-
-        @param data: the JSON message.
-        """
-        self._enqueue(lambda: self._send_text(data))
-
-    def _send_text(self, data: bytes) -> None:
-        """
-        Send a text message now, if the connection is open.
-
-        @param data: the JSON message.
-        """
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(data, isBinary=False)
-
-    def _enqueue(self, send: _Send) -> None:
-        """
-        Send something once what is being sent and what waits are sent.
-
-        @param send: sends it; returns L{None} when it is sent at once, or a
-            L{Deferred} firing when it is sent, or with L{_Unsent}.
-        """
-        self._outgoing.append(send)
-        self._send_next()
-
-    def _send_next(self) -> None:
-        """Send what waits, up to the first that is not sent at once."""
-        while self._sending is None and self._outgoing:
-            sending = self._outgoing.popleft()()
-            if sending is not None:
-                self._sending = sending
-                sending.addBoth(self._sent)
-
-    def _sent(self, result: _Unsent | Failure | None) -> None:
-        """
-        A payload is sent, or could not be.
-
-        @param result: L{None} when sent (or abandoned as the connection
-            closes); what went wrong otherwise.
-        """
-        self._sending = None
-        if isinstance(result, Failure):
-            self._log.failure("{link}: sending a payload", result, link=self)
-            self._broken()
-        elif result is not None:
-            self._fail(result.code, result.reason, result.why)
-        else:
-            self._send_next()
-
     # WorkerEffects: what the machine makes happen
 
     def start_kick_timer(self) -> None:
@@ -735,21 +553,19 @@ class WorkerProtocol(WebSocketServerProtocol):
             self._dispatcher.closed(self._record)
 
     def send_status_request(self) -> None:
-        self._send_in_turn(wire.STATUS_REQUEST_FRAME)
+        self._outbox.send_text(wire.STATUS_REQUEST_FRAME)
 
     def send_payload(self, job: Job) -> None:
-        self._enqueue(lambda: Deferred.fromCoroutine(self._send_payload(job)))
+        self._outbox.send_payload(job)
 
     def stop_sending(self) -> None:
-        self._outgoing.clear()
-        if self._sending is not None:
-            self._sending.cancel()
+        self._outbox.stop()
 
     def open_result(self, job: Job) -> None:
         writer = self._storage.writer(
             job.id, RESULT, max_size=self._settings.server.max_payload
         )
-        self._result = _Result(writer, _ReadThrottle(self.transport))
+        self._result = Result(writer, ReadThrottle(self.transport))
         self._result.start()
 
     def discard_result(self) -> None:
@@ -760,70 +576,11 @@ class WorkerProtocol(WebSocketServerProtocol):
     def finish_result(self) -> None:
         result, self._result = self._result, None
         assert result is not None
-        Deferred.fromCoroutine(self._finish_result(result)).addErrback(
+        Deferred.fromCoroutine(store_result(result, self._machine, self._log, self)).addErrback(
             lambda f: self._log.failure("{link}: storing a result", f, link=self)
         )
 
-    # Payloads and results
-
-    async def _send_payload(self, job: Job) -> _Unsent | None:
-        """
-        Send C{job}'s payload as one binary message: read whole and sent as
-        one frame if small, else streamed from storage a frame per chunk.
-
-        Storage checks the payload against the size in the job's record
-        before the first byte goes out: a damaged one is not sent, and the
-        job fails for good (L{_payload_damaged}).
-
-        @param job: the job.
-        @return: L{None} once sent, or abandoned because the connection is
-            closing, or not sent because it is damaged; if the payload cannot
-            be read, or turns out damaged once part of it is out, how to
-            close the connection (with L{CLOSE_INTERNAL_ERROR}: a message
-            may be half sent) and put the job back.
-        """
-        frames = _FrameWriter(self)
-        try:
-            if job.payload_size <= SMALL_PAYLOAD:
-                data = await self._storage.read_bytes(
-                    job.id, PAYLOAD, SMALL_PAYLOAD, job.payload_size
-                )
-                if self.state == self.STATE_OPEN:
-                    self.sendMessage(data, isBinary=True)
-            else:
-                await self._storage.read(
-                    job.id, PAYLOAD, frames, expected_size=job.payload_size
-                )
-                frames.end()
-        except CancelledError:
-            return None  # The connection is closing.
-        except Damaged as e:
-            if self.state != self.STATE_OPEN:
-                return None  # The connection went first.
-            return self._payload_damaged(job, e.problem, frames.begun)
-        except (GridLikeError, TransferStopped) as e:
-            if self.state != self.STATE_OPEN:
-                return None  # The connection went first.
-            problem = e.problem if isinstance(e, GridLikeError) else str(e)
-            self._log.warn(
-                "{link}: the payload of job {key} could not be read: {problem}",
-                link=self,
-                key=job.key,
-                problem=problem,
-            )
-            return _Unsent(
-                CLOSE_INTERNAL_ERROR,
-                "the job's payload could not be read",
-                f"payload could not be read: {problem}",
-            )
-        except Exception:
-            self._log.failure(
-                "{link}: sending the payload of job {key}", link=self, key=job.key
-            )
-            return _Unsent(CLOSE_INTERNAL_ERROR, "internal error", "internal error")
-        return None
-
-    def _payload_damaged(self, job: Job, problem: str, begun: bool) -> _Unsent | None:
+    def _payload_damaged(self, job: Job, problem: str, begun: bool) -> Unsent | None:
         """
         C{job}'s payload is damaged: its job fails for good, unless its
         attempt already ended otherwise and the worker holds another job.
@@ -838,30 +595,8 @@ class WorkerProtocol(WebSocketServerProtocol):
         if not self._core.holds_other_than(job):
             self._machine.payload_damaged(problem)
         if begun:
-            return _Unsent(CLOSE_INTERNAL_ERROR, "the job's payload is damaged", problem)
+            return Unsent(CLOSE_INTERNAL_ERROR, "the job's payload is damaged", problem)
         return None
-
-    async def _finish_result(self, result: _Result) -> None:
-        """
-        Make the result durable, and tell the machine how that went.
-
-        @param result: the result received whole.
-        """
-        try:
-            size = await result.finish()
-        except GridLikeError as e:
-            problem = e.problem
-        except Exception:
-            self._log.failure("{link}: finishing a result", link=self)
-            problem = "internal error"
-        else:
-            self._machine.result_stored(size)
-            return
-        self._log.warn(
-            "{link}: result not stored: {problem}", link=self, problem=problem
-        )
-        self._machine.result_unstorable(problem)
-
 
 class WorkerFactory(WebSocketServerFactory):
     """
