@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 from urllib.parse import quote
 
+import treq
 from attrs import frozen
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -523,8 +524,6 @@ async def read_limited(response: IResponse, limit: int) -> bytes:
     """
     @return: Up to C{limit} bytes of a response's body; the rest is dropped.
     """
-    import treq
-
     pieces: list[bytes] = []
     size = [0]
 
@@ -545,8 +544,6 @@ def drop(response: IResponse) -> None:
     Read and discard a (small) response's body, so that its connection can
     be reused.
     """
-    import treq
-
     treq.collect(response, lambda data: None).addErrback(lambda failure: None)
 
 

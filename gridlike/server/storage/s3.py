@@ -35,6 +35,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Awaitable, TypeVar, cast
+from urllib.parse import quote
+
+import treq
 
 from botocore.credentials import Credentials
 from treq.client import HTTPClient
@@ -302,8 +305,6 @@ class S3Storage:
     async def _read_bytes(
         self, key: str, job_id: str, kind: str, limit: int, expected_size: int | None
     ) -> bytes:
-        import treq
-
         response, size = await open_object(
             self.client, key, job_id, kind, 0, expected_size
         )
@@ -336,8 +337,6 @@ class S3Storage:
 
         @raise NotFound: If there is no source.
         """
-        from urllib.parse import quote
-
         copy_source = quote(f"{self.location.bucket}/{source}", safe="/-_.~")
         try:
             await self.client.call(
