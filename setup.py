@@ -40,7 +40,6 @@ setup(
         "autobahn>=24.4",
         "klein>=24.8",
         "treq>=24.9",
-        "txredisapi>=1.4",
         "service-identity>=24.1",
         "attrs>=24.2",
         "zope.interface>=6",
@@ -48,7 +47,7 @@ setup(
         # Pre-1.0, and 0.0.13 already renamed its module: a 0.1 may break us.
         "python-multipart>=0.0.20,<0.1",
         "prometheus-client>=0.20",
-        # submit --wait's live view on a terminal (gridlike.cli._Tally).
+        # submit --wait's live view on a terminal (gridlike.client._cli_live._Tally).
         "rich>=13.7",
         # SigV4 signing for [storage] kind = "s3" (gridlike.server.storage.s3).
         "botocore>=1.34",

@@ -187,13 +187,15 @@ class CompactionTests(SynchronousTestCase):
 
     def test_check_is_a_timer(self) -> None:
         """
-        The service's one child is the compaction check, a TimerService
-        whose first check comes a period after start, not at start: a
-        journal that wants compacting when replayed is compacted then.
+        The service's children are TimerServices (the compaction check and
+        the heap's tending); the compaction check comes a period after
+        start, not at start: a journal that wants compacting when replayed
+        is compacted then.
         """
         service, journal, clock = self.started(attempts=1)
-        [timer] = list(service)
-        self.assertIsInstance(timer, TimerService)
+        self.assertEqual(len(list(service)), 2)
+        for timer in service:
+            self.assertIsInstance(timer, TimerService)
         self.fail_jobs(service, 20, attempts=1)
         records = list(journal.records)
         service, journal, clock = self.started(attempts=1, records=records)

@@ -22,6 +22,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
+from gridlike.client._batching import batches
+
 BODY_BUDGET = 60_000
 """Most bytes of keys in one request's JSON body: the server keeps at most
 64 KiB of a body that is not a form."""
@@ -47,17 +49,7 @@ class Ended(NamedTuple):
 
 def key_groups(keys: list[str]) -> Iterator[list[str]]:
     """The keys in consecutive groups whose JSON list fits L{BODY_BUDGET}."""
-    group: list[str] = []
-    size = 0
-    for key in keys:
-        cost = len(json.dumps(key)) + 1
-        if group and size + cost > BODY_BUDGET:
-            yield group
-            group, size = [], 0
-        group.append(key)
-        size += cost
-    if group:
-        yield group
+    return batches(keys, lambda key: len(json.dumps(key)) + 1, BODY_BUDGET)
 
 
 def decode(entry: dict[str, Any]) -> Ended:

@@ -45,6 +45,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from gridlike.client._files import Payload, Target, save, write_to
 from gridlike.client._multipart import _Form
+from gridlike.client._batching import batches
 from gridlike.client._results import Ended, LineReader, Outcomes, decode, key_groups
 from gridlike.client.errors import (
     CONNECTION_ERRORS,
@@ -639,22 +640,16 @@ class GridLikeClient:
 
 def _chunks(payloads: Iterable[Payload]) -> Iterator[list[Payload]]:
     """Consecutive lists of payloads within L{CHUNK} and L{CHUNK_BYTES}."""
-    chunk: list[Payload] = []
-    size = 0
-    for payload in payloads:
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            cost = len(payload)
-        elif isinstance(payload, (str, os.PathLike)):
-            cost = os.path.getsize(payload)
-        else:
-            cost = 0  # a file object: its length may be unknown
-        if chunk and (len(chunk) == CHUNK or size + cost > CHUNK_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(payload)
-        size += cost
-    if chunk:
-        yield chunk
+    return batches(payloads, _cost, CHUNK_BYTES, CHUNK)
+
+
+def _cost(payload: Payload) -> int:
+    """The bytes a payload adds to a request, where they are known."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return len(payload)
+    if isinstance(payload, (str, os.PathLike)):
+        return os.path.getsize(payload)
+    return 0  # a file object: its length may be unknown
 
 
 def _fields(priority: str, description: str | None, keys: list[str]) -> list[tuple[str, str]]:

@@ -49,7 +49,7 @@ from automat import TypeMachine, TypeMachineBuilder
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from gridlike.server.dispatch import JobFailed, WorkerLost
+from gridlike.server.dispatch import JobFailed, ResultNotStored, WorkerLost
 from gridlike.server.errors import Damaged
 from gridlike.server.model import Job
 
@@ -69,15 +69,6 @@ DISCONNECTED = "worker disconnected"
 
 ABANDONED = "worker reported ready while holding the job"
 """Why an attempt ends when the worker reports ready while holding it."""
-
-
-class ResultNotStored(WorkerLost):
-    """
-    The worker's whole result arrived but storage could not make it durable
-    (disk full, I/O error).  It is a L{WorkerLost}, so dispatch counts a
-    failed attempt with this exception's message as C{error.info}; the
-    worker itself did nothing wrong and keeps its connection.
-    """
 
 
 class WorkerInputs(Protocol):
@@ -364,7 +355,7 @@ def _build() -> TypeMachine[WorkerInputs, WorkerCore]:
 
     @storing.upon(WorkerInputs.result_unstorable).to(asking)
     def _unstorable(inputs: WorkerInputs, core: WorkerCore, problem: str) -> None:
-        core.settle(ResultNotStored(f"result could not be stored: {problem}"))
+        core.settle(ResultNotStored(problem))
 
     # The worker has sent its whole result and waits for a status request;
     # a status message meanwhile changes nothing.
@@ -500,7 +491,7 @@ def _build() -> TypeMachine[WorkerInputs, WorkerCore]:
     def _unstorable_after_close(
         inputs: WorkerInputs, core: WorkerCore, problem: str
     ) -> None:
-        core.settle(ResultNotStored(f"result could not be stored: {problem}"))
+        core.settle(ResultNotStored(problem))
 
     storing_after_close.upon(WorkerInputs.withdrawn).to(closed)(_drop)
     storing_after_close.upon(WorkerInputs.lost).loop().returns(None)

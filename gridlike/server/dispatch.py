@@ -59,6 +59,18 @@ class WorkerLost(Exception):
     """
 
 
+class ResultNotStored(WorkerLost):
+    """
+    The worker's whole result arrived, or was recorded, but could not be made
+    durable (disk full, I/O error).  It is a L{WorkerLost}, so the attempt
+    fails with this message as C{error.info}; the worker itself did nothing
+    wrong and keeps its connection.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"result could not be stored: {problem}")
+
+
 class IWorkerLink(Interface):
     """
     One registered worker connection, as dispatch sees it.
@@ -416,7 +428,7 @@ class Dispatcher:
                 totals.done += 1
             except Unavailable as e:
                 log.warn("job {key}: result not recorded: {problem}", key=job.key, problem=e.problem)
-                await registry.fail(job, f"result could not be stored: {e.problem}", None, link.uid)
+                await registry.fail(job, str(ResultNotStored(e.problem)), None, link.uid)
         finally:
             # The job may be on another attempt already: end only this one.
             if self._running.get(job.id) is running:

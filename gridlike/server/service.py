@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from gridlike.server.config import Settings
 from gridlike.server.core import Core
 from gridlike.server.errors import GridLikeError
+from gridlike.server.heap import FREEZE_EVERY, Heap
 from gridlike.server.journal import IJournal, Journal
 from gridlike.server.storage import FilesystemStorage, InlineStorage, IStorage
 
@@ -40,9 +41,9 @@ MAX_BACKOFF = 64
 
 class GridLikeService(MultiService):
     """
-    One GridLike instance's core, started and stopped; its one child is the
-    compaction check, a L{TimerService} started once the journal is
-    replayed.
+    One GridLike instance's core, started and stopped; its children, started
+    once the journal is replayed, are L{TimerService}s: the compaction check,
+    and the L{Heap}'s tending of the garbage collector.
 
     @ivar core: the instance's machinery, for the API and worker endpoints.
     """
@@ -89,6 +90,9 @@ class GridLikeService(MultiService):
         compaction = TimerService(COMPACT_EVERY, self._maybe_compact)
         compaction.clock = reactor
         compaction.setServiceParent(self)
+        heap = TimerService(FREEZE_EVERY, Heap(reactor).tend)
+        heap.clock = reactor
+        heap.setServiceParent(self)
 
     def _storage(self, settings: Settings, reactor: Any) -> IStorage:
         """

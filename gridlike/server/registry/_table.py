@@ -99,14 +99,7 @@ class JobTable:
         limit: int = 1000,
         typed: bool = False,
     ) -> tuple[list[Job], bool]:
-        """
-        Jobs in submission order that match every filter given, the first
-        C{limit} of them after the job keyed C{after}.
-
-        @param typed: whether C{type} is a filter (L{None} is a real type).
-        @return: the jobs, and whether more match after them.
-        @raise BadRequest: C{after} names no job.
-        """
+        """See L{IRegistry.select}."""
         after_seq = 0
         if after is not None:
             mark = self._keys.get(after)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from enum import Enum, auto
 from pathlib import Path
-from typing import Callable, cast
+from typing import Callable, Iterator, cast
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IProducer, IPullProducer, IPushProducer
@@ -432,19 +432,11 @@ class FileWriter:
 
         @raise Unavailable: If that fails; the file is then removed.
         """
-        try:
+        with self._cleaning_up():
             if self._fd is None:
                 plan = self._sync_target.plan()
                 self._fd = open_temporary(self._temporary, plan is Plan.EACH)
             write_all(self._fd, pieces)
-        except OSError as error:
-            self._clean_up()
-            raise Unavailable(
-                f"cannot store the {self._kind}: {reason(error)}"
-            ) from error
-        except BaseException:
-            self._clean_up()
-            raise
 
     def _write_last(self, pieces: list[bytes]) -> Plan:
         """
@@ -457,7 +449,7 @@ class FileWriter:
 
         @raise Unavailable: If that fails; then nothing remains.
         """
-        try:
+        with self._cleaning_up():
             plan = self._sync_target.plan()
             if self._fd is None:
                 self._fd = open_temporary(self._temporary, plan is Plan.EACH)
@@ -467,12 +459,19 @@ class FileWriter:
             fd, self._fd = self._fd, None
             os.close(fd)
             self._placed = self._sync_target.commit(self._temporary, self._final, plan)
-            return plan
+        return plan
+
+    @contextmanager
+    def _cleaning_up(self) -> Iterator[None]:
+        """
+        Remove the temporary file if the block fails; a system error is
+        then L{Unavailable}.
+        """
+        try:
+            yield
         except OSError as error:
             self._clean_up()
-            raise Unavailable(
-                f"cannot store the {self._kind}: {reason(error)}"
-            ) from error
+            raise Unavailable(f"cannot store the {self._kind}: {reason(error)}") from error
         except BaseException:
             self._clean_up()
             raise
