@@ -242,6 +242,7 @@ def test_every_key_set() -> None:
         max_request = "1GiB"
         max_form_parts = 10
         max_form_text = "1KiB"
+        log_format = "json"
         [registry]
         kind = "journal"
         path = "/var/lib/g/journal"
@@ -284,6 +285,7 @@ def test_every_key_set() -> None:
         max_request=1024**3,
         max_form_parts=10,
         max_form_text=1024,
+        log_format="json",
     )
     assert settings.registry == RegistrySettings(
         kind="journal",
@@ -446,6 +448,10 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
             "[registry] path: must be a non-empty string, not ''",
         ),
         ("[registry]\npath = 3", "[registry] path: must be a non-empty string, not 3"),
+        (
+            "[server]\nlog_format = 'xml'",
+            "[server] log_format: must be one of 'text', 'json', not 'xml'",
+        ),
         (
             "[registry]\nfsync = 'sometimes'",
             "[registry] fsync: must be one of 'always', 'interval', 'never',"

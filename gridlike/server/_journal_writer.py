@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, cast
+from typing import Callable, Iterable, Iterator, Protocol, cast
 
 from attrs import define
 from twisted.internet.defer import Deferred, fail, succeed
@@ -77,6 +77,18 @@ class _Batch:
     parts: list[bytes]
     waiters: list[Deferred[None]]
     size: int
+    started: float = 0.0
+    """When it was handed to the thread, by the reactor's clock."""
+
+
+class JournalObserver(Protocol):
+    """What is told of the journal's work (the metrics, L{gridlike.server.metrics})."""
+
+    def journal_flushed(self, records: int, size: int, seconds: float) -> None:
+        """A group commit of C{records} records, C{size} bytes, took C{seconds}."""
+
+    def journal_compacted(self, before: int, after: int) -> None:
+        """A compaction took the file from C{before} to C{after} bytes."""
 
 def _one_step() -> Callable[[], bool]:
     """
@@ -94,6 +106,8 @@ class Journal:
     The file-backed L{IJournal}.
 
     @ivar dropped: see L{IJournal.dropped}.
+    @ivar observer: told of each successful group commit and compaction,
+        if set; it must be quick, as it runs on the reactor thread.
 
     @cvar compact_slice_records: most records framed per compaction step.
     @cvar compact_slice_bytes: most bytes framed per compaction step.
@@ -180,6 +194,7 @@ class Journal:
         self._idle_waiters: list[Deferred[None]] = []
         self._close_waiters: list[Deferred[None]] = []
         self._timer: LoopingCall | None = None
+        self.observer: JournalObserver | None = None
 
     # Replay
 
@@ -316,7 +331,7 @@ class Journal:
         """
         assert self._fd is not None
         parts = framed(self._pending_records, self._version)
-        batch = _Batch(parts, self._pending_waiters, sum(map(len, parts)))
+        batch = _Batch(parts, self._pending_waiters, sum(map(len, parts)), self._reactor.seconds())
         self._pending_records, self._pending_waiters = [], []
         self._pending_size = 0
         sync = self._policy == "always" or self._sync_due
@@ -363,6 +378,9 @@ class Journal:
                 else:
                     parts = framed(batch.parts[1::2], 2)
                     self._compaction.remember(parts, sum(map(len, parts)))
+            if self.observer is not None:
+                elapsed = self._reactor.seconds() - batch.started
+                self.observer.journal_flushed(len(batch.waiters), batch.size, elapsed)
             if self._failing is not None:
                 log.info("journal {path} is writable again", path=str(self._path))
                 self._failing = None
@@ -568,6 +586,8 @@ class Journal:
                 before=before,
                 after=compaction.size,
             )
+            if self.observer is not None:
+                self.observer.journal_compacted(before, compaction.size)
             self._busy = False
             compaction.finish(None)
         self._next()

@@ -35,6 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from gridlike.server.auth import Gate
 from gridlike.server.errors import BadRequest, Conflict, GridLikeError, NotFound, TypeRequired
+from gridlike.server.metrics import CONTENT_TYPE, Metrics
 from gridlike.server.model import Job, Priority, Status, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
 from gridlike.server.registry import Match, NewJob
@@ -56,11 +57,13 @@ T = TypeVar("T")
 def _open_route(path: list[bytes]) -> bool:
     """
     Whether the route at C{path} (its segments under C{path_prefix}) is open
-    without an API key: health, and the worker endpoints, which have their
-    own token.  Anything else is protected, routes added later included.
+    without an API key: health, the worker endpoints, which have their
+    own token, and the metrics, which check the key themselves (a Bearer
+    token will do there).  Anything else is protected, routes added later
+    included.
     """
     joined = b"/" + b"/".join(path)
-    if joined in (b"/healthz", b"/api/worker"):
+    if joined in (b"/healthz", b"/api/worker", b"/metrics"):
         return True
     rest = joined.removeprefix(b"/api/worker/")
     return rest != joined and b"/" not in rest
@@ -140,6 +143,9 @@ class GridLikeAPI:
     """
 
     app = Klein()
+
+    metrics: Metrics | None = None
+    """What C{GET /metrics} serves; without it, that route is not found."""
 
     def __init__(self, core: Core, workers: Mapping[str | None, IResource] = {}) -> None:
         """
@@ -318,6 +324,17 @@ class GridLikeAPI:
     @app.route("/api/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:
         return json_body(request, self._core.stats())
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        metrics = self.metrics
+        if metrics is None:
+            raise NotFound("this server serves no metrics")
+        refusal = metrics.refusal(request)
+        if refusal is not None:
+            raise refusal
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        return metrics.render()
 
     @app.route("/healthz", methods=["GET"])
     async def healthz(self, request: IRequest) -> bytes:

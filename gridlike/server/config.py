@@ -82,6 +82,7 @@ _REGISTRY_KINDS_LATER = ("redis",)
 _STORAGE_KINDS = ("filesystem", "s3")
 _STORAGE_KINDS_LATER: tuple[str, ...] = ()
 _FSYNC_MODES = ("always", "interval", "never")
+_LOG_FORMATS = ("text", "json")
 
 _TABLES = ("server", "registry", "storage", "auth", "workers", "scheduling", "types")
 
@@ -117,6 +118,9 @@ class ServerSettings:
         closed (a GridLike extension).
     @ivar access_log: whether each HTTP request is logged (a GridLike
         extension).
+    @ivar log_format: how twistd writes the log: C{"text"} (its own lines)
+        or C{"json"} (one JSON object per line, for log shippers; a GridLike
+        extension).
     @ivar allowed_origins: the web origins, besides the server's own, whose
         pages may use the API and the worker endpoints, in canonical form
         (see L{gridlike.server.origin}).
@@ -135,6 +139,7 @@ class ServerSettings:
     max_form_text: int = 8 * MiB
     idle_timeout: float = 60.0
     access_log: bool = False
+    log_format: str = "text"
     allowed_origins: tuple[str, ...] = ()
 
 
@@ -477,6 +482,7 @@ def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[
         max_form_text=table.size("max_form_text", defaults.max_form_text, above=0),
         idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
         access_log=table.boolean("access_log", defaults.access_log),
+        log_format=table.choice("log_format", defaults.log_format, _LOG_FORMATS),
         allowed_origins=_allowed_origins(table, defaults.allowed_origins),
     )
     table.finish()

@@ -20,7 +20,7 @@ as the protocol wants.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -195,6 +195,10 @@ class Dispatcher:
         self._totals: dict[str, _Totals] = {}
         self._running: dict[str, Deferred[int]] = {}
         self._connections = 0
+        self.attempt_failed: Callable[[Job, str], None] = _ignore_attempt
+        """Told of every attempt that ends without a result, and why, in
+        one word of L{gridlike.server.metrics.REASONS} (the metrics count
+        them)."""
 
     def add_listener(self, listener: IWorkerListener) -> None:
         """Announce every change of a worker from now on to C{listener}."""
@@ -405,29 +409,35 @@ class Dispatcher:
             size = await running
         except JobFailed as e:
             totals.failed += 1
+            self.attempt_failed(job, "failed")
             await registry.fail(job, e.info, e.logs, link.uid)
         except WorkerLost as e:
             totals.failed += 1
+            self.attempt_failed(job, "unstored" if isinstance(e, ResultNotStored) else "disconnected")
             await registry.fail(job, str(e) or "worker disconnected", None, link.uid)
         except TimeoutError:
             withdrawn = True
             totals.failed += 1
+            self.attempt_failed(job, "timeout")
             await registry.fail(job, f"timed out after {timeout:g} s", None, link.uid)
         except Damaged as e:
             # No other worker could do better, and this one did nothing.
-            log.warn("job {key} failed for good: {problem}", key=job.key, problem=e.problem)
+            # The job's failure is logged as every job failed for good is.
+            self.attempt_failed(job, "damaged")
             await registry.fail(job, e.problem, None, None, for_good=True)
         except CancelledError:
             withdrawn = True  # the job was deleted
         except Exception:
             log.failure("job {key} on worker {uid}", key=job.key, uid=link.uid)
+            self.attempt_failed(job, "internal")
             await registry.fail(job, "internal error", None, link.uid)
         else:
             try:
                 await registry.complete(job, size, link.uid)
                 totals.done += 1
             except Unavailable as e:
-                log.warn("job {key}: result not recorded: {problem}", key=job.key, problem=e.problem)
+                # Logged with the attempt's failure, which says the problem.
+                self.attempt_failed(job, "unstored")
                 await registry.fail(job, str(ResultNotStored(e.problem)), None, link.uid)
         finally:
             # The job may be on another attempt already: end only this one.
@@ -444,3 +454,7 @@ class Dispatcher:
         horizon = self._clock.seconds() - self._settings.workers.forget_after
         for key in [k for k, r in self._gone.items() if r.disconnected_at is not None and r.disconnected_at < horizon]:
             del self._gone[key]
+
+
+def _ignore_attempt(job: Job, reason: str) -> None:
+    """No one is told of failed attempts."""

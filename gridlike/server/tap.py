@@ -20,12 +20,16 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from gridlike import __version__
 from gridlike.server.api import GridLikeAPI
 from gridlike.server.config import Settings, load_settings, state_directory
 from gridlike.server.errors import ConfigError
+from gridlike.server.logs import ActivityLog, log_summary, twistd_json_observer
+from gridlike.server.metrics import Metrics
 from gridlike.server.service import GridLikeService
 from gridlike.server.upload import UploadSite
 from gridlike.server.workers import worker_resources
@@ -115,16 +119,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # installed by twistd by now
     settings: Settings = options["settings"]
-    root = MultiService()
+    json_log = settings.server.log_format == "json"
+    root = Root(settings, twistd_json_observer(getattr(options, "parent", None)) if json_log else None)
     service = GridLikeService(settings, reactor)
     service.setServiceParent(root)
     core = service.core
+    metrics = Metrics.of(core, GridLikeAPI.app.url_map)
+    core.add_observer(ActivityLog(settings))
     workers = worker_resources(settings, core.dispatcher, core.storage, reactor)
     api = GridLikeAPI(core, workers)
+    api.metrics = metrics
     site = UploadSite(
         api.root(),
         api.upload_policy,
         access_log=settings.server.access_log,
+        on_finished=metrics.request_finished,
         reactor=reactor,
         timeout=settings.server.idle_timeout,
     )
@@ -132,6 +141,34 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     for description in settings.server.listen:
         Listener(description, serverFromString(reactor, description), site).setServiceParent(root)
     return root
+
+
+class Root(MultiService):
+    """
+    The top of the service tree: it logs the start-up summary before its
+    children start, and, for C{log_format = "json"}, gives twistd the log
+    observer to use, the way twistd takes one from an application: as the
+    application's L{ILogObserver} component, which twistd looks up after
+    C{makeService} and before it starts logging.
+    """
+
+    def __init__(self, settings: Settings, log_observer: ILogObserver | None = None) -> None:
+        """
+        @param log_observer: what twistd is to log to instead of its own
+            text observer, or L{None}.
+        """
+        super().__init__()
+        self._settings = settings
+        self.log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+
+    def startService(self) -> None:
+        log_summary(self._settings)
+        super().startService()
 
 
 class Listener(StreamServerEndpointService):

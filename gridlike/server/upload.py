@@ -647,12 +647,20 @@ class UploadSite(Site):
         resource: Any,
         upload_policy: UploadPolicy,
         access_log: bool = True,
+        on_finished: Callable[[http.Request], None] | None = None,
         **kwargs: Any,
     ) -> None:
+        """
+        @param on_finished: told of every request once answered (the
+            metrics count them), whether or not it is logged.
+        """
         super().__init__(resource, **kwargs)
         self.upload_policy = upload_policy
         self._access_log = access_log
+        self._on_finished = on_finished
 
     def log(self, request: http.Request) -> None:
+        if self._on_finished is not None:
+            self._on_finished(request)
         if self._access_log:
             super().log(request)

@@ -528,12 +528,7 @@ class WorkerProtocol(WebSocketServerProtocol):
         self.uid, self.uid_source, self.name = uid, uid_source, name
         self._registering.discard(self)
         assert self._record is not None
-        self._log.info(
-            "worker {uid} ({name}) registered from {address}",
-            uid=uid,
-            name=name,
-            address=self.address,
-        )
+        # Logged by the activity log, which hears of it from dispatch.
         self._dispatcher.registered(self._record, self)
 
     def tell_ready(self) -> None:

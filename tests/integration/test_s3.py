@@ -107,6 +107,8 @@ def test_jobs_through_s3(
 
     check_all()
     assert requests.get(server.url + "/healthz", timeout=20).text == "ok"
+    where = f"storage: s3 at s3://{s3server.bucket}/{prefix} on {s3server.endpoint}"
+    assert where in server.log()
     deadline = time.monotonic() + 20
     while len(keys(s3server, prefix)) < 6 and time.monotonic() < deadline:
         time.sleep(0.05)

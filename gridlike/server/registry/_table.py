@@ -49,6 +49,8 @@ class JobTable:
         self._next = 1
         self._type_counts: Counter[str | None] = Counter()
         self._counts: Counter[tuple[str | None, Priority, Status]] = Counter()
+        self._payload_bytes = 0
+        self._result_bytes = 0
         self._ended: deque[tuple[float, Status]] = deque()
         self._watchers: dict[str, list[Deferred[Job | None]]] = {}
         self._eventual = eventual if eventual is not None else EventualQueue(clock)
@@ -154,6 +156,14 @@ class JobTable:
             "priorities": {p: dict(c) for p, c in by_priority.items()},
             "last_minute": {"done": recent["done"], "failed": recent["failed"]},
         }
+
+    def counts(self) -> list[tuple[tuple[str | None, Priority, Status], int]]:
+        """Jobs now by type, priority and status, the figures L{stats} sums; no zeros."""
+        return [(key, n) for key, n in self._counts.items() if n]
+
+    def stored_bytes(self) -> tuple[int, int]:
+        """The sizes of the payloads and of the results of the jobs that exist."""
+        return self._payload_bytes, self._result_bytes
 
     def watch(self, job: Job) -> Deferred[Job | None]:
         """
@@ -274,6 +284,8 @@ class JobTable:
         self._jobs[job.id] = job
         self._keys[job.key] = job
         self._counts[(job.type, job.priority, job.status)] += 1
+        self._payload_bytes += job.payload_size
+        self._result_bytes += job.result_size or 0
         if job.status is Status.PENDING:
             self.pending(job.type).push(job)
 
@@ -283,10 +295,13 @@ class JobTable:
         if self._keys.get(job.key) is job:
             del self._keys[job.key]
         self._counts[(job.type, job.priority, job.status)] -= 1
+        self._payload_bytes -= job.payload_size
+        self._result_bytes -= job.result_size or 0
 
     def _apply_done(self, job: Job, record: dict[str, Any], made: Sequence[Job]) -> None:
         self.pending(job.type).discard(job)
         job.ended = record["ended"]
+        self._result_bytes += record["size"] - (job.result_size or 0)
         job.result_size = record["size"]
         job.worker_id = record["worker"]
         job.error = None

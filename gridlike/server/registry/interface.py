@@ -157,6 +157,15 @@ class IRegistry(Interface):
     def stats() -> dict[str, Any]:
         """Job counts by status, type and priority; recent endings."""
 
+    def counts() -> list[tuple[tuple[str | None, Priority, Status], int]]:
+        """
+        Jobs now by type, priority and status, without zeros: the figures
+        L{stats} sums up, for the metrics to read when scraped.
+        """
+
+    def stored_bytes() -> tuple[int, int]:
+        """The sizes of the payloads and of the results of the jobs that exist."""
+
     def watch(job: Job) -> Deferred[Job | None]:
         """
         Fires with the job when it is terminal, or with L{None} when it is
