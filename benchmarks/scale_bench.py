@@ -3,13 +3,15 @@ Scale from outside, against a real daemon, with the server's memory read
 from /proc/PID/status:
 
 - a large job (default 1 GiB) submitted, run through an echo worker and
-  downloaded, checked by SHA-256: the server's peak resident memory;
+  downloaded, checked by SHA-256: the server's peak resident memory (with
+  C{--s3}, its payload and result in S3 storage: a SeaweedFS server of the
+  test extras, as tests/integration/s3server.py starts it);
 - many idle workers (default 1,000) connected and ready at once, then a job
   each: every one registers, and every job is done.
 
 Run from the repository::
 
-    python benchmarks/scale_bench.py [--payload-mib 1024] [--workers 1000]
+    python benchmarks/scale_bench.py [--payload-mib 1024] [--workers 1000] [--s3]
 
 For a million pending jobs, see benchmarks/replay_bench.py.
 """
@@ -73,12 +75,22 @@ def echo_worker(server: Daemon) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", ECHO, server.url], env=env)
 
 
-def big_job(mib: int) -> None:
+def big_job(mib: int, s3: bool = False) -> None:
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         source = root / "payload.bin"
         expected = random_file(source, mib)
-        server = Daemon(root, f'[server]\nmax_payload = "{mib + 1}MiB"\n')
+        config = f'[server]\nmax_payload = "{mib + 1}MiB"\n'
+        if s3:
+            from tests.integration.s3server import ACCESS_KEY, SECRET_KEY, shared
+
+            s3_server = shared()
+            config += (
+                f'[storage]\nkind = "s3"\nendpoint = "{s3_server.endpoint}"\n'
+                f'bucket = "{s3_server.bucket}"\nprefix = "bench/"\n'
+                f'access_key_id = "{ACCESS_KEY}"\nsecret_access_key = "{SECRET_KEY}"\n'
+            )
+        server = Daemon(root, config)
         server.start()
         assert server.process is not None
         pid = server.process.pid
@@ -102,7 +114,7 @@ def big_job(mib: int) -> None:
         server.stop()
         assert digest.hexdigest() == expected, "the result differs from the payload"
         print(
-            f"{mib} MiB job: upload {submitted - began:.1f} s, run and download "
+            f"{mib} MiB job{' (S3 storage)' if s3 else ''}: upload {submitted - began:.1f} s, run and download "
             f"{ended - submitted:.1f} s, result verified; server RSS {rss} MiB, "
             f"peak {peak} MiB",
             flush=True,
@@ -154,9 +166,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--payload-mib", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument(
+        "--s3", action="store_true", help="only the large job, with S3 storage"
+    )
     options = parser.parse_args()
-    big_job(options.payload_mib)
-    idle_workers(options.workers)
+    big_job(options.payload_mib, options.s3)
+    if not options.s3:
+        idle_workers(options.workers)
 
 
 if __name__ == "__main__":

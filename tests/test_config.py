@@ -22,6 +22,7 @@ from twisted.internet.endpoints import quoteStringArgument
 from gridlike.server.config import (
     AuthSettings,
     RegistrySettings,
+    S3Settings,
     SchedulingSettings,
     ServerSettings,
     Settings,
@@ -189,6 +190,40 @@ def test_etc_file_example_types_load() -> None:
     }
 
 
+def test_s3_keys() -> None:
+    """
+    C{[storage] kind = "s3"} reads the keys of PROTOCOL.md section 5.4: the
+    endpoint loses a trailing slash, credential files resolve against the
+    data directory, and the endpoint defaults to AWS's for the region.
+    """
+    settings = parse("""
+        [storage]
+        kind = "s3"
+        endpoint = "http://127.0.0.1:8333/"
+        bucket = "grid.like-1"
+        region = "eu-west-3"
+        prefix = "jobs/"
+        path_style = false
+        access_key_id = "AKIDEXAMPLE"
+        secret_access_key_file = "secrets/s3"
+    """)
+    assert settings.storage.kind == "s3"
+    assert settings.storage.s3 == S3Settings(
+        bucket="grid.like-1",
+        endpoint="http://127.0.0.1:8333",
+        region="eu-west-3",
+        prefix="jobs/",
+        path_style=False,
+        access_key_id="AKIDEXAMPLE",
+        secret_access_key_file=BASE / "secrets" / "s3",
+    )
+    minimal = parse('[storage]\nkind = "s3"\nbucket = "b-1"\nregion = "eu-north-1"')
+    assert minimal.storage.s3 == S3Settings(
+        bucket="b-1", endpoint="https://s3.eu-north-1.amazonaws.com", region="eu-north-1"
+    )
+    assert parse("").storage.s3 is None
+
+
 def test_every_key_set() -> None:
     """
     Every key of every table is read from the file.
@@ -299,7 +334,7 @@ def test_numbers_are_floats() -> None:
         ("[server]\nlisen = []", "[server] lisen: unknown key"),
         ("[server.extra]", "[server] extra: unknown key"),
         ("[registry]\nfoo = 1", "[registry] foo: unknown key"),
-        ("[storage]\nbucket = 'b'", "[storage] bucket: unknown key"),
+        ("[storage]\nbucket = 'b'", '[storage] bucket: only for kind = "s3"'),
         ("[auth]\napi_key = 'k'", "[auth] api_key: unknown key"),
         ("[workers]\nping = 1", "[workers] ping: unknown key"),
         ("[scheduling]\nmax_attemps = 3", "[scheduling] max_attemps: unknown key"),
@@ -443,7 +478,36 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
         # [storage]
         (
             "[storage]\nkind = 's3'",
-            "[storage] kind: 's3' is not available in this version",
+            '[storage] bucket: must be set for kind = "s3"',
+        ),
+        (
+            "[storage]\nkind = 's3'\nbucket = 'ab'",
+            "[storage] bucket: not an S3 bucket name: 'ab' (3 to 63 lower-case"
+            " letters, digits, '.' and '-', starting and ending with a letter or"
+            " digit)",
+        ),
+        (
+            "[storage]\nbucket = 'gridlike'",
+            '[storage] bucket: only for kind = "s3"',
+        ),
+        (
+            "[storage]\nkind = 's3'\nbucket = 'gridlike'\nendpoint = 's3.example.com'",
+            "[storage] endpoint: must be http(s)://host[:port], not 's3.example.com'",
+        ),
+        (
+            "[storage]\nkind = 's3'\nbucket = 'gridlike'\nprefix = '/jobs/'",
+            "[storage] prefix: '/jobs/' is not a plain key prefix (letters, digits"
+            " and !_.*'()- between single slashes, no leading slash)",
+        ),
+        (
+            "[storage]\nkind = 's3'\nbucket = 'gridlike'\npath_style = 'yes'",
+            "[storage] path_style: must be true or false, not 'yes'",
+        ),
+        (
+            "[storage]\nkind = 's3'\nbucket = 'gridlike'\nsecret_access_key = 's'"
+            "\nsecret_access_key_file = 'f'",
+            "[storage] secret_access_key_file: set either secret_access_key or"
+            " secret_access_key_file, not both",
         ),
         (
             "[storage]\ninline_max = '2MiB'",
@@ -455,7 +519,7 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
         ),
         (
             "[storage]\nkind = 'ftp'",
-            "[storage] kind: must be 'filesystem', not 'ftp'",
+            "[storage] kind: must be one of 'filesystem', 's3', not 'ftp'",
         ),
         ("[storage]\npath = []", "[storage] path: must be a non-empty string, not []"),
         # [auth]

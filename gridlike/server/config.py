@@ -31,6 +31,7 @@ from types import MappingProxyType
 
 from attrs import field, frozen
 
+from gridlike.server._config_s3 import S3Settings, _s3
 from gridlike.server._config_table import (
     GiB,
     KiB,
@@ -51,6 +52,7 @@ __all__ = [
     "SchedulingSettings",
     "ServerSettings",
     "Settings",
+    "S3Settings",
     "StorageSettings",
     "TYPE_NAME_PATTERN",
     "TypeSettings",
@@ -78,8 +80,8 @@ _API_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 _REGISTRY_KINDS = ("journal",)
 _REGISTRY_KINDS_LATER = ("redis",)
-_STORAGE_KINDS = ("filesystem",)
-_STORAGE_KINDS_LATER = ("s3",)
+_STORAGE_KINDS = ("filesystem", "s3")
+_STORAGE_KINDS_LATER: tuple[str, ...] = ()
 _FSYNC_MODES = ("always", "interval", "never")
 _LOG_FORMATS = ("text", "json")
 
@@ -180,7 +182,8 @@ class StorageSettings:
     """
     The C{[storage]} table: where payloads and results are kept.
 
-    @ivar kind: the storage provider; only C{"filesystem"} in this version.
+    @ivar kind: the storage provider: C{"filesystem"} (under C{path}) or
+        C{"s3"} (as C{s3} says).
     @ivar path: the payload directory. L{parse_settings} makes it absolute;
         the class default is relative.
     @ivar inline_max: payloads and results up to this many bytes travel
@@ -194,6 +197,8 @@ class StorageSettings:
     path: Path = Path("gridlike-data/payloads")
     inline_max: int = 64 * KiB
     inline_memory: int = 64 * MiB
+    s3: S3Settings | None = None
+    """The S3 keys, when C{kind} is C{"s3"}."""
 
 
 @frozen
@@ -610,6 +615,7 @@ def _storage(table: _Table, base: Path) -> StorageSettings:
         path=table.path("path", defaults.path, base),
         inline_max=table.size("inline_max", defaults.inline_max),
         inline_memory=table.size("inline_memory", defaults.inline_memory),
+        s3=_s3(table, base),
     )
     if settings.inline_max > MAX_INLINE:
         raise ConfigError(

@@ -84,7 +84,11 @@ def log_summary(settings: Settings) -> None:
         "storage: {storage_kind} at {storage_path}, payloads up to {inline_max} bytes"
         " carried in the journal",
         storage_kind=storage.kind,
-        storage_path=str(storage.path),
+        storage_path=(
+            str(storage.path)
+            if storage.s3 is None
+            else f"s3://{storage.s3.bucket}/{storage.s3.prefix} on {storage.s3.endpoint}"
+        ),
         inline_max=storage.inline_max,
     )
     types = [

@@ -12,7 +12,7 @@ threads, files or timers (L{gridlike.testing.memory_core}).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -63,26 +63,18 @@ class GridLikeService(MultiService):
         """
         super().__init__()
         self._threadpool = ThreadPool(minthreads=2, maxthreads=16, name="gridlike-io")
-        self._filesystem = None if storage is not None else FilesystemStorage(
-            settings.storage.path,
-            reactor=reactor,
-            threadpool=self._threadpool,
-            sync=settings.registry.fsync,
-            sync_interval=settings.registry.fsync_interval,
-        )
+        self._filesystem: FilesystemStorage | None = None
+        self._s3: Any = None
         if storage is None:
-            assert self._filesystem is not None
+            storage = self._storage(settings, reactor)
             inline_max = settings.storage.inline_max
-            storage = (
-                InlineStorage(
-                    self._filesystem,
+            if inline_max:
+                storage = InlineStorage(
+                    storage,
                     inline_max,
                     reactor,
                     memory=settings.storage.inline_memory,
                 )
-                if inline_max
-                else self._filesystem
-            )
         journal = journal or Journal(
             settings.registry.path,
             reactor=reactor,
@@ -102,6 +94,37 @@ class GridLikeService(MultiService):
         heap.clock = reactor
         heap.setServiceParent(self)
 
+    def _storage(self, settings: Settings, reactor: Any) -> IStorage:
+        """
+        @return: the configured storage: the filesystem, or an S3 bucket.
+        @raise SystemExit: the S3 credentials are missing or unreadable.
+        """
+        s3 = settings.storage.s3
+        if settings.storage.kind != "s3" or s3 is None:
+            self._filesystem = FilesystemStorage(
+                settings.storage.path,
+                reactor=reactor,
+                threadpool=self._threadpool,
+                sync=settings.registry.fsync,
+                sync_interval=settings.registry.fsync_interval,
+            )
+            return self._filesystem
+        # Imported here: botocore is not needed by filesystem storage.
+        from gridlike.server.storage.s3 import Location, S3Storage, load_credentials
+
+        try:
+            credentials = load_credentials(
+                s3.access_key_id,
+                s3.secret_access_key,
+                s3.access_key_id_file,
+                s3.secret_access_key_file,
+            )
+        except GridLikeError as e:
+            raise SystemExit(f"gridlike: {e.problem}") from None
+        location = Location(s3.endpoint, s3.bucket, s3.region, s3.prefix, s3.path_style)
+        self._s3 = S3Storage(location, credentials, reactor=reactor)
+        return cast(IStorage, self._s3)
+
     # Service
 
     def startService(self) -> None:
@@ -115,7 +138,10 @@ class GridLikeService(MultiService):
         self._threadpool.start()
         started = core.clock.seconds()
         try:
-            for directory in (core.settings.registry.path.parent, core.settings.storage.path):
+            directories = [core.settings.registry.path.parent]
+            if self._filesystem is not None:
+                directories.append(core.settings.storage.path)
+            for directory in directories:
                 try:
                     os.makedirs(directory, exist_ok=True)
                 except OSError as e:
@@ -129,9 +155,7 @@ class GridLikeService(MultiService):
         # period, as the others do, so that start-up is replay and tidying.
         self._skip_checks += 1
         super().startService()
-        Deferred.fromCoroutine(self._tidy_storage(started)).addErrback(
-            lambda f: log.failure("tidying storage at start-up", f)
-        )
+        Deferred.fromCoroutine(self._tidy_storage(started)).addErrback(_tidy_failed)
 
     def stopService(self) -> Deferred[None]:
         """Stop once the journal is written and synced."""
@@ -147,6 +171,8 @@ class GridLikeService(MultiService):
             await core.journal.close()
             if self._filesystem is not None:
                 await self._filesystem.close()
+            if self._s3 is not None:
+                await self._s3.close()
         finally:
             self._threadpool.stop()
 
@@ -249,3 +275,18 @@ class GridLikeService(MultiService):
                 temporary=removed,
                 orphans=len(orphans),
             )
+
+
+def _tidy_failed(failure: Failure) -> None:
+    """
+    Tidying storage at start-up failed: say why in a line when storage
+    said (as for an S3 bucket that is missing or refuses the credentials:
+    the message names the bucket and endpoint), else with the traceback.
+    """
+    if failure.check(GridLikeError):
+        log.error(
+            "cannot tidy storage at start-up: {problem}",
+            problem=cast(GridLikeError, failure.value).problem,
+        )
+    else:
+        log.failure("tidying storage at start-up", failure)
