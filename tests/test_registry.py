@@ -345,6 +345,15 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(page, [jobs[1]])
         self.assertRaises(BadRequest, h.registry.select, after="nope")
 
+    def test_select_newest(self) -> None:
+        """Newest first pages backwards: after a key are the jobs older than it."""
+        h = Harness()
+        jobs = run(self, h.registry.submit([h.spec(f"k{i}") for i in range(5)]))
+        page, more = h.registry.select(limit=2, newest=True)
+        self.assertEqual((page, more), ([jobs[4], jobs[3]], True))
+        page, more = h.registry.select(after="k3", limit=3, newest=True)
+        self.assertEqual((page, more), ([jobs[2], jobs[1], jobs[0]], False))
+
 
 def _failed(test: SynchronousTestCase, h: Harness, job: Job) -> None:
     """Fail C{job} for good."""
@@ -431,6 +440,22 @@ class BulkTests(SynchronousTestCase):
         self.assertEqual(h.registry.matching(Match(older_than=120)), [old_pending])
         self.assertEqual(h.registry.matching(Match(older_than=40)), [old_done, old_pending])
 
+    def test_info(self) -> None:
+        """
+        C{info} selects the jobs whose error info is exactly that; empty,
+        those without one.
+        """
+        h = Harness()
+        a, b, c, d = run(self, h.registry.submit([h.spec(k) for k in "abcd"]))
+        for job, info in ((a, "disk full"), (b, "disk full!"), (c, None)):
+            h.registry.start(job, "w", None)
+            self.successResultOf(h.registry.fail(job, info, None, "w", for_good=True))
+        self.assertEqual(h.registry.matching(Match(info="disk full")), [a])
+        self.assertEqual(h.registry.matching(Match(status=Status.FAILED, info="")), [c])
+        self.assertEqual(run(self, h.registry.retry_many(Match(info="disk full!"))), [b])
+        self.assertEqual(run(self, h.registry.delete_many(Match(info="disk full"))), [a])
+        self.assertEqual([job.key for job in h.registry], ["b", "c", "d"])
+
     def test_journal_down(self) -> None:
         """
         A bulk change the journal cannot take changes nothing: no job is
@@ -446,6 +471,82 @@ class BulkTests(SynchronousTestCase):
         self.assertEqual(_state(h.registry), state)
         self.assertEqual(h.removed, [])
         self.assertEqual(len(h.storage.objects), 2)
+
+
+def _recount(registry: Registry) -> list[tuple[str | None, int, dict[Status, int]]]:
+    """The batch counts, counted afresh from the jobs, ordered as L{Registry.batches}."""
+    found: dict[tuple[str | None, int], dict[Status, int]] = {}
+    for job in registry:
+        counts = found.setdefault((job.type, job.batch), {status: 0 for status in Status})
+        counts[job.status] += 1
+    ordered = sorted(found, key=lambda k: ((k[0] is not None, k[0] or ""), -k[1]))
+    return [(type, number, found[(type, number)]) for type, number in ordered]
+
+
+def _settled(
+    batches: list[tuple[str | None, int, dict[Status, int]]]
+) -> list[tuple[str | None, int, dict[Status, int]]]:
+    """Batch counts as a restart leaves them: running jobs pending again."""
+    settled = []
+    for type, number, counts in batches:
+        counts = dict(counts)
+        counts[Status.PENDING] += counts[Status.RUNNING]
+        counts[Status.RUNNING] = 0
+        settled.append((type, number, counts))
+    return settled
+
+
+class BatchCountTests(SynchronousTestCase):
+    def counts(self, *figures: int) -> dict[Status, int]:
+        return dict(zip(Status, figures))
+
+    def test_counts_follow_statuses(self) -> None:
+        """
+        Each batch counts its jobs by status as they move, newest batch
+        first per type; a batch whose jobs are all deleted is gone.
+        """
+        h = Harness(CHAINED)
+        a, b, c = run(self, h.registry.submit([h.spec("a", "first"), h.spec("b", "first"),
+                                               h.spec("c", "first")]))
+        run(self, h.registry.submit([h.spec("s", "second")]))
+        h.registry.start(a, "w", None)
+        h.registry.start(b, "w", None)
+        h.storage.objects[(a.id, RESULT)] = b"r"
+        run(self, h.registry.complete(a, 1, "w"))  # its result becomes a job of "second"
+        self.successResultOf(h.registry.fail(b, "x", None, "w", for_good=True))
+        self.assertEqual(h.registry.batches(), [
+            ("first", 2, self.counts(1, 0, 0, 0)),
+            ("first", 1, self.counts(0, 0, 1, 1)),
+            ("second", 1, self.counts(2, 0, 0, 0)),
+        ])
+        self.assertEqual(h.registry.batches(["second", None], limit=1),
+                         [("second", 1, self.counts(2, 0, 0, 0))])
+        self.assertEqual(h.registry.batches(["first"], limit=1), [("first", 2, self.counts(1, 0, 0, 0))])
+        run(self, h.registry.retry(b.key))
+        run(self, h.registry.delete(c.key))
+        self.assertEqual(h.registry.batches(["first"]), [("first", 1, self.counts(1, 0, 1, 0))])
+        self.assertEqual(h.registry.batches(), _recount(h.registry))
+
+    def test_replay_and_compaction(self) -> None:
+        """
+        A replay rebuilds the counts from the records already journaled
+        (running jobs pending again), and so does a replay of a compacted
+        journal: nothing about the counts is journaled.
+        """
+        h = Harness(CHAINED)
+        jobs = run(self, h.registry.submit([h.spec(type="first") for _ in range(5)]))
+        for job in jobs[:3]:
+            h.registry.start(job, "w", None)
+        h.storage.objects[(jobs[0].id, RESULT)] = b"r"
+        run(self, h.registry.complete(jobs[0], 1, "w"))
+        self.successResultOf(h.registry.fail(jobs[1], "x", None, "w", for_good=True))
+        run(self, h.registry.delete(jobs[4].key))
+        expected = _settled(h.registry.batches())
+        self.assertEqual(expected[:2], [("first", 2, self.counts(2, 0, 0, 0)),
+                                        ("first", 1, self.counts(0, 0, 1, 1))])
+        self.assertEqual(h.reopened().batches(), expected)
+        self.successResultOf(h.journal.compact(h.registry.snapshot()))
+        self.assertEqual(h.reopened().batches(), expected)
 
 
 def _state(registry: Registry) -> dict[str, Any]:
@@ -540,6 +641,10 @@ class ReplayTests(SynchronousTestCase):
                 elif name == "retry" and job.status is Status.FAILED:
                     run(self, reg.retry(job.key))
         expected = _state(reg)
+        self.assertEqual(reg.batches(), _recount(reg))
+        batches = _settled(reg.batches())
         self.assertEqual(_state(h.reopened()), expected)
+        self.assertEqual(h.reopened().batches(), batches)
         self.successResultOf(h.journal.compact(reg.snapshot()))
         self.assertEqual(_state(h.reopened()), expected)
+        self.assertEqual(h.reopened().batches(), batches)

@@ -129,7 +129,7 @@ class SessionsTests(SynchronousTestCase):
             (b"GET", "/api/events"), (b"GET", "/api/jobs"), (b"HEAD", "/api/stats"),
             (b"GET", "/api/jobs/k/payload"), (b"POST", "/api/jobs/k/retry"),
             (b"DELETE", "/api/jobs/k"), (b"POST", "/api/jobs/retry"),
-            (b"GET", "/api/jobs/"),
+            (b"GET", "/api/jobs/"), (b"GET", "/api/batches"),
         ]:
             self.assertTrue(page_route(method, split(path)), path)
         for method, path in [

@@ -54,6 +54,7 @@ log = Logger()
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10000
+DEFAULT_BATCHES = 10
 
 
 T = TypeVar("T")
@@ -110,7 +111,8 @@ def _status(request: IRequest) -> Status | None:
 def _match(request: IRequest) -> Match:
     """
     The jobs a bulk change applies to, from the query: C{status}, C{type}
-    (C{null}: jobs without one) and C{older_than} seconds.
+    (C{null}: jobs without one), C{older_than} seconds and C{info}, the
+    exact error info (empty: none).
     """
     type = _arg(request, "type")
     older_than = _arg(request, "older_than")
@@ -127,7 +129,27 @@ def _match(request: IRequest) -> Match:
         type=None if type in (None, "null") else type,
         typed=type is not None,
         older_than=seconds,
+        info=_arg(request, "info"),
     )
+
+
+def _types(request: IRequest) -> list[str | None] | None:
+    """The repeatable C{type} of the query (C{null}: untyped), if any."""
+    values = request.args.get(b"type")
+    if not values:
+        return None
+    try:
+        names = [value.decode("utf-8") for value in values]
+    except UnicodeDecodeError:
+        raise BadRequest("type: not UTF-8") from None
+    return [None if name == "null" else name for name in names]
+
+
+def _newest(request: IRequest) -> bool:
+    order = _arg(request, "order")
+    if order not in (None, "oldest", "newest"):
+        raise BadRequest(f"order: {order!r} is neither 'oldest' nor 'newest'")
+    return order == "newest"
 
 
 def _int_arg(request: IRequest, name: str, low: int, high: int) -> int | None:
@@ -312,6 +334,7 @@ class GridLikeAPI:
             batch=batch,
             after=after,
             limit=limit,
+            newest=_newest(request),
         )
         if more and found:
             query = {
@@ -323,6 +346,17 @@ class GridLikeAPI:
             link = f"<{self._settings.server.path_prefix}/api/jobs?{urlencode(query)}>"
             request.setHeader(b"link", f'{link}; rel="next"'.encode("utf-8"))
         return json_body(request, [job_view(job) for job in found])
+
+    @app.route("/api/batches", methods=["GET"])
+    def batches(self, request: IRequest) -> bytes:
+        limit = _int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_BATCHES
+        found = self._core.registry.batches(_types(request), limit)
+        views = []
+        for type, number, counts in found:
+            view: dict[str, object] = {"type": type, "batch": number, "total": sum(counts.values())}
+            view.update((status.value, n) for status, n in counts.items())
+            views.append(view)
+        return json_body(request, views)
 
     @app.route("/api/jobs/<key>", methods=["GET"])
     async def job(self, request: IRequest, key: str) -> bytes:

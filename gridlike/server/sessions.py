@@ -181,6 +181,7 @@ _PAGE_ROUTES = {
     b"GET": (
         (b"api", b"workers"),
         (b"api", b"stats"),
+        (b"api", b"batches"),
         (b"api", b"events"),
         (b"api", b"jobs"),
         (b"api", b"jobs", None),

@@ -3,7 +3,8 @@ The dashboard in a real headless Chromium (Debian's C{chromium}, driven by
 Playwright for Python; never a browser of Playwright's own download),
 against a real C{twistd -n gridlike}, with a real worker speaking the
 original protocol: sign-in, a worker joining, a job pending -> running with
-progress -> done, a failure with its logs, retry and delete, sign-out, all
+progress -> done, a batch's progress bar, a failure with its logs, retry
+(one job, and a group of failures in one request) and delete, sign-out, all
 without reloading the page.
 
 Screenshots go to C{tests/artifacts/} (ignored by git).
@@ -149,6 +150,9 @@ def test_dashboard(make_daemon: Callable[..., Daemon], page: Page) -> None:
     expect(page.locator('.card[data-status="done"] b')).to_have_text("1")
     expect(job.locator("a", has_text="result")).to_have_attribute("href", "api/jobs/job-1/result")
     expect(row.locator("td").nth(6)).to_have_text("1")  # jobs done
+    batch = page.locator('#batches tr[data-batch="null:1"]')
+    expect(batch.locator("progress")).to_have_attribute("max", "1")
+    expect(batch.locator("td.progress")).to_have_text("1 / 1")
     # Its links open with the session's cookie alone.
     assert fetch(page, "GET", "api/jobs/job-1/payload", csrf=False) == [200, "in"]
     assert fetch(page, "GET", "api/jobs/job-1/result", csrf=False) == [200, "out"]
@@ -159,6 +163,8 @@ def test_dashboard(make_daemon: Callable[..., Daemon], page: Page) -> None:
     worker.fail("renderer crashed", "Traceback: frame 7\nsegfault")
     failed = page.locator('#jobs tr[data-key="job-2"]')
     expect(failed.locator(".status")).to_have_text("failed")
+    expect(batch.locator("td.progress")).to_have_text("1 / 2")  # kept current from the events
+    expect(batch).to_contain_text("1 failed")
     group = page.locator("#failures .group", has_text="renderer crashed")
     expect(group).to_contain_text("1 job")
     expect(group.locator("pre.logs")).to_have_text("Traceback: frame 7\nsegfault")
@@ -174,9 +180,34 @@ def test_dashboard(make_daemon: Callable[..., Daemon], page: Page) -> None:
     expect(failed.locator(".status")).to_have_text("pending")
     expect(group).to_have_count(0)
 
+    # Two failures with the same info: "Retry all" of their group is one request.
+    assert worker.ready() == b"in"
+    worker.fail("renderer crashed", "again")
+    submit(server, "job-3")
+    assert worker.ready() == b"in"
+    worker.fail("renderer crashed", "and again")
+    expect(group).to_contain_text("2 jobs")
+    expect(group.locator("pre.logs")).to_have_text("and again")
+    expect(batch.locator("progress")).to_have_attribute("max", "3")
+    expect(batch).to_contain_text("2 failed")
+    shot(page, "dashboard-failures.png")
+    retries: list[str] = []
+    page.on("request", lambda r: retries.append(r.url) if "/retry" in r.url else None)
+    with page.expect_response(lambda r: "api/jobs/retry?" in r.url) as answer:
+        group.locator("button.retry-group").click()
+    assert answer.value.status == 202
+    assert answer.value.json() == {"retried": ["job-2", "job-3"], "count": 2}
+    assert retries == [server.url + "/api/jobs/retry?status=failed&info=renderer+crashed"]
+    expect(failed.locator(".status")).to_have_text("pending")
+    expect(page.locator('#jobs tr[data-key="job-3"] .status')).to_have_text("pending")
+    expect(group).to_have_count(0)
+    expect(batch.locator("td.progress")).to_have_text("1 / 3")
+    expect(batch).not_to_contain_text("failed")
+
     # Delete.
     job.locator("button.delete").click()
     expect(job).to_have_count(0)
+    expect(batch.locator("td.progress")).to_have_text("0 / 2")
     gone = requests.get(server.url + "/api/jobs/job-1", headers={"X-API-KEY": KEY}, timeout=10)
     assert gone.status_code == 404
 

@@ -5,7 +5,9 @@ it, L{JobTable._apply}: live once a record is durable, and at replay.
 
 This is the half of L{gridlike.server.registry.Registry} that never touches
 the journal or storage: the jobs by id and key, the pending queue per type,
-the counts that C{GET /api/stats} reports, watchers, and the announcements
+the counts that C{GET /api/stats} reports and those per batch that
+C{GET /api/batches} does (kept where statuses change, so that replay
+rebuilds them and nothing about them is journaled), watchers, and the announcements
 to listeners.  The other half (L{gridlike.server.registry.journaled})
 checks a change, journals it, and only then hands the record here, so that
 the state in memory is always what a restart would rebuild.
@@ -14,7 +16,8 @@ the state in memory is always what a restart would rebuild.
 from __future__ import annotations
 
 from collections import Counter, deque
-from typing import Any, Iterator, Sequence
+from heapq import nlargest
+from typing import Any, Iterable, Iterator, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -49,6 +52,7 @@ class JobTable:
         self._next = 1
         self._type_counts: Counter[str | None] = Counter()
         self._counts: Counter[tuple[str | None, Priority, Status]] = Counter()
+        self._batches: dict[str | None, dict[int, Counter[Status]]] = {}
         self._payload_bytes = 0
         self._result_bytes = 0
         self._ended: deque[tuple[float, Status]] = deque()
@@ -100,17 +104,20 @@ class JobTable:
         after: str | None = None,
         limit: int = 1000,
         typed: bool = False,
+        newest: bool = False,
     ) -> tuple[list[Job], bool]:
         """See L{IRegistry.select}."""
-        after_seq = 0
+        jobs: Iterable[Job] = self._jobs.values()
+        if newest:
+            jobs = reversed(self._jobs.values())
+        mark = None
         if after is not None:
             mark = self._keys.get(after)
             if mark is None:
                 raise BadRequest(f"after: no job with key {after!r}")
-            after_seq = mark.seq
         found: list[Job] = []
-        for job in self._jobs.values():
-            if job.seq <= after_seq:
+        for job in jobs:
+            if mark is not None and (job.seq >= mark.seq if newest else job.seq <= mark.seq):
                 continue
             if status is not None and job.status is not status:
                 continue
@@ -129,6 +136,19 @@ class JobTable:
         """The jobs that C{match} selects, in submission order."""
         horizon = None if match.older_than is None else self._clock.seconds() - match.older_than
         return [job for job in self._jobs.values() if match.selects(job, horizon)]
+
+    def batches(
+        self, types: Sequence[str | None] | None = None, limit: int = 10
+    ) -> list[tuple[str | None, int, dict[Status, int]]]:
+        """See L{IRegistry.batches}."""
+        chosen = self._batches.keys() if types is None else [t for t in types if t in self._batches]
+        found = []
+        for type in sorted(set(chosen), key=lambda t: (t is not None, t or "")):
+            numbers = self._batches[type]
+            for number in nlargest(limit, numbers):
+                counts = numbers[number]
+                found.append((type, number, {status: counts[status] for status in Status}))
+        return found
 
     def pending(self, type: str | None) -> PendingQueue:
         """The pending queue of a type."""
@@ -215,6 +235,9 @@ class JobTable:
         counts = self._counts
         counts[(job.type, job.priority, job.status)] -= 1
         counts[(job.type, job.priority, status)] += 1
+        batch = self._batches[job.type][job.batch]
+        batch[job.status] -= 1
+        batch[status] += 1
         job.status = status
         if status.terminal:
             for waiter in self._watchers.pop(job.id, ()):
@@ -284,6 +307,13 @@ class JobTable:
         self._jobs[job.id] = job
         self._keys[job.key] = job
         self._counts[(job.type, job.priority, job.status)] += 1
+        batches = self._batches.get(job.type)
+        if batches is None:
+            batches = self._batches[job.type] = {}
+        batch = batches.get(job.batch)
+        if batch is None:
+            batch = batches[job.batch] = Counter()
+        batch[job.status] += 1
         self._payload_bytes += job.payload_size
         self._result_bytes += job.result_size or 0
         if job.status is Status.PENDING:
@@ -295,6 +325,13 @@ class JobTable:
         if self._keys.get(job.key) is job:
             del self._keys[job.key]
         self._counts[(job.type, job.priority, job.status)] -= 1
+        batches = self._batches[job.type]
+        batch = batches[job.batch]
+        batch[job.status] -= 1
+        if not any(batch.values()):  # its last job went: the batch is no more
+            del batches[job.batch]
+            if not batches:
+                del self._batches[job.type]
         self._payload_bytes -= job.payload_size
         self._result_bytes -= job.result_size or 0
 

@@ -49,12 +49,15 @@ class Match:
     @ivar typed: whether C{type} is a filter (L{None} is a real type).
     @ivar older_than: seconds since the job ended or, not ended yet, since
         it was submitted.
+    @ivar info: the exact C{error.info} of the job (the groups of the
+        dashboard's failures); C{""} selects jobs without one.
     """
 
     status: Status | None = None
     type: str | None = None
     typed: bool = False
     older_than: float | None = None
+    info: str | None = None
 
     def selects(self, job: Job, horizon: float | None) -> bool:
         """
@@ -63,6 +66,8 @@ class Match:
         if self.status is not None and job.status is not self.status:
             return False
         if self.typed and job.type != self.type:
+            return False
+        if self.info is not None and ((job.error and job.error.info) or "") != self.info:
             return False
         if horizon is None:
             return True
@@ -138,18 +143,33 @@ class IRegistry(Interface):
         after: str | None = None,
         limit: int = 1000,
         typed: bool = False,
+        newest: bool = False,
     ) -> tuple[list[Job], bool]:
         """
         Jobs in submission order that match every filter given, the first
         C{limit} of them after the job keyed C{after}.
 
         @param typed: whether C{type} is a filter (L{None} is a real type).
+        @param newest: the newest first instead, in reverse submission
+            order; C{after} then names the last job of the page before.
         @return: the jobs, and whether more match after them.
         @raise BadRequest: C{after} names no job.
         """
 
     def matching(match: Match) -> list[Job]:
         """The jobs that C{match} selects, in submission order."""
+
+    def batches(
+        types: Sequence[str | None] | None = None, limit: int = 10
+    ) -> list[tuple[str | None, int, dict[Status, int]]]:
+        """
+        Job counts by status of the newest C{limit} batches of each type
+        that still has jobs (a batch whose jobs are all deleted is gone):
+        by type (L{None} first, then by name), newest batch first.
+
+        @param types: only these types; L{None}: every type.
+        @return: C{(type, batch number, {status: jobs})} with every status.
+        """
 
     def pending(type: str | None) -> PendingQueue:
         """The pending queue of a type: what dispatch takes jobs from."""

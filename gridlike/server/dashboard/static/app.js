@@ -7,6 +7,7 @@ const PAGE = 50;            // rows of the job list
 const GONE_AFTER = 60e3;    // ms a disconnected worker stays, greyed out
 const BUCKET = 10e3;        // ms per bar of the throughput chart
 const BARS = 60;            // 10 minutes of bars
+const BATCHES = 5;          // the newest batches shown per type
 
 const $ = (selector) => document.querySelector(selector);
 let session = null;         // {auth, signed_in, user, csrf, last_event_id}
@@ -14,7 +15,8 @@ let source = null;          // the EventSource
 const state = {
   workers: new Map(),       // id -> worker view
   types: {}, priorities: {}, jobs: {},   // counts, as /api/stats gives them
-  failures: new Map(),      // key -> failed job view
+  batches: new Map(),       // "type:batch" -> {type, batch, total, pending, ...}
+  failures: new Map(),      // key -> failed job view, the newest first
   page: [],                 // the job list's rows, job views
   next: null,               // the URL of the next page, or null
   filter: {},
@@ -94,7 +96,10 @@ async function load() {
   state.jobs = stats.jobs;
   state.types = stats.types;
   state.priorities = stats.priorities;
-  const failed = await (await api("api/jobs?status=failed&limit=1000")).json();
+  const [batches, failed] = await Promise.all([
+    api("api/batches?limit=" + BATCHES).then((r) => r.json()),
+    api("api/jobs?status=failed&order=newest&limit=1000").then((r) => r.json())]);
+  state.batches = new Map(batches.map((b) => [batchId(b.type, b.batch), b]));
   state.failures = new Map(failed.map((job) => [job.key, job]));
   await loadPage(jobsURL());
 }
@@ -154,6 +159,27 @@ const MOVES = {
   failed: ["running", "failed"], retried: ["failed", "pending"],
 };
 
+const typeName = (type) => type === null ? "null" : type;
+const batchId = (type, batch) => typeName(type) + ":" + batch;
+
+// A job moved within its batch: follow it if the batch is one of those shown,
+// or a newer one (which was empty when the page loaded).
+function onBatch(job, move) {
+  const id = batchId(job.type, job.batch);
+  let row = state.batches.get(id);
+  if (!row) {
+    if (move[0] !== null) return;
+    const same = [...state.batches.values()].filter((b) => b.type === job.type);
+    if (same.some((b) => b.batch > job.batch)) return;
+    row = { type: job.type, batch: job.batch, total: 0, pending: 0, running: 0, done: 0, failed: 0 };
+    state.batches.set(id, row);
+    same.sort((a, b) => b.batch - a.batch).slice(BATCHES - 1).forEach((b) => state.batches.delete(batchId(b.type, b.batch)));
+  }
+  if (move[0]) row[move[0]] = Math.max(0, row[move[0]] - 1); else row.total += 1;
+  if (move[1]) row[move[1]] += 1; else row.total -= 1;
+  if (row.total <= 0) state.batches.delete(id);
+}
+
 function count(table, name, status, delta) {
   const row = table[name] || (table[name] = {});
   row[status] = Math.max(0, (row[status] || 0) + delta);
@@ -162,7 +188,8 @@ function count(table, name, status, delta) {
 function onJob({ change, job }) {
   const move = change === "deleted" ? [job.status, null] : MOVES[change];
   if (move) {
-    const type = job.type === null ? "null" : job.type;
+    onBatch(job, move);
+    const type = typeName(job.type);
     for (const [status, delta] of [[move[0], -1], [move[1], 1]]) {
       if (!status) continue;
       state.jobs[status] = Math.max(0, (state.jobs[status] || 0) + delta);
@@ -173,8 +200,8 @@ function onJob({ change, job }) {
   if (change === "done") {
     state.done.push(Date.now());
   }
-  if (change === "failed") state.failures.set(job.key, job);
-  else if (state.failures.has(job.key)) state.failures.delete(job.key);
+  if (state.failures.has(job.key)) state.failures.delete(job.key);
+  if (change === "failed") state.failures = new Map([[job.key, job], ...[...state.failures].slice(0, 999)]);
 
   const index = state.page.findIndex((row) => row.key === job.key);
   if (change === "deleted") {
@@ -259,6 +286,16 @@ function draw() {
     return el("tr", {}, td(type === "null" ? "(untyped)" : type), ...STATUSES.map((s) => td(c[s] || 0)),
       el("td", {}, meter, " " + (c.done || 0) + " / " + total));
   }));
+  const batches = [...state.batches.values()].sort((a, b) =>
+    typeName(a.type).localeCompare(typeName(b.type)) || b.batch - a.batch);
+  fill($("#batches tbody"), batches.map((b) => {
+    const meter = el("progress", { max: String(b.total || 1) });
+    meter.value = b.done;
+    return el("tr", { "data-batch": batchId(b.type, b.batch) },
+      td(b.type === null ? "(untyped)" : b.type), td(b.batch),
+      el("td", { class: "progress" }, meter, " " + b.done + " / " + b.total),
+      td(b.failed ? b.failed + " failed" : "", { class: b.failed ? "status-failed" : "" }));
+  }));
   fill($("#priorities tbody"), Object.entries(state.priorities).map(([p, c]) =>
     el("tr", {}, td(p), ...STATUSES.map((s) => td(c[s] || 0)))));
   drawChart();
@@ -312,7 +349,7 @@ function drawWorkers() {
 function drawFailures() {
   const groups = new Map();
   for (const job of state.failures.values()) {
-    const info = (job.error && job.error.info) || "(no info)";
+    const info = (job.error && job.error.info) || "";
     if (!groups.has(info)) groups.set(info, []);
     groups.get(info).push(job);
   }
@@ -321,8 +358,8 @@ function drawFailures() {
   $("#failures").replaceChildren(...sorted.slice(0, 20).map(([info, jobs]) => {
     const last = latest(jobs);
     return el("div", { class: "group" },
-      el("strong", { text: info }), " — " + jobs.length + " job" + (jobs.length === 1 ? "" : "s") + " ",
-      el("button", { class: "small", text: "Retry all " + jobs.length, onclick: () => retryGroup(jobs) }),
+      el("strong", { text: info || "(no info)" }), " — " + jobs.length + " job" + (jobs.length === 1 ? "" : "s") + " ",
+      el("button", { class: "small retry-group", text: "Retry all", onclick: () => retryGroup(info) }),
       el("div", { class: "keys", text: jobs.slice(0, 10).map((j) => j.key).join(", ") + (jobs.length > 10 ? ", …" : "") }),
       el("pre", { class: "logs", text: (last.error && last.error.logs) || "(no logs)" }));
   }));
@@ -352,8 +389,9 @@ async function act(path, method) {
   try { await api(path, { method }); $("#problem").textContent = ""; } catch (e) { show(e); }
 }
 
-async function retryGroup(jobs) {
-  for (const job of jobs) await act("api/jobs/" + encodeURIComponent(job.key) + "/retry", "POST");
+// Every failed job with this error info, the ones not loaded here too, in one request.
+function retryGroup(info) {
+  return act("api/jobs/retry?" + new URLSearchParams({ status: "failed", info }), "POST");
 }
 
 $("#retry-failed").addEventListener("click", () => act("api/jobs/retry?status=failed", "POST"));
