@@ -12,10 +12,12 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
+from zope.interface import directlyProvides
 
 from gridlike.server.upload import UploadRequest
 from tests.test_api import BOUNDARY, Server, _Received, form
@@ -58,7 +60,7 @@ class Upload:
 
     @property
     def request(self) -> UploadRequest:
-        request: UploadRequest = self.channel._channel.requests[-1]  # type: ignore[attr-defined]
+        request: UploadRequest = self.channel.requests[-1]  # type: ignore[attr-defined]
         return request
 
     def send(self, data: bytes) -> None:
@@ -290,3 +292,15 @@ class SlotTests(SynchronousTestCase):
         self.assertEqual(upload.answer()[0], 202)
         upload.close()
         self.assertEqual(len(server.payload_ids()), 1)
+
+
+class PromptChannelTests(SynchronousTestCase):
+    def test_no_delay(self) -> None:
+        """The site's connections turn Nagle's algorithm off: writes leave at once."""
+        server = Server()
+        channel = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40100))
+        transport = StringTransport()
+        transport.setTcpNoDelay = lambda enabled: setattr(transport, "no_delay", enabled)  # type: ignore[attr-defined, method-assign]
+        directlyProvides(transport, ITCPTransport)
+        channel.makeConnection(transport)
+        self.assertIs(getattr(transport, "no_delay", None), True)
