@@ -23,24 +23,9 @@ from zope.interface import implementer
 from ..errors import PayloadTooLarge, Unavailable
 from ._fs_common import RunInThread, open_temporary, reason, remove_quietly, write_all
 from ._fs_sync import Placed, Plan, SyncBatcher, SyncTarget
-from .interface import IPayloadWriter
+from .interface import IPayloadWriter, WriterState
 
 log = Logger()
-
-
-class _State(Enum):
-    """The life of a L{FileWriter}."""
-
-    OPEN = auto()
-    """Accepting bytes."""
-    FINISHING = auto()
-    """C{finish} was called and has not fired yet."""
-    FINISHED = auto()
-    """The object is durable and visible."""
-    FAILED = auto()
-    """C{finish} failed; nothing remains."""
-    ABORTED = auto()
-    """Discarded, by C{abort} or by going past the size limit."""
 
 
 class _Operation(Enum):
@@ -105,7 +90,7 @@ class FileWriter:
         self._run_in_thread = run_in_thread
         self._sync_target = sync_target
         self._sync_batcher = sync_batcher
-        self._state = _State.OPEN
+        self._state = WriterState.OPEN
         self._too_large = False
         # Bytes not yet in the file: a partial chunk, full chunks waiting
         # for the thread, and the chunk the thread is writing.
@@ -173,11 +158,11 @@ class FileWriter:
             size; the writer then aborts itself.
         @raise RuntimeError: If L{finish} was called.
         """
-        if self._state is _State.ABORTED:
+        if self._state is WriterState.ABORTED:
             if self._too_large:
                 raise PayloadTooLarge(self._too_large_problem())
             return
-        if self._state is not _State.OPEN:
+        if self._state is not WriterState.OPEN:
             raise RuntimeError(f"{self!r}: write() after finish()")
         size = self.size + len(data)
         if self._max_size is not None and size > self._max_size:
@@ -212,13 +197,13 @@ class FileWriter:
 
         @raise RuntimeError: If L{finish} was already called.
         """
-        if self._state is _State.ABORTED:
+        if self._state is WriterState.ABORTED:
             if self._too_large:
                 return fail(PayloadTooLarge(self._too_large_problem()))
             return fail(CancelledError(f"{self!r}: finish() after abort()"))
-        if self._state is not _State.OPEN:
+        if self._state is not WriterState.OPEN:
             raise RuntimeError(f"{self!r}: finish() called twice")
-        self._state = _State.FINISHING
+        self._state = WriterState.FINISHING
         finished = self._finished = Deferred()
         self._pump()
         return finished
@@ -229,8 +214,8 @@ class FileWriter:
 
         @return: A L{Deferred} firing with C{None} when nothing remains.
         """
-        if self._state is _State.OPEN:
-            self._state = _State.ABORTED
+        if self._state is WriterState.OPEN:
+            self._state = WriterState.ABORTED
             self._drop_buffers()
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
@@ -266,7 +251,7 @@ class FileWriter:
         according to how many bytes are outstanding.
         """
         producer = self._producer
-        if producer is None or self._state is not _State.OPEN:
+        if producer is None or self._state is not WriterState.OPEN:
             return
         outstanding = self._outstanding()
         if self._streaming:
@@ -295,7 +280,7 @@ class FileWriter:
                 producer = self._producer
                 if producer is None or self._streaming:
                     break
-                if self._state is not _State.OPEN:
+                if self._state is not WriterState.OPEN:
                     break
                 cast(IPullProducer, producer).resumeProducing()
                 if not self._pull_again:
@@ -312,14 +297,14 @@ class FileWriter:
         if self._busy:
             return
         state = self._state
-        if state is _State.OPEN:
+        if state is WriterState.OPEN:
             if self._queue and self._error is None:
                 chunk = self._queue.popleft()
                 size = sum(map(len, chunk))
                 self._queued -= size
                 self._start(size, _Operation.CHUNK, self._write_chunk, chunk)
             return
-        if state is _State.FINISHING:
+        if state is WriterState.FINISHING:
             if self._error is None:
                 pieces = [piece for chunk in self._queue for piece in chunk]
                 pieces.extend(self._pieces)
@@ -327,11 +312,11 @@ class FileWriter:
                 self._drop_buffers()
                 self._start(size, _Operation.LAST, self._write_last, pieces)
                 return
-            self._state = _State.FAILED
+            self._state = WriterState.FAILED
             finished, self._finished = self._finished, None
             assert finished is not None
             finished.errback(self._error)
-        elif state is _State.ABORTED and self._fd is not None:
+        elif state is WriterState.ABORTED and self._fd is not None:
             self._start(0, _Operation.DISCARD, self._discard)
             return
         waiters, self._waiters = self._waiters, []
@@ -417,7 +402,7 @@ class FileWriter:
         The object is in place and as durable as the policy asks: fire
         L{finish}.
         """
-        self._state = _State.FINISHED
+        self._state = WriterState.FINISHED
         finished, self._finished = self._finished, None
         assert finished is not None
         finished.callback(self.size)

@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from ..errors import Damaged, PayloadTooLarge
 from ._fs_common import check_job_id, check_kind
-from .interface import KINDS, IPayloadWriter, IStorage, check_size
+from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size
 
 __all__ = ["OBJECT_OVERHEAD", "IInlineStorage", "InlineStorage", "Unfiled"]
 
@@ -330,8 +330,7 @@ class InlineStorage:
             return self.inner.read(
                 job_id, kind, consumer, offset, expected_size=expected_size
             )
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, not {offset}")
+        check_offset(offset)
         try:
             check_size(job_id, kind, len(data), expected_size)
         except Damaged as e:

@@ -19,7 +19,6 @@ while there is room.
 from __future__ import annotations
 
 from collections import deque
-from enum import Enum, auto
 from typing import Awaitable, Callable, cast
 from xml.sax.saxutils import escape
 
@@ -31,23 +30,13 @@ from zope.interface import implementer
 
 from ..errors import GridLikeError, PayloadTooLarge
 from ._s3_http import Body, S3Client, drop, xml_root
-from .interface import IPayloadWriter
+from .interface import IPayloadWriter, WriterState
 
 log = Logger()
 
 Problem = Callable[[BaseException, str], GridLikeError]
 """Turns a failure of an S3 call, and what it was doing, into the error to
 report (L{gridlike.server.errors.Unavailable}, mostly)."""
-
-
-class _State(Enum):
-    """The life of an L{S3Writer}."""
-
-    OPEN = auto()
-    FINISHING = auto()
-    FINISHED = auto()
-    FAILED = auto()
-    ABORTED = auto()
 
 
 @implementer(IPayloadWriter)
@@ -88,7 +77,7 @@ class S3Writer:
         self._part_size = part_size
         self._problem = problem
         self._uploads = uploads
-        self._state = _State.OPEN
+        self._state = WriterState.OPEN
         self._too_large = False
         self._part = Body()
         self._queue: deque[Body] = deque()
@@ -121,11 +110,11 @@ class S3Writer:
         self._paused = False
 
     def write(self, data: bytes) -> None:
-        if self._state is _State.ABORTED:
+        if self._state is WriterState.ABORTED:
             if self._too_large:
                 raise PayloadTooLarge(self._too_large_problem())
             return
-        if self._state is not _State.OPEN:
+        if self._state is not WriterState.OPEN:
             raise RuntimeError(f"{self!r}: write() after finish()")
         size = self.size + len(data)
         if self._max_size is not None and size > self._max_size:
@@ -159,7 +148,7 @@ class S3Writer:
         ask a pull producer for more) while there is room.
         """
         full = self._outstanding() >= 2 * self._part_size
-        if self._producer is None or self._state is not _State.OPEN:
+        if self._producer is None or self._state is not WriterState.OPEN:
             return
         if self._streaming:
             producer = cast(IPushProducer, self._producer)
@@ -177,7 +166,7 @@ class S3Writer:
             while (
                 self._producer is not None
                 and not self._streaming
-                and self._state is _State.OPEN
+                and self._state is WriterState.OPEN
                 and self._outstanding() < 2 * self._part_size
             ):
                 before = self.size
@@ -196,7 +185,7 @@ class S3Writer:
         """
         if self._in_flight:
             return
-        if self._queue and self._error is None and self._state is not _State.ABORTED:
+        if self._queue and self._error is None and self._state is not WriterState.ABORTED:
             body = self._queue.popleft()
             self._in_flight = body.length
             Deferred.fromCoroutine(self._send_part(body)).addBoth(self._part_sent, body)
@@ -248,13 +237,13 @@ class S3Writer:
     # Ending
 
     def finish(self) -> Deferred[int]:
-        if self._state is _State.ABORTED:
+        if self._state is WriterState.ABORTED:
             if self._too_large:
                 return fail(PayloadTooLarge(self._too_large_problem()))
             return fail(CancelledError())
-        if self._state is not _State.OPEN:
+        if self._state is not WriterState.OPEN:
             raise RuntimeError(f"{self!r}: finish() called twice")
-        self._state = _State.FINISHING
+        self._state = WriterState.FINISHING
         self._producer = None
         self._settled = Deferred()
         finishing = Deferred.fromCoroutine(self._finish())
@@ -285,12 +274,12 @@ class S3Writer:
                     raise self._error
                 await self._complete()
         except BaseException as error:
-            self._state = _State.FAILED
+            self._state = WriterState.FAILED
             await self._abort_upload()
             if isinstance(error, CancelledError):
                 raise
             raise self._problem(error, f"storing the {self._kind}") from error
-        self._state = _State.FINISHED
+        self._state = WriterState.FINISHED
         return self.size
 
     async def _complete(self) -> None:
@@ -314,8 +303,8 @@ class S3Writer:
         self._upload_id = None
 
     def abort(self) -> Deferred[None]:
-        if self._state is _State.OPEN:
-            self._state = _State.ABORTED
+        if self._state is WriterState.OPEN:
+            self._state = WriterState.ABORTED
             self._producer = None
             self._part = Body()
             self._queue.clear()

@@ -67,7 +67,7 @@ from ._fs_cache import BUDGET, CachingWriter, SmallObjects
 from ._fs_reader import FileReader, read_whole
 from ._fs_sync import SYNC_POLICIES, Placed, Plan, SyncBatcher, SyncOps, SyncTarget
 from ._fs_writer import FileWriter
-from .interface import KINDS, IPayloadWriter, IStorage, check_size
+from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size
 
 __all__ = [
     "SYNC_POLICIES",
@@ -304,8 +304,7 @@ class FilesystemStorage:
         @raise ValueError: If an argument is invalid.
         """
         path = self.path(job_id, kind)
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, not {offset}")
+        check_offset(offset)
         try:
             cached = self._cached(job_id, kind, expected_size)
         except Damaged:

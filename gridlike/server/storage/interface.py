@@ -12,6 +12,8 @@ through a streaming producer that L{IStorage.read} registers on a consumer.
 
 from __future__ import annotations
 
+from enum import Enum, auto
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
@@ -70,6 +72,29 @@ def check_size(job_id: str, kind: str, size: int, expected_size: int | None) -> 
             f"the {kind} of job {job_id} is damaged: {size} bytes are stored,"
             f" its record says {expected_size}"
         )
+
+
+def check_offset(offset: int) -> None:
+    """
+    @raise ValueError: C{offset}, where a read starts, is negative.
+    """
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, not {offset}")
+
+
+class WriterState(Enum):
+    """The life of an L{IPayloadWriter}, as its providers track it."""
+
+    OPEN = auto()
+    """Accepting bytes."""
+    FINISHING = auto()
+    """C{finish} was called and has not fired yet."""
+    FINISHED = auto()
+    """The object is durable and visible."""
+    FAILED = auto()
+    """C{finish} failed; nothing remains."""
+    ABORTED = auto()
+    """Discarded, by C{abort} or by going past the size limit."""
 
 
 class IPayloadWriter(IConsumer):

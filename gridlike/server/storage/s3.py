@@ -52,7 +52,7 @@ from ._fs_common import check_job_id, check_kind
 from ._s3_http import Body, Location, S3Client, S3Error, S3Unreachable, xml_root
 from ._s3_reader import S3Reader, abandon, open_object
 from ._s3_writer import S3Writer
-from .interface import KINDS, IPayloadWriter, IStorage, check_size
+from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size
 
 __all__ = ["Location", "S3Storage", "load_credentials"]
 
@@ -280,8 +280,7 @@ class S3Storage:
         expected_size: int | None = None,
     ) -> Deferred[int]:
         key = self.key(job_id, kind)
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, not {offset}")
+        check_offset(offset)
         return S3Reader(
             client=self.client,
             key=key,
