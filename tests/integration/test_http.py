@@ -368,7 +368,10 @@ def test_port_in_use(tmp_path: Path) -> None:
 def test_unusable_data_directory(tmp_path: Path) -> None:
     """A data directory that cannot be made stops start-up with one line."""
     (tmp_path / "occupied").write_text("a file, not a directory")
-    code, output = run_twistd(tmp_path, '[registry]\npath = "occupied/journal"\n')
+    code, output = run_twistd(
+        tmp_path,
+        '[server]\nlisten = ["tcp:0:interface=127.0.0.1"]\n[registry]\npath = "occupied/journal"\n',
+    )
     assert code != 0
     assert "occupied" in output and "Traceback" not in output
 
