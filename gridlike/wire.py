@@ -36,26 +36,42 @@ from typing import Any, Callable, TypeGuard, Union
 from attrs import frozen
 
 __all__ = [
+    "CANCEL",
     "CLOSE_BAD_TOKEN",
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_REGISTER_TIMEOUT",
+    "JOB",
     "JOB_FAILED",
+    "MAX_HELD",
     "MAX_ID",
     "MAX_NAME",
     "PROGRESS",
+    "PROTOCOL_2",
     "REGISTER",
+    "RESULT",
     "STATUS",
     "STATUS_REQUEST",
     "STATUS_REQUEST_FRAME",
+    "TAKEN",
+    "WELCOME",
     "BadMessage",
+    "Cancel",
+    "Held",
     "JobFailed",
+    "JobInfo",
     "Message",
     "Progress",
     "Register",
+    "Result",
+    "ServerMessage",
     "Status",
+    "StatusRequest",
+    "Taken",
+    "Welcome",
     "decode",
     "number",
     "read",
+    "read_from_server",
     "string",
 ]
 
@@ -73,6 +89,24 @@ PROGRESS = 3
 
 JOB_FAILED = 4
 """Message code, worker to server: the job held failed, with C{info}, C{logs}."""
+
+WELCOME = 5
+"""Message code, server to protocol 2 worker: what was granted, what to keep."""
+
+JOB = 6
+"""Message code, server to protocol 2 worker: a job; its payload follows."""
+
+RESULT = 7
+"""Message code, protocol 2 worker to server: a result follows, for a job."""
+
+CANCEL = 8
+"""Message code, server to protocol 2 worker: stop a job's attempt now."""
+
+TAKEN = 9
+"""Message code, server to protocol 2 worker: a result was recorded or dropped."""
+
+PROTOCOL_2 = 2
+"""The C{protocol} a register asks for to speak protocol 2 (docs/api.md)."""
 
 CLOSE_BAD_TOKEN = 4001
 """Close code: the register message carried a wrong token."""
@@ -93,6 +127,9 @@ MAX_ID = 256
 
 MAX_NAME = 256
 """The longest worker C{name} accepted, in characters."""
+
+MAX_HELD = 10_000
+"""The most jobs a protocol 2 register may list as held."""
 
 _ASCII_LOWER = str.maketrans(_string.ascii_uppercase, _string.ascii_lowercase)
 
@@ -203,10 +240,16 @@ class Register:
     name: str | None
     id: str | None
     token: str | None
+    protocol: int = 1
+    slots: int = 1
+    held: tuple[Held, ...] = ()
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Register:
         """
+        Only C{"protocol": 2} asks for protocol 2; with anything else the
+        protocol 2 fields are not read at all, as the original ignored them.
+
         @param message: a decoded code 0 message.
         @return: the register.
         @raise BadMessage: a field is of the wrong type, or too long.
@@ -214,7 +257,21 @@ class Register:
         name = string(message, "name", max_length=MAX_NAME)
         uid = string(message, "id", max_length=MAX_ID)
         token = string(message, "token")
-        return cls(name, uid or None, token)
+        if message.get("protocol") != PROTOCOL_2 or isinstance(message.get("protocol"), bool):
+            return cls(name, uid or None, token)
+        slots = message.get("slots")
+        if slots is None:
+            slots = 1
+        elif not _is_integer(slots) or slots < 1:
+            raise BadMessage("slots must be a positive integer")
+        held = message.get("held")
+        if held is None:
+            held = []
+        elif not isinstance(held, list) or len(held) > MAX_HELD:
+            raise BadMessage(f"held must be a list of at most {MAX_HELD} jobs")
+        return cls(
+            name, uid or None, token, PROTOCOL_2, slots, tuple(map(Held.from_item, held))
+        )
 
     def identity(self, host: str) -> tuple[str, str]:
         """
@@ -232,6 +289,69 @@ class Register:
         if self.name:
             return f"name:{self.name}", "name"
         return f"address:{host}", "address"
+
+
+@frozen
+class Held:
+    """
+    One job a protocol 2 worker lists in its register as still its own.
+
+    @ivar job: the job's id.
+    @ivar attempt: the attempt it holds.
+    @ivar finished: whether its result is ready (kept in the worker's
+        outbox) rather than still being computed.
+    """
+
+    job: str
+    attempt: int
+    finished: bool
+
+    @classmethod
+    def from_item(cls, item: object) -> Held:
+        """
+        @param item: one element of a register's C{held} list.
+        @return: the held job.
+        @raise BadMessage: it is not an object with a job id, an attempt
+            and (optionally) C{finished}.
+        """
+        if not isinstance(item, dict):
+            raise BadMessage("held must list objects")
+        job, attempt = _job_and_attempt(item)
+        finished = item.get("finished", False)
+        if not isinstance(finished, bool):
+            raise BadMessage("finished must be a boolean")
+        return cls(job, attempt, finished)
+
+
+def _job_and_attempt(message: dict[str, Any]) -> tuple[str, int]:
+    """
+    @param message: a decoded protocol 2 message naming an attempt.
+    @return: its C{job} id and C{attempt} number.
+    @raise BadMessage: either is missing or of the wrong type.
+    """
+    job = string(message, "job", max_length=MAX_ID)
+    if not job:
+        raise BadMessage("job must be a job id")
+    attempt = message.get("attempt")
+    if not _is_integer(attempt) or attempt < 1:
+        raise BadMessage("attempt must be a positive integer")
+    return job, attempt
+
+
+def _attempt_fields(message: dict[str, Any]) -> tuple[str | None, int | None]:
+    """
+    Read the attempt a progress or job-failed message names, leniently: a
+    protocol 1 worker's unknown fields must be ignored, whatever they hold,
+    so a malformed one names nothing (and the protocol 2 server then says
+    the message names no attempt).
+
+    @param message: a decoded progress or job-failed message.
+    @return: its C{job} id and C{attempt}, or C{(None, None)}.
+    """
+    try:
+        return _job_and_attempt(message)
+    except BadMessage:
+        return None, None
 
 
 @frozen
@@ -266,10 +386,14 @@ class Progress:
 
     @ivar percent: from 0 to 100, or L{None}.
     @ivar info: free text, or L{None}.
+    @ivar job: the job's id (protocol 2), or L{None}.
+    @ivar attempt: the attempt (protocol 2), or L{None}.
     """
 
     percent: float | None
     info: str | None
+    job: str | None = None
+    attempt: int | None = None
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> Progress:
@@ -282,7 +406,7 @@ class Progress:
         percent = number(message, "percent")
         if percent is not None:
             percent = None if math.isnan(percent) else min(max(percent, 0.0), 100.0)
-        return cls(percent, string(message, "info"))
+        return cls(percent, string(message, "info"), *_attempt_fields(message))
 
 
 @frozen
@@ -292,10 +416,14 @@ class JobFailed:
 
     @ivar info: why, or L{None}.
     @ivar logs: the worker's logs, or L{None}.
+    @ivar job: the job's id (protocol 2), or L{None}.
+    @ivar attempt: the attempt (protocol 2), or L{None}.
     """
 
     info: str | None
     logs: str | None
+    job: str | None = None
+    attempt: int | None = None
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> JobFailed:
@@ -304,10 +432,34 @@ class JobFailed:
         @return: the failure.
         @raise BadMessage: a field is not a string.
         """
-        return cls(string(message, "info"), string(message, "logs"))
+        return cls(
+            string(message, "info"), string(message, "logs"), *_attempt_fields(message)
+        )
 
 
-Message = Union[Register, Status, Progress, JobFailed]
+@frozen
+class Result:
+    """
+    Code 7 (protocol 2): the next binary message is this attempt's result.
+
+    @ivar job: the job's id.
+    @ivar attempt: the attempt.
+    """
+
+    job: str
+    attempt: int
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Result:
+        """
+        @param message: a decoded code 7 message.
+        @return: the result header.
+        @raise BadMessage: the job or attempt is missing or wrong.
+        """
+        return cls(*_job_and_attempt(message))
+
+
+Message = Union[Register, Status, Progress, JobFailed, Result]
 """What a worker may send in a text frame."""
 
 _SHAPES: dict[int, Callable[[dict[str, Any]], Message]] = {
@@ -315,6 +467,7 @@ _SHAPES: dict[int, Callable[[dict[str, Any]], Message]] = {
     STATUS: Status.from_message,
     PROGRESS: Progress.from_message,
     JOB_FAILED: JobFailed.from_message,
+    RESULT: Result.from_message,
 }
 
 
@@ -334,6 +487,195 @@ def read(data: bytes) -> Message:
     shape = _SHAPES.get(code)
     if shape is None:
         raise BadMessage(f"unknown code {code}")
+    try:
+        return shape(message)
+    except BadMessage as e:
+        raise BadMessage(f"bad code {code} message: {e}") from None
+
+
+# What the server sends.  The server encodes these; GridLike's own worker
+# reads them back with read_from_server, strictly: they come from GridLike.
+
+
+def _encode(fields: dict[str, Any]) -> bytes:
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@frozen
+class StatusRequest:
+    """Code 2: the server asks a protocol 1 worker for its status."""
+
+    def encode(self) -> bytes:
+        return STATUS_REQUEST_FRAME
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> StatusRequest:
+        return cls()
+
+
+@frozen
+class Welcome:
+    """
+    Code 5: what the server granted a protocol 2 worker, its first message.
+
+    @ivar slots: how many jobs it may hold at once.
+    @ivar reattach_grace: seconds its jobs wait for it after a drop.
+    @ivar keep: the ids of the held jobs it keeps; it drops the others.
+    """
+
+    slots: int
+    reattach_grace: float
+    keep: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        return _encode(
+            {
+                "code": WELCOME,
+                "protocol": PROTOCOL_2,
+                "slots": self.slots,
+                "reattach_grace": self.reattach_grace,
+                "keep": list(self.keep),
+            }
+        )
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Welcome:
+        slots = message.get("slots")
+        grace = number(message, "reattach_grace")
+        keep = message.get("keep") or []
+        if not _is_integer(slots) or slots < 1 or grace is None:
+            raise BadMessage("a welcome without slots or reattach_grace")
+        if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+            raise BadMessage("keep must list job ids")
+        return cls(slots, grace, tuple(keep))
+
+
+@frozen
+class JobInfo:
+    """
+    Code 6: a job for a protocol 2 worker; the next binary message is its
+    payload.
+
+    @ivar job: the job's id.
+    @ivar key: its key.
+    @ivar type: its type, or L{None}.
+    @ivar attempt: this attempt's number, from 1.
+    @ivar size: the payload's size in bytes.
+    @ivar deadline: when it times out unless progress renews it (RFC 3339),
+        or L{None}.
+    """
+
+    job: str
+    key: str
+    type: str | None
+    attempt: int
+    size: int
+    deadline: str | None = None
+
+    def encode(self) -> bytes:
+        return _encode(
+            {
+                "code": JOB,
+                "job": self.job,
+                "key": self.key,
+                "type": self.type,
+                "attempt": self.attempt,
+                "size": self.size,
+                "deadline": self.deadline,
+            }
+        )
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> JobInfo:
+        job, attempt = _job_and_attempt(message)
+        key = string(message, "key")
+        size = message.get("size")
+        if key is None or not _is_integer(size) or size < 0:
+            raise BadMessage("a job frame without key or size")
+        return cls(
+            job, key, string(message, "type"), attempt, size, string(message, "deadline")
+        )
+
+
+@frozen
+class Cancel:
+    """
+    Code 8: stop this attempt now; its slot is free.
+
+    @ivar job: the job's id.
+    @ivar attempt: the attempt.
+    @ivar reason: C{"deleted"}, C{"timed out"}, C{"not wanted"}, ...
+    """
+
+    job: str
+    attempt: int
+    reason: str
+
+    def encode(self) -> bytes:
+        return _encode(
+            {"code": CANCEL, "job": self.job, "attempt": self.attempt, "reason": self.reason}
+        )
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Cancel:
+        job, attempt = _job_and_attempt(message)
+        return cls(job, attempt, string(message, "reason") or "cancelled")
+
+
+@frozen
+class Taken:
+    """
+    Code 9: the server is done with a result the worker sent (code 7): it is
+    durable (C{accepted}), or dropped because its attempt is not current.
+
+    @ivar job: the job's id.
+    @ivar attempt: the attempt.
+    @ivar accepted: whether it became the job's result.
+    """
+
+    job: str
+    attempt: int
+    accepted: bool
+
+    def encode(self) -> bytes:
+        return _encode(
+            {"code": TAKEN, "job": self.job, "attempt": self.attempt, "accepted": self.accepted}
+        )
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Taken:
+        job, attempt = _job_and_attempt(message)
+        accepted = message.get("accepted")
+        if not isinstance(accepted, bool):
+            raise BadMessage("accepted must be a boolean")
+        return cls(job, attempt, accepted)
+
+
+ServerMessage = Union[StatusRequest, Welcome, JobInfo, Cancel, Taken]
+"""What the server sends in a text frame."""
+
+_SERVER_SHAPES: dict[int, Callable[[dict[str, Any]], ServerMessage]] = {
+    STATUS_REQUEST: StatusRequest.from_message,
+    WELCOME: Welcome.from_message,
+    JOB: JobInfo.from_message,
+    CANCEL: Cancel.from_message,
+    TAKEN: Taken.from_message,
+}
+
+
+def read_from_server(data: bytes) -> ServerMessage:
+    """
+    Read a text frame from the server, as GridLike's own worker does.
+
+    @param data: the frame's bytes.
+    @return: the message.
+    @raise BadMessage: it is malformed or has an unknown code.
+    """
+    message = decode(data)
+    code = message.get("code")
+    shape = _SERVER_SHAPES.get(code) if _is_integer(code) else None
+    if shape is None:
+        raise BadMessage(f"unknown code {code!r} from the server")
     try:
         return shape(message)
     except BadMessage as e:

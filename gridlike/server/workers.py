@@ -412,11 +412,15 @@ class WorkerProtocol(WebSocketServerProtocol):
         logs = _cap_logs(message.logs)
         self._feed("job failed", lambda: self._machine.job_failed(message.info, logs))
 
+    def _result_header(self, message: wire.Result) -> None:
+        self._protocol_error(f"unknown code {wire.RESULT}")
+
     _handlers: dict[type, Callable[[WorkerProtocol, Any], None]] = {
         wire.Register: _register,
         wire.Status: _status,
         wire.Progress: _progress,
         wire.JobFailed: _job_failed,
+        wire.Result: _result_header,
     }
 
     # Feeding the machine, and closing
