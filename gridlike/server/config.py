@@ -32,6 +32,7 @@ from types import MappingProxyType
 from attrs import field, frozen
 
 from gridlike.server._config_s3 import S3Settings, _s3
+from gridlike.server._config_workers import WorkerSettings, _workers
 from gridlike.server._config_table import (
     GiB,
     KiB,
@@ -229,27 +230,6 @@ class AuthSettings:
     allow_anonymous: bool = False
     session_idle: float = 3600.0
     session_lifetime: float = 43200.0
-
-
-@frozen
-class WorkerSettings:
-    """
-    The C{[workers]} table, a GridLike extension: worker connection limits.
-
-    @ivar ping_interval: seconds between WebSocket pings to a worker.
-    @ivar ping_timeout: seconds a pong may be late before the worker is
-        dropped.
-    @ivar max_registering: how many connections may be still registering at
-        once.
-    @ivar forget_after: seconds a disconnected worker stays listed.
-    @ivar max_message: the largest JSON text frame a worker may send, bytes.
-    """
-
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
-    max_registering: int = 1000
-    forget_after: float = 600.0
-    max_message: int = 2 * MiB
 
 
 @frozen
@@ -668,26 +648,6 @@ def _auth(table: _Table) -> AuthSettings:
         raise ConfigError(
             f"{table.where('dashboard_user')}: must be set when dashboard_password is"
         )
-    return settings
-
-
-def _workers(table: _Table) -> WorkerSettings:
-    """
-    @param table: the C{[workers]} table.
-    @return: its settings.
-    @raise ConfigError: a key is unknown or bad.
-    """
-    defaults = WorkerSettings()
-    settings = WorkerSettings(
-        ping_interval=table.number("ping_interval", defaults.ping_interval, above=0),
-        ping_timeout=table.number("ping_timeout", defaults.ping_timeout, above=0),
-        max_registering=table.integer(
-            "max_registering", defaults.max_registering, at_least=1
-        ),
-        forget_after=table.number("forget_after", defaults.forget_after),
-        max_message=table.size("max_message", defaults.max_message, above=0),
-    )
-    table.finish()
     return settings
 
 

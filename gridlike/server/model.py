@@ -84,6 +84,9 @@ class Job:
     parent: str | None = None
     child: str | None = None
     result_size: int | None = None
+    attempt: int = 0
+    """The number of its latest attempt (start on a worker), from 1; never
+    reused, even by a retry.  Protocol 2 workers name the attempt they run."""
     queue_entry: list[Any] | None = None
     """The queue's live heap entry for this job, when pending."""
 
@@ -110,6 +113,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "started": timestamp(job.started),
         "ended": timestamp(job.ended),
         "failure_count": job.failure_count,
+        "attempt": job.attempt,
         "worker_id": job.worker_id,
         "worker_name": job.worker_name,
         "progress": (

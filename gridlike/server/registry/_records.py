@@ -56,6 +56,7 @@ def _encode_job(job: Job) -> list[Any]:
         job.parent,
         job.child,
         job.result_size,
+        job.attempt,
     ]
 
 
@@ -91,6 +92,7 @@ def _decode_job(row: list[Any]) -> Job:
         parent,
         child,
         result_size,
+        *attempt,
     ) = row
     # Positional, and sharing equal strings and numbers: a replay builds
     # millions of these.
@@ -117,4 +119,6 @@ def _decode_job(row: list[Any]) -> Job:
         parent,
         child,
         result_size,
+        # Journals from before attempt numbers: as many as it failed.
+        attempt[0] if attempt else failure_count,
     )

@@ -206,10 +206,20 @@ class JobTable:
 
     # In-memory changes: a crash ends every attempt, so these are not journaled.
 
-    def start(self, job: Job, worker_id: str, worker_name: str | None) -> None:
+    def start(
+        self,
+        job: Job,
+        worker_id: str,
+        worker_name: str | None,
+        attempt: int | None = None,
+    ) -> None:
         """
         C{job}, just taken from its queue, is running on a worker.
+
+        @param attempt: the attempt it resumes (a protocol 2 worker came back
+            with it after a restart); by default a new one.
         """
+        job.attempt = job.attempt + 1 if attempt is None else attempt
         self.pending(job.type).discard(job)
         self._set_status(job, Status.RUNNING)
         job.started = self._clock.seconds()
@@ -337,6 +347,7 @@ class JobTable:
 
     def _apply_done(self, job: Job, record: dict[str, Any], made: Sequence[Job]) -> None:
         self.pending(job.type).discard(job)
+        job.attempt = max(job.attempt, record.get("n", 0))
         job.ended = record["ended"]
         self._result_bytes += record["size"] - (job.result_size or 0)
         job.result_size = record["size"]
@@ -357,6 +368,7 @@ class JobTable:
             self._announce(JobChange.SUBMITTED, child_job)
 
     def _apply_fail(self, job: Job, record: dict[str, Any]) -> None:
+        job.attempt = max(job.attempt, record.get("n", 0))
         job.failure_count = record["count"]
         job.error = JobError(record["info"], record["logs"])
         job.avoid = record["worker"]

@@ -265,8 +265,14 @@ class IRegistry(Interface):
 
     # Changes that a restart undoes anyway, so never made durable
 
-    def start(job: Job, worker_id: str, worker_name: str | None) -> None:
-        """C{job}, just taken from its pending queue, is running on a worker."""
+    def start(
+        job: Job, worker_id: str, worker_name: str | None, attempt: int | None = None
+    ) -> None:
+        """
+        C{job}, just taken from its pending queue, is running on a worker:
+        its attempt number grows by one, or is C{attempt}, the one a
+        protocol 2 worker resumes after a restart.
+        """
 
     def note_progress(job: Job, progress: Progress) -> None:
         """The worker running C{job} reported progress."""

@@ -180,6 +180,7 @@ class Registry(JobTable):
             "ended": self._clock.seconds(),
             "size": result_size,
             "worker": worker_id,
+            "n": job.attempt,
         }
         child = None
         child_type = self._settings.types[job.type].result_becomes if job.type else None
@@ -247,6 +248,7 @@ class Registry(JobTable):
             "ended": self._clock.seconds(),
             "worker": worker_id,
             "order": self._take_number(),
+            "n": job.attempt,
         }
         job.worker_id = worker_id
         d = self._journal.append(_encode(record))
