@@ -51,6 +51,9 @@ class FakeLink:
     on_run: Any = None
     clock: Clock | None = None
     """Turned once an answer is given, so that the registry's announcements are out."""
+    protocol: int = 1
+    slots: int = 1
+    withdrawn: list[tuple[str, str]] = field(factory=list)
 
     def run(self, job: Job) -> Deferred[int]:
         assert job.id not in self.running
@@ -59,6 +62,12 @@ class FakeLink:
         d: Deferred[int] = Deferred(lambda _: self.running.pop(job.id, None))
         self.running[job.id] = d
         return d
+
+    def withdraw(self, job: Job, reason: str) -> None:
+        self.withdrawn.append((job.key, reason))
+
+    def result_recorded(self, job: Job, accepted: bool) -> None:
+        pass
 
     def request_status(self) -> None:
         self.status_requests += 1

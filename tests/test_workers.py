@@ -664,7 +664,7 @@ class RegisterTests(SynchronousTestCase):
         """
         h = Harness(self)
         worker = h.connect()
-        worker.send(code=0, name="n", id="u", token="", protocol=2, slots=4)
+        worker.send(code=0, name="n", id="u", token="", protocol=3, slots=4)
         self.assertEqual(worker.take(), [STATUS_REQUEST])
 
     def test_kick(self) -> None:

@@ -13,19 +13,27 @@ Each assignment is one L{IWorkerLink.run} Deferred, which fires with the
 size of the stored result or fails with L{JobFailed} or L{WorkerLost}, or
 with L{Damaged} when the job's payload is damaged in storage (that job fails
 for good, and the worker is not held to account); the type's timeout and the
-deletion of a job cancel it.  L{Dispatcher._attempt}
+deletion of a job withdraw it (L{IWorkerLink.withdraw}).  L{Dispatcher._attempt}
 records the outcome in the registry and then asks the worker for its status,
 as the protocol wants.
+
+A protocol 2 link holds up to C{slots} jobs at once, and its progress renews
+the job's lease (the type's timeout starts again).  When its connection
+drops, its assignments are detached: they wait C{[workers] reattach_grace}
+seconds for the same worker to register again and claim them
+(L{Dispatcher.registered} with C{held}), and only then count as a failed
+attempt.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from attrs import define, field
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from gridlike.server.config import Settings
@@ -37,7 +45,7 @@ from gridlike.server.listeners import (
     JobChange,
     WorkerChange,
 )
-from gridlike.server.model import Job, Progress, timestamp
+from gridlike.server.model import Job, Progress, Status, timestamp
 from gridlike.server.registry import IRegistry
 
 log = Logger()
@@ -85,6 +93,9 @@ class IWorkerLink(Interface):
     job_type = Attribute("C{str} or C{None}: the job type it serves.")
     address = Attribute("C{str}: where it connects from.")
 
+    protocol = Attribute("C{int}: 1, or 2 for a protocol 2 worker.")
+    slots = Attribute("C{int}: how many jobs it may hold at once.")
+
     def run(job: Job) -> Deferred[int]:
         """
         Send C{job}'s payload to the worker.
@@ -93,14 +104,27 @@ class IWorkerLink(Interface):
             storage as the job's result; fails with L{JobFailed} or
             L{WorkerLost}, or with L{gridlike.server.errors.Damaged} if the payload
             is damaged (it was not sent, or the connection is closed before
-            the message ends).  Cancelling it withdraws the job: the
-            worker's late answer is discarded.
+            the message ends).
+        """
+
+    def withdraw(job: Job, reason: str) -> None:
+        """
+        Take C{job} back (C{reason}: C{"deleted"}, C{"timed out"}): its run
+        Deferred fails with L{CancelledError}, and the worker's late answer
+        is discarded.
+        """
+
+    def result_recorded(job: Job, accepted: bool) -> None:
+        """
+        The result of C{job}'s attempt on this link is recorded
+        (C{accepted}), or could not be: protocol 2 acknowledges it.
         """
 
     def request_status() -> None:
         """
-        Ask the worker for its status (message code 2); nothing once the
-        connection is closed.
+        An attempt of the link's ended, or it registered: ask the worker for
+        its status (protocol 1, message code 2), or offer its free slots to
+        dispatch (protocol 2); nothing once the connection is closed.
         """
 
 
@@ -116,11 +140,40 @@ class WorkerRecord:
     uid_source: str | None = None
     name: str | None = None
     state: str = "registering"
-    job: Job | None = None
-    attempt: Deferred[int] | None = None
-    """The run of C{job} on this worker, while it lasts."""
+    jobs: dict[str, _Assignment] = field(factory=dict)
+    """The jobs it holds, by id, in the order they were given."""
     link: IWorkerLink | None = None
     disconnected_at: float | None = None
+
+    @property
+    def job(self) -> Job | None:
+        """The first job it holds, or L{None}."""
+        for assignment in self.jobs.values():
+            return assignment.job
+        return None
+
+
+@define(eq=False)
+class _Assignment:
+    """
+    One attempt at a job: on which link (L{None} while detached), its run
+    Deferred and its lease.
+    """
+
+    job: Job
+    running: Deferred[int]
+    link: IWorkerLink | None
+    record: WorkerRecord | None
+    lease: IDelayedCall | None = None
+    timed_out: bool = False
+    grace: IDelayedCall | None = None
+    """While detached: ends the attempt when the worker does not come back."""
+
+    def stop_timers(self) -> None:
+        for call in (self.lease, self.grace):
+            if call is not None and call.active():
+                call.cancel()
+        self.lease = self.grace = None
 
 
 @define
@@ -193,7 +246,9 @@ class Dispatcher:
         self._records: dict[IWorkerLink | int, WorkerRecord] = {}
         self._gone: dict[int, WorkerRecord] = {}
         self._totals: dict[str, _Totals] = {}
-        self._running: dict[str, Deferred[int]] = {}
+        self._assignments: dict[str, _Assignment] = {}
+        self._detached: dict[str, dict[str, _Assignment]] = {}
+        """Assignments of dropped protocol 2 links, by worker uid, by job id."""
         self._connections = 0
         self.attempt_failed: Callable[[Job, str], None] = _ignore_attempt
         """Told of every attempt that ends without a result, and why, in
@@ -219,16 +274,91 @@ class Dispatcher:
         self._records[record.id] = record
         return record
 
-    def registered(self, record: WorkerRecord, link: IWorkerLink) -> None:
-        """The worker registered with a good token; it is asked its status."""
+    def registered(
+        self,
+        record: WorkerRecord,
+        link: IWorkerLink,
+        held: Sequence[tuple[str, int]] = (),
+    ) -> list[tuple[Job, Deferred[int]]]:
+        """
+        The worker registered with a good token; it is asked its status.
+
+        @param held: a protocol 2 worker's jobs, C{(id, attempt)}, that it
+            still holds after a dropped connection or a restart.
+        @return: those it keeps, each with its run Deferred, for the link
+            to settle; the worker's other detached jobs fail their attempt.
+        """
         del self._records[record.id]
         record.uid, record.uid_source = link.uid, link.uid_source
         record.name, record.link = link.name, link
         record.state = "busy"
         self._records[link] = record
         self._totals.setdefault(link.uid, _Totals())
+        kept = self._reattach(link, record, held)
         self._announce(WorkerChange.JOINED, record)
         link.request_status()
+        return kept
+
+    def _reattach(
+        self, link: IWorkerLink, record: WorkerRecord, held: Sequence[tuple[str, int]]
+    ) -> list[tuple[Job, Deferred[int]]]:
+        detached = self._detached.pop(link.uid, {})
+        kept = []
+        for job_id, attempt in held:
+            assignment = detached.pop(job_id, None)
+            if assignment is not None and assignment.job.attempt == attempt:
+                assignment.grace, grace = None, assignment.grace
+                if grace is not None and grace.active():
+                    grace.cancel()
+                assignment.link, assignment.record = link, record
+                record.jobs[job_id] = assignment
+                kept.append((assignment.job, assignment.running))
+                continue
+            if assignment is not None:
+                detached[job_id] = assignment
+            job = self._registry.by_id(job_id)
+            # After a restart the attempt running then is the one after the
+            # last recorded; it is still current while nobody started it.
+            if job is not None and job.status is Status.PENDING and job.attempt + 1 == attempt:
+                assignment = self._start(link, job, Deferred(), attempt)
+                kept.append((job, assignment.running))
+        for assignment in detached.values():
+            self._abandon(assignment, "worker lost the job")
+        return kept
+
+    def detach(self, link: IWorkerLink) -> None:
+        """
+        The protocol 2 link's connection dropped: its jobs wait
+        C{reattach_grace} seconds for the worker to come back (the link then
+        neither settles nor withdraws them); call before L{closed}.
+        """
+        record = self._records[link]
+        grace = self._settings.workers.reattach_grace
+        detached = self._detached.setdefault(link.uid, {})
+        for job_id, assignment in list(record.jobs.items()):
+            del record.jobs[job_id]
+            assignment.link = assignment.record = None
+            detached[job_id] = assignment
+            assignment.grace = self._clock.callLater(
+                grace, self._abandon, assignment, f"worker disconnected for {grace:g} s"
+            )
+        if not detached:
+            del self._detached[link.uid]
+
+    def _abandon(self, assignment: _Assignment, why: str) -> None:
+        """A detached attempt fails: its worker did not come back with it."""
+        assignment.grace = None
+        self._undetach(assignment)
+        if not assignment.running.called:
+            assignment.running.errback(Failure(WorkerLost(why)))
+
+    def _undetach(self, assignment: _Assignment) -> None:
+        uid = assignment.job.worker_id or ""
+        detached = self._detached.get(uid)
+        if detached is not None and detached.get(assignment.job.id) is assignment:
+            del detached[assignment.job.id]
+            if not detached:
+                del self._detached[uid]
 
     def ready(self, link: IWorkerLink) -> None:
         """
@@ -238,32 +368,60 @@ class Dispatcher:
         record = self._records[link]
         queue = self._registry.pending(link.job_type)
         idle = self._idle_of(link.job_type)
-        while True:
+        idle.remove(link)
+        while len(record.jobs) < link.slots:
             job = queue.peek()
             if job is None:
-                self._set_state(record, "ready")
                 idle.add(link)
+                self._set_state(record, "busy" if record.jobs else "ready")
                 return
             if job.avoid == link.uid and idle.has_other_than(link.uid):
                 other = idle.take(avoid=link.uid)
                 assert other is not None
                 self._assign(other, job)
+                self._still_idle(other, idle)
                 continue
             self._assign(link, job)
-            return
 
     def busy(self, link: IWorkerLink) -> None:
         """The worker reported busy: it is not idle."""
         self._idle_of(link.job_type).remove(link)
         record = self._records[link]
-        if record.job is None:
+        if not record.jobs:
             self._set_state(record, "busy")
 
-    def progress(self, link: IWorkerLink, percent: float | None, info: str | None) -> None:
-        """The worker reported progress on the job it holds."""
+    def progress(
+        self,
+        link: IWorkerLink,
+        percent: float | None,
+        info: str | None,
+        job: Job | None = None,
+    ) -> None:
+        """
+        The worker reported progress on C{job} (protocol 2, whose progress
+        also renews the job's lease), or on the job it holds.
+        """
         record = self._records[link]
-        if record.job is not None:
-            self._registry.note_progress(record.job, Progress(percent, info))
+        assignment = record.jobs.get(job.id) if job is not None else None
+        if job is None:
+            job = record.job
+        if job is None:
+            return
+        if assignment is not None and assignment.lease is not None:
+            assignment.lease.reset(self._timeout(job.type))
+        if percent is not None or info is not None:
+            self._registry.note_progress(job, Progress(percent, info))
+
+    def holds(self, link: IWorkerLink, job_id: str, attempt: int) -> Job | None:
+        """
+        @return: the job C{job_id} if C{link} holds its current attempt
+            C{attempt}, else L{None} (the attempt ended, or moved on).
+        """
+        record = self._records.get(link)
+        assignment = record.jobs.get(job_id) if record is not None else None
+        if assignment is None or assignment.job.attempt != attempt:
+            return None
+        return assignment.job
 
     def closed(self, record: WorkerRecord) -> None:
         """
@@ -294,9 +452,9 @@ class Dispatcher:
         if change.pending:
             self._offer(job.type)
         elif change is JobChange.DELETED:
-            running = self._running.get(job.id)
-            if running is not None:
-                running.cancel()
+            assignment = self._assignments.get(job.id)
+            if assignment is not None:
+                self._withdraw(assignment, "deleted")
 
     def _offer(self, job_type: str | None) -> None:
         """Give the best pending jobs of C{job_type} to its idle workers."""
@@ -311,6 +469,13 @@ class Dispatcher:
             link = idle.take(avoid=job.avoid)
             assert link is not None
             self._assign(link, job)
+            self._still_idle(link, idle)
+
+    def _still_idle(self, link: IWorkerLink, idle: _Idle) -> None:
+        """A link taken from the idle stays among them while it has slots."""
+        record = self._records.get(link)
+        if record is not None and len(record.jobs) < link.slots:
+            idle.add(link)
 
     # Views
 
@@ -337,7 +502,10 @@ class Dispatcher:
             "state": record.state,
             "address": record.address,
             "connected_at": timestamp(record.connected_at),
+            "protocol": None if record.link is None else record.link.protocol,
+            "slots": None if record.link is None else record.link.slots,
             "job": None if job is None else job.key,
+            "jobs": [a.job.key for a in record.jobs.values()],
             "progress": (
                 None
                 if job is None or job.progress is None
@@ -374,79 +542,114 @@ class Dispatcher:
 
     def _assign(self, link: IWorkerLink, job: Job) -> None:
         record = self._records[link]
-        self._registry.start(job, link.uid, link.name)
-        record.job = job
+        self._start(link, job, None, None)
         self._set_state(record, "busy")
-        running = record.attempt = link.run(job)
+
+    def _start(
+        self,
+        link: IWorkerLink,
+        job: Job,
+        running: Deferred[int] | None,
+        attempt: int | None,
+    ) -> _Assignment:
+        """
+        Start an attempt at C{job} on C{link}: a new one sent to the worker
+        (C{running} L{None}), or one it resumes with C{running}.
+        """
+        record = self._records[link]
+        self._registry.start(job, link.uid, link.name, attempt)
+        placeholder = Deferred() if running is None else running
+        assignment = _Assignment(job, placeholder, link, record)
+        record.jobs[job.id] = assignment
+        self._assignments[job.id] = assignment
+        if running is None:
+            assignment.running = link.run(job)
         timeout = self._timeout(job.type)
         if timeout:
-            running.addTimeout(timeout, self._clock)
-        self._running[job.id] = running
-        Deferred.fromCoroutine(self._attempt(link, record, job, running, timeout))
+            assignment.lease = self._clock.callLater(timeout, self._expire, assignment)
+        Deferred.fromCoroutine(self._attempt(assignment, timeout))
+        return assignment
+
+    def _expire(self, assignment: _Assignment) -> None:
+        assignment.lease = None
+        assignment.timed_out = True
+        self._withdraw(assignment, "timed out")
+
+    def _withdraw(self, assignment: _Assignment, reason: str) -> None:
+        """Take the job back from its worker, or from its detachment."""
+        if assignment.link is not None:
+            assignment.link.withdraw(assignment.job, reason)
+        if not assignment.running.called:
+            assignment.running.cancel()
 
     def _timeout(self, job_type: str | None) -> float:
         if job_type is None:
             return 0.0
         return self._settings.types[job_type].timeout
 
-    async def _attempt(
-        self,
-        link: IWorkerLink,
-        record: WorkerRecord,
-        job: Job,
-        running: Deferred[int],
-        timeout: float,
-    ) -> None:
+    async def _attempt(self, assignment: _Assignment, timeout: float) -> None:
         """
         Wait for the outcome of one attempt, record it, then ask the worker
         for its status if it is still connected and waiting for that.
         """
         registry = self._registry
-        totals = self._totals[link.uid]
+        job = assignment.job
+        uid = job.worker_id
+        totals = self._totals.setdefault(uid or "", _Totals())
         withdrawn = False
         try:
-            size = await running
+            size = await assignment.running
         except JobFailed as e:
             totals.failed += 1
             self.attempt_failed(job, "failed")
-            await registry.fail(job, e.info, e.logs, link.uid)
+            await registry.fail(job, e.info, e.logs, uid)
         except WorkerLost as e:
             totals.failed += 1
             self.attempt_failed(job, "unstored" if isinstance(e, ResultNotStored) else "disconnected")
-            await registry.fail(job, str(e) or "worker disconnected", None, link.uid)
-        except TimeoutError:
+            await registry.fail(job, str(e) or "worker disconnected", None, uid)
+        except CancelledError:
             withdrawn = True
-            totals.failed += 1
-            self.attempt_failed(job, "timeout")
-            await registry.fail(job, f"timed out after {timeout:g} s", None, link.uid)
+            if assignment.timed_out:
+                totals.failed += 1
+                self.attempt_failed(job, "timeout")
+                await registry.fail(job, f"timed out after {timeout:g} s", None, uid)
+            # else the job was deleted
         except Damaged as e:
             # No other worker could do better, and this one did nothing.
             # The job's failure is logged as every job failed for good is.
             self.attempt_failed(job, "damaged")
             await registry.fail(job, e.problem, None, None, for_good=True)
-        except CancelledError:
-            withdrawn = True  # the job was deleted
         except Exception:
-            log.failure("job {key} on worker {uid}", key=job.key, uid=link.uid)
+            log.failure("job {key} on worker {uid}", key=job.key, uid=uid)
             self.attempt_failed(job, "internal")
-            await registry.fail(job, "internal error", None, link.uid)
+            await registry.fail(job, "internal error", None, uid)
         else:
             try:
-                await registry.complete(job, size, link.uid)
+                await registry.complete(job, size, uid)
                 totals.done += 1
+                recorded = True
             except Unavailable as e:
+                recorded = False
                 # Logged with the attempt's failure, which says the problem.
                 self.attempt_failed(job, "unstored")
-                await registry.fail(job, str(ResultNotStored(e.problem)), None, link.uid)
+                await registry.fail(job, str(ResultNotStored(e.problem)), None, uid)
+            if assignment.link is not None:
+                assignment.link.result_recorded(job, recorded)
         finally:
+            assignment.stop_timers()
+            self._undetach(assignment)
             # The job may be on another attempt already: end only this one.
-            if self._running.get(job.id) is running:
-                del self._running[job.id]
-            if record.attempt is running:
-                record.job = record.attempt = None
-                # A worker whose job was withdrawn is still busy with it; the
-                # link asks its status once its late answer is discarded.
-                if record.link is link and not withdrawn:
+            if self._assignments.get(job.id) is assignment:
+                del self._assignments[job.id]
+            record, link = assignment.record, assignment.link
+            if record is not None and record.jobs.get(job.id) is assignment:
+                del record.jobs[job.id]
+                # A protocol 1 worker whose job was withdrawn is still busy
+                # with it; the link asks its status once its late answer is
+                # discarded.  A protocol 2 slot is free at once.
+                if link is not None and record.link is link and not (
+                    withdrawn and link.protocol == 1
+                ):
                     link.request_status()
 
     def _forget_old(self) -> None:

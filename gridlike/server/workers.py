@@ -52,6 +52,7 @@ from gridlike.server._worker_machine import (
     new_worker_machine,
 )
 from gridlike.server._worker_results import ReadThrottle, Result, store_result
+from gridlike.server._worker_v2 import Session
 from gridlike.server._worker_sending import (
     CLOSE_INTERNAL_ERROR,
     SMALL_PAYLOAD,
@@ -152,6 +153,8 @@ class WorkerProtocol(WebSocketServerProtocol):
     """
 
     _log = Logger()
+    protocol = 1
+    slots = 1
 
     def __init__(
         self,
@@ -193,6 +196,8 @@ class WorkerProtocol(WebSocketServerProtocol):
         )
         self._core = WorkerCore(self)
         self._machine: WorkerInputs = new_worker_machine(self._core)
+        self._session: Session | None = None
+        """Protocol 2, once a register asked for it."""
 
     def __repr__(self) -> str:
         return f"<WorkerProtocol {self.uid or '(unregistered)'} at {self.address}>"
@@ -207,6 +212,8 @@ class WorkerProtocol(WebSocketServerProtocol):
         @return: fires with the size of the durable result, or fails with
             L{JobFailed} or L{WorkerLost}; cancelling it withdraws the job.
         """
+        if self._session is not None:
+            return self._session.run(job)
         running: Deferred[int] = Deferred(lambda d: self._machine.withdrawn())
         try:
             self._machine.assigned(job, running)
@@ -218,9 +225,22 @@ class WorkerProtocol(WebSocketServerProtocol):
                 running.errback(Failure(WorkerLost("internal error")))
         return running
 
+    def withdraw(self, job: Job, reason: str) -> None:
+        """Cancel the attempt (protocol 2); in protocol 1 the run's canceller does."""
+        if self._session is not None:
+            self._session.withdraw(job, reason)
+
     def request_status(self) -> None:
-        """Ask the worker for its status (code 2); nothing once closed."""
-        self._machine.status_requested()
+        """Ask the worker for its status (code 2), or offer its free slots."""
+        if self._session is not None:
+            self._session.request_status()
+        else:
+            self._machine.status_requested()
+
+    def result_recorded(self, job: Job, accepted: bool) -> None:
+        """Acknowledge a protocol 2 result: the worker may forget it."""
+        if self._session is not None:
+            self._session.result_recorded(job, accepted)
 
     # Autobahn callbacks
 
@@ -306,7 +326,9 @@ class WorkerProtocol(WebSocketServerProtocol):
                 self._incoming = None
                 return
             self._incoming = _Incoming(isBinary)
-            if isBinary:
+            if isBinary and self._session is not None:
+                self._session.result_begun()
+            elif isBinary:
                 self._feed("a binary message", self._machine.result_begun)
 
     def onMessageFrameBegin(self, length: int) -> None:
@@ -343,7 +365,9 @@ class WorkerProtocol(WebSocketServerProtocol):
             incoming, self._incoming = self._incoming, None
             if incoming is None or self.state != self.STATE_OPEN:
                 return
-            if incoming.binary:
+            if incoming.binary and self._session is not None:
+                self._session.result_ended()
+            elif incoming.binary:
                 self._feed("a binary message", self._machine.result_ended)
             else:
                 self._text_message(b"".join(incoming.parts))
@@ -351,7 +375,7 @@ class WorkerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._registering.discard(self)
         with self._guard("closing"):
-            self._machine.lost(DISCONNECTED)
+            self._lost(DISCONNECTED)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
@@ -360,7 +384,7 @@ class WorkerProtocol(WebSocketServerProtocol):
             # Autobahn calls onClose from here; in case it did not.
             self._registering.discard(self)
             with self._guard("closing"):
-                self._machine.lost(DISCONNECTED)
+                self._lost(DISCONNECTED)
 
     # Text messages
 
@@ -375,7 +399,10 @@ class WorkerProtocol(WebSocketServerProtocol):
         except wire.BadMessage as e:
             self._protocol_error(str(e))
             return
-        self._handlers[type(message)](self, message)
+        if self._session is not None:
+            self._session.message(message)
+        else:
+            self._handlers[type(message)](self, message)
 
     def _register(self, message: wire.Register) -> None:
         # The original's workers may send no token; that is the empty one.
@@ -383,6 +410,15 @@ class WorkerProtocol(WebSocketServerProtocol):
             self._fail(CLOSE_BAD_TOKEN, "bad token", "bad token")
             return
         uid, uid_source = message.identity(self._host)
+        if message.protocol == wire.PROTOCOL_2 and self.uid is None and self._kick is not None:
+            self.stop_kick_timer()
+            self.uid, self.uid_source, self.name = uid, uid_source, message.name
+            self._registering.discard(self)
+            self.protocol = wire.PROTOCOL_2
+            self.slots = min(message.slots, self._settings.workers.max_slots)
+            self._session = Session(self, self.slots)
+            self._session.start(message.held)
+            return
         self._feed(
             "register",
             lambda: self._machine.registered(uid, uid_source, message.name),
@@ -423,7 +459,68 @@ class WorkerProtocol(WebSocketServerProtocol):
         wire.Result: _result_header,
     }
 
+    # What a protocol 2 session uses of its connection
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self._dispatcher
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    @property
+    def record(self) -> WorkerRecord:
+        assert self._record is not None
+        return self._record
+
+    @property
+    def open_for_jobs(self) -> bool:
+        return self.state == self.STATE_OPEN
+
+    def timeout_of(self, job_type: str | None) -> float:
+        """@return: the type's timeout in seconds, C{0} for none."""
+        return self._settings.types[job_type].timeout if job_type else 0.0
+
+    def protocol_error(self, reason: str) -> None:
+        self._protocol_error(reason)
+
+    def cap_logs(self, logs: str | None) -> str | None:
+        return _cap_logs(logs)
+
+    def take_result(self) -> Result:
+        """@return: the result received whole, to finish."""
+        result, self._result = self._result, None
+        assert result is not None
+        return result
+
+    def log_failure(self, what: str) -> None:
+        self._log.failure("{link}: {what}", link=self, what=what)
+
+    def log_dropped(self, what: str, job_id: str, attempt: int) -> None:
+        self._log.info(
+            "{link}: dropped a {what} for job {job} attempt {attempt}, not current",
+            link=self,
+            what=what,
+            job=job_id,
+            attempt=attempt,
+        )
+
     # Feeding the machine, and closing
+
+    def _lost(self, why: str) -> None:
+        """The connection is closing: a session first, then the machine."""
+        if self._session is not None:
+            self._session.lost(why)
+        self._machine.lost(why)
 
     def _feed(self, what: str, input: Callable[[], None]) -> None:
         """
@@ -462,7 +559,7 @@ class WorkerProtocol(WebSocketServerProtocol):
         self._log.info(
             "closing {link}: {code} {reason}", link=self, code=code, reason=reason
         )
-        self._machine.lost(why)
+        self._lost(why)
         self._close(code, reason)
 
     def _close(self, code: int, reason: str) -> None:
@@ -500,7 +597,7 @@ class WorkerProtocol(WebSocketServerProtocol):
         L{CLOSE_INTERNAL_ERROR}; a job held goes back to dispatch.
         """
         try:
-            self._machine.lost("internal error")
+            self._lost("internal error")
         except Exception:
             self._log.failure("{link}: internal error while closing", link=self)
         self._close(CLOSE_INTERNAL_ERROR, "internal error")
@@ -591,7 +688,9 @@ class WorkerProtocol(WebSocketServerProtocol):
             connection and is asked its status; else how to close the
             connection, so that the worker never gets the message's end.
         """
-        if not self._core.holds_other_than(job):
+        if self._session is not None:
+            self._session.payload_damaged(job, problem)
+        elif not self._core.holds_other_than(job):
             self._machine.payload_damaged(problem)
         if begun:
             return Unsent(CLOSE_INTERNAL_ERROR, "the job's payload is damaged", problem)
