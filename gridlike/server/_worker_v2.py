@@ -206,6 +206,12 @@ class Session:
             del self._held[held.job.id]
         # The whole result arrived: it decides the attempt, even when the
         # connection dropped meanwhile (dispatch holds the attempt then).
+        # Dispatch acknowledges a result it records; one withdrawn while it
+        # was stored, or not stored, the worker may forget at once.
+        if held.running.called or isinstance(outcome, Exception):
+            self._link.outbox.send_text(
+                wire.Taken(held.job.id, held.attempt, False).encode()
+            )
         if held.running.called:
             return
         if isinstance(outcome, Exception):

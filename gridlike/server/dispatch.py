@@ -347,7 +347,9 @@ class Dispatcher:
 
     def _abandon(self, assignment: _Assignment, why: str) -> None:
         """A detached attempt fails: its worker did not come back with it."""
-        assignment.grace = None
+        grace, assignment.grace = assignment.grace, None
+        if grace is not None and grace.active():
+            grace.cancel()
         self._undetach(assignment)
         if not assignment.running.called:
             assignment.running.errback(Failure(WorkerLost(why)))
