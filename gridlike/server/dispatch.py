@@ -26,6 +26,7 @@ from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from gridlike.server.config import Settings
@@ -236,6 +237,8 @@ class Dispatcher:
         wait among the idle.
         """
         record = self._records[link]
+        if record.job is not None and record.attempt is None:
+            return  # Its job is being claimed: it is ready, and said so again.
         queue = self._registry.pending(link.job_type)
         idle = self._idle_of(link.job_type)
         while True:
@@ -374,9 +377,43 @@ class Dispatcher:
 
     def _assign(self, link: IWorkerLink, job: Job) -> None:
         record = self._records[link]
-        self._registry.start(job, link.uid, link.name)
+        claim = self._registry.start(job, link.uid, link.name)
         record.job = job
         self._set_state(record, "busy")
+        if claim is None:
+            self._run(link, record, job)
+        else:
+            claim.addBoth(self._claimed, link, record, job)
+
+    def _claimed(self, claimed: bool | Failure, link: IWorkerLink, record: WorkerRecord, job: Job) -> None:
+        """
+        A shared registry answered the claim of C{job} for C{link}: run it,
+        or, if another instance has it, offer the worker the next one; if
+        the registry cannot be reached, offer again a second later.
+        """
+        if claimed is True and record.link is link:
+            self._run(link, record, job)
+            return
+        if claimed is True:  # the worker left meanwhile
+            self._registry.fail(job, "worker disconnected", None, link.uid)
+            return
+        record.job = None
+        if record.link is not link:
+            return
+        if isinstance(claimed, Failure):
+            if not claimed.check(Unavailable):
+                log.failure("claiming job {key}", claimed, key=job.key)
+            self._set_state(record, "ready")
+            self._clock.callLater(1.0, self._ready_again, link, record)
+        else:
+            self.ready(link)
+
+    def _ready_again(self, link: IWorkerLink, record: WorkerRecord) -> None:
+        """A claim failed a while ago: the worker, still ready, tries again."""
+        if record.link is link and record.job is None and record.state == "ready":
+            self.ready(link)
+
+    def _run(self, link: IWorkerLink, record: WorkerRecord, job: Job) -> None:
         running = record.attempt = link.run(job)
         timeout = self._timeout(job.type)
         if timeout:

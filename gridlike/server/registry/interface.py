@@ -265,8 +265,15 @@ class IRegistry(Interface):
 
     # Changes that a restart undoes anyway, so never made durable
 
-    def start(job: Job, worker_id: str, worker_name: str | None) -> None:
-        """C{job}, just taken from its pending queue, is running on a worker."""
+    def start(job: Job, worker_id: str, worker_name: str | None) -> Deferred[bool] | None:
+        """
+        C{job}, just taken from its pending queue, is running on a worker.
+
+        @return: L{None} when that is so at once; a registry shared by
+            several instances claims the job instead, and answers with a
+            Deferred that fires with whether the claim held (another
+            instance may have started it), or fails with L{Unavailable}.
+        """
 
     def note_progress(job: Job, progress: Progress) -> None:
         """The worker running C{job} reported progress."""
