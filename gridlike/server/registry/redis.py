@@ -433,6 +433,10 @@ class RedisRegistry(JobTable):
                     self._down = True
                     log.warn("{problem}; retrying", problem=e.problem)
                 await deferLater(self._clock, RETRY_AFTER / 4)
+            except Exception:
+                # A record this instance cannot apply: load everything again.
+                log.failure("applying the registry's log")
+                self._lsn = -1
 
     async def _take(self, entry_id: str, fields: dict[str, str]) -> bool:
         """
