@@ -55,6 +55,8 @@ setup(
         "rich>=13.7",
         # SigV4 signing for [storage] kind = "s3" (gridlike.server.storage.s3).
         "botocore>=1.34",
+        # [registry] kind = "redis" (gridlike.server.registry.redis).
+        "txredisapi>=1.4.9",
     ],
     extras_require={
         "test": [

@@ -21,6 +21,7 @@ from twisted.internet.endpoints import quoteStringArgument
 
 from gridlike.server.config import (
     AuthSettings,
+    RedisSettings,
     RegistrySettings,
     S3Settings,
     SchedulingSettings,
@@ -436,12 +437,25 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
         ),
         # [registry]
         (
-            "[registry]\nkind = 'redis'",
-            "[registry] kind: 'redis' is not available in this version",
+            "[registry]\nkind = 'redis'\nurl = 'http://x'",
+            "[registry] url: not a Redis URL (redis://[:password@]host[:port][/db] or"
+            " rediss://...)",
+        ),
+        (
+            "[registry]\nkind = 'redis'\nurl = 'redis://x'\nurl_file = 'f'",
+            "[registry] url_file: set either url or url_file, not both",
+        ),
+        (
+            "[registry]\ninstance_timeout = 3",
+            '[registry] instance_timeout: only for kind = "redis"',
+        ),
+        (
+            "[registry]\nkind = 'redis'\ninstance_timeout = 0",
+            "[registry] instance_timeout: must be a number > 0, not 0",
         ),
         (
             "[registry]\nkind = 'mysql'",
-            "[registry] kind: must be 'journal', not 'mysql'",
+            "[registry] kind: must be one of 'journal', 'redis', not 'mysql'",
         ),
         (
             "[registry]\npath = ''",
@@ -1278,3 +1292,15 @@ def test_documented_defaults() -> None:
     assert attrs.evolve(parse(block), source=None) == attrs.evolve(
         parse(""), source=None
     )
+
+
+def test_redis_registry() -> None:
+    """
+    C{kind = "redis"} reads the URL (by default the local server's) and the
+    instance timeout; the URL may come from a file instead.
+    """
+    settings = parse_settings("[registry]\nkind = 'redis'\ninstance_timeout = 2.5", BASE)
+    assert settings.registry.redis == RedisSettings("redis://127.0.0.1:6379/0", None, 2.5)
+    settings = parse_settings("[registry]\nkind = 'redis'\nurl_file = 'redis.url'", BASE)
+    assert settings.registry.redis == RedisSettings(None, BASE / "redis.url", 10.0)
+    assert parse_settings("", BASE).registry.redis is None

@@ -17,7 +17,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gridlike.server.dispatch import IWorkerLink, JobFailed, WorkerLost
-from gridlike.server.errors import Damaged
+from gridlike.server.errors import Damaged, Unavailable
 from gridlike.server.model import Job, Priority, Status
 from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT
@@ -371,3 +371,60 @@ class DispatchPropertyTests(SynchronousTestCase):
                 idle = h.dispatcher._idle.get(job_type)
                 if idle is not None and idle.by_uid:
                     self.assertIsNone(h.registry.pending(job_type).peek())
+
+
+class ClaimTests(SynchronousTestCase):
+    """
+    A shared registry (Redis) answers a start with a claim: dispatch sends
+    the payload only once the claim holds.
+    """
+
+    def harness(self) -> tuple[Harness, list[tuple[Job, Deferred[bool]]]]:
+        h = Harness()
+        claims: list[tuple[Job, Deferred[bool]]] = []
+        start = h.registry.start
+
+        def claim(job: Job, uid: str, name: str | None, attempt: int | None = None) -> Deferred[bool]:
+            h.registry.pending(job.type).discard(job)
+            d: Deferred[bool] = Deferred()
+            claims.append((job, d))
+            return d.addCallback(lambda held: start(job, uid, name) or held if held else held)
+
+        h.registry.start = claim  # type: ignore[method-assign]
+        return h, claims
+
+    def test_sent_once_claimed(self) -> None:
+        """The payload goes out when the claim holds, not before; a repeated ready changes nothing."""
+        h, claims = self.harness()
+        job = h.submit()
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        h.dispatcher.ready(link)
+        self.assertEqual((link.held(), len(claims)), ([], 1))
+        claims[0][1].callback(True)
+        self.assertEqual(link.held(), [job.id])
+
+    def test_lost_claim_next_job(self) -> None:
+        """A claim another instance won makes the worker take the next job."""
+        h, claims = self.harness()
+        first, second = h.submit(), h.submit()
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        claims[0][1].callback(False)
+        self.assertEqual([job for job, _ in claims], [first, second])
+        claims[1][1].callback(True)
+        self.assertEqual(link.held(), [second.id])
+
+    def test_unavailable_claim_retried(self) -> None:
+        """A claim Redis could not answer is tried again a second later."""
+        h, claims = self.harness()
+        job = h.submit()
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        h.registry.pending(job.type).push(job)
+        claims[0][1].errback(Unavailable("down"))
+        self.assertEqual(len(claims), 1)
+        h.clock.advance(1)
+        self.assertEqual([j for j, _ in claims], [job, job])
+        claims[1][1].callback(True)
+        self.assertEqual(link.held(), [job.id])

@@ -31,6 +31,7 @@ from types import MappingProxyType
 
 from attrs import field, frozen
 
+from gridlike.server._config_redis import RedisSettings, _redis
 from gridlike.server._config_s3 import S3Settings, _s3
 from gridlike.server._config_workers import WorkerSettings, _workers
 from gridlike.server._config_table import (
@@ -49,6 +50,7 @@ from gridlike.server.origin import canonical_origin
 __all__ = [
     "AuthSettings",
     "EventSettings",
+    "RedisSettings",
     "RegistrySettings",
     "SchedulingSettings",
     "ServerSettings",
@@ -79,8 +81,7 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 # inside (a header value loses its surrounding whitespace).
 _API_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
-_REGISTRY_KINDS = ("journal",)
-_REGISTRY_KINDS_LATER = ("redis",)
+_REGISTRY_KINDS = ("journal", "redis")
 _STORAGE_KINDS = ("filesystem", "s3")
 _STORAGE_KINDS_LATER: tuple[str, ...] = ()
 _FSYNC_MODES = ("always", "interval", "never")
@@ -150,7 +151,7 @@ class RegistrySettings:
     """
     The C{[registry]} table: where job metadata is kept.
 
-    @ivar kind: the registry provider; only C{"journal"} in this version.
+    @ivar kind: the registry provider: C{"journal"} or C{"redis"}.
     @ivar path: the journal file. L{parse_settings} makes it absolute; the
         class default is relative.
     @ivar fsync: C{"always"} (group commit before acknowledging),
@@ -161,7 +162,8 @@ class RegistrySettings:
         size of the live state (a GridLike extension).
     @ivar compact_min: never compact a journal smaller than this many bytes
         (a GridLike extension).
-    @ivar url: the Redis URL, for C{kind = "redis"}; C{None} when unset.
+    @ivar url: the Redis URL as given; C{None} when unset.
+    @ivar redis: the Redis keys, for C{kind = "redis"}; else C{None}.
     """
 
     kind: str = "journal"
@@ -171,6 +173,7 @@ class RegistrySettings:
     compact_ratio: float = 4.0
     compact_min: int = 64 * MiB
     url: str | None = None
+    redis: RedisSettings | None = None
 
 
 MAX_INLINE = 1 * MiB
@@ -447,7 +450,6 @@ def parse_settings(
     )
 
 
-
 def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[str]]:
     """
     @param table: the C{[server]} table.
@@ -535,7 +537,6 @@ def _allowed_origins(table: _Table, default: tuple[str, ...]) -> tuple[str, ...]
     return tuple(origins)
 
 
-
 def _path_prefix(table: _Table, default: str) -> str:
     """
     @param table: the C{[server]} table.
@@ -558,7 +559,6 @@ def _path_prefix(table: _Table, default: str) -> str:
     )
 
 
-
 def _registry(table: _Table, base: Path) -> RegistrySettings:
     """
     @param table: the C{[registry]} table.
@@ -567,16 +567,16 @@ def _registry(table: _Table, base: Path) -> RegistrySettings:
     @raise ConfigError: a key is unknown or bad.
     """
     defaults = RegistrySettings()
+    kind, url = table.choice("kind", defaults.kind, _REGISTRY_KINDS), table.string("url", None)
     settings = RegistrySettings(
-        kind=table.choice(
-            "kind", defaults.kind, _REGISTRY_KINDS, _REGISTRY_KINDS_LATER
-        ),
+        kind=kind,
         path=table.path("path", defaults.path, base),
         fsync=table.choice("fsync", defaults.fsync, _FSYNC_MODES),
         fsync_interval=table.number("fsync_interval", defaults.fsync_interval, above=0),
         compact_ratio=table.number("compact_ratio", defaults.compact_ratio, above=1),
         compact_min=table.size("compact_min", defaults.compact_min),
-        url=table.string("url", defaults.url),
+        url=url,
+        redis=_redis(table, kind, url, base),
     )
     table.finish()
     return settings

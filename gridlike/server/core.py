@@ -63,19 +63,29 @@ class Core:
         cls,
         settings: Settings,
         clock: IReactorTime,
-        journal: IJournal,
+        journal: IJournal | None,
         storage: IStorage,
         *,
         observers: Iterable[IJobListener | IWorkerListener] = (),
     ) -> Core:
         """
-        Wire the journaled registry and the dispatcher.  The journal is not
+        Wire the configured registry and the dispatcher.  The journal is not
         replayed yet: C{core.registry.load()} does that, once.
 
+        @param journal: the journal; L{None} for C{[registry] kind =
+            "redis"}, whose registry brings its stand-in (not connected yet:
+            the service does that).
         @param observers: listeners to add with L{add_observer}, in order.
         """
         eventual = EventualQueue(clock)
-        registry = Registry(settings, journal, storage, clock, eventual)
+        registry: IRegistry
+        if journal is None:
+            from gridlike.server.registry.redis import NoJournal, RedisRegistry
+
+            registry = redis = RedisRegistry(settings, storage, clock, eventual)
+            journal = NoJournal(redis)
+        else:
+            registry = Registry(settings, journal, storage, clock, eventual)
         dispatcher = Dispatcher(settings, registry, clock, eventual)
         registry.add_listener(dispatcher)
         core = cls(settings, clock, journal, storage, registry, dispatcher, eventual)

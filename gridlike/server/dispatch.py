@@ -164,6 +164,8 @@ class _Assignment:
     running: Deferred[int]
     link: IWorkerLink | None
     record: WorkerRecord | None
+    uid: str = ""
+    """The worker's, which stays the attempt's when it reattaches."""
     lease: IDelayedCall | None = None
     timed_out: bool = False
     grace: IDelayedCall | None = None
@@ -355,7 +357,7 @@ class Dispatcher:
             assignment.running.errback(Failure(WorkerLost(why)))
 
     def _undetach(self, assignment: _Assignment) -> None:
-        uid = assignment.job.worker_id or ""
+        uid = assignment.uid
         detached = self._detached.get(uid)
         if detached is not None and detached.get(assignment.job.id) is assignment:
             del detached[assignment.job.id]
@@ -556,21 +558,85 @@ class Dispatcher:
     ) -> _Assignment:
         """
         Start an attempt at C{job} on C{link}: a new one sent to the worker
-        (C{running} L{None}), or one it resumes with C{running}.
+        (C{running} L{None}), or one it resumes with C{running}.  A shared
+        registry claims the job first (L{_claimed}); the slot is held
+        meanwhile.
         """
         record = self._records[link]
-        self._registry.start(job, link.uid, link.name, attempt)
-        placeholder = Deferred() if running is None else running
-        assignment = _Assignment(job, placeholder, link, record)
+        claim = self._registry.start(job, link.uid, link.name, attempt)
+        send = running is None
+        assignment = _Assignment(
+            job, Deferred() if running is None else running, link, record, link.uid
+        )
         record.jobs[job.id] = assignment
         self._assignments[job.id] = assignment
-        if running is None:
+        if claim is None:
+            self._run(assignment, send)
+        else:
+            claim.addBoth(self._claimed, assignment, send)
+        return assignment
+
+    def _claimed(self, claimed: bool | Failure, assignment: _Assignment, send: bool) -> None:
+        """
+        A shared registry answered the claim: run the job, or, if another
+        instance has it, offer the worker the next one; if the registry
+        cannot be reached, offer again a second later.
+        """
+        job, link, record = assignment.job, assignment.link, assignment.record
+        here = link is not None and self._records.get(link) is record
+        if claimed is True and here and not assignment.running.called:
+            self._run(assignment, send)
+            return
+        self._unassign(assignment)
+        ended = assignment.running.called  # withdrawn, or abandoned, meanwhile
+        if ended:
+            assignment.running.addErrback(lambda f: None)
+        if claimed is True:  # the worker left meanwhile, or the job went
+            if self._registry.by_id(job.id) is job:
+                self._registry.fail(job, "worker disconnected", None, assignment.uid)
+            return
+        if ended:
+            return
+        if not send and link is not None:
+            link.withdraw(job, "not wanted")
+        if not here:
+            return
+        assert link is not None and record is not None
+        if isinstance(claimed, Failure):
+            if not claimed.check(Unavailable):
+                log.failure("claiming job {key}", claimed, key=job.key)
+            self._set_state(record, "busy" if record.jobs else "ready")
+            self._clock.callLater(1.0, self._ready_again, link, record)
+        else:
+            self.ready(link)
+
+    def _ready_again(self, link: IWorkerLink, record: WorkerRecord) -> None:
+        """A claim failed a while ago: the worker, still ready, tries again."""
+        if self._records.get(link) is record and (
+            record.state == "ready" or link.protocol == 2
+        ):
+            self.ready(link)
+
+    def _unassign(self, assignment: _Assignment) -> None:
+        """Forget an attempt that never ran."""
+        assignment.stop_timers()
+        self._undetach(assignment)
+        job, record = assignment.job, assignment.record
+        if self._assignments.get(job.id) is assignment:
+            del self._assignments[job.id]
+        if record is not None and record.jobs.get(job.id) is assignment:
+            del record.jobs[job.id]
+
+    def _run(self, assignment: _Assignment, send: bool) -> None:
+        """The job is this worker's: send it (unless resumed), and wait."""
+        job, link = assignment.job, assignment.link
+        assert link is not None
+        if send:
             assignment.running = link.run(job)
         timeout = self._timeout(job.type)
         if timeout:
             assignment.lease = self._clock.callLater(timeout, self._expire, assignment)
         Deferred.fromCoroutine(self._attempt(assignment, timeout))
-        return assignment
 
     def _expire(self, assignment: _Assignment) -> None:
         assignment.lease = None
@@ -595,9 +661,8 @@ class Dispatcher:
         for its status if it is still connected and waiting for that.
         """
         registry = self._registry
-        job = assignment.job
-        uid = job.worker_id
-        totals = self._totals.setdefault(uid or "", _Totals())
+        job, uid = assignment.job, assignment.uid
+        totals = self._totals.setdefault(uid, _Totals())
         withdrawn = False
         try:
             size = await assignment.running

@@ -26,6 +26,7 @@ from gridlike.server.core import Core
 from gridlike.server.errors import GridLikeError
 from gridlike.server.heap import FREEZE_EVERY, Heap
 from gridlike.server.journal import IJournal, Journal
+from gridlike.server.registry.redis import RedisRegistry
 from gridlike.server.storage import FilesystemStorage, InlineStorage, IStorage
 
 log = Logger()
@@ -65,24 +66,31 @@ class GridLikeService(MultiService):
         self._threadpool = ThreadPool(minthreads=2, maxthreads=16, name="gridlike-io")
         self._filesystem: FilesystemStorage | None = None
         self._s3: Any = None
+        shared = settings.registry.kind == "redis"
         if storage is None:
             storage = self._storage(settings, reactor)
             inline_max = settings.storage.inline_max
-            if inline_max:
+            # Inline objects wait in one instance's memory: others must read them.
+            if inline_max and not shared:
                 storage = InlineStorage(
                     storage,
                     inline_max,
                     reactor,
                     memory=settings.storage.inline_memory,
                 )
-        journal = journal or Journal(
-            settings.registry.path,
-            reactor=reactor,
-            threadpool=self._threadpool,
-            fsync=settings.registry.fsync,
-            fsync_interval=settings.registry.fsync_interval,
-        )
+        if shared:
+            journal = None
+        elif journal is None:
+            journal = Journal(
+                settings.registry.path,
+                reactor=reactor,
+                threadpool=self._threadpool,
+                fsync=settings.registry.fsync,
+                fsync_interval=settings.registry.fsync_interval,
+            )
         self.core = Core.build(settings, reactor, journal, storage)
+        self.ready: Deferred[None] = Deferred()
+        """Fires once the registry is loaded: when listeners may serve."""
         self._compacting: Deferred[None] | None = None
         self._bytes_per_job: float = RECORD_ESTIMATE
         self._backoff = 0
@@ -136,6 +144,9 @@ class GridLikeService(MultiService):
         """
         core = self.core
         self._threadpool.start()
+        if isinstance(core.registry, RedisRegistry):
+            self._join(core.registry)
+            return
         started = core.clock.seconds()
         try:
             directories = [core.settings.registry.path.parent]
@@ -155,7 +166,41 @@ class GridLikeService(MultiService):
         # period, as the others do, so that start-up is replay and tidying.
         self._skip_checks += 1
         super().startService()
+        self.ready.callback(None)
         Deferred.fromCoroutine(self._tidy_storage(started)).addErrback(_tidy_failed)
+
+    def when_ready(self) -> Deferred[None]:
+        """@return: a Deferred of its own that fires as L{ready} does."""
+        waiter: Deferred[None] = Deferred()
+
+        def fire(result: object) -> object:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+                return None
+            waiter.callback(None)
+            return result
+
+        self.ready.addBoth(fire)
+        return waiter
+
+    def _join(self, registry: RedisRegistry) -> None:
+        """
+        Start with a Redis registry: the listeners wait (L{ready}) until its
+        jobs are loaded, as they wait for the journal's replay.  Storage is
+        not tidied: other instances share it, and are writing to it.
+
+        @raise SystemExit: its URL cannot be read.
+        """
+        if self._filesystem is not None:
+            os.makedirs(self.core.settings.storage.path, exist_ok=True)
+        try:
+            registry.connect()
+        except SystemExit:
+            self._threadpool.stop()
+            raise
+        super().startService()
+        joined = Deferred.fromCoroutine(registry.join())
+        joined.addCallbacks(self.ready.callback, self.ready.errback)
 
     def stopService(self) -> Deferred[None]:
         """Stop once the journal is written and synced."""

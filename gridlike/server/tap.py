@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from twisted import copyright
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 
 from gridlike import __version__
 from gridlike.server.api import GridLikeAPI
@@ -33,6 +35,8 @@ from gridlike.server.metrics import Metrics
 from gridlike.server.service import GridLikeService
 from gridlike.server.upload import UploadSite
 from gridlike.server.workers import worker_resources
+
+log = Logger()
 
 TWISTD_PIDFILE = "twistd.pid"
 """twistd's own default for C{--pidfile}, which GridLike drops under C{-n}."""
@@ -138,8 +142,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         timeout=settings.server.idle_timeout,
     )
     site.displayTracebacks = False
+    # A shared registry loads asynchronously: listen only once it has.
+    ready = service.when_ready if settings.registry.kind == "redis" else None
     for description in settings.server.listen:
-        Listener(description, serverFromString(reactor, description), site).setServiceParent(root)
+        endpoint = serverFromString(reactor, description)
+        Listener(description, endpoint, site, ready).setServiceParent(root)
     return root
 
 
@@ -179,11 +186,39 @@ class Listener(StreamServerEndpointService):
 
     _raiseSynchronously = True
 
-    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+    def __init__(
+        self,
+        description: str,
+        endpoint: Any,
+        factory: Any,
+        ready: Callable[[], Deferred[None]] | None = None,
+    ) -> None:
+        """
+        @param ready: when given, what fires once the core can serve: the
+            listener binds then, not before.
+        """
         super().__init__(endpoint, factory)
         self.description = description
+        self._ready = ready
+
+    def startService(self) -> None:
+        if self._ready is None:
+            super().startService()
+            return
+        Service.startService(self)
+        self._waitingForPort = self._ready().addCallback(
+            lambda _: self.endpoint.listen(self.factory)
+        )
+        self._waitingForPort.addErrback(self._not_listening)
+
+    def _not_listening(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):
+            log.failure("cannot listen on {description}", failure, description=self.description)
 
     def privilegedStartService(self) -> None:
+        if self._ready is not None:
+            Service.privilegedStartService(self)
+            return
         try:
             super().privilegedStartService()
         except CannotListenError as e:

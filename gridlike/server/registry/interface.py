@@ -267,11 +267,16 @@ class IRegistry(Interface):
 
     def start(
         job: Job, worker_id: str, worker_name: str | None, attempt: int | None = None
-    ) -> None:
+    ) -> Deferred[bool] | None:
         """
         C{job}, just taken from its pending queue, is running on a worker:
         its attempt number grows by one, or is C{attempt}, the one a
         protocol 2 worker resumes after a restart.
+
+        @return: L{None} when that is so at once; a registry shared by
+            several instances claims the job instead, and answers with a
+            Deferred that fires with whether the claim held (another
+            instance may have started it), or fails with L{Unavailable}.
         """
 
     def note_progress(job: Job, progress: Progress) -> None:

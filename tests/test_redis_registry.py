@@ -1,0 +1,201 @@
+"""
+The Redis registry (L{gridlike.server.registry.redis}) against a real
+C{redis-server} of its own (L{tests.integration.redisserver}), on the real
+reactor: two registries over one Redis stand for two instances.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from gridlike.server.config import parse_settings
+from gridlike.server.errors import Conflict, NotFound, Unavailable
+from gridlike.server.journal import IJournal
+from gridlike.server.listeners import JobChange
+from gridlike.server.model import Priority, Progress, Status
+from gridlike.server.registry import IRegistry, NewJob, new_job_id
+from gridlike.server.registry.redis import NoJournal, RedisRegistry
+from gridlike.server.storage import PAYLOAD, RESULT
+from gridlike.testing import Heard, MemoryStorage
+from tests.integration.redisserver import RedisServer
+
+CONFIG = """
+[registry]
+kind = "redis"
+url = "{url}"
+instance_timeout = 0.5
+[scheduling]
+max_attempts = 2
+batch_size = 2
+[types.first]
+result_becomes = "second"
+[types.second]
+"""
+
+
+class RedisRegistryTests(TestCase):
+    """Two registries sharing one Redis."""
+
+    server: RedisServer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server = RedisServer(Path(tempfile.mkdtemp(prefix="gridlike-redis-")))
+        cls.server.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
+
+    async def _registry(self, storage: MemoryStorage | None = None) -> RedisRegistry:
+        settings = parse_settings(CONFIG.format(url=self.server.url), Path("/nonexistent"))
+        registry = RedisRegistry(settings, storage or self.storage, reactor)
+        registry.connect()
+        await registry.join()
+        self.addCleanup(lambda: Deferred.fromCoroutine(registry.stop()))
+        return registry
+
+    def setUp(self) -> Deferred[None]:
+        self.server.command("FLUSHALL")
+        self.storage = MemoryStorage()
+        return Deferred.fromCoroutine(self._both())
+
+    async def _both(self) -> None:
+        self.a = await self._registry()
+        self.b = await self._registry()
+
+    async def _submit(self, registry: RedisRegistry, *keys: str, **fields: Any) -> list[Any]:
+        specs = [NewJob(new_job_id(), fields.get("type"), fields.get("priority", Priority.BATCH), 1, key) for key in keys]
+        return await registry.submit(specs)
+
+    async def _until(self, condition: Any) -> None:
+        for _ in range(500):
+            if condition():
+                return
+            await deferLater(reactor, 0.01)
+        self.fail("condition not met")
+
+    def test_interface(self) -> None:
+        """The registry and its journal's stand-in provide their interfaces."""
+        verifyObject(IRegistry, self.a)
+        verifyObject(IJournal, NoJournal(self.a))
+
+    async def test_submit_seen_everywhere(self) -> None:
+        """
+        A submit returns once its jobs are in this instance's memory; the
+        other instance gets them through the log, announced; batches are
+        numbered across instances; keys are unique across them.
+        """
+        heard = Heard()
+        self.b.add_listener(heard)
+        [job] = await self._submit(self.a, "k1")
+        assert self.a.get("k1") is job
+        await self._until(lambda: heard.of(JobChange.SUBMITTED))
+        [other] = await self._submit(self.b, "k2")
+        third = (await self._submit(self.a, "k3"))[0]
+        assert (job.batch, other.batch, third.batch) == (1, 1, 2)
+        assert self.b.get("k1").id == job.id
+        with self.assertRaises(Conflict):
+            await self._submit(self.b, "k1")
+        assert len(self.b) == 3
+
+    async def test_one_claim_wins(self) -> None:
+        """
+        Both instances claim the same pending job: one gets it, the other is
+        told no; the job leaves both pending queues and runs once.
+        """
+        [job] = await self._submit(self.a, "j")
+        await self._until(lambda: self.b.by_id(job.id) is not None)
+        mine, theirs = job, self.b.by_id(job.id)
+        assert theirs is not None
+        claims = [self.a.start(mine, "wa", None), self.b.start(theirs, "wb", None)]
+        results = [await claim for claim in claims]
+        assert sorted(results) == [False, True]
+        await self._until(lambda: theirs.status is Status.RUNNING and mine.status is Status.RUNNING)
+        assert self.a.pending(None).peek() is None and self.b.pending(None).peek() is None
+
+    async def test_done_makes_child(self) -> None:
+        """
+        A done job of a chained type makes its child in the same change,
+        on every instance, its payload linked to the result.
+        """
+        [job] = await self._submit(self.a, "p", type="first")
+        self.storage.objects[(job.id, RESULT)] = b"result"
+        assert await self.a.start(job, "w", "n")
+        child = await self.a.complete(job, 6, "w")
+        assert child is not None
+        assert (child.key, child.type, child.parent, job.child) == ("p.second", "second", "p", "p.second")
+        assert self.storage.objects[(child.id, PAYLOAD)] == b"result"
+        await self._until(lambda: self.b.by_id(child.id) is not None)
+        assert self.b.get("p").status is Status.DONE
+
+    async def test_stale_result_ignored(self) -> None:
+        """
+        An instance whose claim was ended elsewhere (its heartbeat lapsed)
+        cannot complete the job: its late result counts for nothing.
+        """
+        [job] = await self._submit(self.a, "s")
+        assert await self.a.start(job, "w", None)
+        self.a._heartbeat.stop()
+        self.server.command("DEL", f"gridlike:alive:{self.a.instance}")
+        await self.b._beat()
+        await self._until(lambda: job.status is Status.PENDING)
+        assert job.failure_count == 1 and job.error is not None
+        assert job.error.info == "instance lost"
+        assert await self.a.complete(job, 1, "w") is None
+        assert job.status is Status.PENDING
+
+    async def test_fail_retry_delete(self) -> None:
+        """
+        Failed attempts count up to max_attempts, retry puts a failed job
+        back, delete removes it everywhere; unknown keys are not found.
+        """
+        [job] = await self._submit(self.a, "f")
+        for attempt in range(2):
+            assert await self.a.start(job, "w", None)
+            await self.a.fail(job, f"no {attempt}", None, "w")
+        assert job.status is Status.FAILED and job.failure_count == 2
+        with self.assertRaises(Conflict):
+            await self._retry_pending()
+        retried = await self.b.retry("f")
+        await self._until(lambda: job.status is Status.PENDING)
+        assert retried.failure_count == 0
+        await self.b.delete("f")
+        await self._until(lambda: self.a.by_id(job.id) is None)
+        with self.assertRaises(NotFound):
+            await self.a.delete("f")
+
+    async def _retry_pending(self) -> None:
+        await self._submit(self.a, "pending")
+        await self.a.retry("pending")
+
+    async def test_progress_everywhere(self) -> None:
+        """Progress reported on the instance running a job shows on the other."""
+        [job] = await self._submit(self.a, "pr")
+        assert await self.a.start(job, "w", None)
+        self.a.note_progress(job, Progress(50.0, "half"))
+        await self._until(
+            lambda: (self.b.by_id(job.id) or job).progress == Progress(50.0, "half")
+        )
+
+    async def test_unavailable(self) -> None:
+        """With Redis gone, changes fail with Unavailable at once, and work again after."""
+        self.server.stop()
+        try:
+            await self._until(lambda: not self.a._link_().connected)
+            with self.assertRaises(Unavailable):
+                await self._submit(self.a, "down")
+            assert self.a.by_id("down") is None
+        finally:
+            self.server.start()
+        await self._until(lambda: self.a._link_().connected)
+        [job] = await self._submit(self.a, "up")
+        assert job.key == "up"
