@@ -32,10 +32,11 @@ class CommandLineTests(SynchronousTestCase):
     def test_arguments(self) -> None:
         """Options before C{--}, the command and its own options after."""
         options = parse(["--server", "http://h:1", "--type", "t", "--concurrency", "2", "--timeout", "9",
-                         "--", "sh", "-c", "exit 3"])
+                         "--kill-grace", "1.5", "--", "sh", "-c", "exit 3"])
         self.assertEqual(options.argv, ["sh", "-c", "exit 3"])
         self.assertEqual((options.server, options.job_type, options.concurrency, options.timeout),
                          ("http://h:1", "t", 2, 9.0))
+        self.assertEqual((options.kill_grace, parse(["--", "cat"]).kill_grace), (1.5, 5.0))
 
     def test_global_options(self) -> None:
         """A parser that has --server and --ca-file already (gridlike's) keeps them."""
@@ -46,8 +47,8 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(options.server, "http://h:1")
 
     def test_usage(self) -> None:
-        """A bad --concurrency, --timeout or URL ends with exit code 2."""
-        for argv in (["--concurrency", "0"], ["--timeout", "0"], ["--server", "ftp://h"]):
+        """A bad --concurrency, --timeout, --kill-grace or URL ends with exit code 2."""
+        for argv in (["--concurrency", "0"], ["--timeout", "0"], ["--kill-grace", "-1"], ["--server", "ftp://h"]):
             options = parse([*argv, "--", "cat"])
             self.assertEqual(self.successResultOf(run_worker(MemoryReactorClock(), options, {})), 2)
 

@@ -3,8 +3,8 @@
 The worker agent: any command as a GridLike worker, one run per job.
 
     gridlike worker --server URL [--type T] [--token TOKEN] [--name NAME]
-        [--id ID] [--concurrency N] [--timeout S] [--ca-file PEM]
-        [--quiet] [--log-file PATH] -- COMMAND [ARGS...]
+        [--id ID] [--concurrency N] [--timeout S] [--kill-grace S]
+        [--ca-file PEM] [--quiet] [--log-file PATH] -- COMMAND [ARGS...]
 
 The payload is the command's standard input and its standard output is the
 result; C{{input}} and C{{output}} in its arguments switch to files (the
@@ -13,8 +13,9 @@ after).  Exit status 0 is a result; any other fails the job with info
 C{exit status N} (or C{killed by signal S}) and the last 64 KiB of standard
 error as logs.  A standard error line C{progress: 42.5 some text} is a
 progress report instead.  Each run is a new session (process group): on
-C{--timeout}, on abort and when the command exits, the whole group is
-killed.
+C{--timeout}, on a second SIGTERM and when the command exits, the whole
+group is killed; a run cancelled (its connection dropped) gets SIGTERM, and
+SIGKILL C{--kill-grace} seconds later if it is still there.
 
 Payloads and results never pass through memory: the L{gridlike.client.worker}
 SDK spools them to temporary files, which become the command's standard
@@ -62,6 +63,8 @@ log = Logger()
 ABORTED = 143
 """The exit code when a second SIGTERM aborted the jobs: 128 + SIGTERM, as
 a shell reports it.  Errors have theirs from L{exit_code}, as in C{gridlike}."""
+KILL_GRACE = 5.0
+"""Seconds between the SIGTERM and the SIGKILL of a cancelled run's group."""
 LOG_TAIL = 64 * 1024
 """How much of the command's standard error the logs of a failed job keep."""
 PROGRESS_LINE = re.compile(rb"\s*progress:\s*(\d+(?:\.\d*)?|\.\d+)\s*%?(?:\s+(.*?))?\s*")
@@ -109,20 +112,23 @@ class _Child(ProcessProtocol):
     timeout, and when it exits.
 
     @ivar ended: fires with why the process ended (L{ProcessDone} or
-        L{ProcessTerminated}) once its pipes are closed; cancelling it kills
-        the process group.
+        L{ProcessTerminated}) once its pipes are closed; cancelling it stops
+        the process group (L{stop}).
     @ivar timed_out: whether the timeout killed it.
     """
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, clock: Any, kill_grace: float) -> None:
         self._progress = progress
+        self._clock = clock
+        self._kill_grace = kill_grace
+        self._killing: IDelayedCall | None = None
         self._tail = _Tail(LOG_TAIL)
         self._partial: dict[int, bytes] = {}
         self._gone: list[Deferred[None]] = []
         self.pid: int | None = None
         self.timed_out = False
         self.over = False
-        self.ended: Deferred[BaseException] = Deferred(lambda d: self.kill())
+        self.ended: Deferred[BaseException] = Deferred(lambda d: self.stop())
 
     def connectionMade(self) -> None:
         assert self.transport is not None
@@ -151,9 +157,21 @@ class _Child(ProcessProtocol):
 
     def kill(self) -> None:
         """Kill the command's whole process group."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """
+        Ask the process group to stop (SIGTERM), so the command may clean
+        up; kill it if it is still there after the grace.
+        """
+        self._signal(signal.SIGTERM)
+        if self._killing is None and not self.over:
+            self._killing = self._clock.callLater(self._kill_grace, self.kill)
+
+    def _signal(self, signum: int) -> None:
         if self.pid is not None:
             try:
-                os.killpg(self.pid, signal.SIGKILL)
+                os.killpg(self.pid, signum)
             except (ProcessLookupError, PermissionError):
                 pass
 
@@ -169,6 +187,8 @@ class _Child(ProcessProtocol):
             self._line(rest)
         self._partial.clear()
         self.over = True
+        if self._killing is not None and self._killing.active():
+            self._killing.cancel()
         gone, self._gone = self._gone, []
         for waiter in gone:
             waiter.callback(None)
@@ -191,15 +211,21 @@ class CommandRunner:
     (C{streaming=True, threaded=False}) that runs a command once per job.
     """
 
-    def __init__(self, reactor: Any, argv: Sequence[str], timeout: float | None = None, threadpool: Any = None) -> None:
+    def __init__(
+        self, reactor: Any, argv: Sequence[str], timeout: float | None = None, threadpool: Any = None,
+        kill_grace: float = KILL_GRACE,
+    ) -> None:
         """
         @param reactor: spawns the processes and keeps the time.
         @param argv: the command and its arguments, where C{{input}} and
             C{{output}} stand for the payload's and the result's files.
         @param timeout: seconds after which a run is killed, or L{None}.
         @param threadpool: where file work runs (default: the reactor's).
+        @param kill_grace: seconds a cancelled run has between SIGTERM and
+            SIGKILL.
         """
         self._reactor = reactor
+        self._kill_grace = kill_grace
         self._argv = list(argv)
         self._timeout = timeout
         self._threadpool = threadpool
@@ -213,9 +239,11 @@ class CommandRunner:
         @param output: the result's temporary file, empty.
         @param progress: reports progress.
         @return: fires when the result is in C{output}; fails with
-            L{JobFailed}; cancelling it kills the command.
+            L{JobFailed}; cancelling it stops the command (SIGTERM, then
+            SIGKILL after the grace).
         """
-        return Deferred.fromCoroutine(self._run(_Child(progress), input, output))
+        child = _Child(progress, self._reactor, self._kill_grace)
+        return Deferred.fromCoroutine(self._run(child, input, output))
 
     def wait(self) -> Deferred[Any]:
         """@return: fires once every command started has ended."""
@@ -264,7 +292,7 @@ class CommandRunner:
             if uses_output:
                 await self._in_pool(_copy_result, result, output)
         except CancelledError:
-            log.info("job aborted: killing process {pid}", pid=child.pid)
+            log.info("job aborted: stopping process {pid}", pid=child.pid)
             raise
         finally:
             if timer is not None and timer.active():
@@ -391,6 +419,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", metavar="ID", dest="worker_id", help="the worker's identity (default: the machine id)")
     parser.add_argument("--concurrency", metavar="N", type=int, default=1, help="jobs at once, one connection each")
     parser.add_argument("--timeout", metavar="S", type=float, help="kill a job's command after S seconds")
+    parser.add_argument(
+        "--kill-grace", metavar="S", type=float, default=KILL_GRACE,
+        help=f"a cancelled job's command gets SIGTERM, then SIGKILL after S seconds (default {KILL_GRACE:g})",
+    )
     parser.add_argument("--quiet", action="store_true", help="log only warnings and errors")
     parser.add_argument(
         "--log-file", metavar="PATH", help="append the log to PATH instead of standard error"
@@ -417,9 +449,11 @@ def run_worker(reactor: Any, options: argparse.Namespace, environ: dict[str, str
     server = getattr(options, "server", None) or environ.get("GRIDLIKE_URL") or DEFAULT_URL
     token = options.token if options.token is not None else environ.get("GRIDLIKE_WORKER_TOKEN", "")
     n = options.concurrency
-    if n < 1 or (options.timeout is not None and options.timeout <= 0):
-        return succeed(_failed(CommandError("--concurrency must be at least 1 and --timeout above 0")))
-    runner = CommandRunner(reactor, options.argv, options.timeout)
+    if n < 1 or (options.timeout is not None and options.timeout <= 0) or options.kill_grace < 0:
+        return succeed(_failed(CommandError(
+            "--concurrency must be at least 1, --timeout above 0 and --kill-grace at least 0"
+        )))
+    runner = CommandRunner(reactor, options.argv, options.timeout, kill_grace=options.kill_grace)
     base = options.worker_id or default_uid()
     try:
         workers = [

@@ -183,3 +183,29 @@ class RunnerTests(TestCase):
         with self.assertRaises(Exception):
             await job
         await self.assert_group_gone(int(pid_file.read_text()))
+
+    async def test_cancel_sigterm_then_sigkill(self) -> None:
+        """
+        A cancelled job's group gets SIGTERM at once; a command that
+        ignores it is killed once the grace (on the injected clock) is over.
+        """
+        clock = Clock()
+        pid_file, termed = self.directory / "pid", self.directory / "termed"
+        script = f"trap 'echo > {termed}' TERM; echo $$ > {pid_file}; while :; do sleep 0.05; done"
+        running: list[Deferred[None]] = []
+        job = Deferred.fromCoroutine(
+            self.run_job(["sh", "-c", script], b"", on_reactor=ClockedReactor(clock), started=running.append)
+        )
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            await deferLater(reactor, 0.02, lambda: None)
+        running[0].cancel()
+        while not termed.exists():
+            await deferLater(reactor, 0.02, lambda: None)
+        pgid = int(pid_file.read_text())
+        os.killpg(pgid, 0)  # SIGTERM was trapped: the group is still there
+        self.assertEqual([round(c.getTime(), 3) for c in clock.getDelayedCalls()], [5.0])
+        clock.advance(5)
+        with self.assertRaises(Exception):
+            await job
+        await self.assert_group_gone(pgid)
+        self.assertEqual(clock.getDelayedCalls(), [])
