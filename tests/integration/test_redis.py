@@ -15,8 +15,11 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 
+from tests.integration.conftest import assert_clean_log
 from tests.integration.daemon import Daemon
+from tests.integration.s3server import shared
 from tests.integration.redisserver import RedisServer
+from tests.integration.test_s3 import s3_config
 from tests.integration.test_workers import PlainWorker, submit, view
 
 
@@ -181,3 +184,40 @@ def test_redis_killed_after_a_burst(instances: Callable[..., Daemon], redis: Red
         assert view(b, key)["status"] == "pending"
     assert submit(a, b"after", key="after") == "after"
     assert until(lambda: view(b, "after").get("status") == "pending")
+
+
+def test_redis_and_s3(tmp_path: Path, redis: RedisServer) -> None:
+    """
+    Two instances over Redis and S3, nothing shared on disk: a payload
+    submitted on A, small or large, runs on B's worker, and its result
+    reads the same on both.
+    """
+    s3 = shared()
+    servers = []
+    try:
+        for name in ("a", "b"):
+            directory = tmp_path / name
+            directory.mkdir()
+            storage = s3_config(s3, directory, f"redis-{tmp_path.name}/")
+            server = Daemon(
+                directory,
+                f'[registry]\nkind = "redis"\nurl = "{redis.url}"\n' + storage,
+            )
+            servers.append(server)
+            server.start()
+        a, b = servers
+        worker = PlainWorker(b, "wb")
+        worker.register()
+        for key, payload in (("small", b"tiny"), ("large", bytes(range(256)) * 1024)):
+            submit(a, payload, key=key)
+            assert worker.ready() == payload
+            worker.result(payload[::-1])
+            assert view(a, key, wait=10)["status"] == "done"
+            for server in (a, b):
+                result = requests.get(f"{server.url}/api/jobs/{key}/result", timeout=10)
+                assert result.content == payload[::-1]
+    finally:
+        for server in servers:
+            server.stop()
+    for server in servers:
+        assert_clean_log(server)
