@@ -416,17 +416,6 @@ class Dispatcher:
         if percent is not None or info is not None:
             self._registry.note_progress(job, Progress(percent, info))
 
-    def holds(self, link: IWorkerLink, job_id: str, attempt: int) -> Job | None:
-        """
-        @return: the job C{job_id} if C{link} holds its current attempt
-            C{attempt}, else L{None} (the attempt ended, or moved on).
-        """
-        record = self._records.get(link)
-        assignment = record.jobs.get(job_id) if record is not None else None
-        if assignment is None or assignment.job.attempt != attempt:
-            return None
-        return assignment.job
-
     def closed(self, record: WorkerRecord) -> None:
         """
         The connection is gone.  A job it held fails its attempt, through

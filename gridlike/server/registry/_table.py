@@ -22,13 +22,40 @@ from typing import Any, Iterable, Iterator, Sequence
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from gridlike.server.errors import BadRequest, NotFound
+from gridlike.server.errors import BadRequest, Conflict, NotFound
 from gridlike.server.listeners import EventualQueue, IJobListener, JobChange
-from gridlike.server.model import Job, JobError, Priority, Progress, Status
+from gridlike.server.model import (
+    KEY_PATTERN,
+    MAX_DESCRIPTION,
+    Job,
+    JobError,
+    Priority,
+    Progress,
+    Status,
+)
 from gridlike.server.queue import PendingQueue
 
 from ._records import _decode_job
-from .interface import Match
+from .interface import Match, NewJob
+
+
+def check_specs(specs: Sequence[NewJob]) -> None:
+    """
+    Check new jobs before any is made, for every registry provider.
+
+    @raise BadRequest: a key or description is malformed.
+    @raise Conflict: a key is given twice.
+    """
+    keys = []
+    for spec in specs:
+        if spec.key is not None:
+            if not KEY_PATTERN.fullmatch(spec.key):
+                raise BadRequest(f"key: not a valid key: {spec.key!r}")
+            keys.append(spec.key)
+        if spec.description is not None and len(spec.description) > MAX_DESCRIPTION:
+            raise BadRequest(f"description: longer than {MAX_DESCRIPTION} characters")
+    if len(set(keys)) != len(keys):
+        raise Conflict("key: the same key is given twice")
 
 
 class JobTable:

@@ -39,12 +39,12 @@ from gridlike.server.config import Settings
 from gridlike.server.errors import BadRequest, Conflict, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import EventualQueue
-from gridlike.server.model import KEY_PATTERN, MAX_DESCRIPTION, Job, Status
+from gridlike.server.model import Job, Status
 from gridlike.server.storage import PAYLOAD, RESULT, IStorage
 
 from ._filing import Filing, split, with_objects
 from ._records import _encode, _encode_job
-from ._table import JobTable
+from ._table import JobTable, check_specs
 from .interface import IRegistry, Match, NewJob, new_job_id
 
 log = Logger()
@@ -124,18 +124,8 @@ class Registry(JobTable):
         @raise Conflict: a key is in use (or given twice).
         @raise Unavailable: the journal cannot be written.
         """
-        keys = []
-        for spec in specs:
-            if spec.key is not None:
-                if not KEY_PATTERN.fullmatch(spec.key):
-                    raise BadRequest(f"key: not a valid key: {spec.key!r}")
-                keys.append(spec.key)
-            if spec.description is not None and len(spec.description) > MAX_DESCRIPTION:
-                raise BadRequest(
-                    f"description: longer than {MAX_DESCRIPTION} characters"
-                )
-        if len(set(keys)) != len(keys):
-            raise Conflict("key: the same key is given twice")
+        check_specs(specs)
+        keys = [spec.key for spec in specs if spec.key is not None]
         for key in keys:
             if self._key_taken(key):
                 raise Conflict(f"key: {key!r} is already in use")

@@ -40,12 +40,12 @@ from gridlike.server.config import Settings
 from gridlike.server.errors import BadRequest, ConfigError, Conflict, NotFound, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import EventualQueue
-from gridlike.server.model import KEY_PATTERN, MAX_DESCRIPTION, Job, Progress, Status
+from gridlike.server.model import Job, Progress, Status
 from gridlike.server.storage import PAYLOAD, RESULT, IStorage
 
 from ._records import _decode_job
 from ._redis_link import RedisLink
-from ._table import JobTable
+from ._table import JobTable, check_specs
 from .interface import IRegistry, Match, NewJob, new_job_id
 
 log = Logger()
@@ -58,23 +58,6 @@ def _position(entry_id: str) -> tuple[int, int]:
     """@return: a log entry's id, as a value that sorts as the log does."""
     milliseconds, _, sequence = entry_id.partition("-")
     return int(milliseconds), int(sequence or 0)
-
-
-def check_specs(specs: Sequence[NewJob]) -> None:
-    """
-    @raise BadRequest: a key or description is malformed.
-    @raise Conflict: a key is given twice.
-    """
-    keys = []
-    for spec in specs:
-        if spec.key is not None:
-            if not KEY_PATTERN.fullmatch(spec.key):
-                raise BadRequest(f"key: not a valid key: {spec.key!r}")
-            keys.append(spec.key)
-        if spec.description is not None and len(spec.description) > MAX_DESCRIPTION:
-            raise BadRequest(f"description: longer than {MAX_DESCRIPTION} characters")
-    if len(set(keys)) != len(keys):
-        raise Conflict("key: the same key is given twice")
 
 
 @implementer(IRegistry)
