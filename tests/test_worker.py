@@ -24,15 +24,8 @@ from zope.interface.verify import verifyObject
 from gridlike.client import _worker_jobs as jobs_module
 from gridlike.client import worker as worker_module
 from gridlike.client._worker_jobs import SPOOL_HIGH, _Spool
-from gridlike.client.worker import (
-    CHUNK,
-    JobFailed,
-    Worker,
-    WorkerRefused,
-    _Pacer,
-    default_uid,
-    worker_url,
-)
+from gridlike.client._worker_protocol import CHUNK, _Pacer
+from gridlike.client.worker import JobFailed, Worker, WorkerRefused, default_uid, worker_url
 
 PORT = 8080
 
@@ -115,6 +108,7 @@ class Harness:
         self.completer = ConnectionCompleter(self.reactor)
         self.pumps: list[IOPump] = []
         kwargs.setdefault("token", "secret")
+        kwargs.setdefault("protocol", 1)  # protocol 2: tests/test_worker_slots.py
         self.worker = Worker(
             f"http://127.0.0.1:{PORT}", handler, reactor=self.reactor, threadpool=self.pool,
             uid="uid-1", name="box", **kwargs,
@@ -367,7 +361,7 @@ class ProtocolTests(SynchronousTestCase):
     def test_streaming_disk_full(self) -> None:
         """When the payload cannot be spooled, the job fails saying why."""
 
-        def full(kind: str) -> Any:
+        def full(kind: str, directory: str | None = None) -> Any:
             raise OSError(28, "No space left on device")
 
         self.patch(jobs_module, "_temporary", full)
@@ -625,7 +619,7 @@ class SpoolTests(SynchronousTestCase):
         reactor = Reactor()
         from twisted.internet.threads import deferToThreadPool
 
-        def full(kind: str) -> Any:
+        def full(kind: str, directory: str | None = None) -> Any:
             raise OSError(28, "No space left on device")
 
         self.patch(jobs_module, "_temporary", full)
@@ -646,7 +640,7 @@ class SpoolTests(SynchronousTestCase):
         made: list[Any] = []
         from twisted.internet.threads import deferToThreadPool
 
-        def temporary(kind: str) -> Any:
+        def temporary(kind: str, directory: str | None = None) -> Any:
             made.append(jobs_module.tempfile.NamedTemporaryFile(prefix="gridlike-test-"))
             return made[-1]
 

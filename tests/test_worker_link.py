@@ -79,7 +79,7 @@ class FlowTests(SynchronousTestCase):
             [
                 ("start_service",),
                 ("send_register",),
-                ("registered",),
+                ("registered", 1),
                 ("send_status", True),
                 ("send_status", True),
             ],
@@ -179,7 +179,7 @@ class OutOfOrderTests(SynchronousTestCase):
         take(effects)
         self.assertRaises(NoTransition, link.payload_begun)
         link.status_requested()
-        self.assertEqual(take(effects), [("registered",), ("send_status", True)])
+        self.assertEqual(take(effects), [("registered", 1), ("send_status", True)])
 
     def test_payload_while_busy(self) -> None:
         """A payload while a job runs, or before its outcome is acknowledged."""
@@ -221,7 +221,7 @@ class ConnectionTests(SynchronousTestCase):
                 ("send_register",),
                 ("reconnecting", False),
                 ("send_register",),
-                ("registered",),
+                ("registered", 1),
                 ("send_status", True),
                 ("open_payload",),
                 ("end_job",),
@@ -253,7 +253,7 @@ class ConnectionTests(SynchronousTestCase):
                 ("interrupt_handler",),
                 ("reconnecting", True),
                 ("send_register",),
-                ("registered",),
+                ("registered", 1),
                 ("send_status", False),
                 ("end_job",),
                 ("send_status", True),
@@ -275,7 +275,7 @@ class ConnectionTests(SynchronousTestCase):
                 ("reconnecting", True),
                 ("end_job",),
                 ("send_register",),
-                ("registered",),
+                ("registered", 1),
                 ("send_status", True),
             ],
         )
@@ -393,3 +393,63 @@ class StopTests(SynchronousTestCase):
                 ("stop_service",),
             ],
         )
+
+
+class ServingTests(SynchronousTestCase):
+    """Protocol 2: a welcome hands the jobs to the slots; the machine keeps only the connection's life."""
+
+    def serving(self) -> tuple[LinkInputs, LinkCore, RecordingEffects]:
+        link, core, effects = machine()
+        link.started()
+        link.connected()
+        link.welcomed("welcome")  # type: ignore[arg-type]
+        self.assertEqual(take(effects)[-2:], [("registered", 2), ("serve", "welcome")])
+        return link, core, effects
+
+    def test_frames(self) -> None:
+        """Frames and payloads go to the slots."""
+        link, core, effects = self.serving()
+        link.frame("job")  # type: ignore[arg-type]
+        link.payload_begun()
+        link.payload_ended()
+        self.assertEqual(
+            take(effects), [("serve_frame", "job"), ("serve_payload", True), ("serve_payload", False)]
+        )
+
+    def test_not_serving(self) -> None:
+        """Frames before a welcome, a welcome when ready, a status request when serving: out of turn."""
+        link, core, effects = registered()
+        self.assertRaises(NoTransition, link.welcomed, "welcome")
+        self.assertRaises(NoTransition, link.frame, "job")
+        link, core, effects = self.serving()
+        self.assertRaises(NoTransition, link.status_requested)
+
+    def test_lost(self) -> None:
+        """A drop keeps the jobs held and reconnects; the next connection registers again."""
+        link, core, effects = self.serving()
+        link.lost()
+        link.connected()
+        self.assertEqual(take(effects), [("detach_held",), ("reconnecting", True), ("send_register",)])
+
+    def test_stop_drains(self) -> None:
+        """A stop drains the slots; once drained the connection closes."""
+        link, core, effects = self.serving()
+        stopped = stop(link)
+        link.drained()
+        link.lost()
+        link.service_stopped()
+        self.successResultOf(stopped)
+        self.assertEqual(take(effects), [("drain_held",), ("close",), ("stop_service",)])
+
+    def test_drained_elsewhere(self) -> None:
+        """C{drained} is ignored but when stopping."""
+        link, core, effects = self.serving()
+        link.drained()
+        self.assertEqual(take(effects), [])
+
+    def test_second_stop(self) -> None:
+        """A second stop ends everything at once."""
+        link, core, effects = self.serving()
+        stop(link)
+        stop(link)
+        self.assertEqual(take(effects), [("drain_held",), ("end_job",), ("stop_service",)])

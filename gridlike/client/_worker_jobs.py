@@ -4,9 +4,10 @@ Running a worker's jobs: gathering a payload (in memory, or spooled to a
 temporary file as its frames arrive), calling the handler on it (in a
 thread pool, or on the reactor), and reading its result back to be sent.
 
-A L{JobRunner} does what the link machine (L{gridlike.client._worker_link})
-asks of a job, and feeds the machine how the handler ended; it knows
-nothing of the protocol.
+A L{JobRunner} makes a L{JobRun} for each job; a run does what the link
+machine (L{gridlike.client._worker_link}, protocol 1) or the job's slot
+(L{gridlike.client._worker_slots}, protocol 2) asks of it, and tells its
+L{Outcome} how the handler ended; it knows nothing of the protocol.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import tempfile
 import traceback
 from typing import IO, Any, Callable, Protocol
 
-from attrs import define, field
+from attrs import define
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gridlike.client._worker_link import LinkInputs, Result
+from gridlike.client._worker_link import Result
 
-__all__ = ["SPOOL_HIGH", "SPOOL_LOW", "JobFailed", "JobRunner"]
+__all__ = ["SPOOL_HIGH", "SPOOL_LOW", "JobFailed", "JobRun", "JobRunner", "Outcome", "result_reader"]
 
 SPOOL_HIGH, SPOOL_LOW = 8 << 20, 2 << 20
 """Payload bytes waiting for the disk above which reading pauses, and below
@@ -88,8 +89,8 @@ def _as_bytes(result: object) -> bytes:
     return bytes(result)
 
 
-def _temporary(kind: str) -> IO[bytes]:
-    return tempfile.NamedTemporaryFile(prefix=f"gridlike-{kind}-")
+def _temporary(kind: str, directory: str | None = None) -> IO[bytes]:
+    return tempfile.NamedTemporaryFile(prefix=f"gridlike-{kind}-", dir=directory)
 
 
 def _rewind(file: IO[bytes]) -> int:
@@ -130,9 +131,14 @@ class _Spool:
     _log = Logger()
 
     def __init__(
-        self, in_pool: Callable[..., Deferred[Any]], pause: Callable[[], None], resume: Callable[[], None]
+        self,
+        in_pool: Callable[..., Deferred[Any]],
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        directory: str | None = None,
     ) -> None:
         self._in_pool, self._pause, self._resume = in_pool, pause, resume
+        self._directory = directory
         self._file: IO[bytes] | None = None
         self._queued: list[bytes] = []
         self._waiting = 0
@@ -166,7 +172,7 @@ class _Spool:
 
     def _write(self, chunks: list[bytes]) -> None:
         if self._file is None:
-            self._file = _temporary("payload")
+            self._file = _temporary("payload", self._directory)
         self._file.writelines(chunks)
 
     def _rewound(self) -> IO[bytes]:
@@ -198,93 +204,57 @@ class _Spool:
 # The job
 
 
-@define(eq=False)
-class _Job:
+class Outcome(Protocol):
+    """
+    Who hears how a job's run ends: the link machine
+    (L{gridlike.client._worker_link.LinkInputs}) for protocol 1, the job's
+    slot for protocol 2.  Nothing is fed once the run is L{JobRun.end}ed.
+    """
+
+    def handler_finished(self, result: Result) -> None:
+        "The handler returned C{result}."
+
+    def handler_failed(self, info: str | None, logs: str | None) -> None:
+        "The handler failed the job (or its files could not be made)."
+
+    def handler_cancelled(self) -> None:
+        "The handler ended cancelled."
+
+    def result_sent(self) -> None:
+        "The result has gone out whole (L{JobRun.send})."
+
+
+class JobRun:
     """
     One job: its payload being gathered, then its handler running, then
-    its result being sent.
-
-    @ivar task: the handler's run, once the payload is complete.
-    @ivar running: the handler's own L{Deferred}, once called.
-    @ivar sending: its result being sent.
-    @ivar files: its temporary files, removed when it ends.
-    """
-
-    sink: _Memory | _Spool
-    progress: Reporter
-    task: Deferred[None] | None = None
-    running: Deferred[Any] | None = None
-    sending: Deferred[None] | None = None
-    files: list[IO[bytes]] = field(factory=list)
-
-
-class JobRunner:
-    """
-    Runs a worker's job, one at a time, as the link machine asks
-    (L{gridlike.client._worker_link.LinkEffects}: C{open_payload} ...
-    C{end_job}), and feeds the machine how the handler ended.
+    (protocol 1) its result being sent; made by L{JobRunner.open}.
     """
 
     _log = Logger()
 
-    def __init__(
-        self,
-        handler: Callable[..., Any],
-        *,
-        streaming: bool,
-        threaded: bool,
-        in_pool: InPool,
-        reporter: Callable[[], Reporter],
-    ) -> None:
-        """
-        @param handler: the worker's handler.
-        @param streaming: call C{handler(input, output, progress)} with
-            files, rather than C{handler(payload, progress)}.
-        @param threaded: run the handler in the thread pool, rather than
-            on the reactor (where it returns a L{Deferred} or coroutine).
-        @param in_pool: runs a function in the thread pool.
-        @param reporter: makes a job's C{progress} callable.
-        """
-        self._handler = handler
-        self._streaming = streaming
-        self._threaded = threaded
-        self._in_pool = in_pool
-        self._reporter = reporter
-        self._job: _Job | None = None
-        self.link: LinkInputs | None = None
-        """The machine fed with how the handler ends; set before any job."""
-
-    def open(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
-        """
-        A payload begins: gather it, spooled to a file when streaming.
-
-        @param pause: stops reading the connection (the disk lags).
-        @param resume: reads again.
-        """
-        sink: _Memory | _Spool = _Spool(self._in_pool, pause, resume) if self._streaming else _Memory()
-        self._job = _Job(sink, self._reporter())
+    def __init__(self, runner: JobRunner, outcome: Outcome, sink: _Memory | _Spool, progress: Reporter) -> None:
+        self._runner, self._outcome = runner, outcome
+        self._sink, self.progress = sink, progress
+        self._task: Deferred[None] | None = None
+        self._running: Deferred[Any] | None = None
+        self._sending: Deferred[None] | None = None
+        self._files: list[IO[bytes]] = []
+        self._ended = False
 
     def write(self, data: bytes) -> None:
-        """
-        @param data: a frame of the payload; dropped if no payload is
-            being gathered.
-        """
-        if self._job is not None:
-            self._job.sink.write(data)
+        """@param data: a frame of the payload."""
+        self._sink.write(data)
 
     def start(self) -> None:
         """The payload is complete: run the handler."""
-        job = self._job
-        assert job is not None, "no payload"
-        job.task = Deferred.fromCoroutine(self._run(job))
+        self._task = Deferred.fromCoroutine(self._run())
 
     def interrupt(self) -> None:
         """Cancel the handler, unless it is a threaded one already running."""
-        job = self._job
-        if job is None or job.task is None:
+        if self._task is None:
             return
-        if not (self._threaded and job.running is not None and not job.running.called):
-            job.task.cancel()
+        if not (self._runner.threaded and self._running is not None and not self._running.called):
+            self._task.cancel()
 
     def send(self, result: Result, send: SendResult) -> Deferred[None]:
         """
@@ -295,88 +265,138 @@ class JobRunner:
         @return: fires once it is sent, or cancelled; fails if reading or
             sending it failed.
         """
-        job = self._job
-        assert job is not None, "no job"
-        job.sending = Deferred.fromCoroutine(self._send(job, result, send))
-        return job.sending
+        self._sending = Deferred.fromCoroutine(self._send(result, send))
+        return self._sending
 
     def end(self) -> None:
         """The job is over: stop what runs of it, drop its payload, remove its files."""
-        job, self._job = self._job, None
-        if job is None:
+        if self._ended:
             return
-        job.progress.close()
-        for running in (job.task, job.sending):
+        self._ended = True
+        self.progress.close()
+        for running in (self._task, self._sending):
             if running is not None:
                 running.cancel()
-        job.sink.discard()
-        for file in job.files:
-            self._in_pool(file.close).addErrback(lambda f: self._log.failure("removing a temporary file", f))
+        self._sink.discard()
+        for file in self._files:
+            self._runner.in_pool(file.close).addErrback(
+                lambda f: self._log.failure("removing a temporary file", f)
+            )
 
-    def _feed(self, job: _Job) -> LinkInputs | None:
-        """@return: the machine, if C{job} is still the one it runs."""
-        return self.link if job is self._job else None
+    def _feed(self) -> Outcome | None:
+        """@return: who hears the outcome, if the run is not over."""
+        return None if self._ended else self._outcome
 
-    def _call(self, payload: bytes | IO[bytes], output: IO[bytes] | None, progress: Reporter) -> Deferred[Any]:
-        """Run the handler; its failure becomes a L{JobFailed}."""
-        args = (payload, output, progress) if self._streaming else (payload, progress)
-        if self._threaded:
-            running = self._in_pool(_traced, self._handler, *args)
-        else:
-            running = maybeDeferred(self._handler, *args).addErrback(_as_job_failed)
-        if not self._streaming:
-            running.addCallback(_as_bytes)
-        return running
-
-    async def _run(self, job: _Job) -> None:
+    async def _run(self) -> None:
         """Gather the payload, run the handler, and feed how it ended."""
+        runner = self._runner
         try:
-            payload = await job.sink.finish()
+            payload = await self._sink.finish()
             output = None
             if not isinstance(payload, bytes):
-                job.files.append(payload)
-            if self._streaming:
-                output = await self._in_pool(_temporary, "result")
-                job.files.append(output)
-            job.running = self._call(payload, output, job.progress)
-            result = await job.running
+                self._files.append(payload)
+            if runner.streaming:
+                output = await runner.in_pool(_temporary, "result", runner.directory)
+                self._files.append(output)
+            self._running = runner.call(payload, output, self.progress)
+            result = await self._running
         except JobFailed as e:
             failed: JobFailed | None = e
         except OSError as e:  # spooling, temporary files
             failed = JobFailed(f"the worker could not store the job's files: {e}")
         except CancelledError:
-            job.progress.close()
-            link = self._feed(job)
-            if link is not None:
-                link.handler_cancelled()
+            self.progress.close()
+            outcome = self._feed()
+            if outcome is not None:
+                outcome.handler_cancelled()
             return
         except Exception as e:
             self._log.failure("handling a job")
             failed = JobFailed(_failure_info(e), traceback.format_exc())
         else:
             failed = None
-        job.progress.close()
-        link = self._feed(job)
-        if link is None:
+        self.progress.close()
+        outcome = self._feed()
+        if outcome is None:
             return
         if failed is not None:
-            link.handler_failed(failed.info, failed.logs)
+            outcome.handler_failed(failed.info, failed.logs)
         else:
-            link.handler_finished(output if output is not None else result)
+            outcome.handler_finished(output if output is not None else result)
 
-    async def _send(self, job: _Job, result: Result, send: SendResult) -> None:
+    async def _send(self, result: Result, send: SendResult) -> None:
         """Read the result and send it; then feed C{result_sent}."""
         try:
-            if isinstance(result, bytes):
-                buffer = io.BytesIO(result)
-                await send(lambda n: succeed(buffer.read(n)), len(result))
-                size = len(result)
-            else:
-                size = await self._in_pool(_rewind, result)
-                await send(lambda n: self._in_pool(result.read, n), size)
+            read, size = await result_reader(result, self._runner.in_pool)
+            await send(read, size)
         except CancelledError:
             return
         self._log.info("job done: {size} bytes of result", size=size)
-        link = self._feed(job)
-        if link is not None:
-            link.result_sent()
+        outcome = self._feed()
+        if outcome is not None:
+            outcome.result_sent()
+
+
+async def result_reader(result: Result, in_pool: InPool) -> tuple[Callable[[int], Deferred[bytes]], int]:
+    """
+    @param result: a result, in memory or in a file (rewound here, in the pool).
+    @return: C{(read, size)}: C{read(n)} reads up to C{n} bytes more of it.
+    """
+    if isinstance(result, bytes):
+        buffer = io.BytesIO(result)
+        return (lambda n: succeed(buffer.read(n))), len(result)
+    size = await in_pool(_rewind, result)
+    return (lambda n: in_pool(result.read, n)), size
+
+
+@define(eq=False)
+class JobRunner:
+    """
+    How a worker runs its jobs: its handler, and how it is called.  It
+    makes a L{JobRun} for each job, as many at once as the worker holds.
+
+    @ivar handler: the worker's handler.
+    @ivar streaming: call C{handler(input, output, progress)} with files,
+        rather than C{handler(payload, progress)}.
+    @ivar threaded: run the handler in the thread pool, rather than on the
+        reactor (where it returns a L{Deferred} or coroutine).
+    @ivar in_pool: runs a function in the thread pool.
+    @ivar directory: where temporary files go (L{None}: the system's
+        temporary directory); the outbox links finished results from there.
+    """
+
+    handler: Callable[..., Any]
+    streaming: bool
+    threaded: bool
+    in_pool: InPool
+    directory: str | None = None
+
+    def open(
+        self, outcome: Outcome, progress: Reporter, pause: Callable[[], None], resume: Callable[[], None]
+    ) -> JobRun:
+        """
+        A payload begins: gather it, spooled to a file when streaming.
+
+        @param outcome: hears how the run ends.
+        @param progress: the job's C{progress} callable.
+        @param pause: stops reading the connection (the disk lags).
+        @param resume: reads again.
+        @return: the run.
+        """
+        sink: _Memory | _Spool
+        if self.streaming:
+            sink = _Spool(self.in_pool, pause, resume, self.directory)
+        else:
+            sink = _Memory()
+        return JobRun(self, outcome, sink, progress)
+
+    def call(self, payload: bytes | IO[bytes], output: IO[bytes] | None, progress: Reporter) -> Deferred[Any]:
+        """Run the handler; its failure becomes a L{JobFailed}."""
+        args = (payload, output, progress) if self.streaming else (payload, progress)
+        if self.threaded:
+            running = self.in_pool(_traced, self.handler, *args)
+        else:
+            running = maybeDeferred(self.handler, *args).addErrback(_as_job_failed)
+        if not self.streaming:
+            running.addCallback(_as_bytes)
+        return running

@@ -59,11 +59,18 @@ connection that gave the job dropped while a threaded handler, which
 cannot be interrupted, still runs; the worker answers busy until it ends,
 and drops its outcome.
 
-Protocol v2 (several jobs per connection, cancel notices, reattaching)
-is to be negotiated in the register that C{connected} sends; the job's inputs and
-effects (C{payload_*}, C{handler_*}, C{result_sent}, C{open_payload} ...
-C{end_job}) are the seam along which the job states move out into a
-machine per job.
+Protocol 2 (docs/api.md): the register that C{connected} sends asks for
+it; a welcome (code 5) instead of a status request grants it, and the
+jobs then live in L{gridlike.client._worker_slots.Slots}, across
+connections, not in these states::
+
+    registering --welcomed--> serving      serving --frame, payload_*--> serving (to the slots)
+    serving --lost--> connecting (the jobs held go on; the next register lists them)
+    serving --stop_requested--> serving_s (status 0: no new jobs)
+    serving_s --drained--> closing (close 1000)    serving_s --lost--> shutting
+
+Stopping the service ends the jobs still held; a durable outbox keeps
+their finished results for the next start.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ from attrs import define, field
 from automat import TypeMachine, TypeMachineBuilder
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+
+from gridlike.wire import Cancel, JobInfo, Taken, Welcome
 
 __all__ = [
     "LinkCore",
@@ -120,6 +129,15 @@ class LinkInputs(Protocol):
     def status_requested(self) -> None:
         "A status request (message code 2)."
 
+    def welcomed(self, welcome: Welcome) -> None:
+        "A welcome (code 5): the server granted protocol 2."
+
+    def frame(self, message: JobInfo | Cancel | Taken) -> None:
+        "A protocol 2 job frame, cancel or result taken (codes 6, 8, 9)."
+
+    def drained(self) -> None:
+        "A draining protocol 2 worker holds no job any more."
+
     def payload_begun(self) -> None:
         "A binary message (a job's payload) begins."
 
@@ -158,13 +176,28 @@ class LinkEffects(Protocol):
         "Start connecting, and reconnecting when a connection drops."
 
     def stop_service(self) -> None:
-        "Stop the service (it drops the connection); then feed C{service_stopped}."
+        "Stop the service (it drops the connection) and the jobs still held; then feed C{service_stopped}."
 
     def send_register(self) -> None:
         "Send register (message code 0)."
 
-    def registered(self) -> None:
-        "The server took the register; a later drop is not a failed attempt."
+    def registered(self, protocol: int) -> None:
+        "The server took the register, granting C{protocol}; a later drop is not a failed attempt."
+
+    def serve(self, welcome: Welcome) -> None:
+        "Protocol 2: hand the connection's jobs to the slots, which keep what the welcome keeps."
+
+    def serve_frame(self, message: JobInfo | Cancel | Taken) -> None:
+        "Protocol 2: pass a server frame to the slots."
+
+    def serve_payload(self, begun: bool) -> None:
+        "Protocol 2: a job's payload begins (C{begun}) or ends."
+
+    def drain_held(self) -> None:
+        "Protocol 2: ask for no new jobs; feed C{drained} once none is held."
+
+    def detach_held(self) -> None:
+        "Protocol 2: the connection dropped; the jobs held go on, to be listed in the next register."
 
     def reconnecting(self, registered: bool) -> None:
         "Log a dropped connection; one that had not C{registered} counts as a failed attempt."
@@ -264,6 +297,8 @@ def _build() -> TypeMachine[LinkInputs, LinkCore]:
     acking_s = builder.state("acking_s")
     orphaned_s = builder.state("orphaned_s")
     orphaned_connected_s = builder.state("orphaned_connected_s")
+    serving = builder.state("serving")
+    serving_s = builder.state("serving_s")
     closing = builder.state("closing")
     shutting = builder.state("shutting")
     stopped = builder.state("stopped")
@@ -273,7 +308,8 @@ def _build() -> TypeMachine[LinkInputs, LinkCore]:
         connecting, registering, ready, receiving, working, working_asked,
         sending, sending_asked, acking, acking_ready, orphaned,
         orphaned_registering, orphaned_asked, receiving_s, working_s,
-        sending_s, acking_s, orphaned_s, orphaned_connected_s, closing,
+        sending_s, acking_s, orphaned_s, orphaned_connected_s, serving,
+        serving_s, closing,
     )  # fmt: skip
 
     # Starting and stopping the worker.
@@ -303,11 +339,18 @@ def _build() -> TypeMachine[LinkInputs, LinkCore]:
     for running in (acking, acking_ready):
         running.upon(LinkInputs.stop_requested).to(acking_s)(_wait_stopped)
     orphaned.upon(LinkInputs.stop_requested).to(orphaned_s)(_wait_stopped)
+
+    @serving.upon(LinkInputs.stop_requested).to(serving_s)
+    def _drain(inputs: LinkInputs, core: LinkCore, stopped: Deferred[None]) -> None:
+        core.wait(stopped, False)
+        core.effects.drain_held()
+
     for running in (orphaned_registering, orphaned_asked):
         running.upon(LinkInputs.stop_requested).to(orphaned_connected_s)(_wait_stopped)
     # Asked again: abort the job.
     for state in (
-        receiving_s, working_s, sending_s, acking_s, orphaned_s, orphaned_connected_s, closing
+        receiving_s, working_s, sending_s, acking_s, orphaned_s, orphaned_connected_s, serving_s,
+        closing,
     ):
         state.upon(LinkInputs.stop_requested).to(shutting)(_abort)
     shutting.upon(LinkInputs.stop_requested).loop()(_wait_stopped)
@@ -329,13 +372,35 @@ def _build() -> TypeMachine[LinkInputs, LinkCore]:
 
     @registering.upon(LinkInputs.status_requested).to(ready)
     def _registered_ready(inputs: LinkInputs, core: LinkCore) -> None:
-        core.effects.registered()
+        core.effects.registered(1)
         core.effects.send_status(True)
 
     @orphaned_registering.upon(LinkInputs.status_requested).to(orphaned_asked)
     def _registered_busy(inputs: LinkInputs, core: LinkCore) -> None:
-        core.effects.registered()
+        core.effects.registered(1)
         core.effects.send_status(False)
+
+    # Protocol 2: the slots hold the jobs, across connections.
+
+    @registering.upon(LinkInputs.welcomed).to(serving)
+    def _serve(inputs: LinkInputs, core: LinkCore, welcome: Welcome) -> None:
+        core.effects.registered(2)
+        core.effects.serve(welcome)
+
+    for state in (serving, serving_s):
+        state.upon(LinkInputs.frame).loop()(_serve_frame)
+        state.upon(LinkInputs.payload_begun).loop()(_serve_payload_begun)
+        state.upon(LinkInputs.payload_ended).loop()(_serve_payload_ended)
+
+    @serving.upon(LinkInputs.lost).to(connecting)
+    def _detach(inputs: LinkInputs, core: LinkCore) -> None:
+        core.effects.detach_held()
+        core.effects.reconnecting(True)
+
+    serving_s.upon(LinkInputs.drained).to(closing)(_close_now)
+    for state in (*stopped_states, *started_states, shutting):
+        if state is not serving_s:
+            state.upon(LinkInputs.drained).loop().returns(None)
 
     # Ready, and taking a job.
 
@@ -391,9 +456,7 @@ def _build() -> TypeMachine[LinkInputs, LinkCore]:
 
     # Stopping once nothing is owed.
 
-    @acking_s.upon(LinkInputs.status_requested).to(closing)
-    def _acked_close(inputs: LinkInputs, core: LinkCore) -> None:
-        core.effects.close()
+    acking_s.upon(LinkInputs.status_requested).to(closing)(_close_now)
 
     # Orphaned: a job from a dropped connection runs on; its outcome is
     # dropped when it ends.
@@ -426,7 +489,7 @@ def _build() -> TypeMachine[LinkInputs, LinkCore]:
     orphaned_registering.upon(LinkInputs.lost).to(orphaned)(_reconnecting_unregistered)
     orphaned_asked.upon(LinkInputs.lost).to(orphaned)(_reconnecting)
 
-    for state in (receiving_s, working_s, sending_s, orphaned_s, orphaned_connected_s):
+    for state in (receiving_s, working_s, sending_s, orphaned_s, orphaned_connected_s, serving_s):
         state.upon(LinkInputs.lost).to(shutting)(_end_job_shut)
     for state in (acking_s, closing):
         state.upon(LinkInputs.lost).to(shutting)(_shut_now)
@@ -445,6 +508,9 @@ def _build() -> TypeMachine[LinkInputs, LinkCore]:
     ):
         closing.upon(ignored).loop().returns(None)
         shutting.upon(ignored).loop().returns(None)
+    for state in (closing, shutting):
+        state.upon(LinkInputs.welcomed).loop().returns(None)
+        state.upon(LinkInputs.frame).loop().returns(None)
     shutting.upon(LinkInputs.connected).loop().returns(None)
     shutting.upon(LinkInputs.lost).loop().returns(None)
     shutting.upon(LinkInputs.refused).loop().returns(None)
@@ -469,6 +535,23 @@ def _refused(inputs: LinkInputs, core: LinkCore, problem: str) -> None:
     core.effects.refuse(problem)
     core.effects.end_job()
     core.effects.stop_service()
+
+
+def _close_now(inputs: LinkInputs, core: LinkCore) -> None:
+    """Nothing is owed and the worker is stopping: close."""
+    core.effects.close()
+
+
+def _serve_frame(inputs: LinkInputs, core: LinkCore, message: JobInfo | Cancel | Taken) -> None:
+    core.effects.serve_frame(message)
+
+
+def _serve_payload_begun(inputs: LinkInputs, core: LinkCore) -> None:
+    core.effects.serve_payload(True)
+
+
+def _serve_payload_ended(inputs: LinkInputs, core: LinkCore) -> None:
+    core.effects.serve_payload(False)
 
 
 def _receive(inputs: LinkInputs, core: LinkCore) -> None:

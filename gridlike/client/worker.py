@@ -37,7 +37,6 @@ See C{docs/worker.md} for the guide.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -47,23 +46,20 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from automat import NoTransition
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from zope.interface import implementer, provider
+from zope.interface import provider
 
-from gridlike._clock import AutobahnTimer
-from gridlike._transport import stream_transport
-from gridlike import __version__
-from gridlike.client._worker_jobs import JobFailed, JobRunner
+from gridlike.client._outbox import Outbox
+from gridlike.client._worker_jobs import JobFailed, JobRun, JobRunner, Reporter
+from gridlike.client._worker_protocol import _WorkerFactory, _WorkerProtocol
+from gridlike.client._worker_slots import Slots
 from gridlike.client._worker_link import LinkCore, LinkInputs, Message, Result, WorkerRefused, new_link
 from gridlike.client.http import _trust_root
 from gridlike.wire import (
@@ -74,7 +70,10 @@ from gridlike.wire import (
     PROGRESS,
     REGISTER,
     STATUS,
-    STATUS_REQUEST,
+    Cancel,
+    JobInfo,
+    Taken,
+    Welcome,
 )
 
 __all__ = [
@@ -92,14 +91,8 @@ StreamingHandler = Callable[[BinaryIO, BinaryIO, Progress], None]
 
 MACHINE_ID = Path("/etc/machine-id")
 """Where L{default_uid} looks first."""
-CHUNK = 1 << 20
-"""Bytes per frame of a result; a result up to this size goes as one frame."""
 PROGRESS_INTERVAL = 0.5
 """The least seconds between two progress messages; the latest one wins."""
-PING_INTERVAL, PING_TIMEOUT = 30.0, 30.0
-"""Keepalive pings from the worker, to notice a server that vanished."""
-MAX_TEXT = 1 << 20
-"""The longest text message accepted from the server, in bytes."""
 
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _WORKER_PATH = re.compile(r"/api/worker(?:/([^/]+))?$")
@@ -239,231 +232,6 @@ class _ProgressReporter:
             self._timer.cancel()
         self._timer = None
 
-@implementer(IPushProducer)
-class _Pacer:
-    """Registered on the transport while a result streams: waits while its buffer is full."""
-
-    def __init__(self) -> None:
-        self._paused: Deferred[None] | None = None
-
-    def wait(self) -> Deferred[None]:
-        return succeed(None) if self._paused is None else self._paused
-
-    def pauseProducing(self) -> None:
-        if self._paused is None:
-            self._paused = Deferred()
-
-    def resumeProducing(self) -> None:
-        paused, self._paused = self._paused, None
-        if paused is not None:
-            paused.callback(None)
-
-    def stopProducing(self) -> None:
-        self.resumeProducing()
-
-# The connection
-
-
-class _WorkerProtocol(WebSocketClientProtocol):
-    """
-    One connection to the worker endpoint, a thin adapter: it decodes each
-    message from the server into an input of its L{_Link}'s machine, and
-    sends what the link asks.
-
-    @ivar close_code: the close code received, if any.
-    @ivar close_reason: the close reason received, if any.
-    @ivar handshake_status: the HTTP status answering the upgrade, if any.
-    @ivar handshake_problem: the JSON C{problem} of a refused upgrade, when
-        its body came with its headers.
-    """
-
-    _log = Logger()
-
-    def __init__(self, link: _Link) -> None:
-        super().__init__()
-        self._link = link
-        self.close_code: int | None = None
-        self.close_reason: str | None = None
-        self.handshake_status: int | None = None
-        self.handshake_problem: str | None = None
-        self._binary = False
-        self._payload = False
-        self._text: list[bytes] = []
-        self._text_size = 0
-
-    def is_live(self) -> bool:
-        return self.state == self.STATE_OPEN
-
-    # Autobahn callbacks
-
-    def onOpen(self) -> None:
-        self._link.opened(self)
-
-    def onMessageBegin(self, isBinary: bool) -> None:
-        self._binary = isBinary
-        self._text, self._text_size = [], 0
-        if isBinary:
-            self._payload = self._receive("a payload", self._link.inputs.payload_begun)
-
-    def onMessageFrameBegin(self, length: int) -> None:
-        pass
-
-    def onMessageFrameData(self, payload: bytes) -> None:
-        if self._binary:
-            if self._payload:
-                self._link.jobs.write(payload)
-        else:
-            self._text.append(payload)
-            self._text_size += len(payload)
-            if self._text_size > MAX_TEXT:
-                self.fail("a text message too large")
-
-    def onMessageFrameEnd(self) -> None:
-        pass
-
-    def onMessageEnd(self) -> None:
-        if not self._binary:
-            self._text_message(b"".join(self._text))
-        elif self._payload:
-            self._payload = False
-            self._receive("a payload", self._link.inputs.payload_ended)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.close_code, self.close_reason = code, reason
-        status = getattr(self, "http_status_line", None) or ""
-        if re.match(r"HTTP/\S+ \d{3}", status):
-            self.handshake_status = int(status.split()[1])
-            chunked = "chunked" in getattr(self, "http_headers", {}).get("transfer-encoding", "")
-            self.handshake_problem = _problem(getattr(self, "data", b""), chunked)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        try:
-            super().connectionLost(reason)
-        finally:
-            self._link.closed(self)
-
-    # Decoding
-
-    def _text_message(self, data: bytes) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            message = None
-        if isinstance(message, dict) and message.get("code") == STATUS_REQUEST:
-            self._receive("a status request", self._link.inputs.status_requested)
-        elif self.is_live():
-            self._log.warn("ignored a message from the server: {data!r}", data=data[:200])
-
-    def _receive(self, what: str, input: Callable[[], None]) -> bool:
-        """
-        Feed the input for a message from the server; if the machine does
-        not take it now, the server broke the protocol.
-
-        @param what: the message, for the reason.
-        @param input: feeds the input.
-        @return: whether the machine took it.
-        """
-        try:
-            input()
-        except NoTransition:
-            self.fail(f"sent {what} out of turn")
-            return False
-        return True
-
-    # Sending
-
-    def send_json(self, message: Message) -> None:
-        """Send a text message (never while a result is being sent: the link sees to it)."""
-        if self.is_live():
-            self.sendMessage(json.dumps(message, separators=(",", ":")).encode(), isBinary=False)
-
-    def fail(self, reason: str) -> None:
-        """The server broke the protocol: close with 1002."""
-        self._log.error("closing: the server {reason}", reason=reason)
-        if self.is_live():
-            self.sendCloseFrame(1002, reason.encode()[:120], isReply=False)
-
-    def send_result(self, read: Callable[[int], Deferred[bytes]], size: int) -> Deferred[None]:
-        """
-        Send a result as one binary message: one frame if small, else a
-        frame per L{CHUNK} read, while the transport's buffer has room.
-
-        @param read: reads up to so many bytes more of the result.
-        @param size: the result's size.
-        @return: fires once it is sent.
-        """
-        return Deferred.fromCoroutine(self._send_result(read, size))
-
-    async def _send_result(self, read: Callable[[int], Deferred[bytes]], size: int) -> None:
-        if size <= CHUNK:
-            data = await read(CHUNK)
-            if self.is_live():
-                self.sendMessage(data, isBinary=True)
-            return
-        pacer, transport = _Pacer(), stream_transport(self.transport)
-        transport.registerProducer(pacer, True)
-        try:
-            self.beginMessage(isBinary=True, doNotCompress=True)
-            while self.is_live():
-                await pacer.wait()
-                chunk = await read(CHUNK)
-                if not chunk or not self.is_live():
-                    break
-                self.beginMessageFrame(len(chunk))
-                self.sendMessageFrameData(chunk)
-            self.endMessage()
-        finally:
-            transport.unregisterProducer()
-
-
-class _WorkerFactory(WebSocketClientFactory):
-    """Builds the connections of one L{Worker}."""
-
-    noisy = False
-
-    def __init__(self, link: _Link, url: str, reactor: Any) -> None:
-        super().__init__(url=url, reactor=reactor, useragent=f"GridLike-worker/{__version__}")
-        self._batched_timer = AutobahnTimer(reactor)
-        self._link = link
-        self.setProtocolOptions(
-            autoPingInterval=PING_INTERVAL,
-            autoPingTimeout=PING_TIMEOUT,
-            maxFramePayloadSize=0,
-            maxMessagePayloadSize=0,
-        )
-
-    def buildProtocol(self, addr: object) -> _WorkerProtocol:
-        protocol = _WorkerProtocol(self._link)
-        protocol.factory = self
-        return protocol
-
-
-def _problem(response: bytes, chunked: bool) -> str | None:
-    """
-    @param response: what came of an HTTP response: headers, then body.
-    @param chunked: whether the body is in chunked transfer encoding.
-    @return: the body's JSON C{problem}, or what its C{types} ask for, or
-        L{None} if it is not (all) there: Autobahn stops reading at a
-        refused upgrade's headers.
-    """
-    _, _, body = response.partition(b"\r\n\r\n")
-    try:
-        if chunked:
-            chunks, rest = [], body
-            while (size := int(rest.partition(b"\r\n")[0], 16)) > 0:
-                chunk = rest.partition(b"\r\n")[2]
-                chunks.append(chunk[:size])
-                rest = chunk[size + 2 :]
-            body = b"".join(chunks)
-        answer = json.loads(body)
-        problem, types = answer["problem"], answer.get("types")
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    if isinstance(types, list) and types:  # the server's words are about paths
-        return f"this server has job types: give the worker one ({', '.join(map(str, types))})"
-    return problem if isinstance(problem, str) else None
-
-
 # The link
 
 
@@ -484,17 +252,39 @@ class _Link:
 
     _log = Logger()
 
-    def __init__(self, url: str, uid: str, name: str, token: str, jobs: JobRunner) -> None:
+    def __init__(
+        self,
+        url: str,
+        uid: str,
+        name: str,
+        token: str,
+        jobs: JobRunner,
+        reporter: Callable[[Callable[[Message], None]], Reporter],
+        outbox: Outbox,
+        protocol: int,
+        slots: int,
+    ) -> None:
         self._url, self._uid, self._name, self._token = url, uid, name, token
         self.jobs = jobs
+        self._reporter = reporter
+        self._wanted, self._slots_wanted = protocol, slots
         self.service: ClientService | None = None
         self.unregistered = 0
         self.unreachable = 0
         self._lost = False
         self._protocol: _WorkerProtocol | None = None
         self._closed_by: tuple[int | None, str] = (None, "")
+        self._run: JobRun | None = None
+        self._told_v1 = False
         self.inputs: LinkInputs = new_link(LinkCore(self))
-        jobs.link = self.inputs
+        self.slots = Slots(jobs, outbox, reporter, self.inputs.drained)
+
+    def write_payload(self, data: bytes) -> None:
+        """A frame of a job's payload: to the protocol 1 job, or the protocol 2 slots."""
+        if self._run is not None:
+            self._run.write(data)
+        else:
+            self.slots.write(data)
 
     # What the connections report
 
@@ -546,6 +336,7 @@ class _Link:
 
     def stop_service(self) -> None:
         assert self.service is not None
+        self.slots.end()
         self.service.stopService().addBoth(self._stopped)
 
     def _stopped(self, result: object) -> None:
@@ -553,11 +344,42 @@ class _Link:
         self.inputs.service_stopped()
 
     def send_register(self) -> None:
-        self._send({"code": REGISTER, "name": self._name, "id": self._uid, "token": self._token})
+        message: Message = {"code": REGISTER, "name": self._name, "id": self._uid, "token": self._token}
+        if self._wanted == 2:
+            message.update(protocol=2, slots=self._slots_wanted, held=self.slots.held())
+        self._send(message)
 
-    def registered(self) -> None:
+    def registered(self, protocol: int) -> None:
         self.unregistered = 0
-        self._log.info("worker {uid} registered at {url}", uid=self._uid, url=self._url)
+        self._log.info(
+            "worker {uid} registered at {url} (protocol {protocol})", uid=self._uid, url=self._url, protocol=protocol
+        )
+        if protocol == 1 and self._wanted == 2:
+            if not self._told_v1:
+                self._told_v1 = True
+                self._log.warn("the server does not speak protocol 2: one job at a time, no reattach")
+            self.slots.dropped("the server speaks protocol 1")
+
+    def serve(self, welcome: Welcome) -> None:
+        assert self._protocol is not None
+        if welcome.slots < self._slots_wanted:
+            self._log.info("the server grants {slots} slots", slots=welcome.slots)
+        self.slots.welcomed(self._protocol, welcome)
+
+    def serve_frame(self, message: JobInfo | Cancel | Taken) -> None:
+        self.slots.frame(message)
+
+    def serve_payload(self, begun: bool) -> None:
+        if begun:
+            self.slots.payload_begun()
+        else:
+            self.slots.payload_ended()
+
+    def drain_held(self) -> None:
+        self.slots.drain()
+
+    def detach_held(self) -> None:
+        self.slots.detached()
 
     def reconnecting(self, registered: bool) -> None:
         if not registered:
@@ -585,9 +407,9 @@ class _Link:
         self._send({"code": JOB_FAILED, "info": info, "logs": logs})
 
     def send_result(self, result: Result) -> None:
-        protocol = self._protocol
-        assert protocol is not None, "no connection"
-        self.jobs.send(result, protocol.send_result).addErrback(self._unsent, protocol)
+        protocol, run = self._protocol, self._run
+        assert protocol is not None and run is not None, "no connection or job"
+        run.send(result, protocol.send_result).addErrback(self._unsent, protocol)
 
     def _unsent(self, failure: Failure, protocol: _WorkerProtocol) -> None:
         self._log.failure("worker {uid}: sending a result", failure, uid=self._uid)
@@ -598,18 +420,23 @@ class _Link:
             self._protocol.sendClose(1000, "worker stopping")
 
     def open_payload(self) -> None:
-        assert self._protocol is not None
-        transport = stream_transport(self._protocol.transport)
-        self.jobs.open(transport.pauseProducing, transport.resumeProducing)
+        protocol = self._protocol
+        assert protocol is not None
+        reporter = self._reporter(self.inputs.progress)
+        self._run = self.jobs.open(self.inputs, reporter, protocol.pause_reading, protocol.resume_reading)
 
     def start_handler(self) -> None:
-        self.jobs.start()
+        assert self._run is not None
+        self._run.start()
 
     def interrupt_handler(self) -> None:
-        self.jobs.interrupt()
+        if self._run is not None:
+            self._run.interrupt()
 
     def end_job(self) -> None:
-        self.jobs.end()
+        run, self._run = self._run, None
+        if run is not None:
+            run.end()
 
     def _send(self, message: Message) -> None:
         if self._protocol is not None:
@@ -663,6 +490,9 @@ class Worker:
         streaming: bool = False,
         threaded: bool = True,
         tls_ca_file: str | os.PathLike[str] | None = None,
+        slots: int = 1,
+        spool: str | os.PathLike[str] | None = None,
+        protocol: int = 2,
     ) -> None:
         """
         @param url: the server's base URL, C{http(s)://host:port[/prefix]},
@@ -683,8 +513,18 @@ class Worker:
             on the reactor thread and returns a L{Deferred} or coroutine.
         @param tls_ca_file: a PEM file of the authorities to trust for
             C{https://} or C{wss://} (default: the system's).
-        @raise ValueError: C{url} is not a server URL.
+        @param slots: how many jobs to run at once on the one connection
+            (protocol 2; a protocol 1 server gives one at a time).
+        @param spool: a directory where finished results are kept until
+            the server has them, so that they survive the worker's restart
+            (default: kept in this process only).  One per worker C{uid}.
+        @param protocol: 2 (the default) asks for protocol 2 and takes
+            protocol 1 from a server that speaks only that; 1 never asks.
+        @raise ValueError: C{url} is not a server URL, or C{slots} or
+            C{protocol} is out of range.
         """
+        if slots < 1 or protocol not in (1, 2) or (protocol == 1 and slots != 1):
+            raise ValueError("slots must be at least 1, protocol 1 or 2, and protocol 1 has one slot")
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 
@@ -695,14 +535,17 @@ class Worker:
         self._reactor = reactor
         self._threadpool = threadpool
         self._backoff = backoffPolicy(initialDelay=0.5, maxDelay=30.0)
+        if threaded and threadpool is None and slots > 8:
+            reactor.suggestThreadPoolSize(slots + 2)  # handlers, and the files' I/O beside them
+        outbox = Outbox(spool, self._in_pool)
         jobs = JobRunner(
-            handler,
-            streaming=streaming,
-            threaded=threaded,
-            in_pool=self._in_pool,
-            reporter=lambda: _ProgressReporter(reactor, self._link.inputs.progress),
+            handler, streaming, threaded, self._in_pool, None if spool is None else os.fspath(spool)
         )
-        self._link = _Link(self.url, self.uid, self.name, token, jobs)
+        self._link = _Link(
+            self.url, self.uid, self.name, token, jobs,
+            lambda send: _ProgressReporter(reactor, send), outbox, protocol, slots,
+        )  # fmt: skip
+        self._loaded = False
         self._link.service = _ClientService(
             _endpoint(reactor, self.url, tls_ca_file),
             _WorkerFactory(self._link, self.url, reactor),
@@ -714,7 +557,15 @@ class Worker:
         return f"<Worker {self.uid} at {self.url}>"
 
     def start(self) -> None:
-        """Connect, and keep connected until L{stop}."""
+        """
+        Connect, and keep connected until L{stop}.  The first start takes
+        up the results a spool directory holds from an earlier run.
+
+        @raise OSError: the spool directory cannot be made or read.
+        """
+        if not self._loaded:
+            self._link.slots.load()
+            self._loaded = True
         self._link.inputs.started()
 
     def stop(self) -> Deferred[None]:
