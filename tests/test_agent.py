@@ -7,8 +7,10 @@ C{tests.integration.test_runner}.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
+import sys
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -16,8 +18,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from gridlike.client import agent as agent_module
 from gridlike.client.agent import Agent, add_worker_arguments, run_worker
 from gridlike.client.worker import WorkerRefused
+from tests.test_outbox import scratch
 
 
 def parse(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
@@ -51,6 +55,44 @@ class CommandLineTests(SynchronousTestCase):
         for argv in (["--concurrency", "0"], ["--timeout", "0"], ["--kill-grace", "-1"], ["--server", "ftp://h"]):
             options = parse([*argv, "--", "cat"])
             self.assertEqual(self.successResultOf(run_worker(MemoryReactorClock(), options, {})), 2)
+
+
+class ProtocolTests(SynchronousTestCase):
+    """C{--concurrency N} is N slots of one protocol 2 connection, or N protocol 1 connections."""
+
+    def workers(self, argv: list[str], environ: dict[str, str]) -> list[Any]:
+        made: list[Any] = []
+        self.patch(agent_module, "Agent", lambda reactor, workers, runner: made.extend(workers) or _Never())
+        self.patch(agent_module, "_start_logging", lambda quiet, path: None)
+        run_worker(MemoryReactorClock(), parse([*argv, "--", "cat"]), environ)
+        return made
+
+    def test_slots(self) -> None:
+        """By default: one worker, N slots, its spool under C{$XDG_STATE_HOME}."""
+        state = scratch(self)
+        (worker,) = self.workers(["--concurrency", "3", "--id", "w/1"], {"XDG_STATE_HOME": state})
+        self.assertEqual((worker.uid, worker._link._slots_wanted), ("w/1", 3))
+        self.assertTrue(os.path.isdir(os.path.join(state, "gridlike", "spool", "w%2F1")))
+
+    def test_protocol_1(self) -> None:
+        """C{--protocol 1}: N connections, with slot uids."""
+        workers = self.workers(["--concurrency", "2", "--id", "w", "--protocol", "1"], {})
+        self.assertEqual([w.uid for w in workers], ["w-1", "w-2"])
+
+    def test_spool_unusable(self) -> None:
+        """A spool directory that cannot be made is exit code 2, naming it."""
+        blocker = scratch(self)
+        open(blocker, "w").close()
+        options = parse(["--spool", os.path.join(blocker, "spool"), "--", "cat"])
+        errors = io.StringIO()
+        self.patch(sys, "stderr", errors)
+        self.assertEqual(self.successResultOf(run_worker(MemoryReactorClock(), options, {})), 2)
+        self.assertIn(os.path.join(blocker, "spool"), errors.getvalue())
+
+
+class _Never:
+    def run(self) -> Deferred[int]:
+        return Deferred()
 
 
 class FakeWorker:

@@ -3,8 +3,8 @@
 The worker agent: any command as a GridLike worker, one run per job.
 
     gridlike worker --server URL [--type T] [--token TOKEN] [--name NAME]
-        [--id ID] [--concurrency N] [--timeout S] [--kill-grace S]
-        [--ca-file PEM] [--quiet] [--log-file PATH] -- COMMAND [ARGS...]
+        [--id ID] [--concurrency N] [--protocol 1|2] [--spool DIR]
+        [--timeout S] [--kill-grace S] [--ca-file PEM] [--quiet] [--log-file PATH] -- COMMAND [ARGS...]
 
 The payload is the command's standard input and its standard output is the
 result; C{{input}} and C{{output}} in its arguments switch to files (the
@@ -20,9 +20,14 @@ SIGKILL C{--kill-grace} seconds later if it is still there.
 Payloads and results never pass through memory: the L{gridlike.client.worker}
 SDK spools them to temporary files, which become the command's standard
 input and output (L{CommandRunner} is a streaming handler that runs on the
-reactor, with C{reactor.spawnProcess}).  C{--concurrency N} runs N
-L{Worker}s, one connection each.  SIGTERM finishes the running jobs and
-exits 0; a second SIGTERM kills them and exits 143.
+reactor, with C{reactor.spawnProcess}).  It speaks protocol 2 (docs/api.md):
+C{--concurrency N} is N slots of one connection, a job the server
+cancels (deleted, timed out) is killed at once, a job keeps running while
+the connection is down, and finished results wait in the C{--spool}
+directory until the server has them, across restarts of the agent.
+C{--protocol 1} runs N L{Worker}s of protocol 1 instead, one connection
+each.  SIGTERM finishes the running jobs and exits 0; a second SIGTERM
+kills them and exits 143.
 
 L{add_worker_arguments} and L{run_worker} are the C{gridlike worker}
 subcommand; C{python -m gridlike.client.agent ARGS} runs it alone.  This module is
@@ -42,6 +47,7 @@ import tempfile
 import threading
 from collections import deque
 from typing import IO, TYPE_CHECKING, Any, Sequence
+from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessTerminated
@@ -417,7 +423,16 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", metavar="TOKEN", help="the worker token (env GRIDLIKE_WORKER_TOKEN)")
     parser.add_argument("--name", metavar="NAME", help="the name shown for this worker (default: the host name)")
     parser.add_argument("--id", metavar="ID", dest="worker_id", help="the worker's identity (default: the machine id)")
-    parser.add_argument("--concurrency", metavar="N", type=int, default=1, help="jobs at once, one connection each")
+    parser.add_argument("--concurrency", metavar="N", type=int, default=1, help="jobs at once (default 1)")
+    parser.add_argument(
+        "--protocol", type=int, choices=(1, 2), default=2,
+        help="2: N slots of one connection, cancel, reattach (default); 1: N connections of the original protocol",
+    )
+    parser.add_argument(
+        "--spool", metavar="DIR",
+        help="where finished results wait for the server, across restarts"
+        " (default $XDG_STATE_HOME/gridlike/spool/ID; protocol 2)",
+    )
     parser.add_argument("--timeout", metavar="S", type=float, help="kill a job's command after S seconds")
     parser.add_argument(
         "--kill-grace", metavar="S", type=float, default=KILL_GRACE,
@@ -455,22 +470,39 @@ def run_worker(reactor: Any, options: argparse.Namespace, environ: dict[str, str
         )))
     runner = CommandRunner(reactor, options.argv, options.timeout, kill_grace=options.kill_grace)
     base = options.worker_id or default_uid()
+    common = dict(
+        job_type=options.job_type, token=token, name=options.name, reactor=reactor, streaming=True,
+        threaded=False, tls_ca_file=getattr(options, "ca_file", None),
+    )
     try:
-        workers = [
-            Worker(
-                server, runner, job_type=options.job_type, token=token, name=options.name,
-                uid=base if n == 1 else f"{base}-{slot}", reactor=reactor, streaming=True,
-                threaded=False, tls_ca_file=getattr(options, "ca_file", None),
-            )
-            for slot in range(1, n + 1)
-        ]
-    except (ValueError, OSError) as e:
+        if options.protocol == 2:
+            spool = options.spool or default_spool(base, environ)
+            workers = [Worker(server, runner, uid=base, slots=n, spool=spool, **common)]
+            os.makedirs(spool, exist_ok=True)
+        else:
+            workers = [
+                Worker(server, runner, uid=base if n == 1 else f"{base}-{slot}", protocol=1, **common)
+                for slot in range(1, n + 1)
+            ]
+    except ValueError as e:
         return succeed(_failed(CommandError(str(e))))
+    except OSError as e:
+        return succeed(_failed(CommandError(f"{e.filename}: {e.strerror}")))
     try:
         _start_logging(options.quiet, options.log_file)
     except OSError as e:
         return succeed(_failed(CommandError(f"{options.log_file}: {e.strerror}")))
     return Agent(reactor, workers, runner).run()
+
+
+def default_spool(uid: str, environ: dict[str, str]) -> str:
+    """
+    @return: the agent's spool directory for the worker C{uid}:
+        C{$XDG_STATE_HOME/gridlike/spool/<uid>}, by default under
+        C{~/.local/state}.
+    """
+    state = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "gridlike", "spool", quote(uid, safe=""))
 
 
 def _failed(error: Exception) -> int:

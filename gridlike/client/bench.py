@@ -10,7 +10,8 @@ against its payload (the workers echo it):
 1. submit only: C{--jobs} submits, one request each, C{--concurrency} at a
    time, with no worker connected;
 2. end to end, one request per job: then C{--workers} worker processes (the
-   Python worker SDK) are started, and C{--jobs} jobs are submitted one
+   Python worker SDK, C{--slots} jobs at once each, protocol
+   C{--worker-protocol}) are started, and C{--jobs} jobs are submitted one
    request each and their results fetched one C{?wait=} request each;
 3. end to end through GridLike's own client: C{submit_many} and C{results};
 4. submit-to-result latency: C{--latency-jobs} jobs one at a time, idle
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine
 from urllib.request import urlopen
 
-from gridlike.client.cli import OK, Context, command
+from gridlike.client.cli import OK, CommandError, Context, command
 
 PORT_LINE = re.compile(rb"UploadSite (?:\(TLS\) )?starting on (\d+)")
 
@@ -56,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=10_000, help="jobs to run (10000)")
     parser.add_argument("--size", type=int, default=1024, help="payload bytes (1024)")
     parser.add_argument("--workers", type=int, default=4, help="worker processes (4)")
+    parser.add_argument(
+        "--slots", type=int, default=1, help="jobs at once per worker process, on its one connection (1)"
+    )
+    parser.add_argument(
+        "--worker-protocol", type=int, choices=(1, 2), default=2,
+        help="the protocol the workers speak (2; 1 allows one slot)",
+    )
     parser.add_argument(
         "--concurrency", type=int, default=8, help="requests at once, one job each (8)"
     )
@@ -123,10 +131,10 @@ class ServerProcess:
         self._directory.cleanup()
 
 
-def start_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
+def start_workers(url: str, count: int, slots: int = 1, protocol: int = 2) -> list[subprocess.Popen[bytes]]:
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "gridlike.client.bench", "--worker-process", url],
+            [sys.executable, "-m", "gridlike.client.bench", "--worker-process", url, str(slots), str(protocol)],
             stdout=subprocess.DEVNULL,
             env=_environment(),
         )
@@ -134,7 +142,7 @@ def start_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
     ]
 
 
-def run_echo_worker(url: str) -> None:
+def run_echo_worker(url: str, slots: int, protocol: int) -> None:
     """One worker process: echo every payload, on the reactor thread."""
     from twisted.internet import reactor
     from twisted.internet.defer import succeed
@@ -142,7 +150,7 @@ def run_echo_worker(url: str) -> None:
     from gridlike.client.worker import Worker
 
     worker = Worker(url, lambda payload, progress: succeed(payload), threaded=False,
-                    name="bench echo", uid=f"bench-{os.getpid()}")
+                    name="bench echo", uid=f"bench-{os.getpid()}", slots=slots, protocol=protocol)
     worker.start()
     reactor.run()  # type: ignore[attr-defined]
 
@@ -234,7 +242,7 @@ async def _gridlike_figures(context: Context, url: str, server: ServerProcess | 
     workers: list[subprocess.Popen[bytes]] = []
     try:
         early, submitted = await _submit_each(context, client, payloads)
-        workers = start_workers(url, options.workers)
+        workers = start_workers(url, options.workers, options.slots, options.worker_protocol)
         await _workers_ready(context, client, options.workers)
         async for key, status, result in client.results(early, timeout=600):
             pass  # the submit-only jobs are run before anything is timed
@@ -283,6 +291,8 @@ async def run_bench(context: Context) -> int:
     from twisted.internet.threads import deferToThread
 
     options = context.options
+    if options.slots < 1 or (options.worker_protocol == 1 and options.slots != 1):
+        raise CommandError("--slots must be at least 1, and 1 with --worker-protocol 1")
     server = None
     if options.server_given:
         url = options.server
@@ -316,6 +326,8 @@ def _print(context: Context, figures: dict[str, Any], url: str | None) -> None:
     options = context.options
     peer = figures["beanstalkd"]
     print(f"{options.jobs} jobs of {options.size} bytes, {options.workers} workers"
+          + (f" of {options.slots} slots" if options.slots > 1 else "")
+          + (" (protocol 1)" if options.worker_protocol == 1 else "")
           + (f", {url}" if url else f", fsync {options.fsync}"))
     rows = [
         (f"end to end, one request per job ({options.concurrency} at a time)",
@@ -349,8 +361,8 @@ def _print(context: Context, figures: dict[str, Any], url: str | None) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker-process":
-        run_echo_worker(sys.argv[2])
+    if len(sys.argv) == 5 and sys.argv[1] == "--worker-process":
+        run_echo_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) == 3 and sys.argv[1] == "--beanstalk-worker":
         from gridlike.client._beanstalk import run_worker
 

@@ -5,6 +5,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.integration.agents import AgentProcess, MachineAgent
 from tests.integration.daemon import Daemon
 
 
@@ -43,3 +44,22 @@ def assert_clean_log(server: Daemon) -> None:
     """No error reached the server's log: every failure was expected and handled."""
     log = server.log() if server.log_path.exists() else ""
     assert "Traceback" not in log and "Unhandled" not in log, log[-5000:]
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[MachineAgent]:
+    """Starts agents; kills those still running at the end."""
+    started: list[AgentProcess] = []
+
+    def start(server: Daemon, *command: str, options: tuple[str, ...] = (), id: str = "test-worker") -> AgentProcess:
+        process = AgentProcess(
+            server.url + server.prefix, ["--id", id, *options], list(command), tmp_path / f"agent{len(started)}.log"
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()

@@ -1,7 +1,8 @@
 """
 A TCP proxy between a worker and the server that the tests cut and restore,
 as a Wi-Fi blip or a NAT timeout would: L{Proxy.cut} drops every
-connection through it at once, without a close handshake.
+connection through it at once, without a close handshake, and
+L{Proxy.down} keeps the network down until L{Proxy.up}.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Proxy:
         self.port = self._listener.getsockname()[1]
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
+        self.blocked = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -42,6 +44,15 @@ class Proxy:
                     pass
                 s.close()
 
+    def down(self) -> None:
+        """The network is down: cut every connection, and refuse new ones until L{up}."""
+        self.blocked = True
+        self.cut()
+
+    def up(self) -> None:
+        """The network is back."""
+        self.blocked = False
+
     def close(self) -> None:
         self.cut()
         self._listener.close()
@@ -52,6 +63,9 @@ class Proxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.blocked:
+                client.close()
+                continue
             try:
                 server = socket.create_connection(("127.0.0.1", self.target_port))
             except OSError:

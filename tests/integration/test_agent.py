@@ -10,66 +10,15 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 import requests
 
-from tests.integration.daemon import ROOT, Daemon
-
-MachineAgent = Callable[..., "AgentProcess"]
-
-
-class AgentProcess:
-    """One C{python -m gridlike.client.agent} run; its stderr goes to a file."""
-
-    def __init__(self, server: str, options: list[str], command: list[str], log: Path) -> None:
-        self.log_path = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gridlike.client.agent", "--server", server, *options, "--", *command],
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            stdout=subprocess.DEVNULL,
-            stderr=open(log, "wb"),
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def terminate(self, timeout: float = 20) -> int:
-        """SIGTERM, then the exit status."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
-
-    def wait(self, timeout: float = 20) -> int:
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the agent did not exit:\n{self.log()}") from None
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[MachineAgent]:
-    """Starts agents; kills those still running at the end."""
-    started: list[AgentProcess] = []
-
-    def start(server: Daemon, *command: str, options: tuple[str, ...] = (), id: str = "test-worker") -> AgentProcess:
-        process = AgentProcess(
-            server.url + server.prefix, ["--id", id, *options], list(command), tmp_path / f"agent{len(started)}.log"
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.process.poll() is None:
-            process.process.kill()
-            process.process.wait()
-
+from tests.integration.agents import AgentProcess, MachineAgent
+from tests.integration.daemon import Daemon
 
 def submit(server: Daemon, payload: bytes, key: str, job_type: str | None = None) -> None:
     path = "/api/jobs/submit" + (f"/{job_type}" if job_type else "")
@@ -162,8 +111,22 @@ def test_progress(daemon: Daemon, agent: MachineAgent) -> None:
 
 
 def test_concurrency(daemon: Daemon, agent: MachineAgent) -> None:
-    """--concurrency 2 runs two jobs at once, over two connections with slot uids."""
+    """--concurrency 2 runs two jobs at once, in two slots of one protocol 2 connection."""
     agent(daemon, "sh", "-c", "sleep 1.5; cat", options=("--concurrency", "2"))
+    until(lambda: len(requests.get(daemon.url + "/api/workers").json()) == 1, what="the worker")
+    (worker,) = requests.get(daemon.url + "/api/workers").json()
+    assert (worker["protocol"], worker["slots"]) == (2, 2)
+    submit(daemon, b"one", "c1")
+    submit(daemon, b"two", "c2")
+    first, second = finished(daemon, "c1"), finished(daemon, "c2")
+    assert second["started"] < first["ended"] and first["started"] < second["ended"]
+    assert first["worker_id"] == second["worker_id"] == "test-worker"
+    assert (result(daemon, "c1"), result(daemon, "c2")) == (b"one", b"two")
+
+
+def test_concurrency_protocol_1(daemon: Daemon, agent: MachineAgent) -> None:
+    """--protocol 1 --concurrency 2 runs two jobs at once, over two connections with slot uids."""
+    agent(daemon, "sh", "-c", "sleep 1.5; cat", options=("--concurrency", "2", "--protocol", "1"))
     until(lambda: len(requests.get(daemon.url + "/api/workers").json()) == 2, what="two workers")
     submit(daemon, b"one", "c1")
     submit(daemon, b"two", "c2")
@@ -209,7 +172,7 @@ def test_second_sigterm_aborts(daemon: Daemon, agent: MachineAgent, tmp_path: Pa
     pgid = int(pid_file.read_text())
     until(lambda: _group_gone(pgid), what="the process group to go")
     job = until(lambda: (v := view(daemon, "a1"))["status"] == "pending" and v, what="the job to be pending")
-    assert job["error"]["info"] == "worker disconnected"
+    assert job["error"]["info"] == "the worker stopped before the job finished", job
 
 
 def test_bad_token(make_daemon: Callable[..., Daemon], agent: MachineAgent) -> None:

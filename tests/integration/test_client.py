@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from gridlike.client.bench import start_workers
 from tests.integration.daemon import ROOT, Daemon
 
 SCRIPT = r"""
@@ -139,14 +140,8 @@ print(json.dumps({"keys": keys, "order": order, "wrong": wrong}))
 
 
 def echo_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "gridlike.client.bench", "--worker-process", url],
-            stdout=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        )
-        for _ in range(count)
-    ]
+    """C{gridlike bench}'s echo workers, one job at a time each."""
+    return start_workers(url, count)
 
 
 def test_submit_many_and_results(daemon: Daemon) -> None:
