@@ -48,7 +48,7 @@ PORT_LINE = re.compile(rb"UploadSite (?:\(TLS\) )?starting on (\d+)")
 
 def _environment() -> dict[str, str]:
     """Child processes run this very gridlike, installed or from a checkout."""
-    here = str(Path(__file__).resolve().parents[1])
+    here = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
     return dict(os.environ, PYTHONPATH=here if not path else f"{here}{os.pathsep}{path}")
 
