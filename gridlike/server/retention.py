@@ -99,9 +99,8 @@ class Retention:
                 if entries is not None:
                     entries.append((now if job.ended is None else job.ended, job.id))
         for policy, entries in found.items():
-            entries.extend(self._due[policy])  # heard of before the start
-            entries.sort()
-            self._due[policy] = deque(entries)
+            entries.extend(self._due[policy])  # heard of before the start: found too
+            self._due[policy] = deque(sorted(set(entries)))
         self._started = True
         self._schedule()
 
