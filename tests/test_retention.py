@@ -254,6 +254,15 @@ class ExpiryTests(SynchronousTestCase):
         k.clock.advance(1)
         self.assertFalse(k.exists(job))
 
+    def test_retried_pending(self) -> None:
+        """A failed job retried and still pending at its failure's time stays."""
+        k = Kept()
+        job = k.job(self, "render", done=False)
+        run(self, k.registry.retry(job.key))
+        k.clock.advance(10_000)
+        self.assertTrue(k.exists(job))
+        self.assertIs(job.status, Status.PENDING)
+
     def test_retried_fails_again(self) -> None:
         """Failing for good again starts keep_failed over."""
         k = Kept()
