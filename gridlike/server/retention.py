@@ -39,7 +39,7 @@ from gridlike.server.registry import IRegistry
 
 log = Logger()
 
-BATCH = 500
+BATCH = 200
 """The most jobs one sweep deletes, in one record."""
 LOOK_AT = 10 * BATCH
 """The most due entries one sweep looks at, stale ones included."""
@@ -94,13 +94,13 @@ class Retention:
         now = self._clock.seconds()
         found: dict[_Policy, list[_Entry]] = {policy: [] for policy in self._keep}
         for job in self._registry:
-            if job.status.terminal:
-                entries = found.get((job.type, job.status))
-                if entries is not None:
-                    entries.append((now if job.ended is None else job.ended, job.id))
+            entries = found.get((job.type, job.status))  # terminal ones only
+            if entries is not None:
+                entries.append((now if job.ended is None else job.ended, job.id))
         for policy, entries in found.items():
-            entries.extend(self._due[policy])  # heard of before the start: found too
-            self._due[policy] = deque(sorted(set(entries)))
+            # Jobs heard of before the start are in the registry: found again.
+            entries.sort()
+            self._due[policy] = deque(entries)
         self._started = True
         self._schedule()
 
