@@ -378,6 +378,23 @@ class RestartTests(SynchronousTestCase):
         self.assertEqual(k.deletions(), [[job.id]])
 
 
+    def test_heard_after_start(self) -> None:
+        """A job found at the start and then heard of is deleted, and counted, once."""
+        k = Kept()
+        k.retention.stop()
+        retention = Retention(k.h.settings, k.registry, k.clock)
+        k.registry.add_listener(retention)
+        heard: list[Job] = []
+        retention.expired = heard.extend
+        [job] = run(self, k.registry.submit([k.h.spec(type="render")]))
+        k.registry.start(job, "w", None)
+        run(self, k.registry.complete(job, 0, "w"))
+        retention.start()  # before the announcement
+        k.clock.advance(60)
+        self.assertEqual(heard, [job])
+        self.assertEqual(k.deletions(), [[job.id]])
+
+
 class CompactionTests(SynchronousTestCase):
     def test_compaction_reclaims(self) -> None:
         """

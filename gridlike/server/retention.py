@@ -152,6 +152,7 @@ class Retention:
         by_id = self._registry.by_id
         jobs: list[Job] = []
         taken: list[tuple[_Policy, _Entry]] = []
+        chosen: set[str] = set()
         looked = 0
         for (type, status), due in self._due.items():
             horizon = now - self._keep[(type, status)]
@@ -163,7 +164,9 @@ class Retention:
                     job is not None
                     and job.status is status
                     and (job.ended is None or job.ended == entry[0])
+                    and job.id not in chosen  # heard of twice
                 ):
+                    chosen.add(job.id)
                     jobs.append(job)
                     taken.append(((type, status), entry))
         if not jobs:
