@@ -19,7 +19,7 @@ from gridlike.server.metrics import Metrics
 from gridlike.server.model import Job, Priority, Status
 from gridlike.server.registry import NewJob, Registry, new_job_id
 from gridlike.server.registry._records import _encode, _encode_job
-from gridlike.server.retention import RETRY_AFTER, Retention
+from gridlike.server.retention import LOOK_AT, RETRY_AFTER, Retention
 from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import MemoryJournal, memory_core
 
@@ -233,6 +233,28 @@ class ExpiryTests(SynchronousTestCase):
         k.clock.advance(60)
         self.assertEqual(k.deletions(), [])
         self.assertTrue(k.exists(stays))
+
+    def test_stale_entries_bounded(self) -> None:
+        """
+        Entries of jobs deleted by hand are dropped at most LOOK_AT batches'
+        worth per sweep: a sweep that found only those goes on in another.
+        """
+        k = Kept(batch=1)
+        stale = [k.job(self, "render") for _ in range(2 * LOOK_AT + 5)]
+        due = k.job(self, "render")
+        run(self, k.registry.delete_jobs(stale))
+        sweeps = []
+        sweep = k.retention._sweep
+
+        def counted() -> None:
+            sweeps.append(k.clock.seconds())
+            sweep()
+
+        k.retention._sweep = counted  # type: ignore[method-assign]
+        k.retention._schedule()
+        k.clock.advance(60)
+        self.assertEqual(len(sweeps), 3)
+        self.assertEqual(k.deletions(), [[job.id for job in stale], [due.id]])
 
     def test_retried_then_done(self) -> None:
         """

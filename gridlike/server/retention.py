@@ -41,8 +41,8 @@ log = Logger()
 
 BATCH = 200
 """The most jobs one sweep deletes, in one record."""
-LOOK_AT = 10 * BATCH
-"""The most due entries one sweep looks at, stale ones included."""
+LOOK_AT = 10
+"""The most due entries one sweep looks at, stale ones included, in batches."""
 RETRY_AFTER = 5.0
 """Seconds before a sweep whose record could not be written is tried again."""
 
@@ -153,10 +153,10 @@ class Retention:
         jobs: list[Job] = []
         taken: list[tuple[_Policy, _Entry]] = []
         chosen: set[str] = set()
-        looked = 0
+        looked, look_at = 0, LOOK_AT * self._batch
         for (type, status), due in self._due.items():
             horizon = now - self._keep[(type, status)]
-            while due and due[0][0] <= horizon and len(jobs) < self._batch and looked < LOOK_AT:
+            while due and due[0][0] <= horizon and len(jobs) < self._batch and looked < look_at:
                 entry = due.popleft()
                 looked += 1
                 job = by_id(entry[1])
