@@ -186,6 +186,8 @@ def test_etc_file_example_types_load() -> None:
             result_becomes="stage2",
             timeout=600.0,
             max_attempts=5,
+            keep_done=7 * 86400.0,
+            keep_failed=30 * 86400.0,
         ),
         "stage2": TypeSettings(name="stage2"),
     }

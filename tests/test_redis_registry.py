@@ -23,6 +23,7 @@ from gridlike.server.listeners import JobChange
 from gridlike.server.model import Priority, Progress, Status
 from gridlike.server.registry import IRegistry, NewJob, new_job_id
 from gridlike.server.registry.redis import NoJournal, RedisRegistry
+from gridlike.server.retention import Retention
 from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import Heard, MemoryStorage
 from tests.integration.redisserver import RedisServer
@@ -38,6 +39,8 @@ batch_size = 2
 [types.first]
 result_becomes = "second"
 [types.second]
+[types.kept]
+keep_done = 0.2
 """
 
 
@@ -172,6 +175,30 @@ class RedisRegistryTests(TestCase):
         await self._until(lambda: self.a.by_id(job.id) is None)
         with self.assertRaises(NotFound):
             await self.a.delete("f")
+
+    async def test_retention_on_both(self) -> None:
+        """
+        Both instances sweep a job past keep_done: it is deleted once,
+        everywhere, its bytes with it, and neither sweep fails.
+        """
+        sweepers = []
+        for registry in (self.a, self.b):
+            retention = Retention(registry._settings, registry, reactor)
+            registry.add_listener(retention)
+            retention.start()
+            self.addCleanup(retention.stop)
+            sweepers.append(retention)
+        expired: list[str] = []
+        for retention in sweepers:
+            retention.expired = lambda jobs: expired.extend(job.key for job in jobs)
+        [job, kept] = await self._submit(self.a, "x", "y", type="kept")
+        self.storage.objects[(job.id, RESULT)] = b"result"
+        assert await self.a.start(job, "w", None)
+        await self.a.complete(job, 6, "w")
+        await self._until(lambda: self.a.by_id(job.id) is None and self.b.by_id(job.id) is None)
+        await self._until(lambda: (job.id, RESULT) not in self.storage.objects)
+        assert expired == ["x"]
+        assert self.a.by_id(kept.id) is kept
 
     async def _retry_pending(self) -> None:
         await self._submit(self.a, "pending")

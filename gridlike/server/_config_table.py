@@ -53,6 +53,36 @@ _SIZE_UNITS = {
 }
 
 
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", re.ASCII)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: object, where: str) -> float:
+    """
+    Read a time written as seconds or a string with a unit: C{3600},
+    C{"45s"}, C{"30m"}, C{"12h"}, C{"7d"}.
+
+    @param value: the value from the configuration.
+    @param where: what to name in an error, such as
+        C{"[types.render] keep_done"}.
+    @return: the number of seconds, C{> 0}.
+    @raise ConfigError: the value is not a positive, finite duration.
+    """
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match is not None:
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds is None or not 0 < seconds < math.inf:
+        raise ConfigError(
+            f"{where}: must be seconds > 0 or a duration such as \"45s\", \"30m\","
+            f" \"12h\" or \"7d\", not {value!r}"
+        )
+    return seconds
+
+
 def parse_size(value: int | str, where: str) -> int:
     """
     Read a byte count written as an integer or a string with a unit.
@@ -211,6 +241,19 @@ class _Table:
         if _within(size, above, 0):
             return size
         raise self._bad(key, f"a size {_bound(above, 0)}", value)
+
+    def duration(self, key: str, default: _D) -> float | _D:
+        """
+        @param key: the key.
+        @param default: the value when the key is unset.
+        @return: the key's value in seconds (see L{parse_duration}), or
+            C{default}.
+        @raise ConfigError: the value is not a duration.
+        """
+        value = self.get(key)
+        if value is self._missing:
+            return default
+        return parse_duration(value, self.where(key))
 
     def boolean(self, key: str, default: bool) -> bool:
         """

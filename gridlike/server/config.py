@@ -45,6 +45,7 @@ from gridlike.server._config_table import (
     parse_size,
 )
 from gridlike.server.errors import ConfigError
+from gridlike.server.model import Status
 from gridlike.server.origin import canonical_origin
 
 __all__ = [
@@ -261,10 +262,15 @@ class SchedulingSettings:
     @ivar batch_size: the most jobs in one numbered batch.
     @ivar max_attempts: how many failed attempts make a job C{failed} for
         good, unless its type says otherwise.
+    @ivar keep_done: seconds an untyped job is kept once done, then removed
+        (L{gridlike.server.retention}); C{None}: for ever.
+    @ivar keep_failed: the same for an untyped job failed for good.
     """
 
     batch_size: int = 100
     max_attempts: int = 3
+    keep_done: float | None = None
+    keep_failed: float | None = None
 
 
 @frozen
@@ -279,6 +285,9 @@ class TypeSettings:
     @ivar timeout: seconds an attempt may run; C{0} means no limit.
     @ivar max_attempts: this type's attempt limit, or C{None} for
         C{[scheduling] max_attempts}.
+    @ivar keep_done: seconds a job of this type is kept once done, then
+        removed (L{gridlike.server.retention}); C{None}: for ever.
+    @ivar keep_failed: the same for a job failed for good.
     """
 
     name: str
@@ -286,6 +295,8 @@ class TypeSettings:
     result_becomes: str | None = None
     timeout: float = 0.0
     max_attempts: int | None = None
+    keep_done: float | None = None
+    keep_failed: float | None = None
 
 
 def _no_types() -> Mapping[str, TypeSettings]:
@@ -338,6 +349,23 @@ class Settings:
             if job_type is not None and job_type.max_attempts is not None:
                 return job_type.max_attempts
         return self.scheduling.max_attempts
+
+    def keep_for(self, type_name: str | None, status: Status) -> float | None:
+        """
+        How long a terminal job is kept (PROTOCOL.md 5.6).
+
+        @param type_name: the job's type, or C{None} for an untyped job,
+            which C{[scheduling]} covers.  A type's own table alone covers
+            its jobs; a name no longer configured keeps them for ever.
+        @param status: done, or failed.
+        @return: seconds, or C{None} for ever.
+        """
+        table: SchedulingSettings | TypeSettings | None = (
+            self.scheduling if type_name is None else self.types.get(type_name)
+        )
+        if table is None:
+            return None
+        return table.keep_done if status is Status.DONE else table.keep_failed
 
 
 def state_directory(environ: Mapping[str, str]) -> Path | None:
@@ -661,6 +689,8 @@ def _scheduling(table: _Table) -> SchedulingSettings:
     settings = SchedulingSettings(
         batch_size=table.integer("batch_size", defaults.batch_size, above=0),
         max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
+        keep_done=table.duration("keep_done", defaults.keep_done),
+        keep_failed=table.duration("keep_failed", defaults.keep_failed),
     )
     table.finish()
     return settings
@@ -735,6 +765,8 @@ def _type(table: _Table, name: str) -> TypeSettings:
         result_becomes=table.string("result_becomes", defaults.result_becomes),
         timeout=table.number("timeout", defaults.timeout),
         max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
+        keep_done=table.duration("keep_done", defaults.keep_done),
+        keep_failed=table.duration("keep_failed", defaults.keep_failed),
     )
     table.finish()
     return settings

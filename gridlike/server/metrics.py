@@ -25,7 +25,8 @@ patterns), never from free text, so the number of series stays bounded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from collections import Counter as CountOf
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import unquote
 
 from prometheus_client import (
@@ -210,6 +211,11 @@ class Metrics:
         )
         self._retries = counter("gridlike_job_retries_total", "Failed jobs put back to pending.", "type")
         self._deleted = counter("gridlike_jobs_deleted_total", "Jobs deleted.", "type")
+        self._expired = counter(
+            "gridlike_jobs_expired_total",
+            "Jobs deleted by retention (keep_done, keep_failed); counted as deleted too.",
+            "type",
+        )
         self._wait = histogram(
             "gridlike_job_wait_seconds", "From submitted (or pending again) to started.", WAIT_BUCKETS, "type"
         )
@@ -236,6 +242,7 @@ class Metrics:
             self._submitted.labels(t)
             self._dispatches.labels(t)
             self._retries.labels(t)
+            self._expired.labels(t)
             self._timeouts.labels(t)
             self._wait.labels(t)
             self._run.labels(t)
@@ -327,7 +334,12 @@ class Metrics:
         self._series(self._deleted, type_label(job.type)).inc()
         self._pending_since.pop(job.id, None)
 
-    # Hooks of the dispatcher, the journal and the site
+    # Hooks of the dispatcher, retention, the journal and the site
+
+    def jobs_expired(self, jobs: Sequence[Job]) -> None:
+        """Retention deleted C{jobs}, whose time was up."""
+        for type, n in CountOf(type_label(job.type) for job in jobs).items():
+            self._series(self._expired, type).inc(n)
 
     def attempt_failed(self, job: Job, reason: str) -> None:
         """

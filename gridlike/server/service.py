@@ -27,6 +27,7 @@ from gridlike.server.errors import GridLikeError
 from gridlike.server.heap import FREEZE_EVERY, Heap
 from gridlike.server.journal import IJournal, Journal
 from gridlike.server.registry.redis import RedisRegistry
+from gridlike.server.retention import Retention
 from gridlike.server.storage import FilesystemStorage, InlineStorage, IStorage
 
 log = Logger()
@@ -44,7 +45,8 @@ class GridLikeService(MultiService):
     """
     One GridLike instance's core, started and stopped; its children, started
     once the journal is replayed, are L{TimerService}s: the compaction check,
-    and the L{Heap}'s tending of the garbage collector.
+    and the L{Heap}'s tending of the garbage collector.  Retention's sweeps
+    start then too.
 
     @ivar core: the instance's machinery, for the API and worker endpoints.
     """
@@ -89,6 +91,9 @@ class GridLikeService(MultiService):
                 fsync_interval=settings.registry.fsync_interval,
             )
         self.core = Core.build(settings, reactor, journal, storage)
+        self.retention = Retention(settings, self.core.registry, reactor)
+        """Deletes terminal jobs past C{keep_done} and C{keep_failed}."""
+        self.core.add_observer(self.retention)
         self.ready: Deferred[None] = Deferred()
         """Fires once the registry is loaded: when listeners may serve."""
         self._compacting: Deferred[None] | None = None
@@ -166,6 +171,7 @@ class GridLikeService(MultiService):
         # period, as the others do, so that start-up is replay and tidying.
         self._skip_checks += 1
         super().startService()
+        self.retention.start()
         self.ready.callback(None)
         Deferred.fromCoroutine(self._tidy_storage(started)).addErrback(_tidy_failed)
 
@@ -200,10 +206,12 @@ class GridLikeService(MultiService):
             raise
         super().startService()
         joined = Deferred.fromCoroutine(registry.join())
+        joined.addCallback(lambda _: self.retention.start())
         joined.addCallbacks(self.ready.callback, self.ready.errback)
 
     def stopService(self) -> Deferred[None]:
         """Stop once the journal is written and synced."""
+        self.retention.stop()
         stopped: Deferred[Any] = super().stopService()
         return stopped.addCallback(lambda _: Deferred.fromCoroutine(self._stop()))
 

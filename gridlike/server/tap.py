@@ -129,6 +129,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     service.setServiceParent(root)
     core = service.core
     metrics = Metrics.of(core, GridLikeAPI.app.url_map)
+    service.retention.expired = metrics.jobs_expired
     core.add_observer(ActivityLog(settings))
     workers = worker_resources(settings, core.dispatcher, core.storage, reactor)
     api = GridLikeAPI(core, workers)

@@ -19,6 +19,7 @@ from tests.integration.conftest import assert_clean_log
 from tests.integration.daemon import Daemon
 from tests.integration.s3server import shared
 from tests.integration.redisserver import RedisServer
+from tests.integration.test_metrics import samples, scrape
 from tests.integration.test_s3 import s3_config
 from tests.integration.test_workers import PlainWorker, submit, view
 
@@ -221,3 +222,24 @@ def test_redis_and_s3(tmp_path: Path, redis: RedisServer) -> None:
             server.stop()
     for server in servers:
         assert_clean_log(server)
+
+
+def test_retention_across_instances(instances: Callable[..., Daemon], tmp_path: Path) -> None:
+    """
+    Both instances sweep a job past [scheduling] keep_done: it is gone from
+    both and from the shared storage, and deleted (counted) once in all.
+    """
+    a, b = instances('[scheduling]\nkeep_done = "2s"'), instances('[scheduling]\nkeep_done = "2s"')
+    worker = PlainWorker(b, "wb")
+    worker.register()
+    key = submit(a, b"expire me", key="e1")
+    assert worker.ready() == b"expire me"
+    worker.result(b"EXPIRED")
+    for server in (a, b):
+        until(lambda: requests.get(f"{server.url}/api/jobs/{key}", timeout=10).status_code == 404, 60)
+    assert a.stored_files(0, tmp_path / "payloads") == []
+    counted = 0.0
+    for server in (a, b):
+        families = scrape(server, {})
+        counted += samples(families, "gridlike_jobs_expired", "gridlike_jobs_expired_total")[(("type", ""),)]
+    assert counted == 1

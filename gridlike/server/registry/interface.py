@@ -244,6 +244,16 @@ class IRegistry(Interface):
         @raise Unavailable: the change cannot be made durable.
         """
 
+    async def delete_jobs(jobs: Sequence[Job]) -> list[Job]:
+        """
+        Delete these jobs, those of them that still exist, all or none: what
+        L{delete_many} does once it has matched them, for a caller that
+        chose them itself (L{gridlike.server.retention}).
+
+        @return: the jobs deleted, in the order given.
+        @raise Unavailable: the change cannot be made durable.
+        """
+
     async def retry(key: str) -> Job:
         """
         Put a failed job back to pending with no failures.

@@ -274,7 +274,17 @@ class Registry(JobTable):
         @return: the jobs deleted, in submission order.
         @raise Unavailable: the journal cannot be written; no job is deleted.
         """
-        jobs = self.matching(match)
+        return await self.delete_jobs(self.matching(match))
+
+    async def delete_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """
+        Delete these jobs, those of them that still exist, all or none: one
+        record says so, as for L{delete_many}.
+
+        @return: the jobs deleted, in the order given.
+        @raise Unavailable: the journal cannot be written; no job is deleted.
+        """
+        jobs = [job for job in jobs if self._jobs.get(job.id) is job]
         if jobs:
             await self._append({"op": "delete_many", "ids": [job.id for job in jobs]})
             await gatherResults(

@@ -271,7 +271,14 @@ class RedisRegistry(JobTable):
 
     async def delete_many(self, match: Match) -> list[Job]:
         """See L{IRegistry.delete_many}: one script deletes them all."""
-        jobs = self.matching(match)
+        return await self.delete_jobs(self.matching(match))
+
+    async def delete_jobs(self, jobs: Sequence[Job]) -> list[Job]:
+        """
+        See L{IRegistry.delete_jobs}: one script deletes those that Redis
+        still has; those another instance deleted first are not this one's.
+        """
+        jobs = [job for job in jobs if self._jobs.get(job.id) is job]
         if not jobs:
             return []
         answer = await self._link_().script("delete", ids=[job.id for job in jobs])
