@@ -99,8 +99,13 @@ def timestamp(seconds: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def job_view(job: Job) -> dict[str, Any]:
-    """The job view of PROTOCOL.md section 2."""
+def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    The job view of PROTOCOL.md section 2.
+
+    @param webhook: the state of its webhook's delivery, if known
+        (L{gridlike.server.webhooks}).
+    """
     return {
         "id": job.id,
         "key": job.key,
@@ -130,4 +135,5 @@ def job_view(job: Job) -> dict[str, Any]:
         "next": job.child,
         "payload_size": job.payload_size,
         "result_size": job.result_size,
+        "webhook": webhook,
     }
