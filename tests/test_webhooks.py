@@ -23,7 +23,6 @@ from gridlike.server import webhooks
 from gridlike.server.api import GridLikeAPI
 from gridlike.server.config import parse_settings
 from gridlike.server.errors import ConfigError
-from gridlike.server.listeners import JobChange
 from gridlike.server.metrics import Metrics
 from gridlike.server.model import Job
 from gridlike.server.storage import RESULT
