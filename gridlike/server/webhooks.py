@@ -108,27 +108,27 @@ def load_secret(auth: AuthSettings) -> bytes:
     return text.encode("utf-8")
 
 
-def treq_post(reactor: Any) -> tuple[Post, Callable[[], object]]:
+def treq_post(reactor: Any) -> Post:
     """
-    @return: a L{Post} through treq over a pool of persistent connections,
-        and what closes that pool.
+    @return: a L{Post} through treq, one connection per attempt: a kept-alive
+        connection that the receiver closes while idle fails the next POST
+        sent on it (which is not retried by Twisted, POST not being
+        idempotent), and that would cost a delivery a whole backoff.
     """
     from treq import collect
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
     from twisted.web.http_headers import Headers
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = CONCURRENCY
-    client = HTTPClient(Agent(reactor, pool=pool))
+    client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
     async def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:
         sent = Headers({name: [value] for name, value in headers.items()})
         response = await client.post(url, data=body, headers=sent)
-        await collect(response, lambda _: None)  # read, so the connection is reused
+        await collect(response, lambda _: None)  # the answer's body, read and dropped
         return int(response.code)
 
-    return (lambda *a: Deferred.fromCoroutine(post(*a))), pool.closeCachedConnections
+    return lambda *a: Deferred.fromCoroutine(post(*a))
 
 
 @define(eq=False)
@@ -174,13 +174,13 @@ class Webhooks:
         secret: bytes | None = None,
     ) -> None:
         """
+        @param clock: the time source; without C{post}, the reactor too.
         @param post: how to send; by default treq's, made at L{start}.
         @param secret: the signing key; by default read at L{start}.
         """
         self._settings = settings
         self._clock = clock
         self._post = post
-        self._close: Callable[[], object] | None = None
         self._secret = secret
         self.enabled = any(
             settings.webhook_for(type, status) is not None
@@ -207,9 +207,7 @@ class Webhooks:
         if self._secret is None:
             self._secret = load_secret(self._settings.auth)
         if self._post is None:
-            from twisted.internet import reactor
-
-            self._post, self._close = treq_post(reactor)
+            self._post = treq_post(self._clock)  # the reactor, in a daemon
 
     def stop(self) -> None:
         """Send no more: what is held is dropped, as a restart would."""
@@ -220,8 +218,6 @@ class Webhooks:
         self._queued.clear()
         for sending in list(self._sending.values()):
             sending.cancel()
-        if self._close is not None:
-            self._close()
 
     def state(self, job: Job) -> dict[str, Any] | None:
         """@return: the C{webhook} of C{job}'s view: its last delivery's state, if known."""

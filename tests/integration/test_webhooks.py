@@ -59,16 +59,20 @@ class Receiver:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    closed = False
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.closed = True
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     started = Receiver()
     yield started
-    started.close()
+    if not started.closed:
+        started.close()
 
 
 def config(receiver: Receiver) -> str:
@@ -117,7 +121,8 @@ def test_done_and_failed(make_daemon: Callable[..., Daemon], receiver: Receiver)
     assert webhook(server, "r1", "delivered") == {
         "state": "delivered", "attempts": 1, "last_status": 200, "last_error": None,
     }
-    assert webhook(server, "r2", "delivered")["attempts"] == 1
+    failed = webhook(server, "r2", "delivered")
+    assert failed["attempts"] == 1, failed
     assert requests.get(f"{server.url}/api/jobs/q1", timeout=10).json()["webhook"] is None
     by_path = {path: (headers, json.loads(body), signed) for path, headers, body, signed in receiver.received}
     assert sorted(by_path) == ["/done", "/failed"]
@@ -179,4 +184,24 @@ def test_secret_file(make_daemon: Callable[..., Daemon], receiver: Receiver) -> 
     assert webhook(server, "r1", "delivered")["attempts"] == 1
     [(_, _, _, signed)] = receiver.received
     assert signed
+    worker.ws.close()
+
+
+def test_receiver_down(make_daemon: Callable[..., Daemon], receiver: Receiver) -> None:
+    """
+    A receiver that is down: the delivery is tried 5 times, then failed in
+    the view, with one warning line in the log and no traceback.
+    """
+    receiver.close()  # nothing listens on its port any more
+    server = make_daemon(config(receiver))
+    submit(server, b"render me", "/api/jobs/submit/render", key="r1")
+    worker = PlainWorker(server, "w1", "/api/worker/render")
+    worker.register()
+    assert worker.ready() == b"render me"
+    worker.result(b"RENDERED")
+    state = webhook(server, "r1", "failed")
+    assert (state["state"], state["attempts"], state["last_status"]) == ("failed", 5, None)
+    assert "Connection" in state["last_error"], state
+    lines = [line for line in server.log().splitlines() if "[gridlike.server.webhooks" in line]
+    assert len(lines) == 1 and "given up after 5 attempts" in lines[0], lines
     worker.ws.close()
