@@ -268,6 +268,7 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(event["log_level"], LogLevel.warn)
         self.assertNotIn("log_failure", event)
         self.assertEqual(event["key"], job.key)
+        self.assertEqual(event["origin"], "https://hooks.example")  # the path may hold a token
         self.assertEqual(hooked.clock.getDelayedCalls(), [])
 
     def test_timeout(self) -> None:

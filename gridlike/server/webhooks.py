@@ -26,6 +26,7 @@ import json
 import uuid
 from collections import OrderedDict, deque
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from attrs import define, field
 from twisted.internet import defer, error
@@ -304,7 +305,7 @@ class Webhooks:
             delivery.last_error = _describe(failure.value)
             self._again(delivery, delivery.last_error)
         else:
-            log.failure("webhooks: posting to {url}", failure, url=delivery.url)
+            log.failure("webhooks: posting to {origin}", failure, origin=_origin(delivery.url))
             delivery.last_error = _describe(failure.value)
             self._give_up(delivery, delivery.last_error)
         self._pump()
@@ -325,11 +326,11 @@ class Webhooks:
     def _give_up(self, delivery: Delivery, why: str) -> None:
         delivery.state = "failed"
         log.warn(
-            "webhook {event} of job {key} to {url} given up after {attempts}"
+            "webhook {event} of job {key} to {origin} given up after {attempts}"
             " attempts: {why}",
             event=delivery.event,
             key=delivery.key,
-            url=delivery.url,
+            origin=_origin(delivery.url),
             attempts=delivery.attempts,
             why=why,
         )
@@ -338,6 +339,15 @@ class Webhooks:
     def _finish(self, delivery: Delivery, outcome: str) -> None:
         if self.finished is not None:
             self.finished(delivery.type, delivery.event, outcome)
+
+
+def _origin(url: str) -> str:
+    """
+    @return: the scheme, host and port of C{url}, which the log may show:
+        a webhook's path or query often holds a token.
+    """
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _describe(e: BaseException) -> str:
