@@ -241,9 +241,6 @@ class Webhooks:
         if url is None or self._stopped:
             return
         delivery = Delivery(job.key, job.type, change.value, url, b"")
-        delivery.body = json.dumps(
-            job_view(job, webhook=delivery.view()), separators=(",", ":")
-        ).encode("utf-8")
         self._states.pop(job.id, None)
         self._states[job.id] = delivery
         while len(self._states) > KEEP_STATES:
@@ -259,6 +256,9 @@ class Webhooks:
             self._finish(delivery, "dropped")
             return
         self._dropping = False
+        delivery.body = json.dumps(
+            job_view(job, webhook=delivery.view()), separators=(",", ":")
+        ).encode("utf-8")
         self._queued.append(delivery)
         self._pump()
 
