@@ -18,11 +18,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from gridlike.server import webhooks
 from gridlike.server.api import GridLikeAPI
 from gridlike.server.config import parse_settings
 from gridlike.server.errors import ConfigError
+from gridlike.server.listeners import IJobListener
 from gridlike.server.metrics import Metrics
 from gridlike.server.model import Job
 from gridlike.server.storage import RESULT
@@ -102,6 +104,10 @@ class Hooked:
 
 
 class DeliveryTests(SynchronousTestCase):
+    def test_listener(self) -> None:
+        """The notifier provides L{IJobListener}, as the registry expects of it."""
+        verifyObject(IJobListener, Hooked().webhooks)
+
     def test_signed_view(self) -> None:
         """
         A job that is done is POSTed to its type's C{on_done}: its view as
