@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
@@ -396,8 +398,8 @@ class ConfigTests(SynchronousTestCase):
 
     def test_secret_file(self) -> None:
         """The secret's file is read at start, relative to the configuration, stripped."""
-        directory = Path(self.mktemp())
-        directory.mkdir()
+        directory = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, directory)
         text = '[auth]\nwebhook_secret_file = "hook.key"\n[types.t]\non_done = "https://h/x"\n'
         settings = parse_settings(text, directory)
         with self.assertRaises(ConfigError) as caught:
