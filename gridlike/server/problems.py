@@ -70,8 +70,12 @@ def _problem(error: GridLikeError) -> dict[str, Any]:
     return body
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+"""json.dumps with these options, without making an encoder per call."""
+
+
 def _encode(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return _compact(body).encode("utf-8")
 
 
 def json_body(request: IRequest, body: Any, status: int = 200) -> bytes:

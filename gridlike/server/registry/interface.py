@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from functools import partial
 from typing import Any, Iterator, Sequence
-from uuid import UUID
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -78,11 +77,19 @@ def _random_ids() -> Iterator[str]:
     """
     Random (version 4) UUIDs, from the system's randomness fetched 4 KiB at
     a time: one system call per id was a tenth of a busy server's time.
+    The version and variant bits are set on the whole pool at once and it
+    is written out in hex once: a L{UUID} object per id cost 7 us.
     """
     while True:
-        pool = os.urandom(16 * 256)
-        for start in range(0, len(pool), 16):
-            yield str(UUID(bytes=pool[start : start + 16], version=4))
+        pool = bytearray(os.urandom(16 * 256))
+        pool[6::16] = bytes(byte & 0x0F | 0x40 for byte in pool[6::16])  # version 4
+        pool[8::16] = bytes(byte & 0x3F | 0x80 for byte in pool[8::16])  # RFC 4122
+        text = pool.hex()
+        for at in range(0, len(text), 32):
+            yield (
+                f"{text[at:at + 8]}-{text[at + 8:at + 12]}-{text[at + 12:at + 16]}"
+                f"-{text[at + 16:at + 20]}-{text[at + 20:at + 32]}"
+            )
 
 
 new_job_id = partial(next, _random_ids())
