@@ -506,6 +506,40 @@ class GridLikeClient:
         return await self._json(await self._request("POST", _job_path(key) + "/retry"))
 
     @_deferred
+    async def pause(self, type: str | None = None) -> dict[str, Any]:
+        """
+        Dispatch no job of C{type} (L{None}: an untyped server's jobs) until
+        L{resume}; submits are still taken.  Running jobs go on.
+
+        @return: C{{"type": type, "state": "paused"}}.
+        @raise NotFound: no such type.
+        """
+        return await self._type_state("pause", type)
+
+    @_deferred
+    async def drain(self, type: str | None = None) -> dict[str, Any]:
+        """
+        Dispatch what C{type} has, and refuse its submits (503) until
+        L{resume}.
+
+        @return: C{{"type": type, "state": "draining"}}.
+        """
+        return await self._type_state("drain", type)
+
+    @_deferred
+    async def resume(self, type: str | None = None) -> dict[str, Any]:
+        """
+        End a pause or a drain of C{type}.
+
+        @return: C{{"type": type, "state": "active"}}.
+        """
+        return await self._type_state("resume", type)
+
+    async def _type_state(self, verb: str, type: str | None) -> dict[str, Any]:
+        path = f"/api/{verb}" + ("" if type is None else "/" + quote(type, safe=""))
+        return await self._json(await self._request("POST", path))
+
+    @_deferred
     async def retry_many(
         self, status: str | None = "failed", type: str | None = None,
         older_than: float | None = None,

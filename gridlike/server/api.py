@@ -36,10 +36,10 @@ from werkzeug.routing import RequestRedirect
 
 from gridlike.server.auth import Gate
 from gridlike.server.dashboard import Dashboard
-from gridlike.server.errors import BadRequest, Conflict, GridLikeError, NotFound, TypeRequired
+from gridlike.server.errors import BadRequest, Conflict, Draining, GridLikeError, NotFound, TypeRequired
 from gridlike.server.events import EventStream
 from gridlike.server.metrics import CONTENT_TYPE, Metrics
-from gridlike.server.model import Job, Priority, Status, job_view
+from gridlike.server.model import Job, Priority, Status, TypeState, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
 from gridlike.server.registry import Match, NewJob
 from gridlike.server.result_stream import ResultsAsked, ResultStream
@@ -263,7 +263,7 @@ class GridLikeAPI:
     @app.route("/api/jobs/submit", methods=["POST"])
     @app.route("/api/jobs/submit/<type>", methods=["POST"])
     async def submit(self, request: IRequest, type: str | None = None) -> bytes:
-        job_type = self._job_type(type)
+        job_type = self._accepting(type)
         form = await self._form(request)
 
         def specs() -> list[NewJob]:
@@ -287,7 +287,7 @@ class GridLikeAPI:
     @app.route("/api/jobs/bulk", methods=["POST"])
     @app.route("/api/jobs/bulk/<type>", methods=["POST"])
     async def bulk(self, request: IRequest, type: str | None = None) -> bytes:
-        job_type = self._job_type(type)
+        job_type = self._accepting(type)
         form = await self._form(request)
 
         def specs() -> list[NewJob]:
@@ -413,6 +413,26 @@ class GridLikeAPI:
         job = await self._core.registry.retry(key)
         return json_body(request, job_view(job), 202)
 
+    @app.route("/api/pause", methods=["POST"])
+    @app.route("/api/pause/<type>", methods=["POST"])
+    async def pause(self, request: IRequest, type: str | None = None) -> bytes:
+        return await self._set_type_state(request, type, TypeState.PAUSED)
+
+    @app.route("/api/drain", methods=["POST"])
+    @app.route("/api/drain/<type>", methods=["POST"])
+    async def drain(self, request: IRequest, type: str | None = None) -> bytes:
+        return await self._set_type_state(request, type, TypeState.DRAINING)
+
+    @app.route("/api/resume", methods=["POST"])
+    @app.route("/api/resume/<type>", methods=["POST"])
+    async def resume(self, request: IRequest, type: str | None = None) -> bytes:
+        return await self._set_type_state(request, type, TypeState.ACTIVE)
+
+    async def _set_type_state(self, request: IRequest, type: str | None, state: TypeState) -> bytes:
+        job_type = self._job_type(type)
+        await self._core.registry.set_type_state(job_type, state)
+        return json_body(request, {"type": job_type, "state": state.value}, 202)
+
     @app.route("/api/jobs/retry", methods=["POST"])
     async def retry_many(self, request: IRequest) -> bytes:
         jobs = await self._core.registry.retry_many(_match(request))
@@ -474,6 +494,18 @@ class GridLikeAPI:
         return self._workers[job_type]
 
     # Helpers
+
+    def _accepting(self, type: str | None) -> str | None:
+        """
+        @return: the job type of a submit's path.
+        @raise Draining: the type accepts no new jobs.
+        """
+        job_type = self._job_type(type)
+        if self._core.registry.type_state(job_type) is TypeState.DRAINING:
+            name = "the untyped jobs" if job_type is None else f"job type {job_type!r}"
+            resume = "/api/resume" + ("" if job_type is None else f"/{job_type}")
+            raise Draining(f"{name} is draining: it takes no new jobs (POST {resume} to take them again)")
+        return job_type
 
     def _job_type(self, type: str | None) -> str | None:
         types = self._settings.types

@@ -88,6 +88,7 @@ class Core:
             registry = Registry(settings, journal, storage, clock, eventual)
         dispatcher = Dispatcher(settings, registry, clock, eventual)
         registry.add_listener(dispatcher)
+        registry.add_type_listener(dispatcher.type_state_changed)
         core = cls(settings, clock, journal, storage, registry, dispatcher, eventual)
         for observer in observers:
             core.add_observer(observer)

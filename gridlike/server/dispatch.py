@@ -45,7 +45,7 @@ from gridlike.server.listeners import (
     JobChange,
     WorkerChange,
 )
-from gridlike.server.model import Job, Progress, Status, timestamp
+from gridlike.server.model import Job, Progress, Status, TypeState, timestamp
 from gridlike.server.registry import IRegistry
 
 log = Logger()
@@ -371,10 +371,11 @@ class Dispatcher:
         """
         record = self._records[link]
         queue = self._registry.pending(link.job_type)
+        paused = self._registry.type_state(link.job_type) is TypeState.PAUSED
         idle = self._idle_of(link.job_type)
         idle.remove(link)
         while len(record.jobs) < link.slots:
-            job = queue.peek()
+            job = None if paused else queue.peek()
             if job is None:
                 idle.add(link)
                 self._set_state(record, "busy" if record.jobs else "ready")
@@ -449,10 +450,15 @@ class Dispatcher:
             if assignment is not None:
                 self._withdraw(assignment, "deleted")
 
+    def type_state_changed(self, job_type: str | None, state: TypeState) -> None:
+        """A type was resumed (or drained): its pending jobs go out again."""
+        if state is not TypeState.PAUSED:
+            self._offer(job_type)
+
     def _offer(self, job_type: str | None) -> None:
         """Give the best pending jobs of C{job_type} to its idle workers."""
         idle = self._idle.get(job_type)
-        if idle is None:
+        if idle is None or self._registry.type_state(job_type) is TypeState.PAUSED:
             return
         queue = self._registry.pending(job_type)
         while idle.by_uid:

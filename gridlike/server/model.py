@@ -30,6 +30,18 @@ class Status(str, Enum):
         return self in (Status.DONE, Status.FAILED)
 
 
+class TypeState(str, Enum):
+    """
+    Whether a job type's jobs are dispatched and accepted: a paused type
+    accepts submits and dispatches nothing; a draining one dispatches what
+    it has and refuses submits (503).
+    """
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DRAINING = "draining"
+
+
 class Priority(str, Enum):
     """Every pending immediate job goes out before any batch job of its type."""
 

@@ -22,6 +22,7 @@ from gridlike.server.errors import (
     BadRequest,
     Conflict,
     Damaged,
+    Draining,
     Forbidden,
     GridLikeError,
     NotFound,
@@ -44,6 +45,7 @@ STATUSES: dict[type[GridLikeError], int] = {
     TooManyRequests: 429,
     Damaged: 500,
     Unavailable: 503,
+    Draining: 503,
 }
 """The status of each kind of error; a subclass has its nearest base's, and
 an error of no kind listed (a bug's) is a 500."""

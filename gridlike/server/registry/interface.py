@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from gridlike.server.listeners import IJobListener
-from gridlike.server.model import Job, Priority, Progress, Status
+from gridlike.server.model import Job, Priority, Progress, Status, TypeState
 from gridlike.server.queue import PendingQueue
 
 
@@ -181,6 +181,15 @@ class IRegistry(Interface):
     def pending(type: str | None) -> PendingQueue:
         """The pending queue of a type: what dispatch takes jobs from."""
 
+    def type_state(type: str | None) -> TypeState:
+        """Whether C{type}'s jobs are dispatched and accepted."""
+
+    def type_states() -> dict[str | None, TypeState]:
+        """The types that are paused or draining."""
+
+    def add_type_listener(listener: Callable[[str | None, TypeState], None]) -> None:
+        """Call C{listener(type, state)}, on a later turn, when a type's state changes (on any instance)."""
+
     def stats() -> dict[str, Any]:
         """Job counts by status, type and priority; recent endings."""
 
@@ -277,6 +286,13 @@ class IRegistry(Interface):
 
         @return: the jobs retried, in submission order.
         @raise BadRequest: C{match} selects another status.
+        @raise Unavailable: the change cannot be made durable.
+        """
+
+    async def set_type_state(type: str | None, state: TypeState) -> None:
+        """
+        Pause, drain or resume C{type}, durably (a restart keeps it).
+
         @raise Unavailable: the change cannot be made durable.
         """
 

@@ -40,7 +40,7 @@ from gridlike.server.config import Settings
 from gridlike.server.errors import BadRequest, ConfigError, Conflict, NotFound, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import EventualQueue
-from gridlike.server.model import Job, Progress, Status
+from gridlike.server.model import Job, Progress, Status, TypeState
 from gridlike.server.storage import PAYLOAD, RESULT, IStorage
 
 from ._records import _decode_job
@@ -269,6 +269,11 @@ class RedisRegistry(JobTable):
         await self._delete_bytes(job)
         return job
 
+    async def set_type_state(self, type: str | None, state: TypeState) -> None:
+        """See L{IRegistry.set_type_state}: a hash beside the jobs, and the log tells every instance."""
+        answer = await self._link_().script("type_state", type=type or "", state=state.value)
+        await self._reached(answer[1])
+
     async def delete_many(self, match: Match) -> list[Job]:
         """See L{IRegistry.delete_many}: one script deletes them all."""
         return await self.delete_jobs(self.matching(match))
@@ -377,12 +382,14 @@ class RedisRegistry(JobTable):
 
     async def _load(self) -> None:
         """Every job as Redis has it now, and where the log is."""
-        _, at, lsn, rows = await self._link_().script("load")
+        _, at, lsn, rows, states = await self._link_().script("load")
         self._reset()
         self._replaying = True
         try:
             for raw in rows:
                 self._load_job(_decode_job(json.loads(raw)))
+            for name, state in zip(states[::2], states[1::2]):
+                self._apply_type_state(name or None, TypeState(state))
         finally:
             self._replaying = False
         self._at, self._lsn = at, int(lsn)
@@ -395,8 +402,10 @@ class RedisRegistry(JobTable):
     def _reset(self) -> None:
         """Forget every job (before loading them again), keeping the listeners."""
         listeners, eventual, watchers = self._listeners, self._eventual, self._watchers
+        type_listeners = self._type_listeners
         JobTable.__init__(self, self._clock, eventual)
         self._listeners, self._watchers = listeners, watchers
+        self._type_listeners = type_listeners
 
     def _load_job(self, job: Job) -> None:
         """Insert a loaded job; unlike a replayed one, a running job stays running."""
