@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from gridlike.server.config import parse_settings
+from gridlike.server.dispatch import Dispatcher
 from gridlike.server.errors import Conflict, NotFound, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import JobChange
@@ -26,6 +27,7 @@ from gridlike.server.registry.redis import NoJournal, RedisRegistry
 from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import Heard, MemoryStorage
 from tests.integration.redisserver import RedisServer
+from tests.test_dispatch import FakeLink
 
 CONFIG = """
 [registry]
@@ -105,7 +107,7 @@ class RedisRegistryTests(TestCase):
         assert self.b.get("k1").id == job.id
         with self.assertRaises(Conflict):
             await self._submit(self.b, "k1")
-        assert len(self.b) == 3
+        await self._until(lambda: len(self.b) == 3)  # k3 reaches b a moment later
 
     async def test_one_claim_wins(self) -> None:
         """
@@ -147,8 +149,8 @@ class RedisRegistryTests(TestCase):
         self.a._heartbeat.stop()
         self.server.command("DEL", f"gridlike:alive:{self.a.instance}")
         await self.b._beat()
-        await self._until(lambda: job.status is Status.PENDING)
-        assert job.failure_count == 1 and job.error is not None
+        await self._until(lambda: job.failure_count == 1)
+        assert job.status is Status.PENDING and job.error is not None
         assert job.error.info == "instance lost"
         assert await self.a.complete(job, 1, "w") is None
         assert job.status is Status.PENDING
@@ -176,6 +178,33 @@ class RedisRegistryTests(TestCase):
     async def _retry_pending(self) -> None:
         await self._submit(self.a, "pending")
         await self.a.retry("pending")
+
+    async def test_reload_offers_pending(self) -> None:
+        """
+        An instance that loads every job again (its log skipped changes)
+        offers the pending jobs it loaded to its idle workers at once: they
+        came back without an announcement of their own.  A job it ran
+        before still completes, though its Job object is a new one.
+        """
+        dispatcher = Dispatcher(self.a._settings, self.a, reactor, self.a._eventual)
+        self.a.add_listener(dispatcher)
+        self.a.when_loaded(dispatcher.offer_all)  # as the core wires them
+        link = FakeLink("w", "second")
+        link.record = dispatcher.opened("127.0.0.1", "second")
+        dispatcher.registered(link.record, link)
+        [held] = await self._submit(self.a, "held", type="first")
+        assert await self.a.start(held, "other", None)
+        dispatcher.ready(link)
+        self.a._lsn -= 1  # the next change skips one: a reloads
+        [job] = await self._submit(self.b, "loaded", type="second")
+        await self._until(lambda: self.a._lsn == self.b._lsn)
+        assert self.a.by_id(job.id) is not None
+        await self._until(lambda: job.id in link.running)
+        # What ran here before the reload still completes.
+        self.storage.objects[(held.id, RESULT)] = b"r"
+        assert self.a.by_id(held.id) is not held
+        await self.a.complete(held, 1, "other")
+        await self._until(lambda: self.b.get("held").status is Status.DONE)
 
     async def test_progress_everywhere(self) -> None:
         """Progress reported on the instance running a job shows on the other."""

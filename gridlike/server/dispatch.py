@@ -449,6 +449,14 @@ class Dispatcher:
             if assignment is not None:
                 self._withdraw(assignment, "deleted")
 
+    def offer_all(self) -> None:
+        """
+        Give the best pending jobs of every type to its idle workers: after
+        the registry loaded its jobs again, which announces none of them.
+        """
+        for job_type in list(self._idle):
+            self._offer(job_type)
+
     def _offer(self, job_type: str | None) -> None:
         """Give the best pending jobs of C{job_type} to its idle workers."""
         idle = self._idle.get(job_type)
