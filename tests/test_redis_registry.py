@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
@@ -24,6 +24,7 @@ from gridlike.server.listeners import JobChange
 from gridlike.server.model import Priority, Progress, Status
 from gridlike.server.registry import IRegistry, NewJob, new_job_id
 from gridlike.server.registry.redis import NoJournal, RedisRegistry
+from gridlike.server.service import tidy_shared_storage
 from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import Heard, MemoryStorage
 from tests.integration.redisserver import RedisServer
@@ -41,6 +42,19 @@ batch_size = 2
 result_becomes = "second"
 [types.second]
 """
+
+
+class AgedStorage(MemoryStorage):
+    """Storage in memory whose objects were stored at C{stored[job id]} (default 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, float] = {}
+
+    def object_ids(self, before: float | None = None) -> Deferred[set[tuple[str, str]]]:
+        return succeed(
+            {n for n in self.objects if before is None or self.stored.get(n[0], 0.0) < before}
+        )
 
 
 class RedisRegistryTests(TestCase):
@@ -205,6 +219,27 @@ class RedisRegistryTests(TestCase):
         assert self.a.by_id(held.id) is not held
         await self.a.complete(held, 1, "other")
         await self._until(lambda: self.b.get("held").status is Status.DONE)
+
+    async def test_tidy_shared_storage(self) -> None:
+        """
+        Tidying shared storage removes the old objects of jobs Redis does
+        not know, and keeps those of jobs another instance made (even when
+        this instance's copy has not seen them yet) and those stored too
+        recently to be orphans (uploads of any instance in progress).
+        """
+        storage = AgedStorage()
+        [theirs] = await self._submit(self.b, "theirs")
+        await self._until(lambda: self.a.by_id(theirs.id) is not None)
+        self.a._remove(self.a.by_id(theirs.id))  # as if this copy lagged
+        orphan, uploading = new_job_id(), new_job_id()
+        for job_id in (theirs.id, orphan, uploading):
+            storage.objects[(job_id, PAYLOAD)] = b"p"
+        storage.objects[(theirs.id, RESULT)] = b"r"
+        storage.stored[uploading] = 200.0
+        await tidy_shared_storage(storage, self.a, 100.0, sweep=False)
+        assert set(storage.objects) == {
+            (theirs.id, PAYLOAD), (theirs.id, RESULT), (uploading, PAYLOAD)
+        }
 
     async def test_progress_everywhere(self) -> None:
         """Progress reported on the instance running a job shows on the other."""

@@ -44,7 +44,7 @@ from gridlike.server.model import Job, Progress, Status
 from gridlike.server.storage import PAYLOAD, RESULT, IStorage
 
 from ._records import _decode_job
-from ._redis_link import RedisLink
+from ._redis_link import PREFIX, RedisLink
 from ._table import JobTable, check_specs
 from .interface import IRegistry, Match, NewJob, new_job_id
 
@@ -318,6 +318,20 @@ class RedisRegistry(JobTable):
             return []
         await self._reached(answer[1])
         return [job for job in jobs if job.status is not Status.FAILED]
+
+    async def unknown(self, ids: Iterable[str]) -> set[str]:
+        """
+        @return: those of C{ids} that no job in Redis has, whatever this
+            instance's copy says (it may lag): for tidying shared storage.
+        @raise Unavailable: Redis cannot be reached.
+        """
+        ids = list(ids)
+        missing: set[str] = set()
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            rows = await self._link_().command("HMGET", PREFIX + "jobs", *chunk)
+            missing.update(job_id for job_id, row in zip(chunk, rows) if row is None)
+        return missing
 
     # Claims and progress
 
