@@ -455,6 +455,14 @@ class Dispatcher:
         if state is not TypeState.PAUSED:
             self._offer(job_type)
 
+    def offer_all(self) -> None:
+        """
+        Give the best pending jobs of every type to its idle workers: after
+        the registry loaded its jobs again, which announces none of them.
+        """
+        for job_type in list(self._idle):
+            self._offer(job_type)
+
     def _offer(self, job_type: str | None) -> None:
         """Give the best pending jobs of C{job_type} to its idle workers."""
         idle = self._idle.get(job_type)
