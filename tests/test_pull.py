@@ -162,6 +162,16 @@ class ClaimTests(SynchronousTestCase):
         key = grid.submit(b"x")
         self.assertEqual(grid.status(key), Status.PENDING)
 
+    def test_no_wait_gets_pending_job(self) -> None:
+        """A claim that does not wait still gets a job that is pending."""
+        grid = Grid()
+        grid.submit(b"now")
+        for wait in ("0", None):
+            grid.submit(b"now")
+            query = "" if wait is None else f"&wait={wait}"
+            status, _, body = grid.call("POST", f"/api/worker/claim/t?id=w1{query}")
+            self.assertEqual((status, body), (200, b"now"))
+
     def test_wait_capped_by_max_wait(self) -> None:
         """C{wait} is capped by C{[server] max_wait}."""
         grid = Grid(CONFIG + "[server]\nmax_wait = 2\n")

@@ -180,6 +180,8 @@ class PullLink:
         claim: Deferred[Held | None] = Deferred(self._claim_cancelled)
         self._claims.append(claim)
         self._workers.dispatcher.ready(self)
+        if claim not in self._claims:
+            return claim  # a job is on its way: no timeout may come first
         return claim.addTimeout(
             wait, self._workers.clock, onTimeoutCancel=lambda result, timeout: None
         )
