@@ -305,6 +305,21 @@ class LeaseTests(SynchronousTestCase):
         self.assertEqual(status, 202)
         self.assertEqual(grid.storage.objects[job_id, RESULT], b"new")
 
+    def test_expiry_counts_as_timeout(self) -> None:
+        """The metrics count an expired lease as a timeout, a failure report as a failure."""
+        grid = Grid()
+        reasons: list[str] = []
+        grid.core.dispatcher.attempt_failed = lambda job, reason: reasons.append(reason)
+        _, job_id = self.claimed(grid)
+        grid.clock.advance(30)
+        grid.settle()
+        grid.claim()
+        grid.call("POST", f"/api/worker/jobs/{job_id}/fail?attempt=2", b"{}")
+        grid.settle()
+        self.assertEqual(reasons, ["timeout", "failed"])
+        [view] = grid.core.worker_views()
+        self.assertEqual(view["jobs_failed"], 2)
+
     def test_progress_renews_past_timeout(self) -> None:
         """
         Each progress renews the lease, the type's timeout: the attempt

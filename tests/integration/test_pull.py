@@ -166,3 +166,34 @@ def test_pull_beside_websocket(make_daemon: Callable[..., Daemon], agent: Machin
     workers = {w["uid"]: w for w in requests.get(f"{server.url}/api/workers").json()}
     assert workers["puller"]["protocol"] == "pull"
     assert workers["puller"]["jobs_done"] + workers["socket"]["jobs_done"] == 20
+
+
+def test_claim_abandoned(make_daemon: Callable[..., Daemon]) -> None:
+    """A claim whose client gave up takes no attempt: the next claim gets attempt 1."""
+    server = make_daemon(CONFIG.replace("pull_lease = 1", "pull_lease = 30"))
+    try:
+        requests.post(f"{server.url}/api/worker/claim/t", params={"id": "w1", "wait": "30"},
+                      headers=HEADERS, timeout=0.5)
+    except requests.Timeout:
+        pass
+    else:
+        raise AssertionError("the claim was answered")
+    submit(server, b"p", "j1", "t")
+    response = claim(server)
+    assert (response.status_code, response.headers["GridLike-Attempt"]) == (200, "1")
+    assert view(server, "j1")["error"] is None
+
+
+def test_agent_keeps_lease(make_daemon: Callable[..., Daemon], agent: MachineAgent) -> None:
+    """
+    The agent's progress, from the command's stderr, and its keep-alive
+    hold a job three times as long as the lease, on its first attempt.
+    """
+    server = make_daemon("[workers]\npull_lease = 1\n[types.t]\n")
+    script = 'echo "progress: 50 half" >&2; sleep 3; tr a-z A-Z'
+    worker = agent(server, "sh", "-c", script, options=("--type", "t", "--pull"))
+    submit(server, b"slow\n", "j1", "t")
+    until(lambda: (view(server, "j1").get("progress") or {}).get("info") == "half", what="the progress")
+    job = finished(server, "j1")
+    assert (job["status"], job["attempt"], job["error"]) == ("done", 1, None), worker.log()
+    assert result(server, "j1") == b"SLOW\n"
