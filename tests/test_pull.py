@@ -383,6 +383,20 @@ class LeaseTests(SynchronousTestCase):
         grid.settle()
         self.assertEqual(grid.core.registry.get(key).error.info, "lease expired")  # type: ignore[union-attr]
 
+    def test_result_not_stored(self) -> None:
+        """A result storage cannot keep is a 503, and the attempt fails saying why."""
+        grid = Grid()
+        key, job_id = self.claimed(grid)
+        grid.storage.broken = True
+        status, _, body = grid.call("PUT", f"/api/worker/jobs/{job_id}/result?attempt=1", b"r")
+        grid.storage.broken = False
+        self.assertEqual(status, 503)
+        self.assertIn("disk full", body["problem"])
+        grid.settle()
+        job = grid.core.registry.get(key)
+        self.assertEqual(job.status, Status.PENDING)
+        self.assertIn("disk full", job.error.info)  # type: ignore[union-attr]
+
     def test_deleted_job(self) -> None:
         """A job deleted while held: its result is a 409."""
         grid = Grid()

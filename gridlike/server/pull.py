@@ -269,6 +269,9 @@ class PullLink:
             size = await result.finish()
         except GridLikeError as e:
             problem = e.problem
+        except Exception:
+            log.failure("{link}: storing the result of job {key}", link=self, key=held.job.key)
+            problem = "internal error"
         # Withdrawn while it was stored: the result is dropped.
         self.current(held.job.id, held.attempt)
         self._forget(held)
