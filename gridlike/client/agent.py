@@ -28,8 +28,8 @@ the connection is down, and finished results wait in the C{--spool}
 directory until the server has them, across restarts of the agent.
 C{--protocol 1} runs N L{Worker}s of protocol 1 instead, one connection
 each.  C{--pull} claims jobs over plain HTTP requests instead
-(L{gridlike.client._pull}), N claim loops.  SIGTERM finishes the running jobs and exits 0; a second SIGTERM
-kills them and exits 143.
+(L{gridlike.client._pull}), N claim loops.  SIGTERM finishes the running
+jobs and exits 0; a second SIGTERM kills them and exits 143.
 
 L{add_worker_arguments} and L{run_worker} are the C{gridlike worker}
 subcommand; C{python -m gridlike.client.agent ARGS} runs it alone.  This module is
