@@ -230,6 +230,13 @@ class ClaimTests(SynchronousTestCase):
             self.assertEqual(status, 400, query)
             self.assertIn("attempt", body["problem"])
 
+    def test_unknown_report(self) -> None:
+        """A POST of anything but fail or progress is a 404 problem that says what is."""
+        for verb in ("result", "done"):
+            status, _, body = Grid().call("POST", f"/api/worker/jobs/j/{verb}?attempt=1", b"{}")
+            self.assertEqual(status, 404)
+            self.assertIn("a result is PUT", body["problem"])
+
     def test_worker_view(self) -> None:
         """A pull worker is listed with protocol "pull", then leaves when idle."""
         grid = Grid()

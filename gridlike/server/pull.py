@@ -489,7 +489,9 @@ class PullWorkers:
         @raise NotFound: another C{verb}.
         """
         if verb not in ("fail", "progress"):
-            raise NotFound(f"no such path: {verb!r} is neither 'result', 'fail' nor 'progress'")
+            raise NotFound(
+                f"no such path: POST .../{verb}; a result is PUT, a failure or progress POSTed"
+            )
         link, held = self.current(request, job_id)
         body = json_object(request)
         info = optional(body, "info", str)
