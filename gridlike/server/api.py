@@ -13,6 +13,7 @@ nowhere else.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Callable, Mapping, TypeVar, cast
 from urllib.parse import urlencode
 
@@ -41,6 +42,7 @@ from gridlike.server.events import EventStream
 from gridlike.server.metrics import CONTENT_TYPE, Metrics
 from gridlike.server.model import Job, Priority, Status, TypeState, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
+from gridlike.server.pull import PullWorkers
 from gridlike.server.registry import Match, NewJob
 from gridlike.server.result_stream import ResultsAsked, ResultStream
 from gridlike.server.sessions import Sessions, page_route
@@ -74,7 +76,11 @@ def _open_route(path: list[bytes]) -> bool:
     if joined.startswith(b"/dashboard/") and joined.count(b"/") == 2:
         return True
     rest = joined.removeprefix(b"/api/worker/")
-    return rest != joined and b"/" not in rest
+    return rest != joined and (b"/" not in rest or _PULL_ROUTE.fullmatch(rest) is not None)
+
+
+_PULL_ROUTE = re.compile(rb"claim/[^/]+|jobs/[^/]+/(?:result|fail|progress)")
+"""The HTTP-pull worker routes under /api/worker/ with more than one segment."""
 
 
 def _arg(request: IRequest, name: str) -> str | None:
@@ -185,6 +191,8 @@ class GridLikeAPI:
         self._core = core
         self._workers = workers
         self._settings = core.settings
+        self.pull = PullWorkers(core.settings, core.dispatcher, core.storage, core.clock)
+        """HTTP-pull workers; give the site its C{stream_result}."""
         server = core.settings.server
         auth, events = core.settings.auth, core.settings.events
         self.sessions = Sessions(core.clock, auth.session_idle, auth.session_lifetime)
@@ -493,6 +501,28 @@ class GridLikeAPI:
             raise NotFound("workers do not connect here")
         return self._workers[job_type]
 
+    # HTTP-pull workers (gridlike/server/pull.py)
+
+    @app.route("/api/worker/claim", methods=["POST"])
+    @app.route("/api/worker/claim/<type>", methods=["POST"])
+    async def claim(self, request: IRequest, type: str | None = None) -> bytes:
+        self.pull.check_token(request)
+        job_type = self._job_type(type)
+        await self.pull.claim(request, job_type, self._wait(request) or 0.0, self._stream)
+        return b""
+
+    @app.route("/api/worker/jobs/<job_id>/result", methods=["PUT"])
+    async def pull_result(self, request: IRequest, job_id: str) -> bytes:
+        self.pull.check_token(request)
+        # Once the result is in, recording it must not stop half-way.
+        await _detached(Deferred.fromCoroutine(self.pull.put_result(request, job_id)))
+        return json_body(request, {"stored": job_id}, 202)
+
+    @app.route("/api/worker/jobs/<job_id>/<verb>", methods=["POST"])
+    def pull_report(self, request: IRequest, job_id: str, verb: str) -> bytes:
+        self.pull.check_token(request)
+        return json_body(request, self.pull.report(request, job_id, verb), 202)
+
     # Helpers
 
     def _accepting(self, type: str | None) -> str | None:
@@ -563,16 +593,9 @@ class GridLikeAPI:
         The job, once terminal or after C{?wait=} seconds, whichever is first.
         """
         job = self._core.registry.get(key)
-        wait = _arg(request, "wait")
-        if wait is None or job.status.terminal:
+        seconds = self._wait(request)
+        if seconds is None or job.status.terminal:
             return job
-        try:
-            seconds = float(wait)
-        except ValueError:
-            raise BadRequest(f"wait: not a number of seconds: {wait!r}") from None
-        if not seconds >= 0:
-            raise BadRequest("wait: must be >= 0")
-        seconds = min(seconds, self._settings.server.max_wait)
         # When the client goes away, Klein cancels the route: that
         # cancellation must go on up, so that nothing is answered (and
         # logged as unanswerable); only the end of the wait answers the job.
@@ -582,6 +605,19 @@ class GridLikeAPI:
         if ended is None:
             raise NotFound(f"job {key!r} was deleted")
         return ended
+
+    def _wait(self, request: IRequest) -> float | None:
+        """The C{?wait=} seconds, capped by C{[server] max_wait}, if given."""
+        wait = _arg(request, "wait")
+        if wait is None:
+            return None
+        try:
+            seconds = float(wait)
+        except ValueError:
+            raise BadRequest(f"wait: not a number of seconds: {wait!r}") from None
+        if not seconds >= 0:
+            raise BadRequest("wait: must be >= 0")
+        return min(seconds, self._settings.server.max_wait)
 
     async def _stream(self, request: IRequest, job: Job, kind: str, size: int) -> bytes:
         """

@@ -79,6 +79,16 @@ class ResultNotStored(WorkerLost):
         super().__init__(f"result could not be stored: {problem}")
 
 
+class LeaseExpired(WorkerLost):
+    """
+    An HTTP-pull worker sent no news of its job for as long as the lease
+    (L{gridlike.server.pull}): the attempt fails, counted as a timeout.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("lease expired")
+
+
 class IWorkerLink(Interface):
     """
     One registered worker connection, as dispatch sees it.
@@ -93,7 +103,10 @@ class IWorkerLink(Interface):
     job_type = Attribute("C{str} or C{None}: the job type it serves.")
     address = Attribute("C{str}: where it connects from.")
 
-    protocol = Attribute("C{int}: 1, or 2 for a protocol 2 worker.")
+    protocol = Attribute(
+        'C{int}: 1, or 2 for a protocol 2 worker; or C{"pull"} for an HTTP-pull'
+        " worker, which holds slots as protocol 2 does and leases its jobs itself."
+    )
     slots = Attribute("C{int}: how many jobs it may hold at once.")
 
     def run(job: Job) -> Deferred[int]:
@@ -616,7 +629,7 @@ class Dispatcher:
     def _ready_again(self, link: IWorkerLink, record: WorkerRecord) -> None:
         """A claim failed a while ago: the worker, still ready, tries again."""
         if self._records.get(link) is record and (
-            record.state == "ready" or link.protocol == 2
+            record.state == "ready" or link.protocol != 1
         ):
             self.ready(link)
 
@@ -636,7 +649,8 @@ class Dispatcher:
         assert link is not None
         if send:
             assignment.running = link.run(job)
-        timeout = self._timeout(job.type)
+        # A pull link leases its jobs itself, for the type's timeout too.
+        timeout = 0.0 if link.protocol == "pull" else self._timeout(job.type)
         if timeout:
             assignment.lease = self._clock.callLater(timeout, self._expire, assignment)
         Deferred.fromCoroutine(self._attempt(assignment, timeout))
@@ -675,7 +689,7 @@ class Dispatcher:
             await registry.fail(job, e.info, e.logs, uid)
         except WorkerLost as e:
             totals.failed += 1
-            self.attempt_failed(job, "unstored" if isinstance(e, ResultNotStored) else "disconnected")
+            self.attempt_failed(job, _reason_lost(e))
             await registry.fail(job, str(e) or "worker disconnected", None, uid)
         except CancelledError:
             withdrawn = True
@@ -726,6 +740,15 @@ class Dispatcher:
         horizon = self._clock.seconds() - self._settings.workers.forget_after
         for key in [k for k, r in self._gone.items() if r.disconnected_at is not None and r.disconnected_at < horizon]:
             del self._gone[key]
+
+
+def _reason_lost(error: WorkerLost) -> str:
+    """The metrics' reason for an attempt whose worker lost it."""
+    if isinstance(error, ResultNotStored):
+        return "unstored"
+    if isinstance(error, LeaseExpired):
+        return "timeout"
+    return "disconnected"
 
 
 def _ignore_attempt(job: Job, reason: str) -> None:

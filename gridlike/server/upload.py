@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from io import BytesIO
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol, cast
 
 from attrs import define, field, frozen
 from python_multipart.exceptions import MultipartParseError
@@ -603,6 +603,16 @@ def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload |
     return upload
 
 
+class BodyStream(Protocol):
+    """Where a request's body goes as it arrives."""
+
+    def feed(self, data: bytes) -> None:
+        """Part of the body arrived."""
+
+    def lost(self) -> None:
+        """The connection dropped before the body was whole."""
+
+
 class UploadRequest(Request):
     """
     A request that streams multipart bodies into storage as they arrive.
@@ -615,6 +625,9 @@ class UploadRequest(Request):
     """
 
     content: BinaryIO  # type: ignore[assignment]  # twisted.web declares None
+    body_stream: BodyStream | None = None
+    """Where the site's C{body_streams} sent the body as it arrived."""
+    _streaming: bool = False
     upload: MultipartUpload | None = None
     upload_refused: GridLikeError | None = None
     _policy: UploadPolicy | None = None
@@ -623,6 +636,14 @@ class UploadRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         site: UploadSite = self.channel.site  # type: ignore[attr-defined]
+        if site.body_streams is not None:
+            # Only the channel knows the request line before the body.
+            channel: Any = self.channel
+            self.body_stream = site.body_streams(self, channel._command, channel._path)
+            if self.body_stream is not None:
+                self._streaming = True
+                self.content = BytesIO()
+                return
         policy = site.upload_policy
         try:
             upload = start_upload(policy, self, length, policy.gate)
@@ -647,6 +668,9 @@ class UploadRequest(Request):
                 upload.gate.floor.start()
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self.body_stream is not None:
+            self.body_stream.feed(data)
+            return
         upload = self.upload
         if upload is None:
             if self.upload_refused is not None:
@@ -662,6 +686,7 @@ class UploadRequest(Request):
             self._reject_early(upload.failed)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._streaming = False
         self._upload_over()
         if self._rejected:
             return  # answered early and closing: no route may answer again
@@ -671,6 +696,9 @@ class UploadRequest(Request):
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._streaming and self.body_stream is not None:
+            self._streaming = False
+            self.body_stream.lost()
         if self.upload is not None and self._policy is not None:
             self.upload.fail(BadRequest("the connection was lost mid-upload"))
         self._upload_over()
@@ -749,13 +777,18 @@ class UploadSite(Site):
         upload_policy: UploadPolicy,
         access_log: bool = True,
         on_finished: Callable[[http.Request], None] | None = None,
+        body_streams: Callable[[Request, bytes, bytes], BodyStream | None] | None = None,
         **kwargs: Any,
     ) -> None:
         """
         @param on_finished: told of every request once answered (the
             metrics count them), whether or not it is logged.
+        @param body_streams: told of every request once its headers are in,
+            with its method and URI: where to stream its body as it arrives
+            rather than keep it (L{gridlike.server.pull}), or L{None}.
         """
         super().__init__(resource, **kwargs)
+        self.body_streams = body_streams
         self.upload_policy = upload_policy
         self._access_log = access_log
         self._on_finished = on_finished
