@@ -35,15 +35,24 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
+from gridlike.server._api_args import (
+    int_arg,
+    job_match,
+    newest_first,
+    priority_of,
+    query_arg,
+    status_arg,
+    types_arg,
+)
 from gridlike.server.auth import Gate
 from gridlike.server.dashboard import Dashboard
 from gridlike.server.errors import BadRequest, Conflict, Draining, GridLikeError, NotFound, TypeRequired
 from gridlike.server.events import EventStream
 from gridlike.server.metrics import CONTENT_TYPE, Metrics
-from gridlike.server.model import Job, Priority, Status, TypeState, job_view
+from gridlike.server.model import Job, Status, TypeState, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
 from gridlike.server.pull import PullWorkers
-from gridlike.server.registry import Match, NewJob
+from gridlike.server.registry import NewJob
 from gridlike.server.result_stream import ResultsAsked, ResultStream
 from gridlike.server.sessions import Sessions, page_route
 from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
@@ -81,94 +90,6 @@ def _open_route(path: list[bytes]) -> bool:
 
 _PULL_ROUTE = re.compile(rb"claim/[^/]+|jobs/[^/]+/(?:result|fail|progress)")
 """The HTTP-pull worker routes under /api/worker/ with more than one segment."""
-
-
-def _arg(request: IRequest, name: str) -> str | None:
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequest(f"{name}: given more than once")
-    try:
-        return values[0].decode("utf-8")  # type: ignore[no-any-return]
-    except UnicodeDecodeError:
-        raise BadRequest(f"{name}: not UTF-8") from None
-
-
-def _priority(value: str | None) -> Priority:
-    if value is None:
-        return Priority.BATCH
-    try:
-        return Priority(value.strip().lower())
-    except ValueError:
-        raise BadRequest(
-            f"priority: {value!r} is neither 'immediate' nor 'batch'"
-        ) from None
-
-
-def _status(request: IRequest) -> Status | None:
-    status = _arg(request, "status")
-    try:
-        return None if status is None else Status(status)
-    except ValueError:
-        raise BadRequest(f"status: unknown status {status!r}") from None
-
-
-def _match(request: IRequest) -> Match:
-    """
-    The jobs a bulk change applies to, from the query: C{status}, C{type}
-    (C{null}: jobs without one), C{older_than} seconds and C{info}, the
-    exact error info (empty: none).
-    """
-    type = _arg(request, "type")
-    older_than = _arg(request, "older_than")
-    seconds = None
-    if older_than is not None:
-        try:
-            seconds = float(older_than)
-        except ValueError:
-            raise BadRequest(f"older_than: not a number of seconds: {older_than!r}") from None
-        if not 0 <= seconds < float("inf"):
-            raise BadRequest("older_than: must be a number of seconds >= 0")
-    return Match(
-        status=_status(request),
-        type=None if type in (None, "null") else type,
-        typed=type is not None,
-        older_than=seconds,
-        info=_arg(request, "info"),
-    )
-
-
-def _types(request: IRequest) -> list[str | None] | None:
-    """The repeatable C{type} of the query (C{null}: untyped), if any."""
-    values = request.args.get(b"type")
-    if not values:
-        return None
-    try:
-        names = [value.decode("utf-8") for value in values]
-    except UnicodeDecodeError:
-        raise BadRequest("type: not UTF-8") from None
-    return [None if name == "null" else name for name in names]
-
-
-def _newest(request: IRequest) -> bool:
-    order = _arg(request, "order")
-    if order not in (None, "oldest", "newest"):
-        raise BadRequest(f"order: {order!r} is neither 'oldest' nor 'newest'")
-    return order == "newest"
-
-
-def _int_arg(request: IRequest, name: str, low: int, high: int) -> int | None:
-    value = _arg(request, name)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise BadRequest(f"{name}: not an integer: {value!r}") from None
-    if not low <= number <= high:
-        raise BadRequest(f"{name}: must be from {low} to {high}")
-    return number
 
 
 class GridLikeAPI:
@@ -282,7 +203,7 @@ class GridLikeAPI:
                 NewJob(
                     id=payload.job_id,
                     type=job_type,
-                    priority=_priority(form.one("priority")),
+                    priority=priority_of(form.one("priority")),
                     payload_size=payload.size,
                     key=form.one("key"),
                     description=form.one("description"),
@@ -306,7 +227,7 @@ class GridLikeAPI:
                 raise BadRequest(
                     f"key: {len(keys)} keys for {len(form.payloads)} payloads"
                 )
-            priority = _priority(form.one("priority"))
+            priority = priority_of(form.one("priority"))
             description = form.one("description")
             return [
                 NewJob(
@@ -328,21 +249,21 @@ class GridLikeAPI:
 
     @app.route("/api/jobs", methods=["GET"])
     def jobs(self, request: IRequest) -> bytes:
-        priority = _arg(request, "priority")
-        type = _arg(request, "type")
-        after = _arg(request, "after")
-        status_filter = _status(request)
-        limit = _int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
-        batch = _int_arg(request, "batch", 1, 2**62)
+        priority = query_arg(request, "priority")
+        type = query_arg(request, "type")
+        after = query_arg(request, "after")
+        status_filter = status_arg(request)
+        limit = int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
+        batch = int_arg(request, "batch", 1, 2**62)
         found, more = self._core.registry.select(
             status=status_filter,
             type=None if type in (None, "null") else type,
             typed=type is not None,
-            priority=None if priority is None else _priority(priority),
+            priority=None if priority is None else priority_of(priority),
             batch=batch,
             after=after,
             limit=limit,
-            newest=_newest(request),
+            newest=newest_first(request),
         )
         if more and found:
             query = {
@@ -357,8 +278,8 @@ class GridLikeAPI:
 
     @app.route("/api/batches", methods=["GET"])
     def batches(self, request: IRequest) -> bytes:
-        limit = _int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_BATCHES
-        found = self._core.registry.batches(_types(request), limit)
+        limit = int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_BATCHES
+        found = self._core.registry.batches(types_arg(request), limit)
         views = []
         for type, number, counts in found:
             view: dict[str, object] = {"type": type, "batch": number, "total": sum(counts.values())}
@@ -443,13 +364,13 @@ class GridLikeAPI:
 
     @app.route("/api/jobs/retry", methods=["POST"])
     async def retry_many(self, request: IRequest) -> bytes:
-        jobs = await self._core.registry.retry_many(_match(request))
+        jobs = await self._core.registry.retry_many(job_match(request))
         return json_body(request, {"retried": [job.key for job in jobs], "count": len(jobs)}, 202)
 
     @app.route("/api/jobs/delete", methods=["POST"])
     async def delete_many(self, request: IRequest) -> bytes:
-        match = _match(request)
-        if match.status is None and _arg(request, "all") != "true":
+        match = job_match(request)
+        if match.status is None and query_arg(request, "all") != "true":
             raise BadRequest("status: required, or all=true to delete jobs of every status")
         jobs = await self._core.registry.delete_many(match)
         return json_body(request, {"deleted": [job.key for job in jobs], "count": len(jobs)}, 202)
@@ -608,7 +529,7 @@ class GridLikeAPI:
 
     def _wait(self, request: IRequest) -> float | None:
         """The C{?wait=} seconds, capped by C{[server] max_wait}, if given."""
-        wait = _arg(request, "wait")
+        wait = query_arg(request, "wait")
         if wait is None:
             return None
         try:
