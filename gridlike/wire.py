@@ -497,8 +497,12 @@ def read(data: bytes) -> Message:
 # reads them back with read_from_server, strictly: they come from GridLike.
 
 
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""json.dumps with these options, without making an encoder per call."""
+
+
 def _encode(fields: dict[str, Any]) -> bytes:
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _compact(fields).encode("utf-8")
 
 
 @frozen

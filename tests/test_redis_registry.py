@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from gridlike.server.config import parse_settings
+from gridlike.server.dispatch import Dispatcher
 from gridlike.server.errors import Conflict, NotFound, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import JobChange
@@ -24,9 +25,11 @@ from gridlike.server.model import Priority, Progress, Status
 from gridlike.server.registry import IRegistry, NewJob, new_job_id
 from gridlike.server.registry.redis import NoJournal, RedisRegistry
 from gridlike.server.retention import Retention
+from gridlike.server.service import tidy_shared_storage
 from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import Heard, MemoryStorage
 from tests.integration.redisserver import RedisServer
+from tests.test_dispatch import FakeLink
 
 CONFIG = """
 [registry]
@@ -42,6 +45,19 @@ result_becomes = "second"
 [types.kept]
 keep_done = 0.2
 """
+
+
+class AgedStorage(MemoryStorage):
+    """Storage in memory whose objects were stored at C{stored[job id]} (default 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[str, float] = {}
+
+    def object_ids(self, before: float | None = None) -> Deferred[set[tuple[str, str]]]:
+        return succeed(
+            {n for n in self.objects if before is None or self.stored.get(n[0], 0.0) < before}
+        )
 
 
 class RedisRegistryTests(TestCase):
@@ -108,7 +124,7 @@ class RedisRegistryTests(TestCase):
         assert self.b.get("k1").id == job.id
         with self.assertRaises(Conflict):
             await self._submit(self.b, "k1")
-        assert len(self.b) == 3
+        await self._until(lambda: len(self.b) == 3)  # k3 reaches b a moment later
 
     async def test_one_claim_wins(self) -> None:
         """
@@ -150,8 +166,8 @@ class RedisRegistryTests(TestCase):
         self.a._heartbeat.stop()
         self.server.command("DEL", f"gridlike:alive:{self.a.instance}")
         await self.b._beat()
-        await self._until(lambda: job.status is Status.PENDING)
-        assert job.failure_count == 1 and job.error is not None
+        await self._until(lambda: job.failure_count == 1)
+        assert job.status is Status.PENDING and job.error is not None
         assert job.error.info == "instance lost"
         assert await self.a.complete(job, 1, "w") is None
         assert job.status is Status.PENDING
@@ -203,6 +219,54 @@ class RedisRegistryTests(TestCase):
     async def _retry_pending(self) -> None:
         await self._submit(self.a, "pending")
         await self.a.retry("pending")
+
+    async def test_reload_offers_pending(self) -> None:
+        """
+        An instance that loads every job again (its log skipped changes)
+        offers the pending jobs it loaded to its idle workers at once: they
+        came back without an announcement of their own.  A job it ran
+        before still completes, though its Job object is a new one.
+        """
+        dispatcher = Dispatcher(self.a._settings, self.a, reactor, self.a._eventual)
+        self.a.add_listener(dispatcher)
+        self.a.when_loaded(dispatcher.offer_all)  # as the core wires them
+        link = FakeLink("w", "second")
+        link.record = dispatcher.opened("127.0.0.1", "second")
+        dispatcher.registered(link.record, link)
+        [held] = await self._submit(self.a, "held", type="first")
+        assert await self.a.start(held, "other", None)
+        dispatcher.ready(link)
+        self.a._lsn -= 1  # the next change skips one: a reloads
+        [job] = await self._submit(self.b, "loaded", type="second")
+        await self._until(lambda: self.a._lsn == self.b._lsn)
+        assert self.a.by_id(job.id) is not None
+        await self._until(lambda: job.id in link.running)
+        # What ran here before the reload still completes.
+        self.storage.objects[(held.id, RESULT)] = b"r"
+        assert self.a.by_id(held.id) is not held
+        await self.a.complete(held, 1, "other")
+        await self._until(lambda: self.b.get("held").status is Status.DONE)
+
+    async def test_tidy_shared_storage(self) -> None:
+        """
+        Tidying shared storage removes the old objects of jobs Redis does
+        not know, and keeps those of jobs another instance made (even when
+        this instance's copy has not seen them yet) and those stored too
+        recently to be orphans (uploads of any instance in progress).
+        """
+        storage = AgedStorage()
+        [theirs] = await self._submit(self.b, "theirs")
+        await self._until(lambda: self.a.by_id(theirs.id) is not None)
+        self.a._remove(self.a.by_id(theirs.id))  # as if this copy lagged
+        orphan, uploading = new_job_id(), new_job_id()
+        for job_id in (theirs.id, orphan, uploading):
+            storage.objects[(job_id, PAYLOAD)] = b"p"
+        storage.objects[(theirs.id, RESULT)] = b"r"
+        storage.stored[uploading] = 200.0
+        await tidy_shared_storage(storage, self.a, 100.0, sweep=False)
+        assert set(storage.objects) == {
+            (theirs.id, PAYLOAD), (theirs.id, RESULT), (uploading, PAYLOAD)
+        }
 
     async def test_progress_everywhere(self) -> None:
         """Progress reported on the instance running a job shows on the other."""

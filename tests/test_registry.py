@@ -5,6 +5,7 @@ Tests for L{gridlike.server.registry}: durable job state, replay and compaction.
 from __future__ import annotations
 
 from pathlib import Path
+from uuid import UUID
 from typing import Any, Coroutine, TypeVar
 
 from hypothesis import given, settings
@@ -90,6 +91,19 @@ def run(test: SynchronousTestCase, coroutine: Coroutine[Any, Any, T]) -> T:
 
 def fails(test: SynchronousTestCase, coroutine: Coroutine[Any, Any, Any], error: type) -> Any:
     return test.failureResultOf(Deferred.fromCoroutine(coroutine), error).value
+
+
+class JobIdTests(SynchronousTestCase):
+    def test_random_uuids(self) -> None:
+        """
+        Job ids are distinct version 4 UUIDs in their canonical text, across
+        more than one pool of randomness.
+        """
+        ids = [new_job_id() for _ in range(1000)]
+        self.assertEqual(len(set(ids)), len(ids))
+        for job_id in ids:
+            parsed = UUID(job_id)
+            self.assertEqual((str(parsed), parsed.version, parsed.variant), (job_id, 4, "specified in RFC 4122"))
 
 
 class InterfaceTests(SynchronousTestCase):

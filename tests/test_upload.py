@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from zope.interface import directlyProvides
 
-from gridlike.server.upload import UploadRequest
+from gridlike.server.upload import UploadRequest, simple_parts
 from tests.test_api import BOUNDARY, Server, _Received, form
 
 HEAD = (
@@ -304,3 +304,89 @@ class PromptChannelTests(SynchronousTestCase):
         directlyProvides(transport, ITCPTransport)
         channel.makeConnection(transport)
         self.assertIs(getattr(transport, "no_delay", None), True)
+
+
+B = BOUNDARY.encode()
+
+
+def part(headers: bytes, data: bytes) -> bytes:
+    """One part, delimiter first."""
+    return b"--" + B + b"\r\n" + headers + b"\r\n\r\n" + data + b"\r\n"
+
+
+PAYLOAD_HEAD = b'Content-Disposition: form-data; name="payload"; filename="p"'
+KEY_HEAD = b'Content-Disposition: form-data; name="key"'
+CLOSE = b"--" + B + b"--"
+
+UNUSUAL = {
+    "preamble": b"preamble\r\n" + part(PAYLOAD_HEAD, b"x") + CLOSE,
+    "padding after a delimiter": part(PAYLOAD_HEAD, b"x").replace(B + b"\r\n", B + b" \r\n") + CLOSE,
+    "epilogue": part(PAYLOAD_HEAD, b"x") + CLOSE + b"\r\nepilogue",
+    "no close delimiter": part(PAYLOAD_HEAD, b"x"),
+    "folded header": part(PAYLOAD_HEAD[:30] + b"\r\n " + PAYLOAD_HEAD[30:], b"x") + CLOSE,
+    "header without a colon": part(b"Content-Disposition form-data", b"x") + CLOSE,
+    "space before a colon": part(b"Content-Disposition : form-data; name=payload", b"x") + CLOSE,
+    "no headers": b"--" + B + b"\r\n\r\nx\r\n" + CLOSE,
+    "no blank line": b"--" + B + b"\r\n" + PAYLOAD_HEAD + b"\r\n" + CLOSE,
+    "the delimiter inside data": part(PAYLOAD_HEAD, b"a\r\n--" + B + b"x b") + CLOSE,
+    "the bare delimiter inside data": part(PAYLOAD_HEAD, b"a--" + B) + CLOSE,
+    "a lone LF in a header": part(PAYLOAD_HEAD + b"\nX-A: b", b"x") + CLOSE,
+}
+
+
+class SimplePartsTests(SynchronousTestCase):
+    """
+    L{simple_parts}, the quick split of a whole body of the usual shape,
+    leaves every other body to the streaming parser, and a route sees the
+    same form whichever of the two read it.
+    """
+
+    def test_usual_shape(self) -> None:
+        """
+        Parts with their header lines and where their data lies, empty data
+        and data holding CRLF and dashes included, with or without the
+        final CRLF.
+        """
+        data = b"\r\n--not-the-boundary\r\n\r\n"
+        body = part(KEY_HEAD, b"k1") + part(KEY_HEAD + b"\r\nX-Other:  v ", b"") + part(PAYLOAD_HEAD, data)
+        for end in (CLOSE, CLOSE + b"\r\n"):
+            parts = simple_parts(body + end, B)
+            assert parts is not None
+            self.assertEqual(
+                [(headers, (body + end)[start:stop]) for headers, start, stop in parts],
+                [
+                    ([(b"Content-Disposition", b'form-data; name="key"')], b"k1"),
+                    ([(b"Content-Disposition", b'form-data; name="key"'), (b"X-Other", b"v ")], b""),
+                    ([(b"Content-Disposition", b'form-data; name="payload"; filename="p"')], data),
+                ],
+            )
+
+    def test_other_shapes_left_to_the_parser(self) -> None:
+        for what, body in UNUSUAL.items():
+            self.assertIsNone(simple_parts(body, B), what)
+
+    def test_same_form_either_way(self) -> None:
+        """
+        A whole body with a C{Content-Length} (read by L{simple_parts} when
+        it can) and the same body chunked (always the streaming parser) get
+        the same answer, and the jobs the same payload and fields.
+        """
+        bodies = dict(UNUSUAL)
+        bodies["usual"] = form(("key", b"k"), ("description", b"d\r\n"), ("payload", b"\r\n--x\r\n"))
+        bodies["empty payload"] = form(("key", b"k"), ("payload", b""))
+        bodies["no name"] = part(b"Content-Disposition: form-data", b"x") + CLOSE
+        bodies["two payloads"] = form(("payload", b"a"), ("payload", b"b"))
+        bodies["field not UTF-8"] = form(("key", b"\xff"), ("payload", b"a"))
+        outcomes = {}
+        for chunked in (False, True):
+            server = Server()
+            for what, body in bodies.items():
+                code, answer = send_whole(server, body, chunked)
+                if code == 202:
+                    view = server.request(self, "GET", f"/api/jobs/{answer['created']}")[1]
+                    payload = server.request(self, "GET", f"/api/jobs/{answer['created']}/payload")[1]
+                    answer = (view["description"], view["payload_size"], payload)
+                outcomes.setdefault(what, []).append((code, answer))
+        for what, (whole, streamed) in outcomes.items():
+            self.assertEqual(whole, streamed, what)
+        self.assertEqual(outcomes["usual"][0], (202, ("d\r\n", 7, b"\r\n--x\r\n")))

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.integration.test_cli -*-
 """
 The subcommands about the server rather than its jobs: C{workers},
-C{stats}, and C{check-config}, which reads a server's configuration file
+C{stats}, C{pause}, C{drain} and C{resume} of a job type, and C{check-config}, which reads a server's configuration file
 without contacting any server.
 """
 
@@ -40,6 +40,35 @@ async def _stats(context: Context) -> int:
         return OK
     context.print(stats_text(stats))
     return OK
+
+
+def _type_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("type", metavar="TYPE", nargs="?", help="the job type (none: an untyped server)")
+
+
+async def _set_state(context: Context, verb: str) -> int:
+    answer = await getattr(context.client, verb)(context.options.type)
+    if context.options.json:
+        context.json(answer)
+    else:
+        name = "untyped jobs" if answer["type"] is None else answer["type"]
+        context.print(f"{name}: {answer['state']}")
+    return OK
+
+
+@command("pause", "dispatch no job of a type until resumed; submits are still taken", _type_argument)
+async def _pause(context: Context) -> int:
+    return await _set_state(context, "pause")
+
+
+@command("drain", "dispatch what a type has, and refuse its submits until resumed", _type_argument)
+async def _drain(context: Context) -> int:
+    return await _set_state(context, "drain")
+
+
+@command("resume", "end a pause or drain of a type", _type_argument)
+async def _resume(context: Context) -> int:
+    return await _set_state(context, "resume")
 
 
 def _check_config_arguments(parser: argparse.ArgumentParser) -> None:

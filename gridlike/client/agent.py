@@ -4,7 +4,8 @@ The worker agent: any command as a GridLike worker, one run per job.
 
     gridlike worker --server URL [--type T] [--token TOKEN] [--name NAME]
         [--id ID] [--concurrency N] [--protocol 1|2] [--spool DIR]
-        [--timeout S] [--kill-grace S] [--ca-file PEM] [--quiet] [--log-file PATH] -- COMMAND [ARGS...]
+        [--timeout S] [--kill-grace S] [--ca-file PEM] [--quiet] [--log-file PATH]
+        [--pull] -- COMMAND [ARGS...]
 
 The payload is the command's standard input and its standard output is the
 result; C{{input}} and C{{output}} in its arguments switch to files (the
@@ -26,8 +27,9 @@ cancels (deleted, timed out) is killed at once, a job keeps running while
 the connection is down, and finished results wait in the C{--spool}
 directory until the server has them, across restarts of the agent.
 C{--protocol 1} runs N L{Worker}s of protocol 1 instead, one connection
-each.  SIGTERM finishes the running jobs and exits 0; a second SIGTERM
-kills them and exits 143.
+each.  C{--pull} claims jobs over plain HTTP requests instead
+(L{gridlike.client._pull}), N claim loops.  SIGTERM finishes the running
+jobs and exits 0; a second SIGTERM kills them and exits 143.
 
 L{add_worker_arguments} and L{run_worker} are the C{gridlike worker}
 subcommand; C{python -m gridlike.client.agent ARGS} runs it alone.  This module is
@@ -429,6 +431,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="2: N slots of one connection, cancel, reattach (default); 1: N connections of the original protocol",
     )
     parser.add_argument(
+        "--pull", action="store_true",
+        help="claim jobs over plain HTTP requests, where WebSockets are blocked (docs/pull-workers.md)",
+    )
+    parser.add_argument(
         "--spool", metavar="DIR",
         help="where finished results wait for the server, across restarts"
         " (default $XDG_STATE_HOME/gridlike/spool/ID; protocol 2)",
@@ -475,7 +481,14 @@ def run_worker(reactor: Any, options: argparse.Namespace, environ: dict[str, str
         threaded=False, tls_ca_file=getattr(options, "ca_file", None),
     )
     try:
-        if options.protocol == 2:
+        if getattr(options, "pull", False):
+            from gridlike.client._pull import PullWorker
+
+            workers: list[Any] = [PullWorker(
+                reactor, server, runner, base, options.name, options.job_type, token, slots=n,
+                ca_file=getattr(options, "ca_file", None),
+            )]
+        elif options.protocol == 2:
             spool = options.spool or default_spool(base, environ)
             workers = [Worker(server, runner, uid=base, slots=n, spool=spool, **common)]
             os.makedirs(spool, exist_ok=True)

@@ -134,6 +134,9 @@ class BlockingClient:
     delete = _blocking(GridLikeClient.delete)
     retry = _blocking(GridLikeClient.retry)
     retry_many = _blocking(GridLikeClient.retry_many)
+    pause = _blocking(GridLikeClient.pause)
+    drain = _blocking(GridLikeClient.drain)
+    resume = _blocking(GridLikeClient.resume)
     delete_many = _blocking(GridLikeClient.delete_many)
 
     def jobs(

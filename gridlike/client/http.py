@@ -136,6 +136,8 @@ class GridLikeClient:
     @param ca_file: a PEM file of the certificate authorities to trust for
         C{https://} URLs instead of the system's.
     @param connect_timeout: seconds to wait for a connection.
+    @param worker_token: sent as C{X-Worker-Token} when given, for the
+        HTTP-pull worker routes (L{gridlike.client._pull}).
     @raise ValueError: the URL is not C{http://} or C{https://}, or
         C{ca_file} holds no certificate.
     """
@@ -148,6 +150,7 @@ class GridLikeClient:
         reactor: Any = None,
         ca_file: str | os.PathLike[str] | None = None,
         connect_timeout: float = 10.0,
+        worker_token: str | None = None,
     ) -> None:
         if not re.match(r"https?://[^/]", base_url):
             raise ValueError(f"not an http:// or https:// URL: {base_url!r}")
@@ -158,6 +161,8 @@ class GridLikeClient:
         self._headers: dict[bytes | str, list[bytes | str]] = (
             {b"x-api-key": [api_key.encode("utf-8")]} if api_key else {}
         )
+        if worker_token:
+            self._headers[b"x-worker-token"] = [worker_token.encode("utf-8")]
         self._cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
         self._pool: HTTPConnectionPool | None = None
         if http is None:
@@ -504,6 +509,40 @@ class GridLikeClient:
         @raise Conflict: the job is not failed.
         """
         return await self._json(await self._request("POST", _job_path(key) + "/retry"))
+
+    @_deferred
+    async def pause(self, type: str | None = None) -> dict[str, Any]:
+        """
+        Dispatch no job of C{type} (L{None}: an untyped server's jobs) until
+        L{resume}; submits are still taken.  Running jobs go on.
+
+        @return: C{{"type": type, "state": "paused"}}.
+        @raise NotFound: no such type.
+        """
+        return await self._type_state("pause", type)
+
+    @_deferred
+    async def drain(self, type: str | None = None) -> dict[str, Any]:
+        """
+        Dispatch what C{type} has, and refuse its submits (503) until
+        L{resume}.
+
+        @return: C{{"type": type, "state": "draining"}}.
+        """
+        return await self._type_state("drain", type)
+
+    @_deferred
+    async def resume(self, type: str | None = None) -> dict[str, Any]:
+        """
+        End a pause or a drain of C{type}.
+
+        @return: C{{"type": type, "state": "active"}}.
+        """
+        return await self._type_state("resume", type)
+
+    async def _type_state(self, verb: str, type: str | None) -> dict[str, Any]:
+        path = f"/api/{verb}" + ("" if type is None else "/" + quote(type, safe=""))
+        return await self._json(await self._request("POST", path))
 
     @_deferred
     async def retry_many(

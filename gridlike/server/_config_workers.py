@@ -29,6 +29,9 @@ class WorkerSettings:
         connection dropped wait for it to come back before they count as a
         failed attempt; C{0} requeues them at once.
     @ivar max_slots: the most jobs one protocol 2 connection may hold.
+    @ivar pull_lease: seconds an HTTP-pull worker holds a job of a type
+        without a C{timeout} with no news of it (progress renews it); a
+        pull worker with no claim and no job for twice as long is gone.
     """
 
     ping_interval: float = 20.0
@@ -38,6 +41,7 @@ class WorkerSettings:
     max_message: int = 2 * MiB
     reattach_grace: float = 60.0
     max_slots: int = 64
+    pull_lease: float = 60.0
 
 
 def _workers(table: _Table) -> WorkerSettings:
@@ -57,6 +61,7 @@ def _workers(table: _Table) -> WorkerSettings:
         max_message=table.size("max_message", defaults.max_message, above=0),
         reattach_grace=table.number("reattach_grace", defaults.reattach_grace),
         max_slots=table.integer("max_slots", defaults.max_slots, at_least=1),
+        pull_lease=table.number("pull_lease", defaults.pull_lease, above=0),
     )
     table.finish()
     return settings

@@ -13,6 +13,7 @@ nowhere else.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, cast
 from urllib.parse import urlencode
 
@@ -34,14 +35,24 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
+from gridlike.server._api_args import (
+    int_arg,
+    job_match,
+    newest_first,
+    priority_of,
+    query_arg,
+    status_arg,
+    types_arg,
+)
 from gridlike.server.auth import Gate
 from gridlike.server.dashboard import Dashboard
-from gridlike.server.errors import BadRequest, Conflict, GridLikeError, NotFound, TypeRequired
+from gridlike.server.errors import BadRequest, Conflict, Draining, GridLikeError, NotFound, TypeRequired
 from gridlike.server.events import EventStream
 from gridlike.server.metrics import CONTENT_TYPE, Metrics
-from gridlike.server.model import Job, Priority, Status, job_view
+from gridlike.server.model import Job, Status, TypeState, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
-from gridlike.server.registry import Match, NewJob
+from gridlike.server.pull import PullWorkers
+from gridlike.server.registry import NewJob
 from gridlike.server.result_stream import ResultsAsked, ResultStream
 from gridlike.server.sessions import Sessions, page_route
 from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
@@ -75,95 +86,11 @@ def _open_route(path: list[bytes]) -> bool:
     if joined.startswith(b"/dashboard/") and joined.count(b"/") == 2:
         return True
     rest = joined.removeprefix(b"/api/worker/")
-    return rest != joined and b"/" not in rest
+    return rest != joined and (b"/" not in rest or _PULL_ROUTE.fullmatch(rest) is not None)
 
 
-def _arg(request: IRequest, name: str) -> str | None:
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return None
-    if len(values) > 1:
-        raise BadRequest(f"{name}: given more than once")
-    try:
-        return values[0].decode("utf-8")  # type: ignore[no-any-return]
-    except UnicodeDecodeError:
-        raise BadRequest(f"{name}: not UTF-8") from None
-
-
-def _priority(value: str | None) -> Priority:
-    if value is None:
-        return Priority.BATCH
-    try:
-        return Priority(value.strip().lower())
-    except ValueError:
-        raise BadRequest(
-            f"priority: {value!r} is neither 'immediate' nor 'batch'"
-        ) from None
-
-
-def _status(request: IRequest) -> Status | None:
-    status = _arg(request, "status")
-    try:
-        return None if status is None else Status(status)
-    except ValueError:
-        raise BadRequest(f"status: unknown status {status!r}") from None
-
-
-def _match(request: IRequest) -> Match:
-    """
-    The jobs a bulk change applies to, from the query: C{status}, C{type}
-    (C{null}: jobs without one), C{older_than} seconds and C{info}, the
-    exact error info (empty: none).
-    """
-    type = _arg(request, "type")
-    older_than = _arg(request, "older_than")
-    seconds = None
-    if older_than is not None:
-        try:
-            seconds = float(older_than)
-        except ValueError:
-            raise BadRequest(f"older_than: not a number of seconds: {older_than!r}") from None
-        if not 0 <= seconds < float("inf"):
-            raise BadRequest("older_than: must be a number of seconds >= 0")
-    return Match(
-        status=_status(request),
-        type=None if type in (None, "null") else type,
-        typed=type is not None,
-        older_than=seconds,
-        info=_arg(request, "info"),
-    )
-
-
-def _types(request: IRequest) -> list[str | None] | None:
-    """The repeatable C{type} of the query (C{null}: untyped), if any."""
-    values = request.args.get(b"type")
-    if not values:
-        return None
-    try:
-        names = [value.decode("utf-8") for value in values]
-    except UnicodeDecodeError:
-        raise BadRequest("type: not UTF-8") from None
-    return [None if name == "null" else name for name in names]
-
-
-def _newest(request: IRequest) -> bool:
-    order = _arg(request, "order")
-    if order not in (None, "oldest", "newest"):
-        raise BadRequest(f"order: {order!r} is neither 'oldest' nor 'newest'")
-    return order == "newest"
-
-
-def _int_arg(request: IRequest, name: str, low: int, high: int) -> int | None:
-    value = _arg(request, name)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise BadRequest(f"{name}: not an integer: {value!r}") from None
-    if not low <= number <= high:
-        raise BadRequest(f"{name}: must be from {low} to {high}")
-    return number
+_PULL_ROUTE = re.compile(rb"claim/[^/]+|jobs/[^/]+/(?:result|fail|progress)")
+"""The HTTP-pull worker routes under /api/worker/ with more than one segment."""
 
 
 class GridLikeAPI:
@@ -189,6 +116,8 @@ class GridLikeAPI:
         self._core = core
         self._workers = workers
         self._settings = core.settings
+        self.pull = PullWorkers(core.settings, core.dispatcher, core.storage, core.clock)
+        """HTTP-pull workers; give the site its C{stream_result}."""
         server = core.settings.server
         auth, events = core.settings.auth, core.settings.events
         self.sessions = Sessions(core.clock, auth.session_idle, auth.session_lifetime)
@@ -267,7 +196,7 @@ class GridLikeAPI:
     @app.route("/api/jobs/submit", methods=["POST"])
     @app.route("/api/jobs/submit/<type>", methods=["POST"])
     async def submit(self, request: IRequest, type: str | None = None) -> bytes:
-        job_type = self._job_type(type)
+        job_type = self._accepting(type)
         form = await self._form(request)
 
         def specs() -> list[NewJob]:
@@ -278,7 +207,7 @@ class GridLikeAPI:
                 NewJob(
                     id=payload.job_id,
                     type=job_type,
-                    priority=_priority(form.one("priority")),
+                    priority=priority_of(form.one("priority")),
                     payload_size=payload.size,
                     key=form.one("key"),
                     description=form.one("description"),
@@ -291,7 +220,7 @@ class GridLikeAPI:
     @app.route("/api/jobs/bulk", methods=["POST"])
     @app.route("/api/jobs/bulk/<type>", methods=["POST"])
     async def bulk(self, request: IRequest, type: str | None = None) -> bytes:
-        job_type = self._job_type(type)
+        job_type = self._accepting(type)
         form = await self._form(request)
 
         def specs() -> list[NewJob]:
@@ -302,7 +231,7 @@ class GridLikeAPI:
                 raise BadRequest(
                     f"key: {len(keys)} keys for {len(form.payloads)} payloads"
                 )
-            priority = _priority(form.one("priority"))
+            priority = priority_of(form.one("priority"))
             description = form.one("description")
             return [
                 NewJob(
@@ -324,21 +253,21 @@ class GridLikeAPI:
 
     @app.route("/api/jobs", methods=["GET"])
     def jobs(self, request: IRequest) -> bytes:
-        priority = _arg(request, "priority")
-        type = _arg(request, "type")
-        after = _arg(request, "after")
-        status_filter = _status(request)
-        limit = _int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
-        batch = _int_arg(request, "batch", 1, 2**62)
+        priority = query_arg(request, "priority")
+        type = query_arg(request, "type")
+        after = query_arg(request, "after")
+        status_filter = status_arg(request)
+        limit = int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_LIMIT
+        batch = int_arg(request, "batch", 1, 2**62)
         found, more = self._core.registry.select(
             status=status_filter,
             type=None if type in (None, "null") else type,
             typed=type is not None,
-            priority=None if priority is None else _priority(priority),
+            priority=None if priority is None else priority_of(priority),
             batch=batch,
             after=after,
             limit=limit,
-            newest=_newest(request),
+            newest=newest_first(request),
         )
         if more and found:
             query = {
@@ -353,8 +282,8 @@ class GridLikeAPI:
 
     @app.route("/api/batches", methods=["GET"])
     def batches(self, request: IRequest) -> bytes:
-        limit = _int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_BATCHES
-        found = self._core.registry.batches(_types(request), limit)
+        limit = int_arg(request, "limit", 1, MAX_LIMIT) or DEFAULT_BATCHES
+        found = self._core.registry.batches(types_arg(request), limit)
         views = []
         for type, number, counts in found:
             view: dict[str, object] = {"type": type, "batch": number, "total": sum(counts.values())}
@@ -422,15 +351,35 @@ class GridLikeAPI:
         job = await self._core.registry.retry(key)
         return json_body(request, self._view(job), 202)
 
+    @app.route("/api/pause", methods=["POST"])
+    @app.route("/api/pause/<type>", methods=["POST"])
+    async def pause(self, request: IRequest, type: str | None = None) -> bytes:
+        return await self._set_type_state(request, type, TypeState.PAUSED)
+
+    @app.route("/api/drain", methods=["POST"])
+    @app.route("/api/drain/<type>", methods=["POST"])
+    async def drain(self, request: IRequest, type: str | None = None) -> bytes:
+        return await self._set_type_state(request, type, TypeState.DRAINING)
+
+    @app.route("/api/resume", methods=["POST"])
+    @app.route("/api/resume/<type>", methods=["POST"])
+    async def resume(self, request: IRequest, type: str | None = None) -> bytes:
+        return await self._set_type_state(request, type, TypeState.ACTIVE)
+
+    async def _set_type_state(self, request: IRequest, type: str | None, state: TypeState) -> bytes:
+        job_type = self._job_type(type)
+        await self._core.registry.set_type_state(job_type, state)
+        return json_body(request, {"type": job_type, "state": state.value}, 202)
+
     @app.route("/api/jobs/retry", methods=["POST"])
     async def retry_many(self, request: IRequest) -> bytes:
-        jobs = await self._core.registry.retry_many(_match(request))
+        jobs = await self._core.registry.retry_many(job_match(request))
         return json_body(request, {"retried": [job.key for job in jobs], "count": len(jobs)}, 202)
 
     @app.route("/api/jobs/delete", methods=["POST"])
     async def delete_many(self, request: IRequest) -> bytes:
-        match = _match(request)
-        if match.status is None and _arg(request, "all") != "true":
+        match = job_match(request)
+        if match.status is None and query_arg(request, "all") != "true":
             raise BadRequest("status: required, or all=true to delete jobs of every status")
         jobs = await self._core.registry.delete_many(match)
         return json_body(request, {"deleted": [job.key for job in jobs], "count": len(jobs)}, 202)
@@ -482,7 +431,41 @@ class GridLikeAPI:
             raise NotFound("workers do not connect here")
         return self._workers[job_type]
 
+    # HTTP-pull workers (gridlike/server/pull.py)
+
+    @app.route("/api/worker/claim", methods=["POST"])
+    @app.route("/api/worker/claim/<type>", methods=["POST"])
+    async def claim(self, request: IRequest, type: str | None = None) -> bytes:
+        self.pull.check_token(request)
+        job_type = self._job_type(type)
+        await self.pull.claim(request, job_type, self._wait(request) or 0.0, self._stream)
+        return b""
+
+    @app.route("/api/worker/jobs/<job_id>/result", methods=["PUT"])
+    async def pull_result(self, request: IRequest, job_id: str) -> bytes:
+        self.pull.check_token(request)
+        # Once the result is in, recording it must not stop half-way.
+        await _detached(Deferred.fromCoroutine(self.pull.put_result(request, job_id)))
+        return json_body(request, {"stored": job_id}, 202)
+
+    @app.route("/api/worker/jobs/<job_id>/<verb>", methods=["POST"])
+    def pull_report(self, request: IRequest, job_id: str, verb: str) -> bytes:
+        self.pull.check_token(request)
+        return json_body(request, self.pull.report(request, job_id, verb), 202)
+
     # Helpers
+
+    def _accepting(self, type: str | None) -> str | None:
+        """
+        @return: the job type of a submit's path.
+        @raise Draining: the type accepts no new jobs.
+        """
+        job_type = self._job_type(type)
+        if self._core.registry.type_state(job_type) is TypeState.DRAINING:
+            name = "the untyped jobs" if job_type is None else f"job type {job_type!r}"
+            resume = "/api/resume" + ("" if job_type is None else f"/{job_type}")
+            raise Draining(f"{name} is draining: it takes no new jobs (POST {resume} to take them again)")
+        return job_type
 
     def _job_type(self, type: str | None) -> str | None:
         types = self._settings.types
@@ -540,16 +523,9 @@ class GridLikeAPI:
         The job, once terminal or after C{?wait=} seconds, whichever is first.
         """
         job = self._core.registry.get(key)
-        wait = _arg(request, "wait")
-        if wait is None or job.status.terminal:
+        seconds = self._wait(request)
+        if seconds is None or job.status.terminal:
             return job
-        try:
-            seconds = float(wait)
-        except ValueError:
-            raise BadRequest(f"wait: not a number of seconds: {wait!r}") from None
-        if not seconds >= 0:
-            raise BadRequest("wait: must be >= 0")
-        seconds = min(seconds, self._settings.server.max_wait)
         # When the client goes away, Klein cancels the route: that
         # cancellation must go on up, so that nothing is answered (and
         # logged as unanswerable); only the end of the wait answers the job.
@@ -559,6 +535,19 @@ class GridLikeAPI:
         if ended is None:
             raise NotFound(f"job {key!r} was deleted")
         return ended
+
+    def _wait(self, request: IRequest) -> float | None:
+        """The C{?wait=} seconds, capped by C{[server] max_wait}, if given."""
+        wait = query_arg(request, "wait")
+        if wait is None:
+            return None
+        try:
+            seconds = float(wait)
+        except ValueError:
+            raise BadRequest(f"wait: not a number of seconds: {wait!r}") from None
+        if not seconds >= 0:
+            raise BadRequest("wait: must be >= 0")
+        return min(seconds, self._settings.server.max_wait)
 
     async def _stream(self, request: IRequest, job: Job, kind: str, size: int) -> bytes:
         """

@@ -124,12 +124,10 @@ class Gate:
         return Admission(self._refusal(request, kind, changes, protected, page), headers)
 
     def _origin(self, request: IRequest) -> Origin:
-        return classify(
-            _header(request, b"origin"),
-            _header(request, b"host"),
-            request.isSecure(),
-            self.allowed_origins,
-        )
+        origin = _header(request, b"origin")
+        if origin is None:  # most API clients: no need to ask the transport about TLS
+            return Origin.ABSENT
+        return classify(origin, _header(request, b"host"), request.isSecure(), self.allowed_origins)
 
     def _refusal(
         self,

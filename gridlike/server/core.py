@@ -79,15 +79,20 @@ class Core:
         """
         eventual = EventualQueue(clock)
         registry: IRegistry
+        when_loaded = None
         if journal is None:
             from gridlike.server.registry.redis import NoJournal, RedisRegistry
 
             registry = redis = RedisRegistry(settings, storage, clock, eventual)
             journal = NoJournal(redis)
+            when_loaded = redis.when_loaded
         else:
             registry = Registry(settings, journal, storage, clock, eventual)
         dispatcher = Dispatcher(settings, registry, clock, eventual)
         registry.add_listener(dispatcher)
+        registry.add_type_listener(dispatcher.type_state_changed)
+        if when_loaded is not None:
+            when_loaded(dispatcher.offer_all)
         core = cls(settings, clock, journal, storage, registry, dispatcher, eventual)
         for observer in observers:
             core.add_observer(observer)

@@ -45,7 +45,7 @@ from gridlike.server.listeners import (
     JobChange,
     WorkerChange,
 )
-from gridlike.server.model import Job, Progress, Status, timestamp
+from gridlike.server.model import Job, Progress, Status, TypeState, timestamp
 from gridlike.server.registry import IRegistry
 
 log = Logger()
@@ -79,6 +79,16 @@ class ResultNotStored(WorkerLost):
         super().__init__(f"result could not be stored: {problem}")
 
 
+class LeaseExpired(WorkerLost):
+    """
+    An HTTP-pull worker sent no news of its job for as long as the lease
+    (L{gridlike.server.pull}): the attempt fails, counted as a timeout.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("lease expired")
+
+
 class IWorkerLink(Interface):
     """
     One registered worker connection, as dispatch sees it.
@@ -93,7 +103,10 @@ class IWorkerLink(Interface):
     job_type = Attribute("C{str} or C{None}: the job type it serves.")
     address = Attribute("C{str}: where it connects from.")
 
-    protocol = Attribute("C{int}: 1, or 2 for a protocol 2 worker.")
+    protocol = Attribute(
+        'C{int}: 1, or 2 for a protocol 2 worker; or C{"pull"} for an HTTP-pull'
+        " worker, which holds slots as protocol 2 does and leases its jobs itself."
+    )
     slots = Attribute("C{int}: how many jobs it may hold at once.")
 
     def run(job: Job) -> Deferred[int]:
@@ -371,10 +384,11 @@ class Dispatcher:
         """
         record = self._records[link]
         queue = self._registry.pending(link.job_type)
+        paused = self._registry.type_state(link.job_type) is TypeState.PAUSED
         idle = self._idle_of(link.job_type)
         idle.remove(link)
         while len(record.jobs) < link.slots:
-            job = queue.peek()
+            job = None if paused else queue.peek()
             if job is None:
                 idle.add(link)
                 self._set_state(record, "busy" if record.jobs else "ready")
@@ -449,10 +463,23 @@ class Dispatcher:
             if assignment is not None:
                 self._withdraw(assignment, "deleted")
 
+    def type_state_changed(self, job_type: str | None, state: TypeState) -> None:
+        """A type was resumed (or drained): its pending jobs go out again."""
+        if state is not TypeState.PAUSED:
+            self._offer(job_type)
+
+    def offer_all(self) -> None:
+        """
+        Give the best pending jobs of every type to its idle workers: after
+        the registry loaded its jobs again, which announces none of them.
+        """
+        for job_type in list(self._idle):
+            self._offer(job_type)
+
     def _offer(self, job_type: str | None) -> None:
         """Give the best pending jobs of C{job_type} to its idle workers."""
         idle = self._idle.get(job_type)
-        if idle is None:
+        if idle is None or self._registry.type_state(job_type) is TypeState.PAUSED:
             return
         queue = self._registry.pending(job_type)
         while idle.by_uid:
@@ -602,7 +629,7 @@ class Dispatcher:
     def _ready_again(self, link: IWorkerLink, record: WorkerRecord) -> None:
         """A claim failed a while ago: the worker, still ready, tries again."""
         if self._records.get(link) is record and (
-            record.state == "ready" or link.protocol == 2
+            record.state == "ready" or link.protocol != 1
         ):
             self.ready(link)
 
@@ -622,7 +649,8 @@ class Dispatcher:
         assert link is not None
         if send:
             assignment.running = link.run(job)
-        timeout = self._timeout(job.type)
+        # A pull link leases its jobs itself, for the type's timeout too.
+        timeout = 0.0 if link.protocol == "pull" else self._timeout(job.type)
         if timeout:
             assignment.lease = self._clock.callLater(timeout, self._expire, assignment)
         Deferred.fromCoroutine(self._attempt(assignment, timeout))
@@ -661,7 +689,7 @@ class Dispatcher:
             await registry.fail(job, e.info, e.logs, uid)
         except WorkerLost as e:
             totals.failed += 1
-            self.attempt_failed(job, "unstored" if isinstance(e, ResultNotStored) else "disconnected")
+            self.attempt_failed(job, _reason_lost(e))
             await registry.fail(job, str(e) or "worker disconnected", None, uid)
         except CancelledError:
             withdrawn = True
@@ -712,6 +740,15 @@ class Dispatcher:
         horizon = self._clock.seconds() - self._settings.workers.forget_after
         for key in [k for k, r in self._gone.items() if r.disconnected_at is not None and r.disconnected_at < horizon]:
             del self._gone[key]
+
+
+def _reason_lost(error: WorkerLost) -> str:
+    """The metrics' reason for an attempt whose worker lost it."""
+    if isinstance(error, ResultNotStored):
+        return "unstored"
+    if isinstance(error, LeaseExpired):
+        return "timeout"
+    return "disconnected"
 
 
 def _ignore_attempt(job: Job, reason: str) -> None:

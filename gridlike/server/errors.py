@@ -81,6 +81,10 @@ class Unavailable(GridLikeError):
     """
 
 
+class Draining(GridLikeError):
+    """The job type is draining: it takes no new jobs until resumed (a 503)."""
+
+
 class Damaged(GridLikeError):
     """
     A stored payload or result is not what its job's record says: it is

@@ -108,12 +108,16 @@ class Event:
     frame: bytes
 
 
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""json.dumps with these options, without making an encoder per call."""
+
+
 def frame(event_id: int, kind: str, data: dict[str, Any]) -> bytes:
     """
     @return: the SSE frame of one event: C{id}, C{event} and one C{data}
         line of JSON (which never holds a newline), then a blank line.
     """
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    body = _compact(data)
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, kind.encode(), body.encode("utf-8"))
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_registry -*-
+# -*- test-case-name: tests.test_registry,tests.test_model -*-
 """
 GridLike's data: jobs, their status and priority, and the JSON views of them.
 Pure data, no I/O.
@@ -6,9 +6,11 @@ Pure data, no I/O.
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import datetime, timezone
+import time
 from enum import Enum
+from functools import lru_cache
 from typing import Any
 
 from attrs import define, frozen
@@ -26,6 +28,18 @@ class Status(str, Enum):
     @property
     def terminal(self) -> bool:
         return self in (Status.DONE, Status.FAILED)
+
+
+class TypeState(str, Enum):
+    """
+    Whether a job type's jobs are dispatched and accepted: a paused type
+    accepts submits and dispatches nothing; a draining one dispatches what
+    it has and refuses submits (503).
+    """
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DRAINING = "draining"
 
 
 class Priority(str, Enum):
@@ -92,11 +106,31 @@ class Job:
 
 
 def timestamp(seconds: float | None) -> str | None:
-    """RFC 3339 UTC with a Z, as the wire contract wants, or None."""
+    """
+    RFC 3339 UTC with a Z and milliseconds, as the wire contract wants, or
+    None: what C{datetime.fromtimestamp(seconds, timezone.utc).isoformat(
+    timespec="milliseconds")} gives (microseconds rounded half to even,
+    then cut to milliseconds), at a quarter of its cost; job views hold
+    three of them and every change of a job renders one for the event
+    stream.
+    """
     if seconds is None:
         return None
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    fraction, whole = math.modf(seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole += 1
+        micros -= 1_000_000
+    elif micros < 0:
+        whole -= 1
+        micros += 1_000_000
+    return "%s.%03dZ" % (_second(whole), micros // 1000)
+
+
+@lru_cache(maxsize=256)
+def _second(whole: float) -> str:
+    """The date and time of a whole second since the epoch, UTC."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:

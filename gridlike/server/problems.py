@@ -22,6 +22,7 @@ from gridlike.server.errors import (
     BadRequest,
     Conflict,
     Damaged,
+    Draining,
     Forbidden,
     GridLikeError,
     NotFound,
@@ -44,6 +45,7 @@ STATUSES: dict[type[GridLikeError], int] = {
     TooManyRequests: 429,
     Damaged: 500,
     Unavailable: 503,
+    Draining: 503,
 }
 """The status of each kind of error; a subclass has its nearest base's, and
 an error of no kind listed (a bug's) is a 500."""
@@ -70,8 +72,12 @@ def _problem(error: GridLikeError) -> dict[str, Any]:
     return body
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+"""json.dumps with these options, without making an encoder per call."""
+
+
 def _encode(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return _compact(body).encode("utf-8")
 
 
 def json_body(request: IRequest, body: Any, status: int = 200) -> bytes:

@@ -40,6 +40,9 @@ RECORD_ESTIMATE = 260
 compaction has measured it."""
 MAX_BACKOFF = 64
 """The most compaction checks skipped after compactions that gained little."""
+SHARED_ORPHAN_AGE = 3600.0
+"""Seconds an object must have been stored before an instance over Redis
+takes it for an orphan: far longer than any upload takes to be recorded."""
 
 
 class GridLikeService(MultiService):
@@ -201,8 +204,8 @@ class GridLikeService(MultiService):
     def _join(self, registry: RedisRegistry) -> None:
         """
         Start with a Redis registry: the listeners wait (L{ready}) until its
-        jobs are loaded, as they wait for the journal's replay.  Storage is
-        not tidied: other instances share it, and are writing to it.
+        jobs are loaded, as they wait for the journal's replay; then storage
+        is tidied as other instances share it (L{tidy_shared_storage}).
 
         @raise SystemExit: its URL cannot be read.
         """
@@ -214,9 +217,18 @@ class GridLikeService(MultiService):
             self._threadpool.stop()
             raise
         super().startService()
-        joined = Deferred.fromCoroutine(registry.join())
-        joined.addCallback(lambda _: self.retention.start())
-        joined.addCallbacks(self.ready.callback, self.ready.errback)
+        before = self.core.clock.seconds() - SHARED_ORPHAN_AGE
+        # A filesystem sweeps every other writer's temporary files; S3 only
+        # its stale uploads.
+        sweep = self._filesystem is None
+
+        def joined(_: object) -> None:
+            self.retention.start()
+            self.ready.callback(None)
+            tidied = tidy_shared_storage(self.core.storage, registry, before, sweep)
+            Deferred.fromCoroutine(tidied).addErrback(_tidy_failed)
+
+        Deferred.fromCoroutine(registry.join()).addCallbacks(joined, self.ready.errback)
 
     def stopService(self) -> Deferred[None]:
         """Stop once the journal is written and synced."""
@@ -338,6 +350,34 @@ class GridLikeService(MultiService):
                 temporary=removed,
                 orphans=len(orphans),
             )
+
+
+async def tidy_shared_storage(
+    storage: IStorage, registry: RedisRegistry, before: float, sweep: bool
+) -> None:
+    """
+    Remove from storage that other instances share the bytes of jobs that
+    Redis does not know, stored before C{before}: an upload is recorded
+    moments after its bytes are complete, so an object that old without a
+    job is an orphan (of a crash between the two, or of a delete whose
+    bytes were not removed), while the uploads of every instance in
+    progress are newer.  Redis is asked about each, not this instance's
+    copy, which may lag.
+
+    @param sweep: whether to sweep temporary files too: only where storage
+        tells stale ones from the writers of other instances in progress.
+    """
+    removed = await storage.sweep_temporary() if sweep else 0
+    candidates = {job_id for job_id, _ in await storage.object_ids(before=before)}
+    orphans = await registry.unknown(candidates)
+    for job_id in orphans:
+        await storage.delete(job_id)
+    if removed or orphans:
+        log.info(
+            "shared storage tidied: {temporary} temporary files, {orphans} orphan jobs",
+            temporary=removed,
+            orphans=len(orphans),
+        )
 
 
 def _tidy_failed(failure: Failure) -> None:

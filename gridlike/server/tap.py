@@ -141,6 +141,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         api.upload_policy,
         access_log=settings.server.access_log,
         on_finished=metrics.request_finished,
+        body_streams=api.pull.stream_result,
         reactor=reactor,
         timeout=settings.server.idle_timeout,
     )

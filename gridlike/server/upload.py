@@ -20,8 +20,9 @@ C{Content-Length} or chunked.
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol, cast
 
 from attrs import define, field, frozen
 from python_multipart.exceptions import MultipartParseError
@@ -282,6 +283,8 @@ class MultipartUpload:
     policy: UploadPolicy
     boundary: bytes
     gate: ReadGate
+    length: int | None = None
+    """The body's C{Content-Length}, if it has one."""
     _fields: dict[str, list[str]] = field(factory=dict)
     _stored: list[Deferred[StoredPayload]] = field(factory=list)
     _cleanup: list[Deferred[Any]] = field(factory=list)
@@ -299,9 +302,12 @@ class MultipartUpload:
     _writer: IPayloadWriter | None = None
     _writer_id: str = ""
     _throttle: _Throttle | None = None
-    _parser: MultipartParser = field(init=False)
+    _parser: MultipartParser | None = None
 
-    def __attrs_post_init__(self) -> None:
+    def _full_parser(self) -> MultipartParser:
+        """The streaming parser, made when first needed."""
+        if self._parser is not None:
+            return self._parser
         callbacks: dict[str, Callable[..., None]] = {
             "on_part_begin": self._part_begin,
             "on_header_field": self._header_field,
@@ -313,6 +319,7 @@ class MultipartUpload:
             "on_end": self._end,
         }
         self._parser = MultipartParser(self.boundary, callbacks)  # type: ignore[arg-type]
+        return self._parser
 
     @property
     def failed(self) -> GridLikeError | None:
@@ -323,11 +330,16 @@ class MultipartUpload:
         if self._error is not None:
             return
         try:
+            whole = not self._body_size and len(data) == self.length
             self._body_size += len(data)
             limit = self.policy.max_request
             if limit and self._body_size > limit:
                 raise PayloadTooLarge(f"body: larger than {limit} bytes")
-            self._parser.write(data)
+            parts = simple_parts(data, self.boundary) if whole else None
+            if parts is None:
+                self._full_parser().write(data)
+            else:
+                self._replay(data, parts)
         except MultipartParseError as e:
             self.fail(BadRequest(f"body: malformed multipart: {e}"))
         except GridLikeError as e:
@@ -383,6 +395,20 @@ class MultipartUpload:
             log.failure("storing an upload", failure)
             raise Unavailable("the payload could not be stored")
         return UploadedForm(self._fields, payloads)
+
+    def _replay(self, body: bytes, parts: list[_SimplePart]) -> None:
+        """
+        Give the parts L{simple_parts} found in C{body} to the callbacks the
+        streaming parser would have called.
+        """
+        for headers, start, end in parts:
+            self._part_begin()
+            self._part_headers = {name.lower(): value.strip() for name, value in headers}
+            self._headers_finished()
+            if end > start:
+                self._part_data(body, start, end)
+            self._part_end()
+        self._end()
 
     # Parser callbacks
 
@@ -476,6 +502,62 @@ class MultipartUpload:
         return result
 
 
+_SimplePart = tuple[list[tuple[bytes, bytes]], int, int]
+"""A part's header lines (name, value) and where its data starts and ends."""
+
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)")
+
+
+def simple_parts(body: bytes, boundary: bytes) -> list[_SimplePart] | None:
+    """
+    Split a whole multipart body of the usual shape without the streaming
+    parser, whose byte-by-byte state machine costs more than the rest of
+    a small submit: the body opens with the first delimiter (no preamble),
+    every delimiter is followed by CRLF (no padding), each part has
+    header lines C{Name: value} then a blank line, and the close delimiter
+    ends the body (with or without a final CRLF).
+
+    @return: the parts, or L{None} for any other body (the streaming parser
+        then reads it, and gives any error); nothing has been called yet.
+    """
+    delimiter = b"--" + boundary
+    opening, closing = delimiter + b"\r\n", b"\r\n" + delimiter + b"--"
+    if not body.startswith(opening):
+        return None
+    if body.endswith(closing):
+        stop = len(body) - len(closing)
+    elif body.endswith(closing + b"\r\n"):
+        stop = len(body) - len(closing) - 2
+    else:
+        return None
+    between = b"\r\n" + opening
+    parts: list[_SimplePart] = []
+    start = len(opening)
+    while True:
+        head_end = body.find(b"\r\n\r\n", start, stop + 2)
+        if head_end < 0:
+            return None
+        headers = []
+        for line in body[start:head_end].split(b"\r\n"):
+            match = _HEADER_LINE.fullmatch(line)
+            if match is None:
+                return None
+            headers.append((match[1], match[2]))
+        data_start = head_end + 4
+        if data_start > stop:
+            return None
+        end = body.find(between, data_start, stop)
+        parts.append((headers, data_start, stop if end < 0 else end))
+        if end < 0:
+            break
+        start = end + len(between)
+    # A delimiter where the loop saw data (one not followed by CRLF, say)
+    # is the streaming parser's to judge.
+    if body.count(delimiter) != len(parts) + 1:
+        return None
+    return parts
+
+
 def start_upload(
     policy: UploadPolicy, request: Request, length: int | None, gate: Gate | None
 ) -> MultipartUpload | None:
@@ -502,7 +584,7 @@ def start_upload(
     if policy.max_request and length is not None and length > policy.max_request:
         raise PayloadTooLarge(f"body: larger than {policy.max_request} bytes")
     policy.check_room(client_address(request))
-    return MultipartUpload(policy, boundary, ReadGate(request))
+    return MultipartUpload(policy, boundary, ReadGate(request), length)
 
 
 def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload | None:
@@ -521,6 +603,16 @@ def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload |
     return upload
 
 
+class BodyStream(Protocol):
+    """Where a request's body goes as it arrives."""
+
+    def feed(self, data: bytes) -> None:
+        """Part of the body arrived."""
+
+    def lost(self) -> None:
+        """The connection dropped before the body was whole."""
+
+
 class UploadRequest(Request):
     """
     A request that streams multipart bodies into storage as they arrive.
@@ -533,6 +625,9 @@ class UploadRequest(Request):
     """
 
     content: BinaryIO  # type: ignore[assignment]  # twisted.web declares None
+    body_stream: BodyStream | None = None
+    """Where the site's C{body_streams} sent the body as it arrived."""
+    _streaming: bool = False
     upload: MultipartUpload | None = None
     upload_refused: GridLikeError | None = None
     _policy: UploadPolicy | None = None
@@ -541,6 +636,14 @@ class UploadRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         site: UploadSite = self.channel.site  # type: ignore[attr-defined]
+        if site.body_streams is not None:
+            # Only the channel knows the request line before the body.
+            channel: Any = self.channel
+            self.body_stream = site.body_streams(self, channel._command, channel._path)
+            if self.body_stream is not None:
+                self._streaming = True
+                self.content = BytesIO()
+                return
         policy = site.upload_policy
         try:
             upload = start_upload(policy, self, length, policy.gate)
@@ -565,6 +668,9 @@ class UploadRequest(Request):
                 upload.gate.floor.start()
 
     def handleContentChunk(self, data: bytes) -> None:
+        if self.body_stream is not None:
+            self.body_stream.feed(data)
+            return
         upload = self.upload
         if upload is None:
             if self.upload_refused is not None:
@@ -580,6 +686,7 @@ class UploadRequest(Request):
             self._reject_early(upload.failed)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._streaming = False
         self._upload_over()
         if self._rejected:
             return  # answered early and closing: no route may answer again
@@ -589,6 +696,9 @@ class UploadRequest(Request):
         super().requestReceived(command, path, version)
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._streaming and self.body_stream is not None:
+            self._streaming = False
+            self.body_stream.lost()
         if self.upload is not None and self._policy is not None:
             self.upload.fail(BadRequest("the connection was lost mid-upload"))
         self._upload_over()
@@ -667,13 +777,18 @@ class UploadSite(Site):
         upload_policy: UploadPolicy,
         access_log: bool = True,
         on_finished: Callable[[http.Request], None] | None = None,
+        body_streams: Callable[[Request, bytes, bytes], BodyStream | None] | None = None,
         **kwargs: Any,
     ) -> None:
         """
         @param on_finished: told of every request once answered (the
             metrics count them), whether or not it is logged.
+        @param body_streams: told of every request once its headers are in,
+            with its method and URI: where to stream its body as it arrives
+            rather than keep it (L{gridlike.server.pull}), or L{None}.
         """
         super().__init__(resource, **kwargs)
+        self.body_streams = body_streams
         self.upload_policy = upload_policy
         self._access_log = access_log
         self._on_finished = on_finished

@@ -237,6 +237,22 @@ def test_open_page(make_daemon: Callable[..., Daemon], page: Page) -> None:
     expect(page.locator('#jobs tr[data-key="open-1"] .status')).to_have_text("pending")
 
 
+def test_pause_button(make_daemon: Callable[..., Daemon], page: Page) -> None:
+    """A type's Pause button pauses it (its state shows), and Resume resumes it."""
+    server = make_daemon()
+    requests.post(server.url + "/api/jobs/submit", files={"payload": b"x"}, timeout=10)
+    page.goto(server.url + "/")
+    row = page.locator('#types tr[data-type="null"]')
+    expect(row.locator(".type-state")).to_have_text("active")
+    row.locator("button.pause").click()
+    expect(row.locator(".type-state")).to_have_text("paused")
+    stats = requests.get(server.url + "/api/stats", timeout=10).json()
+    assert stats["type_states"] == {"null": "paused"}
+    row.locator("button.resume").click()
+    expect(row.locator(".type-state")).to_have_text("active")
+    assert requests.get(server.url + "/api/stats", timeout=10).json()["type_states"] == {}
+
+
 def test_api_key_sign_in(make_daemon: Callable[..., Daemon], page: Page) -> None:
     """With only API keys set, the form asks for an API key."""
     server = make_daemon(f'[auth]\napi_keys = ["{KEY}"]\n')

@@ -216,12 +216,21 @@ end
 return {'ok', requeued}
 """
 
+TYPE_STATE = """
+if a.state == 'active' then
+  redis.call('HDEL', P .. 'type_states', a.type)
+else
+  redis.call('HSET', P .. 'type_states', a.type, a.state)
+end
+return {'ok', emit({op='type_state', type=a.type, state=a.state})}
+"""
+
 LOAD = """
 local last = redis.call('XREVRANGE', P .. 'log', '+', '-', 'COUNT', 1)
 local at = '0-0'
 if last[1] then at = last[1][1] end
 return {'ok', at, tonumber(redis.call('GET', P .. 'lsn') or '0'),
-        redis.call('HVALS', P .. 'jobs')}
+        redis.call('HVALS', P .. 'jobs'), redis.call('HGETALL', P .. 'type_states')}
 """
 
 SCRIPTS = {
@@ -235,6 +244,7 @@ SCRIPTS = {
         "delete": DELETE,
         "retry": RETRY,
         "heartbeat": HEARTBEAT,
+        "type_state": TYPE_STATE,
         "load": LOAD,
     }.items()
 }

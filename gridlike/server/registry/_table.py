@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from heapq import nlargest
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -32,6 +32,7 @@ from gridlike.server.model import (
     Priority,
     Progress,
     Status,
+    TypeState,
 )
 from gridlike.server.queue import PendingQueue
 
@@ -86,6 +87,8 @@ class JobTable:
         self._watchers: dict[str, list[Deferred[Job | None]]] = {}
         self._eventual = eventual if eventual is not None else EventualQueue(clock)
         self._listeners: list[IJobListener] = []
+        self._type_states: dict[str | None, TypeState] = {}
+        self._type_listeners: list[Callable[[str | None, TypeState], None]] = []
         self._replaying = False
 
     def add_listener(self, listener: IJobListener, before: IJobListener | None = None) -> None:
@@ -98,7 +101,19 @@ class JobTable:
         else:
             self._listeners.insert(self._listeners.index(before), listener)
 
+    def add_type_listener(self, listener: Callable[[str | None, TypeState], None]) -> None:
+        """Call C{listener(type, state)} when a type is paused, drained or resumed."""
+        self._type_listeners.append(listener)
+
     # Reads
+
+    def type_state(self, type: str | None) -> TypeState:
+        """Whether jobs of C{type} are dispatched and accepted (see L{TypeState})."""
+        return self._type_states.get(type, TypeState.ACTIVE)
+
+    def type_states(self) -> dict[str | None, TypeState]:
+        """The types that are paused or draining."""
+        return dict(self._type_states)
 
     def get(self, key: str) -> Job:
         """
@@ -200,6 +215,9 @@ class JobTable:
         return {
             "jobs": {s.value: by_status[s.value] for s in Status},
             "types": {t: dict(c) for t, c in by_type.items()},
+            "type_states": {
+                "null" if t is None else t: state.value for t, state in self._type_states.items()
+            },
             "priorities": {p: dict(c) for p, c in by_priority.items()},
             "last_minute": {"done": recent["done"], "failed": recent["failed"]},
         }
@@ -326,6 +344,24 @@ class JobTable:
                 found = self._jobs.get(job_id)
                 if found is not None:
                     self._apply_delete(found, record)
+        elif op == "type_state":
+            self._apply_type_state(record["type"] or None, TypeState(record["state"]))
+
+    def _apply_type_state(self, type: str | None, state: TypeState) -> None:
+        if state is TypeState.ACTIVE:
+            self._type_states.pop(type, None)
+        else:
+            self._type_states[type] = state
+        if not self._replaying:
+            for listener in self._type_listeners:
+                self._eventual.eventually(listener, type, state)
+
+    def _type_state_records(self) -> list[dict[str, Any]]:
+        """Records that set the paused and draining types again (for a snapshot)."""
+        return [
+            {"op": "type_state", "type": type or "", "state": state.value}
+            for type, state in self._type_states.items()
+        ]
 
     def _count_types(self, record: dict[str, Any]) -> None:
         for name, count in record.get("counts", {}).items():

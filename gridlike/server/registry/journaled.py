@@ -39,7 +39,7 @@ from gridlike.server.config import Settings
 from gridlike.server.errors import BadRequest, Conflict, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import EventualQueue
-from gridlike.server.model import Job, Status
+from gridlike.server.model import Job, Status, TypeState
 from gridlike.server.storage import PAYLOAD, RESULT, IStorage
 
 from ._filing import Filing, split, with_objects
@@ -338,6 +338,10 @@ class Registry(JobTable):
             await self._append({"op": "retry_many", "retries": retries})
         return jobs
 
+    async def set_type_state(self, type: str | None, state: TypeState) -> None:
+        """See L{IRegistry.set_type_state}: one record."""
+        await self._append({"op": "type_state", "type": type or "", "state": state.value})
+
     # Compaction
 
     def snapshot(self) -> Iterator[bytes]:
@@ -355,6 +359,8 @@ class Registry(JobTable):
                 "counts": {t or "": n for t, n in self._type_counts.items()},
             }
         )
+        for state in self._type_state_records():
+            yield _encode(state)
         unsettled = self._filing.unsettled
         for job in list(self._jobs.values()):
             if self._jobs.get(job.id) is job:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from itertools import count
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from attrs import evolve
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -40,11 +40,11 @@ from gridlike.server.config import Settings
 from gridlike.server.errors import BadRequest, ConfigError, Conflict, NotFound, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import EventualQueue
-from gridlike.server.model import Job, Progress, Status
+from gridlike.server.model import Job, Progress, Status, TypeState
 from gridlike.server.storage import PAYLOAD, RESULT, IStorage
 
 from ._records import _decode_job
-from ._redis_link import RedisLink
+from ._redis_link import PREFIX, RedisLink
 from ._table import JobTable, check_specs
 from .interface import IRegistry, Match, NewJob, new_job_id
 
@@ -93,11 +93,21 @@ class RedisRegistry(JobTable):
         self._following: Deferred[None] | None = None
         self._stopping = False
         self._down = False
+        self._on_load: list[Callable[[], None]] = []
 
     # Start-up and shutdown
 
     def load(self) -> None:
         """Nothing: Redis holds the jobs, and L{join} loads them."""
+
+    def when_loaded(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} on a later turn each time the jobs are loaded: a
+        load announces none of them, so that the dispatcher, which hears of
+        pending jobs only through announcements, offers them to the workers
+        already idle (those of an instance that fell behind the log).
+        """
+        self._on_load.append(callback)
 
     def connect(self) -> None:
         """
@@ -183,7 +193,7 @@ class RedisRegistry(JobTable):
         unlinked if the script does not run.
         """
         claim = self._claims.pop(job.id, None)
-        if claim is None or self._jobs.get(job.id) is not job:
+        if claim is None or job.id not in self._jobs:  # a reload makes new Job objects
             return None
         child_type = self._settings.types[job.type].result_becomes if job.type else None
         child_id = None
@@ -269,6 +279,11 @@ class RedisRegistry(JobTable):
         await self._delete_bytes(job)
         return job
 
+    async def set_type_state(self, type: str | None, state: TypeState) -> None:
+        """See L{IRegistry.set_type_state}: a hash beside the jobs, and the log tells every instance."""
+        answer = await self._link_().script("type_state", type=type or "", state=state.value)
+        await self._reached(answer[1])
+
     async def delete_many(self, match: Match) -> list[Job]:
         """See L{IRegistry.delete_many}: one script deletes them all."""
         return await self.delete_jobs(self.matching(match))
@@ -315,6 +330,20 @@ class RedisRegistry(JobTable):
             return []
         await self._reached(answer[1])
         return [job for job in jobs if job.status is not Status.FAILED]
+
+    async def unknown(self, ids: Iterable[str]) -> set[str]:
+        """
+        @return: those of C{ids} that no job in Redis has, whatever this
+            instance's copy says (it may lag): for tidying shared storage.
+        @raise Unavailable: Redis cannot be reached.
+        """
+        ids = list(ids)
+        missing: set[str] = set()
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            rows = await self._link_().command("HMGET", PREFIX + "jobs", *chunk)
+            missing.update(job_id for job_id, row in zip(chunk, rows) if row is None)
+        return missing
 
     # Claims and progress
 
@@ -377,15 +406,19 @@ class RedisRegistry(JobTable):
 
     async def _load(self) -> None:
         """Every job as Redis has it now, and where the log is."""
-        _, at, lsn, rows = await self._link_().script("load")
+        _, at, lsn, rows, states = await self._link_().script("load")
         self._reset()
         self._replaying = True
         try:
             for raw in rows:
                 self._load_job(_decode_job(json.loads(raw)))
+            for name, state in zip(states[::2], states[1::2]):
+                self._apply_type_state(name or None, TypeState(state))
         finally:
             self._replaying = False
         self._at, self._lsn = at, int(lsn)
+        for callback in self._on_load:
+            self._eventual.eventually(callback)
         log.info(
             "registry loaded from Redis: {jobs} jobs, {pending} pending",
             jobs=len(self._jobs),
@@ -395,8 +428,10 @@ class RedisRegistry(JobTable):
     def _reset(self) -> None:
         """Forget every job (before loading them again), keeping the listeners."""
         listeners, eventual, watchers = self._listeners, self._eventual, self._watchers
+        type_listeners = self._type_listeners
         JobTable.__init__(self, self._clock, eventual)
         self._listeners, self._watchers = listeners, watchers
+        self._type_listeners = type_listeners
 
     def _load_job(self, job: Job) -> None:
         """Insert a loaded job; unlike a replayed one, a running job stays running."""
@@ -506,8 +541,8 @@ class RedisRegistry(JobTable):
                 default_limit=self._settings.attempts_for(None),
             )
         except Unavailable:
-            if self._heartbeat.running:
-                return  # The log's follower says so.
+            if self._heartbeat.running or self._stopping:
+                return  # The log's follower says so, or this is shutdown.
             raise
         if int(answer[1]):
             log.warn(

@@ -95,6 +95,7 @@ async function load() {
   state.workers = new Map(workers.map((w) => [w.id, w]));
   state.jobs = stats.jobs;
   state.types = stats.types;
+  state.typeStates = stats.type_states || {};
   state.priorities = stats.priorities;
   const [batches, failed] = await Promise.all([
     api("api/batches?limit=" + BATCHES).then((r) => r.json()),
@@ -283,8 +284,12 @@ function draw() {
     const total = STATUSES.reduce((sum, s) => sum + (c[s] || 0), 0);
     const meter = el("progress", { max: String(total || 1) });
     meter.value = (c.done || 0);
-    return el("tr", {}, td(type === "null" ? "(untyped)" : type), ...STATUSES.map((s) => td(c[s] || 0)),
-      el("td", {}, meter, " " + (c.done || 0) + " / " + total));
+    const typeState = (state.typeStates || {})[type] || "active";
+    const action = typeState === "active" ? "pause" : "resume";
+    return el("tr", { "data-type": type }, td(type === "null" ? "(untyped)" : type), ...STATUSES.map((s) => td(c[s] || 0)),
+      el("td", {}, meter, " " + (c.done || 0) + " / " + total), td(typeState, { class: "type-state" }),
+      el("td", {}, el("button", { class: "small " + action, text: action === "pause" ? "Pause" : "Resume",
+        onclick: () => setTypeState(type, action) })));
   }));
   const batches = [...state.batches.values()].sort((a, b) =>
     typeName(a.type).localeCompare(typeName(b.type)) || b.batch - a.batch);
@@ -387,6 +392,13 @@ function drawJobs() {
 
 async function act(path, method) {
   try { await api(path, { method }); $("#problem").textContent = ""; } catch (e) { show(e); }
+}
+
+// Pause or resume a type, then show its new state.
+async function setTypeState(type, action) {
+  await act("api/" + action + (type === "null" ? "" : "/" + encodeURIComponent(type)), "POST");
+  const stats = await api("api/stats").then((r) => r.json()).catch(show);
+  if (stats) { state.typeStates = stats.type_states || {}; draw(); }
 }
 
 // Every failed job with this error info, the ones not loaded here too, in one request.

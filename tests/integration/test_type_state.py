@@ -1,0 +1,106 @@
+"""
+Pausing, draining and resuming a job type on the real daemon, over plain
+HTTP, the command line and a WebSocket worker: a paused type takes submits
+and dispatches nothing, a draining one refuses submits (503) and runs what
+it has, a resume dispatches at once, and a restart keeps the state; over
+Redis every instance sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import requests
+
+from tests.integration.daemon import Daemon
+from tests.integration.test_cli import gridlike
+from tests.integration import test_redis
+from tests.integration.test_workers import PlainWorker, submit, view
+
+TYPED = "[types.render]\n"
+redis, instances = test_redis.redis, test_redis.instances  # the fixtures
+
+
+def post(server: Daemon, path: str) -> requests.Response:
+    return requests.post(server.url + path, timeout=10)
+
+
+def test_pause_and_resume(make_daemon: Callable[..., Daemon]) -> None:
+    """Submits are taken while paused, nothing is dispatched; resume gives the job to the waiting worker."""
+    server = make_daemon(TYPED)
+    answer = post(server, "/api/pause/render")
+    assert (answer.status_code, answer.json()) == (202, {"type": "render", "state": "paused"})
+    key = submit(server, b"held back", path="/api/jobs/submit/render")
+    worker = PlainWorker(server, "w1", path="/api/worker/render")
+    worker.register()
+    worker.send(code=1, status=1)
+    worker.ws.settimeout(1.0)
+    try:
+        worker.ws.recv()
+        raise AssertionError("a paused type dispatched a job")
+    except Exception as e:
+        assert "timed out" in str(e).lower(), e
+    worker.ws.settimeout(10)
+    assert view(server, key)["status"] == "pending"
+    assert requests.get(server.url + "/api/stats", timeout=10).json()["type_states"] == {"render": "paused"}
+    assert post(server, "/api/resume/render").json()["state"] == "active"
+    opcode, data = worker.ws.recv_data()
+    assert data == b"held back"
+
+
+def test_drain(make_daemon: Callable[..., Daemon]) -> None:
+    """A draining type refuses submits with a 503 saying how to undo it; its pending job still runs."""
+    server = make_daemon(TYPED)
+    key = submit(server, b"before", path="/api/jobs/submit/render")
+    post(server, "/api/drain/render")
+    refused = requests.post(server.url + "/api/jobs/submit/render", files={"payload": b"after"}, timeout=10)
+    assert refused.status_code == 503
+    assert refused.json()["problem"] == (
+        "job type 'render' is draining: it takes no new jobs (POST /api/resume/render to take them again)"
+    )
+    bulk = requests.post(server.url + "/api/jobs/bulk/render", files=[("payload", b"x")], timeout=10)
+    assert bulk.status_code == 503
+    worker = PlainWorker(server, "w1", path="/api/worker/render")
+    worker.register()
+    assert worker.ready() == b"before"
+    worker.result(b"done")
+    assert view(server, key)["status"] == "done"
+    assert len(requests.get(server.url + "/api/jobs", timeout=10).json()) == 1
+
+
+def test_restart_keeps_state(make_daemon: Callable[..., Daemon]) -> None:
+    """A paused type is paused again after a restart; an unknown type is a 404."""
+    server = make_daemon(TYPED)
+    post(server, "/api/pause/render")
+    server.restart()
+    assert requests.get(server.url + "/api/stats", timeout=10).json()["type_states"] == {"render": "paused"}
+    assert post(server, "/api/pause/nope").status_code == 404
+
+
+def test_command_line(make_daemon: Callable[..., Daemon]) -> None:
+    """gridlike pause / drain / resume TYPE say the new state."""
+    server = make_daemon(TYPED)
+    for verb, state in (("pause", "paused"), ("drain", "draining"), ("resume", "active")):
+        done = gridlike(verb, "render", server=server)
+        assert (done.returncode, done.stdout.decode().strip()) == (0, f"render: {state}"), done.stderr
+
+
+def test_untyped(daemon: Daemon) -> None:
+    """An untyped server's jobs are paused at /api/pause."""
+    assert post(daemon, "/api/pause").json() == {"type": None, "state": "paused"}
+    assert requests.get(daemon.url + "/api/stats", timeout=10).json()["type_states"] == {"null": "paused"}
+
+
+def test_every_instance_sees_it(instances: Any) -> None:
+    """Over Redis, a type paused on one instance is paused on the others, and resumed likewise."""
+    a, b = instances(TYPED), instances(TYPED)
+    post(a, "/api/pause/render")
+    states = lambda: requests.get(b.url + "/api/stats", timeout=10).json()["type_states"]  # noqa: E731
+    assert states() == {"render": "paused"}
+    key = submit(b, b"x", path="/api/jobs/submit/render")
+    worker = PlainWorker(b, "w1", path="/api/worker/render")
+    worker.register()
+    worker.send(code=1, status=1)
+    post(a, "/api/resume/render")
+    opcode, data = worker.ws.recv_data()
+    assert data == b"x" and view(a, key)["status"] == "running"

@@ -1,0 +1,93 @@
+"""
+Tests for pausing, draining and resuming a job type: the registry's durable
+state (L{gridlike.server.registry}), dispatch (L{gridlike.server.dispatch})
+and the submit routes' refusal while draining.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from gridlike.server.model import Status, TypeState
+from gridlike.server.registry import Registry
+from gridlike.testing import memory_core
+from tests.test_dispatch import CONFIG, Harness
+
+
+def set_state(h: Harness, state: TypeState, job_type: str = "render") -> None:
+    d = Deferred.fromCoroutine(h.registry.set_type_state(job_type, state))
+    h.clock.advance(0)
+    assert d.called, "the change was not made"
+
+
+class DispatchTests(SynchronousTestCase):
+    def test_paused_dispatches_nothing(self) -> None:
+        """A paused type's jobs wait: neither a ready worker nor an idle one gets them."""
+        h = Harness()
+        early = h.submit()
+        set_state(h, TypeState.PAUSED)
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        late = h.submit()
+        self.assertEqual(link.held(), [])
+        self.assertEqual((early.status, late.status), (Status.PENDING, Status.PENDING))
+        self.assertEqual(h.dispatcher.counts()["ready"], 1)
+
+    def test_resume_dispatches_at_once(self) -> None:
+        """Resuming gives the waiting jobs to the idle workers, without another submit."""
+        h = Harness()
+        set_state(h, TypeState.PAUSED)
+        job = h.submit()
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        set_state(h, TypeState.ACTIVE)
+        self.assertEqual(link.held(), [job.id])
+
+    def test_other_types_go_on(self) -> None:
+        """Pausing one type leaves the others be."""
+        h = Harness()
+        set_state(h, TypeState.PAUSED)
+        encode = h.connect("w2", "encode")
+        h.dispatcher.ready(encode)
+        job = h.submit(job_type="encode")
+        self.assertEqual(encode.held(), [job.id])
+
+    def test_draining_dispatches(self) -> None:
+        """A draining type's pending jobs still go out."""
+        h = Harness()
+        job = h.submit()
+        set_state(h, TypeState.DRAINING)
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        self.assertEqual(link.held(), [job.id])
+
+    def test_stats(self) -> None:
+        """The stats name the types that are not active."""
+        h = Harness()
+        set_state(h, TypeState.DRAINING)
+        self.assertEqual(h.registry.stats()["type_states"], {"render": "draining"})
+        set_state(h, TypeState.ACTIVE)
+        self.assertEqual(h.registry.stats()["type_states"], {})
+
+
+class DurableTests(SynchronousTestCase):
+    def replayed(self, h: Harness) -> Registry:
+        core = memory_core(CONFIG, h.clock, journal=h.journal, storage=h.storage)
+        return core.registry  # type: ignore[return-value]
+
+    def test_replayed(self) -> None:
+        """A restart keeps a pause; a resume after it too."""
+        h = Harness()
+        set_state(h, TypeState.PAUSED)
+        set_state(h, TypeState.DRAINING, "encode")
+        set_state(h, TypeState.ACTIVE, "encode")
+        again = self.replayed(h)
+        self.assertEqual(again.type_states(), {"render": TypeState.PAUSED})
+
+    def test_compacted(self) -> None:
+        """A snapshot carries the paused types."""
+        h = Harness()
+        set_state(h, TypeState.PAUSED)
+        records = [r for r in h.registry.snapshot() if b'"type_state"' in r]
+        self.assertEqual(len(records), 1)
