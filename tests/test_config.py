@@ -173,12 +173,13 @@ def test_etc_file_equals_defaults() -> None:
 def test_etc_file_example_types_load() -> None:
     """
     The commented-out example types in C{etc/gridlike.toml} are valid once
-    uncommented.
+    uncommented, with the webhook secret their webhooks need.
     """
     text = (ETC / "gridlike.toml").read_text()
     start = text.index("# [types.stage1]")
     example = "\n".join(line.removeprefix("# ") for line in text[start:].splitlines())
-    settings = parse(text[:start] + example)
+    secret = '# webhook_secret = "a long random string"'
+    settings = parse(text[:start].replace(secret, secret.removeprefix("# ")) + example)
     assert settings.types == {
         "stage1": TypeSettings(
             name="stage1",
@@ -188,6 +189,8 @@ def test_etc_file_example_types_load() -> None:
             max_attempts=5,
             keep_done=7 * 86400.0,
             keep_failed=30 * 86400.0,
+            on_done="https://hooks.example/done",
+            on_failed="https://hooks.example/failed",
         ),
         "stage2": TypeSettings(name="stage2"),
     }
@@ -265,6 +268,7 @@ def test_every_key_set() -> None:
         dashboard_user = "admin"
         dashboard_password = "secret"
         allow_anonymous = true
+        webhook_secret = "hook key"
         [workers]
         ping_interval = 0.5
         ping_timeout = 3
@@ -274,6 +278,8 @@ def test_every_key_set() -> None:
         [scheduling]
         batch_size = 1
         max_attempts = 1
+        on_done = "https://hooks.example/d?x=1"
+        on_failed = "http://127.0.0.1:9000/f"
         """)
     assert settings.server == ServerSettings(
         listen=("tcp:9000:interface=127.0.0.1", "unix:/run/g.sock"),
@@ -307,9 +313,15 @@ def test_every_key_set() -> None:
         dashboard_user="admin",
         dashboard_password="secret",
         allow_anonymous=True,
+        webhook_secret="hook key",
     )
     assert settings.workers == WorkerSettings(0.5, 3.0, 1, 0.0, 1000)
-    assert settings.scheduling == SchedulingSettings(batch_size=1, max_attempts=1)
+    assert settings.scheduling == SchedulingSettings(
+        batch_size=1,
+        max_attempts=1,
+        on_done="https://hooks.example/d?x=1",
+        on_failed="http://127.0.0.1:9000/f",
+    )
 
 
 def test_numbers_are_floats() -> None:

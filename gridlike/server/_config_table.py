@@ -20,6 +20,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
@@ -29,7 +30,7 @@ from twisted.python.failure import Failure
 from gridlike.server.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gridlike.server.config import AuthSettings
+    from gridlike.server._config_auth import AuthSettings
 
 _D = TypeVar("_D")
 
@@ -314,6 +315,27 @@ class _Table:
         if len(choices) > 1:
             allowed = f"one of {allowed}"
         raise self._bad(key, allowed, value)
+
+    def http_url(self, key: str) -> str | None:
+        """
+        @param key: the key.
+        @return: the key's value, an absolute C{http} or C{https} URL, or
+            C{None} when unset.
+        @raise ConfigError: the value is not such a URL.
+        """
+        value = self.get(key)
+        if value is self._missing:
+            return None
+        if isinstance(value, str) and not any(c.isspace() for c in value):
+            try:
+                parts = urlsplit(value)
+                parts.port  # raises ValueError when out of range or not a number
+            except ValueError:
+                pass
+            else:
+                if parts.scheme in ("http", "https") and parts.hostname:
+                    return value
+        raise self._bad(key, 'an http(s) URL such as "https://example.com/hook"', value)
 
     def path(self, key: str, default: Path, base: Path) -> Path:
         """

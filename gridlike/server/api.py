@@ -14,7 +14,7 @@ nowhere else.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable, Mapping, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, cast
 from urllib.parse import urlencode
 
 from klein import Klein
@@ -57,6 +57,7 @@ from gridlike.server.result_stream import ResultsAsked, ResultStream
 from gridlike.server.sessions import Sessions, page_route
 from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
 from gridlike.server.upload import UploadedForm, UploadPolicy, UploadRequest, buffered_upload
+from gridlike.server.webhooks import Webhooks
 
 if TYPE_CHECKING:
     from gridlike.server.core import Core
@@ -102,6 +103,9 @@ class GridLikeAPI:
 
     metrics: Metrics | None = None
     """What C{GET /metrics} serves; without it, that route is not found."""
+
+    webhooks: Webhooks | None = None
+    """Whose delivery states the job views show; without it, none."""
 
     def __init__(self, core: Core, workers: Mapping[str | None, IResource] = {}) -> None:
         """
@@ -274,7 +278,7 @@ class GridLikeAPI:
             query["after"] = found[-1].key
             link = f"<{self._settings.server.path_prefix}/api/jobs?{urlencode(query)}>"
             request.setHeader(b"link", f'{link}; rel="next"'.encode("utf-8"))
-        return json_body(request, [job_view(job) for job in found])
+        return json_body(request, [self._view(job) for job in found])
 
     @app.route("/api/batches", methods=["GET"])
     def batches(self, request: IRequest) -> bytes:
@@ -287,10 +291,15 @@ class GridLikeAPI:
             views.append(view)
         return json_body(request, views)
 
+    def _view(self, job: Job) -> dict[str, Any]:
+        """@return: C{job}'s view, with its webhook's delivery state."""
+        webhooks = self.webhooks
+        return job_view(job, None if webhooks is None else webhooks.state(job))
+
     @app.route("/api/jobs/<key>", methods=["GET"])
     async def job(self, request: IRequest, key: str) -> bytes:
         job = await self._waited(request, key)
-        return json_body(request, job_view(job))
+        return json_body(request, self._view(job))
 
     @app.route("/api/jobs/<key>/result", methods=["GET"])
     async def result(self, request: IRequest, key: str) -> bytes:
@@ -340,7 +349,7 @@ class GridLikeAPI:
     @app.route("/api/jobs/<key>/retry", methods=["POST"])
     async def retry(self, request: IRequest, key: str) -> bytes:
         job = await self._core.registry.retry(key)
-        return json_body(request, job_view(job), 202)
+        return json_body(request, self._view(job), 202)
 
     @app.route("/api/pause", methods=["POST"])
     @app.route("/api/pause/<type>", methods=["POST"])

@@ -31,6 +31,7 @@ from types import MappingProxyType
 
 from attrs import field, frozen
 
+from gridlike.server._config_auth import AuthSettings, _auth, _refuse_unsigned_webhooks
 from gridlike.server._config_redis import RedisSettings, _redis
 from gridlike.server._config_s3 import S3Settings, _s3
 from gridlike.server._config_workers import WorkerSettings, _workers
@@ -77,10 +78,6 @@ and no slashes.
 
 # One path segment of [server] path_prefix: RFC 3986 unreserved characters.
 _SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
-
-# An API key travels in the X-API-KEY header: visible ASCII, with spaces only
-# inside (a header value loses its surrounding whitespace).
-_API_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 _REGISTRY_KINDS = ("journal", "redis")
 _STORAGE_KINDS = ("filesystem", "s3")
@@ -207,36 +204,6 @@ class StorageSettings:
 
 
 @frozen
-class AuthSettings:
-    """
-    The C{[auth]} table: who may use the job API and who may work.
-
-    @ivar api_keys: keys accepted in C{X-API-KEY}; empty means the job API is
-        open.
-    @ivar worker_token: the token a worker must register with; empty means any
-        token is accepted.
-    @ivar kick_after_ms: milliseconds a new worker connection has to register.
-    @ivar dashboard_user: the dashboard's user name, or C{None}.
-    @ivar dashboard_password: the dashboard's password, or C{None}.
-    @ivar allow_anonymous: serve beyond loopback with neither API keys nor a
-        worker token.
-    @ivar session_idle: seconds a dashboard session may go unused before it
-        ends (a GridLike extension).
-    @ivar session_lifetime: seconds a dashboard session lasts at most (a
-        GridLike extension).
-    """
-
-    api_keys: tuple[str, ...] = ()
-    worker_token: str = ""
-    kick_after_ms: int = 2000
-    dashboard_user: str | None = None
-    dashboard_password: str | None = None
-    allow_anonymous: bool = False
-    session_idle: float = 3600.0
-    session_lifetime: float = 43200.0
-
-
-@frozen
 class EventSettings:
     """
     The C{[events]} table: the event stream of C{GET /api/events}.
@@ -265,12 +232,17 @@ class SchedulingSettings:
     @ivar keep_done: seconds an untyped job is kept once done, then removed
         (L{gridlike.server.retention}); C{None}: for ever.
     @ivar keep_failed: the same for an untyped job failed for good.
+    @ivar on_done: the http(s) URL an untyped job's view is posted to
+        once it is done (L{gridlike.server.webhooks}); C{None}: none.
+    @ivar on_failed: the same once it has failed for good.
     """
 
     batch_size: int = 100
     max_attempts: int = 3
     keep_done: float | None = None
     keep_failed: float | None = None
+    on_done: str | None = None
+    on_failed: str | None = None
 
 
 @frozen
@@ -288,6 +260,9 @@ class TypeSettings:
     @ivar keep_done: seconds a job of this type is kept once done, then
         removed (L{gridlike.server.retention}); C{None}: for ever.
     @ivar keep_failed: the same for a job failed for good.
+    @ivar on_done: the http(s) URL a job's view is posted to once it is
+        done (L{gridlike.server.webhooks}); C{None}: none.
+    @ivar on_failed: the same once it has failed for good.
     """
 
     name: str
@@ -297,6 +272,8 @@ class TypeSettings:
     max_attempts: int | None = None
     keep_done: float | None = None
     keep_failed: float | None = None
+    on_done: str | None = None
+    on_failed: str | None = None
 
 
 def _no_types() -> Mapping[str, TypeSettings]:
@@ -360,12 +337,32 @@ class Settings:
         @param status: done, or failed.
         @return: seconds, or C{None} for ever.
         """
-        table: SchedulingSettings | TypeSettings | None = (
-            self.scheduling if type_name is None else self.types.get(type_name)
-        )
+        table = self._policies(type_name)
         if table is None:
             return None
         return table.keep_done if status is Status.DONE else table.keep_failed
+
+    def webhook_for(self, type_name: str | None, status: Status) -> str | None:
+        """
+        Where a job that ended is announced (C{on_done}, C{on_failed}),
+        read as L{keep_for} reads its keys.
+
+        @param type_name: the job's type, or C{None} for an untyped job.
+        @param status: done, or failed.
+        @return: the URL, or C{None} for none.
+        """
+        table = self._policies(type_name)
+        if table is None:
+            return None
+        return table.on_done if status is Status.DONE else table.on_failed
+
+    def _policies(self, type_name: str | None) -> SchedulingSettings | TypeSettings | None:
+        """
+        @return: the table of per-type policies that covers a job's type:
+            C{[scheduling]} for untyped jobs, the type's own table, or
+            C{None} for a name no longer configured.
+        """
+        return self.scheduling if type_name is None else self.types.get(type_name)
 
 
 def state_directory(environ: Mapping[str, str]) -> Path | None:
@@ -459,12 +456,19 @@ def parse_settings(
     server, exposed = _server(_Table.of("server", document), listen)
     registry = _registry(_Table.of("registry", document), data)
     storage = _storage(_Table.of("storage", document), data)
-    auth = _auth(_Table.of("auth", document))
+    auth = _auth(_Table.of("auth", document), data)
     workers = _workers(_Table.of("workers", document))
     scheduling = _scheduling(_Table.of("scheduling", document))
     events = _events(_Table.of("events", document))
     types = _types(document.get("types", {}))
     _refuse_anonymous_exposure(exposed, auth)
+    hooks = [
+        f"[{name}] {key}"
+        for name, table in [("scheduling", scheduling), *((f"types.{t}", types[t]) for t in types)]
+        for key in ("on_done", "on_failed")
+        if getattr(table, key) is not None
+    ]
+    _refuse_unsigned_webhooks(hooks, auth, registry.kind)
     return Settings(
         server=server,
         registry=registry,
@@ -634,51 +638,6 @@ def _storage(table: _Table, base: Path) -> StorageSettings:
     return settings
 
 
-def _auth(table: _Table) -> AuthSettings:
-    """
-    @param table: the C{[auth]} table.
-    @return: its settings.
-    @raise ConfigError: a key is unknown or bad, or only one of the dashboard
-        user and password is set.
-    """
-    defaults = AuthSettings()
-    api_keys = table.get("api_keys")
-    if api_keys is _Table._missing:
-        api_keys = defaults.api_keys
-    elif not isinstance(api_keys, list) or not all(
-        isinstance(key, str) and _API_KEY.fullmatch(key) for key in api_keys
-    ):
-        raise ConfigError(
-            f"{table.where('api_keys')}: must be a list of non-empty strings of"
-            " printable ASCII without surrounding spaces"
-        )
-    settings = AuthSettings(
-        api_keys=tuple(api_keys),
-        worker_token=table.string("worker_token", defaults.worker_token, empty=True),
-        kick_after_ms=table.integer("kick_after_ms", defaults.kick_after_ms, above=0),
-        dashboard_user=table.string("dashboard_user", defaults.dashboard_user),
-        dashboard_password=table.string(
-            "dashboard_password", defaults.dashboard_password
-        ),
-        allow_anonymous=table.boolean("allow_anonymous", defaults.allow_anonymous),
-        session_idle=table.number("session_idle", defaults.session_idle, above=0),
-        session_lifetime=table.number(
-            "session_lifetime", defaults.session_lifetime, above=0
-        ),
-    )
-    table.finish()
-    user, password = settings.dashboard_user, settings.dashboard_password
-    if user is not None and password is None:
-        raise ConfigError(
-            f"{table.where('dashboard_password')}: must be set when dashboard_user is"
-        )
-    if password is not None and user is None:
-        raise ConfigError(
-            f"{table.where('dashboard_user')}: must be set when dashboard_password is"
-        )
-    return settings
-
-
 def _scheduling(table: _Table) -> SchedulingSettings:
     """
     @param table: the C{[scheduling]} table.
@@ -691,6 +650,8 @@ def _scheduling(table: _Table) -> SchedulingSettings:
         max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
         keep_done=table.duration("keep_done", defaults.keep_done),
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
+        on_done=table.http_url("on_done"),
+        on_failed=table.http_url("on_failed"),
     )
     table.finish()
     return settings
@@ -767,6 +728,8 @@ def _type(table: _Table, name: str) -> TypeSettings:
         max_attempts=table.integer("max_attempts", defaults.max_attempts, at_least=1),
         keep_done=table.duration("keep_done", defaults.keep_done),
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
+        on_done=table.http_url("on_done"),
+        on_failed=table.http_url("on_failed"),
     )
     table.finish()
     return settings

@@ -216,6 +216,11 @@ class Metrics:
             "Jobs deleted by retention (keep_done, keep_failed); counted as deleted too.",
             "type",
         )
+        self._webhooks = counter(
+            "gridlike_webhook_deliveries_total",
+            "Webhook deliveries that ended: delivered, failed (given up) or dropped (too many held).",
+            "type", "event", "outcome",
+        )
         self._wait = histogram(
             "gridlike_job_wait_seconds", "From submitted (or pending again) to started.", WAIT_BUCKETS, "type"
         )
@@ -340,6 +345,10 @@ class Metrics:
         """Retention deleted C{jobs}, whose time was up."""
         for type, n in CountOf(type_label(job.type) for job in jobs).items():
             self._series(self._expired, type).inc(n)
+
+    def webhook_finished(self, type: str | None, event: str, outcome: str) -> None:
+        """A webhook's delivery for a job of C{type} ended with C{outcome}."""
+        self._series(self._webhooks, type_label(type), event, outcome).inc()
 
     def attempt_failed(self, job: Job, reason: str) -> None:
         """

@@ -133,8 +133,13 @@ def _second(whole: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
-def job_view(job: Job) -> dict[str, Any]:
-    """The job view of PROTOCOL.md section 2."""
+def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    The job view of PROTOCOL.md section 2.
+
+    @param webhook: the state of its webhook's delivery, if known
+        (L{gridlike.server.webhooks}).
+    """
     return {
         "id": job.id,
         "key": job.key,
@@ -164,4 +169,5 @@ def job_view(job: Job) -> dict[str, Any]:
         "next": job.child,
         "payload_size": job.payload_size,
         "result_size": job.result_size,
+        "webhook": webhook,
     }

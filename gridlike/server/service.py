@@ -29,6 +29,7 @@ from gridlike.server.journal import IJournal, Journal
 from gridlike.server.registry.redis import RedisRegistry
 from gridlike.server.retention import Retention
 from gridlike.server.storage import FilesystemStorage, InlineStorage, IStorage
+from gridlike.server.webhooks import Webhooks
 
 log = Logger()
 
@@ -97,6 +98,9 @@ class GridLikeService(MultiService):
         self.retention = Retention(settings, self.core.registry, reactor)
         """Deletes terminal jobs past C{keep_done} and C{keep_failed}."""
         self.core.add_observer(self.retention)
+        self.webhooks = Webhooks(settings, reactor)
+        """Posts the views of jobs that ended to their types' C{on_done}, C{on_failed}."""
+        self.core.add_observer(self.webhooks)
         self.ready: Deferred[None] = Deferred()
         """Fires once the registry is loaded: when listeners may serve."""
         self._compacting: Deferred[None] | None = None
@@ -148,9 +152,14 @@ class GridLikeService(MultiService):
         Replay the journal before anything is served, then start checking
         for compaction and tidy storage in the background.
 
-        @raise SystemExit: the journal is damaged; the message says where.
+        @raise SystemExit: the journal is damaged (the message says where),
+            or the webhook secret's file cannot be read.
         """
         core = self.core
+        try:
+            self.webhooks.start()
+        except GridLikeError as e:
+            raise SystemExit(f"gridlike: {e.problem}") from None
         self._threadpool.start()
         if isinstance(core.registry, RedisRegistry):
             self._join(core.registry)
@@ -224,6 +233,7 @@ class GridLikeService(MultiService):
     def stopService(self) -> Deferred[None]:
         """Stop once the journal is written and synced."""
         self.retention.stop()
+        self.webhooks.stop()
         stopped: Deferred[Any] = super().stopService()
         return stopped.addCallback(lambda _: Deferred.fromCoroutine(self._stop()))
 

@@ -130,10 +130,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     core = service.core
     metrics = Metrics.of(core, GridLikeAPI.app.url_map)
     service.retention.expired = metrics.jobs_expired
+    service.webhooks.finished = metrics.webhook_finished
     core.add_observer(ActivityLog(settings))
     workers = worker_resources(settings, core.dispatcher, core.storage, reactor)
     api = GridLikeAPI(core, workers)
     api.metrics = metrics
+    api.webhooks = service.webhooks
     site = UploadSite(
         api.root(),
         api.upload_policy,

@@ -63,8 +63,9 @@ def test_submit_and_view(daemon: Daemon) -> None:
     assert set(view) == {
         "id", "key", "type", "status", "priority", "description", "batch", "submitted",
         "started", "ended", "failure_count", "worker_id", "worker_name", "progress",
-        "error", "from", "next", "payload_size", "result_size", "attempt",
+        "error", "from", "next", "payload_size", "result_size", "attempt", "webhook",
     }
+    assert view["webhook"] is None  # the instance has no webhooks
     assert requests.get(daemon.url + "/api/jobs/job-1/payload").content == b"hello"
 
 
