@@ -84,6 +84,18 @@ class Harness:
         self.storage.objects[(job_id, PAYLOAD)] = b"payload"
         return NewJob(job_id, type, priority, 7, key)
 
+    def ended(self, test: SynchronousTestCase, type: str | None, done: bool = True) -> Job:
+        """A job of C{type} run to its end, and announced: done with a result, or failed for good."""
+        [job] = run(test, self.registry.submit([self.spec(type=type)]))
+        self.registry.start(job, "w", None)
+        if done:
+            self.storage.objects[(job.id, RESULT)] = b"result"
+            run(test, self.registry.complete(job, 6, "w"))
+        else:
+            self.registry.fail(job, "broken", None, "w", for_good=True)
+        self.clock.advance(0)  # the announcement
+        return job
+
 
 def run(test: SynchronousTestCase, coroutine: Coroutine[Any, Any, T]) -> T:
     return test.successResultOf(Deferred.fromCoroutine(coroutine))

@@ -91,15 +91,7 @@ class Hooked:
 
     def job(self, test: SynchronousTestCase, type: str | None = "render", done: bool = True) -> Job:
         """A job of C{type} run to its end: done with a result, or failed for good."""
-        [job] = run(test, self.registry.submit([self.h.spec(type=type)]))
-        self.registry.start(job, "w", None)
-        if done:
-            self.h.storage.objects[(job.id, RESULT)] = b"result"
-            run(test, self.registry.complete(job, 6, "w"))
-        else:
-            self.registry.fail(job, "broken", None, "w", for_good=True)
-        self.clock.advance(0)  # the announcement
-        return job
+        return self.h.ended(test, type, done)
 
     def state(self, job: Job) -> Any:
         return self.webhooks.state(job)
