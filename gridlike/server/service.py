@@ -12,7 +12,7 @@ threads, files or timers (L{gridlike.testing.memory_core}).
 from __future__ import annotations
 
 import os
-from typing import Any, cast
+from typing import Any, Iterable, cast
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
@@ -342,14 +342,7 @@ class GridLikeService(MultiService):
                 folder=storage.quarantined,
             )
             orphans = set()
-        for job_id in orphans:
-            await storage.delete(job_id)
-        if removed or orphans:
-            log.info(
-                "storage tidied: {temporary} temporary files, {orphans} orphan jobs",
-                temporary=removed,
-                orphans=len(orphans),
-            )
+        await _remove_orphans(storage, orphans, removed, "storage")
 
 
 async def tidy_shared_storage(
@@ -369,14 +362,21 @@ async def tidy_shared_storage(
     """
     removed = await storage.sweep_temporary() if sweep else 0
     candidates = {job_id for job_id, _ in await storage.object_ids(before=before)}
-    orphans = await registry.unknown(candidates)
+    await _remove_orphans(storage, await registry.unknown(candidates), removed, "shared storage")
+
+
+async def _remove_orphans(storage: IStorage, orphans: Iterable[str], removed: int, what: str) -> None:
+    """Delete the orphans' bytes, and say what was tidied, if anything."""
+    count = 0
     for job_id in orphans:
         await storage.delete(job_id)
-    if removed or orphans:
+        count += 1
+    if removed or count:
         log.info(
-            "shared storage tidied: {temporary} temporary files, {orphans} orphan jobs",
+            "{what} tidied: {temporary} temporary files, {orphans} orphan jobs",
+            what=what,
             temporary=removed,
-            orphans=len(orphans),
+            orphans=count,
         )
 
 
