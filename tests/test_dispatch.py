@@ -104,11 +104,17 @@ class Harness:
         link.record = record
         return link
 
-    def submit(self, priority: Priority = Priority.BATCH, job_type: str = "render", key: str | None = None) -> Job:
+    def submit(
+        self,
+        priority: Priority = Priority.BATCH,
+        job_type: str = "render",
+        key: str | None = None,
+        description: str | None = None,
+    ) -> Job:
         job_id = new_job_id()
         self.storage.objects[(job_id, PAYLOAD)] = b"in"
         d = Deferred.fromCoroutine(
-            self.registry.submit([NewJob(job_id, job_type, priority, 2, key)])
+            self.registry.submit([NewJob(job_id, job_type, priority, 2, key, description)])
         )
         [job] = d.result
         self.clock.advance(0)

@@ -150,7 +150,7 @@ class EventStreamTests(SynchronousTestCase):
         s.h.submit(key="one")
         self.assertEqual(a.raw(), b.raw())
         [event] = s.stream.retained()
-        self.assertIn(event.frame, a.raw())
+        self.assertIn(event.render(), a.raw())
         a.close(), b.close()
 
     def test_delivery_batched(self) -> None:
@@ -272,6 +272,45 @@ class EventStreamTests(SynchronousTestCase):
         for key in "abc":
             s.h.submit(key=key)
         self.assertEqual([e.key for e in s.stream.retained()], ["c"])
+
+    def test_rendered_when_sent(self) -> None:
+        """
+        With no client connected, an event keeps its view and is not
+        encoded; a client that resumes later gets it as it was then.
+        """
+        s = Setup()
+        s.h.submit(key="one")
+        [event] = s.stream.retained()
+        self.assertEqual(event.data["job"]["key"], "one")  # type: ignore[index]
+        self.assertIsNone(event._frame)
+        c = s.connect(last_event_id=str(event.id - 1))
+        [seen] = c.events()
+        self.assertEqual((seen["id"], seen["data"]["job"]["status"]), (event.id, "pending"))
+        self.assertIsNone(event.data)
+        c.close()
+
+    def test_retention_bounded_unrendered(self) -> None:
+        """
+        Events not rendered yet count towards C{keep_bytes} with their job's
+        error logs, and once rendered with their frame's length.
+        """
+        s = Setup(keep_bytes=25_000)
+        job = s.h.submit(key="a")
+        for _ in range(2):  # two attempts fail, each event carrying 10 kB of logs
+            link = s.h.connect("w")
+            s.h.dispatcher.ready(link)
+            link.finish(JobFailed("bad", "l" * 10_000))
+            s.clock.advance(0)
+        kept = list(s.stream.retained())
+        self.assertEqual(
+            [e.data["change"] for e in kept],  # type: ignore[index]
+            ["joined", "started", "attempt_failed"],  # of the second attempt
+        )
+        c = s.connect(last_event_id=str(kept[0].id - 1))
+        self.assertEqual([e["id"] for e in c.events()], [e.id for e in kept])
+        self.assertEqual(c.events()[-1]["data"]["job"]["id"], job.id)
+        self.assertEqual(s.stream._retained_bytes, sum(len(e.render()) for e in kept))
+        c.close()
 
     def test_id_from_earlier_process(self) -> None:
         """

@@ -82,6 +82,7 @@ from automat import TypeMachine, TypeMachineBuilder
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from gridlike._automat import indexed
 from gridlike.wire import Cancel, JobInfo, Taken, Welcome
 
 __all__ = [
@@ -665,7 +666,7 @@ def _shut_now(inputs: LinkInputs, core: LinkCore) -> None:
     core.effects.stop_service()
 
 
-new_link = _build()
+new_link = indexed(_build())
 """
 Make a worker's machine: takes a L{LinkCore}, returns its L{LinkInputs},
 in state C{new}.

@@ -49,6 +49,7 @@ from automat import TypeMachine, TypeMachineBuilder
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from gridlike._automat import indexed
 from gridlike.server.dispatch import JobFailed, ResultNotStored, WorkerLost
 from gridlike.server.errors import Damaged
 from gridlike.server.model import Job
@@ -542,7 +543,7 @@ def _close(inputs: WorkerInputs, core: WorkerCore, why: str) -> None:
     core.settle(WorkerLost(why))
 
 
-new_worker_machine = _build()
+new_worker_machine = indexed(_build())
 """
 Make a worker connection's machine: takes a L{WorkerCore}, returns its
 L{WorkerInputs}, in state C{connecting}.

@@ -5,9 +5,10 @@ C{GET /api/events}: every job and worker change as Server-Sent Events
 
 L{EventStream} is an observer of the registry and the dispatcher (an
 L{IJobListener} and L{IWorkerListener}, added before the dispatcher).  Each
-change it hears becomes one L{Event}: the job or worker view is rendered
-then, once, into the bytes of an SSE frame that every client is sent as
-they are.  Announcements come a turn after the change, so the view is the
+change it hears becomes one L{Event}: the job or worker view is taken
+then, and rendered once, when a client is first sent it, into the bytes of
+an SSE frame that every client is sent as they are (so that a server no
+client watches encodes nothing).  Announcements come a turn after the change, so the view is the
 job as it is when the event is recorded, which may already show a later
 change of the same turn.
 
@@ -17,8 +18,9 @@ restarts (unless a process sends over a million events a second on
 average).  A client's C{Last-Event-ID} from an earlier process is thus
 older than anything retained, and it is told to reset.
 
-Retention: the last C{keep} events, and no more than C{keep_bytes} of them,
-in one buffer shared by every client.  A client resuming after an id still
+Retention: the last C{keep} events, and no more than C{keep_bytes} of them
+(an event not rendered yet counts with an estimate of its length, from its
+view's longest strings), in one buffer shared by every client.  A client resuming after an id still
 retained gets every later event in order; one whose id is older (or newer
 than the newest, from a server whose clock went back) first gets an
 C{event: reset} (its C{id} the newest one, so that its next reconnection
@@ -47,7 +49,7 @@ import json
 from collections import deque
 from typing import Any, Iterable, Protocol, cast
 
-from attrs import frozen
+from attrs import define, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -70,6 +72,8 @@ HEARTBEAT = 15.0
 """Seconds between comment lines."""
 PROGRESS_INTERVAL = 0.25
 """Least seconds between two progress events of one job."""
+_VIEW_SIZE = 700
+"""About how long a frame is without its job's description and error."""
 DELIVERY_DELAY = 0.05
 """Seconds events wait to go out together: under load, one write per client
 for all the events of that time, not one per event."""
@@ -89,7 +93,7 @@ class WorkerView(Protocol):
     def __call__(self, record: Any) -> dict[str, Any]: ...
 
 
-@frozen
+@define
 class Event:
     """
     One recorded change.
@@ -98,14 +102,29 @@ class Event:
     @ivar kind: C{"job"} or C{"worker"}.
     @ivar type: the job's type, or the type the worker serves.
     @ivar key: the job's key; L{None} for worker events.
-    @ivar frame: the whole SSE frame, as sent.
+    @ivar data: the view it carries, until it is rendered.
+    @ivar size: the length of its frame once rendered; until then, an
+        estimate from the lengths of the view's longest strings.
     """
 
     id: int
     kind: str
     type: str | None
     key: str | None
-    frame: bytes
+    data: dict[str, Any] | None
+    size: int
+    _frame: bytes | None = None
+
+    def render(self) -> bytes:
+        """
+        @return: the whole SSE frame, as sent: rendered on the first call,
+            which lets go of the view.
+        """
+        if self._frame is None:
+            assert self.data is not None
+            self._frame = frame(self.id, self.kind, self.data)
+            self.data = None
+        return self._frame
 
 
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -344,28 +363,54 @@ class EventStream:
     def _record_job(self, change: JobChange, job: Job) -> None:
         if change in (JobChange.DONE, JobChange.FAILED, JobChange.DELETED, JobChange.ATTEMPT_FAILED):
             self._progress.pop(job.id, None)
-        self.record("job", job.type, job.key, {"change": change.value, "job": job_view(job)})
+        error = job.error
+        size = _VIEW_SIZE + len(job.description or "")
+        if error is not None:
+            size += len(error.info or "") + len(error.logs or "")
+        self.record("job", job.type, job.key, {"change": change.value, "job": job_view(job)}, size)
 
     # The retained events
 
-    def record(self, kind: str, type: str | None, key: str | None, data: dict[str, Any]) -> Event:
+    def record(
+        self,
+        kind: str,
+        type: str | None,
+        key: str | None,
+        data: dict[str, Any],
+        size: int = _VIEW_SIZE,
+    ) -> Event:
         """
-        Record one event: render it, retain it, and have it sent within
+        Record one event: retain it, and have it sent within
         C{delivery_delay} to every client that selects it and is not paused
-        (one write per client for all the events of that time).
+        (one write per client for all the events of that time).  It is
+        rendered when a client is first sent it: with no client, events cost
+        no encoding at all.
+
+        @param size: about how long its frame will be.
         """
         self._last += 1
-        event = Event(self._last, kind, type, key, frame(self._last, kind, data))
+        event = Event(self._last, kind, type, key, data, size)
         retained = self._retained
         retained.append(event)
-        self._retained_bytes += len(event.frame)
+        self._retained_bytes += size
         while len(retained) > 1 and (
             len(retained) > self._keep or self._retained_bytes > self._keep_bytes
         ):
-            self._retained_bytes -= len(retained.popleft().frame)
+            self._retained_bytes -= retained.popleft().size
         if self._clients and self._delivery is None:
             self._delivery = self.clock.callLater(self._delivery_delay, self._deliver)
         return event
+
+    def _render(self, event: Event) -> bytes:
+        """
+        @return: C{event}'s frame, the retained bytes counted with its
+            length from now on instead of the estimate.
+        """
+        if event.data is not None:
+            rendered = event.render()
+            self._retained_bytes += len(rendered) - event.size
+            event.size = len(rendered)
+        return event.render()
 
     def _deliver(self) -> None:
         self._delivery = None
@@ -443,8 +488,9 @@ class EventStream:
             event = retained[index]
             client.position = event.id
             if client.selection.matches(event):
-                batch.append(event.frame)
-                size += len(event.frame)
+                rendered = self._render(event)
+                batch.append(rendered)
+                size += len(rendered)
                 if size >= WRITE_SIZE:
                     client.write(b"".join(batch))
                     batch, size = [], 0
