@@ -27,7 +27,12 @@ class Status(str, Enum):
 
     @property
     def terminal(self) -> bool:
-        return self in (Status.DONE, Status.FAILED)
+        # By value: a member's hash and its class's attributes cost Python
+        # calls, and this is asked of every job a client waits for.
+        return self._value_ in _TERMINAL
+
+
+_TERMINAL = frozenset({"done", "failed"})
 
 
 class TypeState(str, Enum):
