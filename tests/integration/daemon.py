@@ -13,12 +13,25 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
 PORT_LINE = re.compile(rb"UploadSite (?:\(TLS\) )?starting on (\d+)")
+T = TypeVar("T")
+
+
+def until(condition: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll C{condition()} until it is true and return it; fail naming C{what} if it never is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def _filing_at_once(config: str) -> str:

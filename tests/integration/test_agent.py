@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.integration.agents import AgentProcess, MachineAgent
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import Daemon, until
 
 def submit(server: Daemon, payload: bytes, key: str, job_type: str | None = None) -> None:
     path = "/api/jobs/submit" + (f"/{job_type}" if job_type else "")
@@ -42,15 +42,6 @@ def finished(server: Daemon, key: str, timeout: float = 30) -> dict[str, Any]:
             return job
     raise AssertionError(f"job {key} still {job['status']}")
 
-
-def until(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def result(server: Daemon, key: str) -> bytes:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
 import websocket
 
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import Daemon, until
 from tests.integration.proxy import Proxy
 
 
@@ -59,12 +59,6 @@ def submit(server: Daemon, key: str) -> None:
 def view(server: Daemon, key: str) -> dict[str, Any]:
     return requests.get(f"{server.url}/api/jobs/{key}", timeout=10).json()
 
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -110,7 +104,7 @@ def test_requeued_after_grace(proxied: Any) -> None:
     worker = V2Worker(proxy.ws_url)
     frame, _ = worker.job()
     proxy.cut()
-    eventually(lambda: view(server, "lost")["status"] == "pending")
+    until(lambda: view(server, "lost")["status"] == "pending")
     job = view(server, "lost")
     assert job["failure_count"] == 1 and job["error"]["info"] == "worker disconnected for 0.5 s"
     again = V2Worker(proxy.ws_url, held=[{"job": frame["job"], "attempt": 1, "finished": True}])

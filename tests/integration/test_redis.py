@@ -8,15 +8,14 @@ holds across instances.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
 
 from tests.integration.conftest import assert_clean_log
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import Daemon, until
 from tests.integration.s3server import shared
 from tests.integration.redisserver import RedisServer
 from tests.integration.test_metrics import samples, scrape
@@ -65,16 +64,6 @@ path = "{storage}"
     for server in started:
         server.stop()
 
-
-def until(condition: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Wait for C{condition()} to be true; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            assert value, "condition not met in time"
-            return value
-        time.sleep(0.02)
 
 
 def test_submit_on_one_run_on_another(instances: Callable[..., Daemon]) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import requests
 
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import Daemon, until
 from tests.integration.test_cli import gridlike
 from tests.integration import test_redis
 from tests.integration.test_workers import PlainWorker, submit, view
@@ -103,4 +103,6 @@ def test_every_instance_sees_it(instances: Any) -> None:
     worker.send(code=1, status=1)
     post(a, "/api/resume/render")
     opcode, data = worker.ws.recv_data()
-    assert data == b"x" and view(a, key)["status"] == "running"
+    assert data == b"x"
+    # Instance a learns of b's dispatch through Redis, a moment later.
+    until(lambda: view(a, key)["status"] == "running", what="the dispatch to reach instance a")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import select
 import socket
-import time
 from http.client import HTTPResponse
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,7 +17,7 @@ import psutil
 import pytest
 import requests
 
-from tests.integration.daemon import Daemon
+from tests.integration.daemon import Daemon, until
 
 BOUNDARY = b"limits-boundary"
 HEAD = (
@@ -47,13 +46,6 @@ def chunk(data: bytes) -> bytes:
 def payload_files(server: Daemon) -> list[Path]:
     return [p for p in (server.directory / "gridlike-data" / "payloads").rglob("*") if p.is_file()]
 
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    """Wait until C{condition()} holds; fail naming C{what} if it never does."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, object]]:
@@ -103,7 +95,7 @@ def test_many_fields_in_a_chunked_body(daemon: Daemon) -> None:
     assert status == 413, answer
     assert "fields" in str(answer["problem"])
     assert process.memory_info().rss - before < 64 * 1024 * 1024
-    wait_for(lambda: payload_files(daemon) == [], "the payload of the refused body is removed")
+    until(lambda: payload_files(daemon) == [], what="the payload of the refused body is removed")
     response = requests.post(daemon.url + "/api/jobs/submit", files={"payload": b"after"}, timeout=10)
     assert response.status_code == 202, response.text
 
@@ -124,7 +116,7 @@ def test_bulk_limit_is_per_payload(make_daemon: Callable[..., Daemon], chunked: 
     response = post(server, "/api/jobs/bulk", over, chunked)
     assert response.status_code == 413, response.text
     assert "problem" in response.json()
-    wait_for(lambda: len(payload_files(server)) == 4, "only the accepted payloads remain")
+    until(lambda: len(payload_files(server)) == 4, what="only the accepted payloads remain")
     assert len(requests.get(server.url + "/api/jobs", timeout=10).json()) == 4
 
 
@@ -155,14 +147,14 @@ def test_uploads_per_address(make_daemon: Callable[..., Daemon]) -> None:
     """
     server = make_daemon("[server]\nmax_uploads_per_address = 2\n")
     tricklers = [start_trickle(server) for _ in range(2)]
-    wait_for(lambda: len(payload_files(server)) == 2, "both uploads have begun")
+    until(lambda: len(payload_files(server)) == 2, what="both uploads have begun")
     response = requests.post(server.url + "/api/jobs/submit", files={"payload": b"x"}, timeout=10)
     assert response.status_code == 429, response.text
     assert "127.0.0.1" in response.json()["problem"]
     assert submit_from("127.0.0.2", server) == 202
     for sock in tricklers:
         sock.close()
-    wait_for(lambda: len(payload_files(server)) == 1, "the abandoned uploads are removed")
+    until(lambda: len(payload_files(server)) == 1, what="the abandoned uploads are removed")
     assert submit_from("127.0.0.1", server) == 202
 
 
@@ -176,7 +168,7 @@ def test_trickling_uploads_are_closed(make_daemon: Callable[..., Daemon]) -> Non
         "[server]\nmax_uploads = 2\nmin_upload_rate = 100\nupload_rate_window = 3\n"
     )
     tricklers = [start_trickle(server) for _ in range(2)]
-    wait_for(lambda: len(payload_files(server)) == 2, "both uploads have begun")
+    until(lambda: len(payload_files(server)) == 2, what="both uploads have begun")
     response = requests.post(server.url + "/api/jobs/submit", files={"payload": b"x"}, timeout=10)
     assert response.status_code == 503, response.text
     for sock in tricklers:
@@ -184,6 +176,6 @@ def test_trickling_uploads_are_closed(make_daemon: Callable[..., Daemon]) -> Non
             status, answer = read_response(sock)
         assert status == 408, answer
         assert "bytes a second" in str(answer["problem"])
-    wait_for(lambda: payload_files(server) == [], "the partial payloads are removed")
+    until(lambda: payload_files(server) == [], what="the partial payloads are removed")
     response = requests.post(server.url + "/api/jobs/submit", files={"payload": b"x"}, timeout=10)
     assert response.status_code == 202, response.text
