@@ -304,10 +304,12 @@ class Quorum:
         still running at it and remove the results kept for it.
         """
         reason = "deleted" if self._registry.by_id(job.id) is not job else f"job {job.status.value}"
-        for assignment in list(self._live.pop(job.id, {}).values()):
+        live = list(self._live.pop(job.id, {}).values())
+        for assignment in live:
             self._withdraw(assignment, reason)
         if job.ballot is not None and job.id not in self._deciding:
-            self._remove(vote_object(job.id, n) for n in job.ballot.votes)
+            numbers = [*job.ballot.votes, *(a.attempt for a in live)]
+            self._remove(vote_object(job.id, n) for n in numbers)
 
     # Views
 
