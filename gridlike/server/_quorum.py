@@ -307,8 +307,10 @@ class Quorum:
         live = list(self._live.pop(job.id, {}).values())
         for assignment in live:
             self._withdraw(assignment, reason)
-        if job.ballot is not None and job.id not in self._deciding:
-            numbers = [*job.ballot.votes, *(a.attempt for a in live)]
+        ballot = job.ballot
+        if ballot is not None and job.id not in self._deciding:
+            numbers = [*(ballot.votes if ballot.kept else ()), *(a.attempt for a in live)]
+            ballot.kept = False
             self._remove(vote_object(job.id, n) for n in numbers)
 
     # Views
@@ -389,6 +391,8 @@ class Quorum:
 
     async def _settle(self, job: Job) -> None:
         """Decide C{job} if its results allow it; else it wants more."""
+        if self._registry.by_id(job.id) is not job or job.status.terminal:
+            return
         verdict = self._verdict(job)
         if verdict is None:
             self._want_more(job)

@@ -88,6 +88,8 @@ class Ballot:
 
     needed: int
     votes: dict[int, Vote] = field(factory=dict)
+    kept: bool = False
+    """Whether the votes' bytes may still be in storage (until the job closes)."""
 
     def groups(self) -> list[tuple[str, list[int]]]:
         """

@@ -474,6 +474,7 @@ class JobTable:
         job.attempt = max(job.attempt, record["n"])
         if job.ballot is not None:
             job.ballot.votes[record["n"]] = Vote(record["worker"], record["digest"], record["size"])
+            job.ballot.kept = True
 
     def _apply_retry(self, job: Job, record: dict[str, Any]) -> None:
         if job.status is not Status.FAILED:
