@@ -416,7 +416,9 @@ class QuorumDispatchTests(SynchronousTestCase):
         self.assertEqual(job_view(restored)["quorum"], {"needed": 2, "agreeing": 1, "results": 1})
         self.assertEqual(restored.attempt, 1)
         self.assertEqual(
-            again.dispatcher.quorum.kept_objects(again.registry), {vote_object(job.id, 1)}
+            again.dispatcher.quorum.kept_objects(again.registry),
+            {vote_object(job.id, n) for n in range(1, 6)},
+            "the attempts so far and the next max_attempts",
         )
         w1 = again.connect("w1")
         self.assertEqual(w1.held(), [])

@@ -333,8 +333,10 @@ class Quorum:
     def kept_objects(self, jobs: Iterable[Job]) -> set[str]:
         """
         @param jobs: every job.
-        @return: the storage names of the results kept for undecided jobs,
-            which tidying storage must not take for orphans.
+        @return: the storage names that results of undecided jobs have or
+            may soon have, which tidying storage must not take for orphans:
+            those of their attempts so far, and of the next ones (the
+            attempt a crash cut short is started again under its number).
         """
         if not self._policies:
             return set()
@@ -342,7 +344,7 @@ class Quorum:
             vote_object(job.id, n)
             for job in jobs
             if job.ballot is not None and not job.status.terminal
-            for n in job.ballot.votes
+            for n in range(1, job.attempt + self._limit(job) + 1)
         }
 
     # Internals

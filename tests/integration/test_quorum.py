@@ -236,3 +236,25 @@ def test_late_results_dropped(make_daemon: Callable[..., Daemon]) -> None:
     assert json.dumps(view(server, key)["quorum"]) == json.dumps(
         {"needed": 3, "agreeing": 1, "results": 2}
     )
+
+
+def test_two_pull_workers(make_daemon: Callable[..., Daemon]) -> None:
+    """Two pull workers hold attempts at one job at once, each answered on its own."""
+    server = make_daemon("[scheduling]\nquorum = 2\n")
+    key = submit(server, b"p")
+    first, second = pull_claim(server, "p1"), pull_claim(server, "p2")
+    assert first.headers["GridLike-Job-Id"] == second.headers["GridLike-Job-Id"]
+    assert (first.headers["GridLike-Attempt"], second.headers["GridLike-Attempt"]) == ("1", "2")
+    progress = requests.post(
+        f"{server.url}/api/worker/jobs/{first.headers['GridLike-Job-Id']}/progress",
+        params={"attempt": "1"},
+        json={"percent": 50},
+        timeout=10,
+    )
+    assert progress.status_code == 202, progress.text
+    assert pull_result(server, second, b"same").status_code == 202
+    assert view(server, key)["status"] == "running"
+    assert pull_result(server, first, b"same").status_code == 202
+    job = view(server, key, wait=10)
+    assert (job["status"], job["quorum"]["agreeing"]) == ("done", 2)
+    assert {w["uid"]: w["quorum"]["agreed"] for w in workers(server).values()} == {"p1": 1, "p2": 1}
