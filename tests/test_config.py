@@ -191,6 +191,8 @@ def test_etc_file_example_types_load() -> None:
             keep_failed=30 * 86400.0,
             on_done="https://hooks.example/done",
             on_failed="https://hooks.example/failed",
+            quorum=2,
+            quarantine_after=3,
         ),
         "stage2": TypeSettings(name="stage2"),
     }

@@ -32,6 +32,7 @@ from types import MappingProxyType
 from attrs import field, frozen
 
 from gridlike.server._config_auth import AuthSettings, _auth, _refuse_unsigned_webhooks
+from gridlike.server._config_quorum import quorum_keys, refuse_bad_quorums
 from gridlike.server._config_redis import RedisSettings, _redis
 from gridlike.server._config_s3 import S3Settings, _s3
 from gridlike.server._config_workers import WorkerSettings, _workers
@@ -235,6 +236,11 @@ class SchedulingSettings:
     @ivar on_done: the http(s) URL an untyped job's view is posted to
         once it is done (L{gridlike.server.webhooks}); C{None}: none.
     @ivar on_failed: the same once it has failed for good.
+    @ivar quorum: how many workers of distinct ids must return equal
+        results for an untyped job to be done (docs/quorum.md); C{None}:
+        the first result is the job's.
+    @ivar quarantine_after: disagreements after which a worker gets no
+        more quorum jobs of its type; C{None}: never.
     """
 
     batch_size: int = 100
@@ -243,6 +249,8 @@ class SchedulingSettings:
     keep_failed: float | None = None
     on_done: str | None = None
     on_failed: str | None = None
+    quorum: int | None = None
+    quarantine_after: int | None = None
 
 
 @frozen
@@ -263,6 +271,8 @@ class TypeSettings:
     @ivar on_done: the http(s) URL a job's view is posted to once it is
         done (L{gridlike.server.webhooks}); C{None}: none.
     @ivar on_failed: the same once it has failed for good.
+    @ivar quorum: as C{[scheduling] quorum}, for this type's jobs.
+    @ivar quarantine_after: as C{[scheduling] quarantine_after}.
     """
 
     name: str
@@ -274,6 +284,8 @@ class TypeSettings:
     keep_failed: float | None = None
     on_done: str | None = None
     on_failed: str | None = None
+    quorum: int | None = None
+    quarantine_after: int | None = None
 
 
 def _no_types() -> Mapping[str, TypeSettings]:
@@ -355,6 +367,19 @@ class Settings:
         if table is None:
             return None
         return table.on_done if status is Status.DONE else table.on_failed
+
+    def quorum_for(self, type_name: str | None) -> tuple[int, int | None] | None:
+        """
+        The quorum policy of a job's type (PROTOCOL.md 5.6), read as
+        L{keep_for} reads its keys.
+
+        @param type_name: the job's type, or C{None} for an untyped job.
+        @return: C{(quorum, quarantine_after)}, or C{None} without a quorum.
+        """
+        table = self._policies(type_name)
+        if table is None or table.quorum is None:
+            return None
+        return table.quorum, table.quarantine_after
 
     def _policies(self, type_name: str | None) -> SchedulingSettings | TypeSettings | None:
         """
@@ -469,6 +494,7 @@ def parse_settings(
         if getattr(table, key) is not None
     ]
     _refuse_unsigned_webhooks(hooks, auth, registry.kind)
+    refuse_bad_quorums(scheduling, types, registry.kind)
     return Settings(
         server=server,
         registry=registry,
@@ -652,6 +678,7 @@ def _scheduling(table: _Table) -> SchedulingSettings:
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
+        **quorum_keys(table),
     )
     table.finish()
     return settings
@@ -730,6 +757,7 @@ def _type(table: _Table, name: str) -> TypeSettings:
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
+        **quorum_keys(table),
     )
     table.finish()
     return settings

@@ -88,7 +88,7 @@ class Core:
             when_loaded = redis.when_loaded
         else:
             registry = Registry(settings, journal, storage, clock, eventual)
-        dispatcher = Dispatcher(settings, registry, clock, eventual)
+        dispatcher = Dispatcher(settings, registry, clock, eventual, storage)
         registry.add_listener(dispatcher)
         registry.add_type_listener(dispatcher.type_state_changed)
         if when_loaded is not None:

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
+from gridlike.server._quorum import Quorum
 from gridlike.server.config import Settings
 from gridlike.server.errors import Damaged, Unavailable
 from gridlike.server.listeners import (
@@ -47,6 +48,7 @@ from gridlike.server.listeners import (
 )
 from gridlike.server.model import Job, Progress, Status, TypeState, timestamp
 from gridlike.server.registry import IRegistry
+from gridlike.server.storage import RESULT, IPayloadWriter, IStorage
 
 log = Logger()
 
@@ -183,6 +185,9 @@ class _Assignment:
     timed_out: bool = False
     grace: IDelayedCall | None = None
     """While detached: ends the attempt when the worker does not come back."""
+    attempt: int = 0
+    """Its number: the job's C{attempt} when it started."""
+    digest: str | None = None  # of its result, for a quorum job (L{_quorum})
 
     def stop_timers(self) -> None:
         for call in (self.lease, self.grace):
@@ -247,10 +252,12 @@ class Dispatcher:
         registry: IRegistry,
         clock: IReactorTime,
         eventual: EventualQueue | None = None,
+        storage: IStorage | None = None,
     ) -> None:
         """
         @param eventual: where announcements wait for their turn: the
             registry's, so that job and worker changes keep their order.
+        @param storage: where results are; needed when a type has a quorum.
         """
         self._settings = settings
         self._registry = registry
@@ -269,6 +276,10 @@ class Dispatcher:
         """Told of every attempt that ends without a result, and why, in
         one word of L{gridlike.server.metrics.REASONS} (the metrics count
         them)."""
+        self.quorum = Quorum(  # the jobs of types with a quorum
+            settings, registry, storage, self._withdraw,
+            lambda job_type: self._eventual.eventually(self._offer, job_type),
+        )
 
     def add_listener(self, listener: IWorkerListener) -> None:
         """Announce every change of a worker from now on to C{listener}."""
@@ -387,13 +398,14 @@ class Dispatcher:
         paused = self._registry.type_state(link.job_type) is TypeState.PAUSED
         idle = self._idle_of(link.job_type)
         idle.remove(link)
+        quorum = self.quorum if self.quorum.applies(link.job_type) else None
         while len(record.jobs) < link.slots:
-            job = None if paused else queue.peek()
+            job = None if paused else queue.peek() if quorum is None else quorum.next_for(link, queue)
             if job is None:
                 idle.add(link)
                 self._set_state(record, "busy" if record.jobs else "ready")
                 return
-            if job.avoid == link.uid and idle.has_other_than(link.uid):
+            if quorum is None and job.avoid == link.uid and idle.has_other_than(link.uid):
                 other = idle.take(avoid=link.uid)
                 assert other is not None
                 self._assign(other, job)
@@ -456,6 +468,7 @@ class Dispatcher:
         A job that became pending goes to an idle worker of its type now; a
         deleted one is taken back from its worker.
         """
+        self.quorum.job_changed(change, job)
         if change.pending:
             self._offer(job.type)
         elif change is JobChange.DELETED:
@@ -480,6 +493,11 @@ class Dispatcher:
         """Give the best pending jobs of C{job_type} to its idle workers."""
         idle = self._idle.get(job_type)
         if idle is None or self._registry.type_state(job_type) is TypeState.PAUSED:
+            return
+        if self.quorum.applies(job_type):
+            # Each worker takes what it may: not a job it runs already.
+            for ready in [link for links in idle.by_uid.values() for link in links]:
+                self.ready(ready)
             return
         queue = self._registry.pending(job_type)
         while idle.by_uid:
@@ -533,6 +551,7 @@ class Dispatcher:
             ),
             "jobs_done": totals.done,
             "jobs_failed": totals.failed,
+            "quorum": self.quorum.view(record.uid, record.type),
         }
 
     def counts(self) -> dict[str, int]:
@@ -586,6 +605,9 @@ class Dispatcher:
         )
         record.jobs[job.id] = assignment
         self._assignments[job.id] = assignment
+        assignment.attempt = job.attempt
+        if self.quorum.applies(job.type):
+            self.quorum.started(assignment)
         if claim is None:
             self._run(assignment, send)
         else:
@@ -686,17 +708,17 @@ class Dispatcher:
         except JobFailed as e:
             totals.failed += 1
             self.attempt_failed(job, "failed")
-            await registry.fail(job, e.info, e.logs, uid)
+            await self._fail(assignment, e.info, e.logs)
         except WorkerLost as e:
             totals.failed += 1
             self.attempt_failed(job, _reason_lost(e))
-            await registry.fail(job, str(e) or "worker disconnected", None, uid)
+            await self._fail(assignment, str(e) or "worker disconnected", None)
         except CancelledError:
             withdrawn = True
             if assignment.timed_out:
                 totals.failed += 1
                 self.attempt_failed(job, "timeout")
-                await registry.fail(job, f"timed out after {timeout:g} s", None, uid)
+                await self._fail(assignment, f"timed out after {timeout:g} s", None)
             # else the job was deleted
         except Damaged as e:
             # No other worker could do better, and this one did nothing.
@@ -706,22 +728,26 @@ class Dispatcher:
         except Exception:
             log.failure("job {key} on worker {uid}", key=job.key, uid=uid)
             self.attempt_failed(job, "internal")
-            await registry.fail(job, "internal error", None, uid)
+            await self._fail(assignment, "internal error", None)
         else:
             try:
-                await registry.complete(job, size, uid)
-                totals.done += 1
-                recorded = True
+                if self.quorum.applies(job.type):
+                    recorded = await self.quorum.count(assignment, size)
+                else:
+                    await registry.complete(job, size, uid)
+                    recorded = True
+                totals.done += recorded
             except Unavailable as e:
                 recorded = False
                 # Logged with the attempt's failure, which says the problem.
                 self.attempt_failed(job, "unstored")
-                await registry.fail(job, str(ResultNotStored(e.problem)), None, uid)
+                await self._fail(assignment, str(ResultNotStored(e.problem)), None)
             if assignment.link is not None:
                 assignment.link.result_recorded(job, recorded)
         finally:
             assignment.stop_timers()
             self._undetach(assignment)
+            self.quorum.ended(assignment)
             # The job may be on another attempt already: end only this one.
             if self._assignments.get(job.id) is assignment:
                 del self._assignments[job.id]
@@ -735,6 +761,21 @@ class Dispatcher:
                     withdrawn and link.protocol == 1
                 ):
                     link.request_status()
+
+    def _fail(self, assignment: _Assignment, info: str | None, logs: str | None) -> Deferred[None]:
+        """Record that an attempt ended without a result."""
+        if self.quorum.applies(assignment.job.type):
+            return Deferred.fromCoroutine(self.quorum.failed(assignment, info, logs))
+        return self._registry.fail(assignment.job, info, logs, assignment.uid)
+
+    def result_writer(
+        self, link: IWorkerLink, job: Job, storage: IStorage, max_size: int | None
+    ) -> IPayloadWriter:
+        """@return: where the result of C{job}'s attempt on C{link} goes."""
+        if self.quorum.applies(job.type):
+            record = self._records.get(link)
+            return self.quorum.writer(None if record is None else record.jobs.get(job.id), job, max_size)
+        return storage.writer(job.id, RESULT, max_size=max_size)
 
     def _forget_old(self) -> None:
         horizon = self._clock.seconds() - self._settings.workers.forget_after

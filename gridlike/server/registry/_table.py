@@ -33,6 +33,7 @@ from gridlike.server.model import (
     Progress,
     Status,
     TypeState,
+    Vote,
 )
 from gridlike.server.queue import PendingQueue
 
@@ -273,6 +274,16 @@ class JobTable:
         job.progress = None
         self._announce(JobChange.STARTED, job)
 
+    def requeue(self, job: Job, running: bool = False) -> None:
+        """
+        C{job}, of a type with a quorum, wants another worker: it goes back
+        into its queue at its place, and is pending again unless attempts
+        at it are still C{running} (L{gridlike.server._quorum}).
+        """
+        if not running and job.status is Status.RUNNING:
+            self._set_status(job, Status.PENDING)
+        self.pending(job.type).push(job)
+
     def note_progress(self, job: Job, progress: Progress) -> None:
         """The worker running C{job} reported progress."""
         if job.status is Status.RUNNING:
@@ -346,6 +357,10 @@ class JobTable:
                     self._apply_delete(found, record)
         elif op == "type_state":
             self._apply_type_state(record["type"] or None, TypeState(record["state"]))
+        elif op == "vote":
+            found = self._jobs.get(record["id"])
+            if found is not None:
+                self._apply_vote(found, record)
 
     def _apply_type_state(self, type: str | None, state: TypeState) -> None:
         if state is TypeState.ACTIVE:
@@ -439,7 +454,11 @@ class JobTable:
         job.order = record["order"]
         job.progress = None
         self._next = max(self._next, job.order + 1)
-        if record["status"] == Status.FAILED.value:
+        if record["status"] == Status.RUNNING.value:
+            # A quorum job's attempt failed while others run on (older
+            # versions read this as pending, as a restart makes it anyway).
+            self._announce(JobChange.ATTEMPT_FAILED, job)
+        elif record["status"] == Status.FAILED.value:
             job.ended = record["ended"]
             self.pending(job.type).discard(job)
             self._set_status(job, Status.FAILED)
@@ -450,6 +469,13 @@ class JobTable:
             self.pending(job.type).push(job)
             self._announce(JobChange.ATTEMPT_FAILED, job)
 
+    def _apply_vote(self, job: Job, record: dict[str, Any]) -> None:
+        """One result of a quorum job (L{gridlike.server._quorum})."""
+        job.attempt = max(job.attempt, record["n"])
+        if job.ballot is not None:
+            job.ballot.votes[record["n"]] = Vote(record["worker"], record["digest"], record["size"])
+            job.ballot.kept = True
+
     def _apply_retry(self, job: Job, record: dict[str, Any]) -> None:
         if job.status is not Status.FAILED:
             return
@@ -457,6 +483,8 @@ class JobTable:
         job.error = None
         job.ended = None
         job.avoid = None
+        if job.ballot is not None:
+            job.ballot.votes.clear()
         job.order = record["order"]
         self._next = max(self._next, job.order + 1)
         self._set_status(job, Status.PENDING)
