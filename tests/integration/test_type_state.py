@@ -106,3 +106,30 @@ def test_every_instance_sees_it(instances: Any) -> None:
     assert data == b"x"
     # Instance a learns of b's dispatch through Redis, a moment later.
     until(lambda: view(a, key)["status"] == "running", what="the dispatch to reach instance a")
+
+
+KEY = "k-types"
+
+
+def signed_in(server: Daemon) -> tuple[requests.Session, str]:
+    """A dashboard session, as the page opens one: signed in with an API key; its CSRF token."""
+    browser = requests.Session()
+    answer = browser.post(server.url + "/api/session", json={"api_key": KEY}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return browser, answer.json()["csrf"]
+
+
+def test_dashboard_session(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    With API keys set, the dashboard's session cookie (and its CSRF token)
+    pauses, drains and resumes a type, as the page's buttons do; without the
+    token it is refused, and without the cookie the API key is still needed.
+    """
+    server = make_daemon(f'[auth]\napi_keys = ["{KEY}"]\n\n' + TYPED)
+    assert post(server, "/api/pause/render").status_code == 401
+    browser, csrf = signed_in(server)
+    refused = browser.post(server.url + "/api/pause/render", timeout=10)
+    assert refused.status_code == 403 and "X-CSRF-Token" in refused.json()["problem"]
+    for verb, state in (("pause", "paused"), ("drain", "draining"), ("resume", "active")):
+        answer = browser.post(server.url + f"/api/{verb}/render", headers={"X-CSRF-Token": csrf}, timeout=10)
+        assert (answer.status_code, answer.json()) == (202, {"type": "render", "state": state})
