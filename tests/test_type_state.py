@@ -71,6 +71,34 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(h.registry.stats()["type_states"], {})
 
 
+class ListenerTests(SynchronousTestCase):
+    def test_only_changes(self) -> None:
+        """The type listeners hear each real change once; setting the state a type has is no change."""
+        h = Harness()
+        heard: list[tuple[str | None, TypeState]] = []
+        h.registry.add_type_listener(lambda t, s: heard.append((t, s)))
+        set_state(h, TypeState.PAUSED)
+        set_state(h, TypeState.PAUSED)
+        set_state(h, TypeState.DRAINING)
+        set_state(h, TypeState.ACTIVE)
+        set_state(h, TypeState.ACTIVE)
+        set_state(h, TypeState.ACTIVE, "encode")
+        self.assertEqual(
+            heard,
+            [("render", TypeState.PAUSED), ("render", TypeState.DRAINING), ("render", TypeState.ACTIVE)],
+        )
+
+    def test_not_replayed(self) -> None:
+        """A restart's replay announces nothing."""
+        h = Harness()
+        set_state(h, TypeState.PAUSED)
+        core = memory_core(CONFIG, h.clock, journal=h.journal, storage=h.storage)
+        heard: list[object] = []
+        core.registry.add_type_listener(lambda t, s: heard.append((t, s)))
+        h.clock.advance(0)
+        self.assertEqual((core.registry.type_states(), heard), ({"render": TypeState.PAUSED}, []))
+
+
 class DurableTests(SynchronousTestCase):
     def replayed(self, h: Harness) -> Registry:
         core = memory_core(CONFIG, h.clock, journal=h.journal, storage=h.storage)
