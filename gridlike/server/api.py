@@ -130,6 +130,7 @@ class GridLikeAPI:
             stall_timeout=server.idle_timeout,
         )
         core.add_observer(self.events)
+        core.registry.add_type_listener(self.events.type_state_changed)
         self.dashboard = Dashboard(
             core.settings, self.sessions, core.clock, lambda: self.events.last_id
         )
