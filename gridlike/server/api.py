@@ -318,6 +318,10 @@ class GridLikeAPI:
     def workers(self, request: IRequest) -> bytes:
         return json_body(request, self._core.worker_views())
 
+    @app.route("/api/types", methods=["GET"])
+    def types(self, request: IRequest) -> bytes:
+        return json_body(request, self._core.type_views())
+
     @app.route("/api/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:
         return json_body(request, self._core.stats())
