@@ -103,7 +103,11 @@ class JobTable:
             self._listeners.insert(self._listeners.index(before), listener)
 
     def add_type_listener(self, listener: Callable[[str | None, TypeState], None]) -> None:
-        """Call C{listener(type, state)} when a type is paused, drained or resumed."""
+        """
+        Call C{listener(type, state)}, on a later turn, when a type is
+        paused, drained or resumed: only when its state changes (pausing a
+        paused type announces nothing), never while replaying.
+        """
         self._type_listeners.append(listener)
 
     # Reads
@@ -363,13 +367,19 @@ class JobTable:
                 self._apply_vote(found, record)
 
     def _apply_type_state(self, type: str | None, state: TypeState) -> None:
+        """Set C{type}'s state; the listeners hear of it only if it changed."""
+        if self.type_state(type) is state:
+            return
         if state is TypeState.ACTIVE:
             self._type_states.pop(type, None)
         else:
             self._type_states[type] = state
         if not self._replaying:
-            for listener in self._type_listeners:
-                self._eventual.eventually(listener, type, state)
+            self._announce_type_state(type, state)
+
+    def _announce_type_state(self, type: str | None, state: TypeState) -> None:
+        for listener in self._type_listeners:
+            self._eventual.eventually(listener, type, state)
 
     def _type_state_records(self) -> list[dict[str, Any]]:
         """Records that set the paused and draining types again (for a snapshot)."""
