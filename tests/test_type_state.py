@@ -92,6 +92,8 @@ on_done = "https://hooks.example/done"
 result_becomes = "encode"
 
 [types.encode]
+quorum = 3
+quarantine_after = 2
 """
 
 
@@ -123,10 +125,12 @@ class TypeViewTests(SynchronousTestCase):
         self.assertEqual(views["render"]["policies"], {
             "max_attempts": 2, "timeout": 30.0, "result_becomes": "encode",
             "keep_done": 7 * 86400.0, "keep_failed": None, "on_done": True, "on_failed": False,
+            "quorum": None, "quarantine_after": None,
         })
         self.assertEqual(views["encode"]["policies"], {
             "max_attempts": 4, "timeout": 0.0, "result_becomes": None,
             "keep_done": None, "keep_failed": None, "on_done": False, "on_failed": False,
+            "quorum": 3, "quarantine_after": 2,
         })
         self.assertNotIn("hooks.example", json.dumps(views))
 

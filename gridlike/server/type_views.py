@@ -35,6 +35,7 @@ def policies(settings: Settings, job_type: str | None) -> dict[str, Any]:
     to; C{on_done} and C{on_failed} say only whether a webhook is set.
     """
     table = None if job_type is None else settings.types[job_type]
+    quorum, quarantine_after = settings.quorum_for(job_type) or (None, None)
     return {
         "max_attempts": settings.attempts_for(job_type),
         "timeout": 0.0 if table is None else table.timeout,
@@ -43,6 +44,8 @@ def policies(settings: Settings, job_type: str | None) -> dict[str, Any]:
         "keep_failed": settings.keep_for(job_type, Status.FAILED),
         "on_done": settings.webhook_for(job_type, Status.DONE) is not None,
         "on_failed": settings.webhook_for(job_type, Status.FAILED) is not None,
+        "quorum": quorum,
+        "quarantine_after": quarantine_after,
     }
 
 
