@@ -57,6 +57,8 @@ def _encode_job(job: Job) -> list[Any]:
         job.child,
         job.result_size,
         job.attempt,
+        job.digest,
+        job.cached_from,
     ]
 
 
@@ -92,7 +94,7 @@ def _decode_job(row: list[Any]) -> Job:
         parent,
         child,
         result_size,
-        *attempt,
+        *later,
     ) = row
     # Positional, and sharing equal strings and numbers: a replay builds
     # millions of these.
@@ -119,6 +121,8 @@ def _decode_job(row: list[Any]) -> Job:
         parent,
         child,
         result_size,
-        # Journals from before attempt numbers: as many as it failed.
-        attempt[0] if attempt else failure_count,
+        # Journals from before attempt numbers: as many as it failed; from
+        # before the result cache: no digest, not cached.
+        later[0] if later else failure_count,
+        *later[1:3],
     )
