@@ -15,6 +15,7 @@ from typing import Any, Callable
 import requests
 
 from tests.integration.daemon import Daemon, until
+from tests.integration.test_events import Stream, keys
 from tests.integration.test_metrics import samples, scrape
 from tests.integration.test_workers import PlainWorker, submit, view
 
@@ -59,7 +60,12 @@ def test_same_bytes_answered(make_daemon: Callable[..., Daemon]) -> None:
     run_one(server, b"frame 1", b"RENDERED 1", "first")
     assert view(server, "first")["cached_from"] is None
 
+    stream = Stream(server, "?key=again")
     submit(server, b"frame 1", "/api/jobs/submit/render", key="again")
+    events = stream.take(2)
+    stream.close()
+    assert keys(events) == [("submitted", "again"), ("done", "again")]
+    assert events[1]["data"]["job"]["cached_from"] == "first"
     again = view(server, "again")  # no wait: it is done already
     assert (again["status"], again["cached_from"]) == ("done", "first")
     assert again["result_size"] == len(b"RENDERED 1")
