@@ -137,7 +137,8 @@ class Registry(JobTable):
             if self._key_taken(key):
                 raise Conflict(f"key: {key!r} is already in use")
         hits: dict[int, tuple[Job, str | None]] = {}
-        if any(spec.digest is not None for spec in specs):
+        digested = any(spec.digest is not None for spec in specs)
+        if digested:
             self._reserved.update(keys)  # while the cache's results are linked
             try:
                 hits = await self._cache_hits(specs)
@@ -152,13 +153,7 @@ class Registry(JobTable):
                 payloads.append(data)
         now = self._clock.seconds()
         jobs = [self._new_job(spec, now) for spec in specs]
-        made = list(jobs)
-        taken = set(keys)
-        for index, spec in enumerate(specs):
-            if spec.digest is not None and self._settings.caches(spec.type):
-                jobs[index].digest = spec.digest
-                if index in hits:
-                    made += self._answer_cached(jobs[index], *hits[index], now, taken)
+        made = self._with_cache(specs, jobs, hits, set(keys), now) if digested else jobs
         record: dict[str, Any] = {
             "op": "put",
             "jobs": [_encode_job(job) for job in made],
@@ -209,6 +204,29 @@ class Registry(JobTable):
                     await self._storage.delete(child_id)
             raise
         return hits
+
+    def _with_cache(
+        self,
+        specs: Sequence[NewJob],
+        jobs: list[Job],
+        hits: dict[int, tuple[Job, str | None]],
+        taken: set[str],
+        now: float,
+    ) -> list[Job]:
+        """
+        Give the new jobs of caching types their digests, and make those
+        that L{_cache_hits} found done.
+
+        @param taken: the keys the record gives.
+        @return: C{jobs}, then the children made of the shared results.
+        """
+        made = list(jobs)
+        for index, spec in enumerate(specs):
+            if spec.digest is not None and self._settings.caches(spec.type):
+                jobs[index].digest = spec.digest
+                if index in hits:
+                    made += self._answer_cached(jobs[index], *hits[index], now, taken)
+        return made
 
     def _answer_cached(
         self, job: Job, source: Job, child_id: str | None, now: float, taken: set[str]
