@@ -11,6 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -117,6 +119,31 @@ class IndexTests(SynchronousTestCase):
         index.add(later)
         later.status = Status.FAILED
         self.assertIsNone(index.source("a", "d"))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=60))
+    def test_like_a_list(self, ops: list[tuple[bool, int]]) -> None:
+        """
+        Whatever jobs are added and removed, in any order, the index
+        answers as an ordered list of done jobs per type and digest would.
+        """
+        index = CacheIndex()
+        pool = [job("a", f"d{n % 2}") for n in range(6)]
+        model: list[Job] = []
+        for adding, n in ops:
+            one = pool[n]
+            if adding:
+                index.add(one)
+                if one not in model:
+                    model.append(one)
+            else:
+                index.remove(one)
+                if one in model:
+                    model.remove(one)
+            for digest in ("d0", "d1"):
+                expected = next((j for j in model if j.digest == digest), None)
+                self.assertIs(index.source("a", digest), expected)
+            self.assertEqual(len(index), len(model))
 
     def test_untyped(self) -> None:
         """The untyped jobs have an index of their own, under L{None}."""

@@ -30,13 +30,16 @@ class CacheIndex:
     """
     Done jobs by type and payload digest.
 
-    Nested dicts (type, then digest) rather than tuple keys, and the digest
-    string the job already holds as the key: a million cached jobs cost a
-    dict entry and a one-job list each.
+    Nested dicts (type, then digest) rather than tuple keys, the digest
+    string the job already holds as the key, and the job itself as the
+    value while it is the only one of its digest: a million cached jobs
+    cost a dict entry each.  Several jobs of one digest (the same bytes
+    submitted again and again) share a dict by id, in the order they were
+    done, so that adding and removing stay O(1) however many there are.
     """
 
     def __init__(self) -> None:
-        self._by_type: dict[str | None, dict[str, list[Job]]] = {}
+        self._by_type: dict[str | None, dict[str, Job | dict[str, Job]]] = {}
 
     def add(self, job: Job) -> None:
         """
@@ -45,12 +48,16 @@ class CacheIndex:
         digest = job.digest
         if digest is None or job.status is not Status.DONE:
             return
-        by_digest = self._by_type.setdefault(job.type, {})
-        jobs = by_digest.get(digest)
-        if jobs is None:
-            by_digest[digest] = [job]
-        elif job not in jobs:
-            jobs.append(job)
+        by_digest = self._by_type.get(job.type)
+        if by_digest is None:
+            by_digest = self._by_type[job.type] = {}
+        found = by_digest.get(digest)
+        if found is None:
+            by_digest[digest] = job
+        elif isinstance(found, dict):
+            found[job.id] = job
+        elif found is not job:
+            by_digest[digest] = {found.id: found, job.id: job}
 
     def remove(self, job: Job) -> None:
         """
@@ -60,14 +67,20 @@ class CacheIndex:
         if digest is None:
             return
         by_digest = self._by_type.get(job.type)
-        jobs = None if by_digest is None else by_digest.get(digest)
-        if jobs is None or job not in jobs:
+        found = None if by_digest is None else by_digest.get(digest)
+        if found is None:
             return
-        jobs.remove(job)
-        if not jobs:
-            del by_digest[digest]  # type: ignore[union-attr]
-            if not by_digest:
-                del self._by_type[job.type]
+        assert by_digest is not None
+        if isinstance(found, dict):
+            if found.get(job.id) is job:
+                del found[job.id]
+            if found:
+                return
+        elif found is not job:
+            return
+        del by_digest[digest]
+        if not by_digest:
+            del self._by_type[job.type]
 
     def source(self, type: str | None, digest: str) -> Job | None:
         """
@@ -75,7 +88,9 @@ class CacheIndex:
         @param digest: the SHA-256 of its payload, in hex.
         @return: the oldest done job of that type with that digest, if any.
         """
-        for job in self._by_type.get(type, {}).get(digest, ()):
+        found = self._by_type.get(type, {}).get(digest)
+        jobs = () if found is None else found.values() if isinstance(found, dict) else (found,)
+        for job in jobs:
             if job.status is Status.DONE:
                 return job
         return None
@@ -83,12 +98,12 @@ class CacheIndex:
     def __iter__(self) -> Iterator[tuple[str | None, str, list[Job]]]:
         """Every (type, digest, jobs) entry: for tests and checks."""
         for type, by_digest in self._by_type.items():
-            for digest, jobs in by_digest.items():
-                yield type, digest, list(jobs)
+            for digest, found in by_digest.items():
+                yield type, digest, list(found.values()) if isinstance(found, dict) else [found]
 
     def __len__(self) -> int:
         """How many done jobs the index holds."""
-        return sum(len(jobs) for by_digest in self._by_type.values() for jobs in by_digest.values())
+        return sum(len(jobs) for _, _, jobs in self)
 
 
 def digest_wanted(
