@@ -382,6 +382,21 @@ class DurabilityTests(SynchronousTestCase):
         # frame: the source and two hits; later: the one done and its hit.
         self.assertEqual(len(h.reopened()._cache), 5)
 
+    def test_rows_of_other_jobs_unchanged(self) -> None:
+        """
+        The rows of jobs without a digest are as long as before the cache,
+        so that replaying them costs no more; those with one carry two more
+        fields, and both decode to what was encoded.
+        """
+        h = Cached()
+        plain = h.submit(self, b"x", type="plain")
+        cached = h.submit(self, b"x")
+        self.assertEqual(len(_encode_job(plain)), 23)
+        self.assertEqual(_encode_job(cached)[23:], [sha(b"x"), None])
+        for one in (plain, cached):
+            decoded = _decode_job(_encode_job(one))
+            self.assertEqual((decoded.digest, decoded.cached_from), (one.digest, one.cached_from))
+
     def test_old_rows(self) -> None:
         """
         Rows journaled before the result cache (without digest and
