@@ -23,7 +23,9 @@ from gridlike.server.model import Job, Priority, Status, job_view
 from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.registry._cache import CacheIndex, digest_wanted
 from gridlike.server.registry._records import _decode_job, _encode, _encode_job
+from gridlike.server.retention import Retention
 from gridlike.server.storage import PAYLOAD, RESULT
+from gridlike.server.webhooks import Webhooks
 from gridlike.testing import MemoryJournal
 from tests.test_api import Server, form
 from tests.test_metrics import Harness as MetricsHarness, value
@@ -522,3 +524,56 @@ class MetricTests(SynchronousTestCase):
         self.assertEqual(
             value(families, "gridlike_jobs_finished_total", type="render", outcome="done"), 3
         )
+
+
+WATCHED = """
+[auth]
+webhook_secret = "s3cret"
+
+[types.render]
+cache = true
+keep_done = 60
+on_done = "https://hooks.example/done"
+"""
+
+
+class ObserverTests(SynchronousTestCase):
+    def test_webhook_and_retention(self) -> None:
+        """
+        A job the cache answered is POSTed to its type's C{on_done} like any
+        done job, and expires C{keep_done} after it was made; the job that
+        answered expires in its own time, and once both are gone the same
+        bytes run again.
+        """
+        h = Cached(WATCHED)
+        posts: list[tuple[str, bytes]] = []
+
+        def post(url: str, body: bytes, headers: object) -> Deferred[int]:
+            posts.append((url, body))
+            return Deferred()
+
+        hooks = Webhooks(h.settings, h.clock, post, b"s3cret")
+        hooks.start()
+        h.registry.add_listener(hooks)
+        retention = Retention(h.settings, h.registry, h.clock)
+        h.registry.add_listener(retention)
+        retention.start()
+        source = h.done(self, b"frame", b"r")
+        h.clock.advance(30)
+        hit = h.submit(self, b"frame")
+        self.assertEqual(hit.cached_from, source.key)
+        views = [json.loads(body) for _, body in posts]
+        self.assertEqual(
+            [(v["key"], v["status"], v["cached_from"]) for v in views],
+            [(source.key, "done", None), (hit.key, "done", source.key)],
+        )
+        h.clock.advance(31)  # past the source's time, not the hit's
+        self.assertIsNone(h.registry.by_id(source.id))
+        self.assertIs(h.registry.by_id(hit.id), hit)
+        self.assertEqual(h.storage.objects[(hit.id, RESULT)], b"r")
+        self.assertEqual(h.submit(self, b"frame").cached_from, hit.key)
+        h.clock.advance(61)
+        self.assertEqual(len(h.registry), 0)
+        self.assertEqual(h.submit(self, b"frame").status, Status.PENDING)
+        retention.stop()
+        hooks.stop()
