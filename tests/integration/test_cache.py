@@ -78,6 +78,18 @@ def test_same_bytes_answered(make_daemon: Callable[..., Daemon]) -> None:
         assert (view(server, key)["status"], view(server, key)["cached_from"]) == ("pending", None)
     assert hits(server) == {"render": 1, "plain": 0}
 
+    response = requests.post(
+        f"{server.url}/api/jobs/bulk/render",
+        files=[("payload", b"frame 3"), ("payload", b"frame 1")],
+        data={"key": ["bulk-new", "bulk-cached"]},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    assert [view(server, k)["cached_from"] for k in ("bulk-new", "bulk-cached")] == [None, "first"]
+    assert view(server, "bulk-new")["status"] == "pending"
+    assert result(server, "bulk-cached") == b"RENDERED 1"
+    assert hits(server) == {"render": 2, "plain": 0}
+
     server.restart()
     submit(server, b"frame 1", "/api/jobs/submit/render", key="after-restart")
     assert view(server, "after-restart")["cached_from"] == "first"
@@ -89,7 +101,7 @@ def test_same_bytes_answered(make_daemon: Callable[..., Daemon]) -> None:
     assert result(server, "after-restart") == b"RENDERED 1"
     submit(server, b"frame 1", "/api/jobs/submit/render", key="after-delete")
     assert view(server, "after-delete")["cached_from"] == "again"
-    for key in ("again", "after-restart", "after-delete"):
+    for key in ("again", "bulk-cached", "after-restart", "after-delete"):
         assert requests.delete(f"{server.url}/api/jobs/{key}", timeout=10).status_code == 202
     submit(server, b"frame 1", "/api/jobs/submit/render", key="ran-again")
     assert view(server, "ran-again")["status"] == "pending"
