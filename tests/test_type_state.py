@@ -90,6 +90,7 @@ max_attempts = 2
 keep_done = "7d"
 on_done = "https://hooks.example/done"
 result_becomes = "encode"
+cache = true
 
 [types.encode]
 """
@@ -123,10 +124,12 @@ class TypeViewTests(SynchronousTestCase):
         self.assertEqual(views["render"]["policies"], {
             "max_attempts": 2, "timeout": 30.0, "result_becomes": "encode",
             "keep_done": 7 * 86400.0, "keep_failed": None, "on_done": True, "on_failed": False,
+            "cache": True,
         })
         self.assertEqual(views["encode"]["policies"], {
             "max_attempts": 4, "timeout": 0.0, "result_becomes": None,
             "keep_done": None, "keep_failed": None, "on_done": False, "on_failed": False,
+            "cache": False,
         })
         self.assertNotIn("hooks.example", json.dumps(views))
 

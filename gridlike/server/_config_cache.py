@@ -29,9 +29,10 @@ def refuse_cache_over_redis(
     """
     if registry_kind != "redis":
         return
-    tables = [("scheduling", scheduling), *((f"types.{name}", t) for name, t in types.items())]
-    for name, table in tables:
-        if table.cache:
+    tables = [("scheduling", scheduling.cache)]
+    tables += [(f"types.{name}", table.cache) for name, table in types.items()]
+    for name, cache in tables:
+        if cache:
             raise ConfigError(
                 f"[{name}] cache: the result cache needs the journaled registry,"
                 ' not [registry] kind = "redis" (docs/cache.md)'

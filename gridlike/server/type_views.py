@@ -43,6 +43,7 @@ def policies(settings: Settings, job_type: str | None) -> dict[str, Any]:
         "keep_failed": settings.keep_for(job_type, Status.FAILED),
         "on_done": settings.webhook_for(job_type, Status.DONE) is not None,
         "on_failed": settings.webhook_for(job_type, Status.FAILED) is not None,
+        "cache": settings.caches(job_type),
     }
 
 

@@ -181,7 +181,7 @@ def test_types(make_daemon: Callable[..., Daemon]) -> None:
         "workers": 1,
         "policies": {
             "max_attempts": 3, "timeout": 30.0, "result_becomes": "encode", "keep_done": 604800.0,
-            "keep_failed": None, "on_done": True, "on_failed": False,
+            "keep_failed": None, "on_done": True, "on_failed": False, "cache": False,
         },
     }
     assert views["encode"]["state"] == "active" and views["encode"]["policies"]["max_attempts"] == 5
