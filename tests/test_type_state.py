@@ -90,6 +90,7 @@ max_attempts = 2
 keep_done = "7d"
 on_done = "https://hooks.example/done"
 result_becomes = "encode"
+cache = true
 
 [types.encode]
 quorum = 3
@@ -125,12 +126,12 @@ class TypeViewTests(SynchronousTestCase):
         self.assertEqual(views["render"]["policies"], {
             "max_attempts": 2, "timeout": 30.0, "result_becomes": "encode",
             "keep_done": 7 * 86400.0, "keep_failed": None, "on_done": True, "on_failed": False,
-            "quorum": None, "quarantine_after": None,
+            "quorum": None, "quarantine_after": None, "cache": True,
         })
         self.assertEqual(views["encode"]["policies"], {
             "max_attempts": 4, "timeout": 0.0, "result_becomes": None,
             "keep_done": None, "keep_failed": None, "on_done": False, "on_failed": False,
-            "quorum": 3, "quarantine_after": 2,
+            "quorum": 3, "quarantine_after": 2, "cache": False,
         })
         self.assertNotIn("hooks.example", json.dumps(views))
 

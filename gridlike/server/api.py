@@ -53,6 +53,7 @@ from gridlike.server.model import Job, Status, TypeState, job_view
 from gridlike.server.problems import bare_problem, json_body, problem_body
 from gridlike.server.pull import PullWorkers
 from gridlike.server.registry import NewJob
+from gridlike.server.registry._cache import digest_wanted
 from gridlike.server.result_stream import ResultsAsked, ResultStream
 from gridlike.server.sessions import Sessions, page_route
 from gridlike.server.storage import PAYLOAD, RESULT, TransferStopped
@@ -151,6 +152,7 @@ class GridLikeAPI:
             max_request=server.max_request,
             max_form_parts=server.max_form_parts,
             max_form_text=server.max_form_text,
+            digests=digest_wanted(server.path_prefix, core.settings.caches),
         )
 
     def root(self) -> IResource:
@@ -212,6 +214,7 @@ class GridLikeAPI:
                     payload_size=payload.size,
                     key=form.one("key"),
                     description=form.one("description"),
+                    digest=payload.digest,
                 )
             ]
 
@@ -242,6 +245,7 @@ class GridLikeAPI:
                     payload_size=payload.size,
                     key=keys[i] if keys else None,
                     description=description,
+                    digest=payload.digest,
                 )
                 for i, payload in enumerate(form.payloads)
             ]

@@ -32,6 +32,7 @@ from types import MappingProxyType
 from attrs import field, frozen
 
 from gridlike.server._config_auth import AuthSettings, _auth, _refuse_unsigned_webhooks
+from gridlike.server._config_cache import refuse_cache_over_redis
 from gridlike.server._config_quorum import quorum_keys, refuse_bad_quorums
 from gridlike.server._config_redis import RedisSettings, _redis
 from gridlike.server._config_s3 import S3Settings, _s3
@@ -241,6 +242,7 @@ class SchedulingSettings:
         the first result is the job's.
     @ivar quarantine_after: disagreements after which a worker gets no
         more quorum jobs of its type; C{None}: never.
+    @ivar cache: whether the result cache answers untyped submits (docs/cache.md).
     """
 
     batch_size: int = 100
@@ -251,6 +253,7 @@ class SchedulingSettings:
     on_failed: str | None = None
     quorum: int | None = None
     quarantine_after: int | None = None
+    cache: bool = False
 
 
 @frozen
@@ -273,6 +276,7 @@ class TypeSettings:
     @ivar on_failed: the same once it has failed for good.
     @ivar quorum: as C{[scheduling] quorum}, for this type's jobs.
     @ivar quarantine_after: as C{[scheduling] quarantine_after}.
+    @ivar cache: whether the result cache answers this type's submits (docs/cache.md).
     """
 
     name: str
@@ -286,6 +290,7 @@ class TypeSettings:
     on_failed: str | None = None
     quorum: int | None = None
     quarantine_after: int | None = None
+    cache: bool = False
 
 
 def _no_types() -> Mapping[str, TypeSettings]:
@@ -380,6 +385,11 @@ class Settings:
         if table is None or table.quorum is None:
             return None
         return table.quorum, table.quarantine_after
+
+    def caches(self, type_name: str | None) -> bool:
+        """Whether the result cache answers a type's submits (C{cache})."""
+        table = self._policies(type_name)
+        return table is not None and table.cache
 
     def _policies(self, type_name: str | None) -> SchedulingSettings | TypeSettings | None:
         """
@@ -495,6 +505,7 @@ def parse_settings(
     ]
     _refuse_unsigned_webhooks(hooks, auth, registry.kind)
     refuse_bad_quorums(scheduling, types, registry.kind)
+    refuse_cache_over_redis(scheduling, types, registry.kind)
     return Settings(
         server=server,
         registry=registry,
@@ -679,6 +690,7 @@ def _scheduling(table: _Table) -> SchedulingSettings:
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
         **quorum_keys(table),
+        cache=table.boolean("cache", False),
     )
     table.finish()
     return settings
@@ -758,6 +770,7 @@ def _type(table: _Table, name: str) -> TypeSettings:
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
         **quorum_keys(table),
+        cache=table.boolean("cache", False),
     )
     table.finish()
     return settings

@@ -218,6 +218,11 @@ class Metrics:
         )
         self._retries = counter("gridlike_job_retries_total", "Failed jobs put back to pending.", "type")
         self._deleted = counter("gridlike_jobs_deleted_total", "Jobs deleted.", "type")
+        self._cache_hits = counter(
+            "gridlike_cache_hits_total",
+            "Submits the result cache answered, done at once (counted as submitted and done too).",
+            "type",
+        )
         self._expired = counter(
             "gridlike_jobs_expired_total",
             "Jobs deleted by retention (keep_done, keep_failed); counted as deleted too.",
@@ -259,6 +264,7 @@ class Metrics:
             self._dispatches.labels(t)
             self._retries.labels(t)
             self._expired.labels(t)
+            self._cache_hits.labels(t)
             self._timeouts.labels(t)
             self._wait.labels(t)
             self._run.labels(t)
@@ -345,6 +351,8 @@ class Metrics:
         label = type_label(job.type)
         outcome = "done" if job.status is Status.DONE else "failed"
         self._series(self._finished, label, outcome).inc()
+        if job.cached_from is not None:
+            self._series(self._cache_hits, label).inc()
         self._pending_since.pop(job.id, None)
         if job.started is not None and job.ended is not None:
             self._series(self._run, label).observe(max(0.0, job.ended - job.started))

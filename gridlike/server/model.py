@@ -154,6 +154,11 @@ class Job:
     attempt: int = 0
     """The number of its latest attempt (start on a worker), from 1; never
     reused, even by a retry.  Protocol 2 workers name the attempt they run."""
+    digest: str | None = None
+    """The SHA-256 of its payload in hex, kept for a type with C{cache = true}."""
+    cached_from: str | None = None
+    """The key of the done job whose result this one shares, when the result
+    cache answered its submit (docs/cache.md)."""
     queue_entry: list[Any] | None = None
     """The queue's live heap entry for this job, when pending."""
     ballot: Ballot | None = None
@@ -224,6 +229,7 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
         "next": job.child,
         "payload_size": job.payload_size,
         "result_size": job.result_size,
+        "cached_from": job.cached_from,
         "webhook": webhook,
         "quorum": None if job.ballot is None else job.ballot.view(),
     }

@@ -46,6 +46,7 @@ def policies(settings: Settings, job_type: str | None) -> dict[str, Any]:
         "on_failed": settings.webhook_for(job_type, Status.FAILED) is not None,
         "quorum": quorum,
         "quarantine_after": quarantine_after,
+        "cache": settings.caches(job_type),
     }
 
 

@@ -9,6 +9,7 @@ connection while the disk catches up), and the small text fields are kept,
 with caps on their number and size.  The route then receives an
 L{UploadedForm} whose payloads are already durable, or the error that
 stopped the upload; either way nothing is left in storage that no job owns.
+The form itself is parsed by L{gridlike.server._upload_form}.
 
 Uploads hold slots (C{max_uploads} in all, C{max_uploads_per_address} for
 one client) only while their body arrives, and must arrive at
@@ -20,21 +21,24 @@ C{Content-Length} or chunked.
 
 from __future__ import annotations
 
-import re
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol, cast
 
-from attrs import define, field, frozen
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
+from attrs import define, field
+from python_multipart.multipart import parse_options_header
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 
-from gridlike._transport import stream_transport
+from gridlike.server._upload_form import (
+    FIELD_LIMIT,
+    MultipartUpload,
+    ReadGate,
+    StoredPayload,
+    UploadedForm,
+    simple_parts,
+)
 from gridlike.server.auth import Gate
 from gridlike.server.errors import (
     BadRequest,
@@ -45,45 +49,31 @@ from gridlike.server.errors import (
     Unavailable,
 )
 from gridlike.server.problems import early_response
-from gridlike.server.registry import new_job_id
-from gridlike.server.storage import PAYLOAD, IPayloadWriter, IStorage
+from gridlike.server.storage import IStorage
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
+__all__ = [
+    "FIELD_LIMIT",
+    "OTHER_BODY_LIMIT",
+    "MultipartUpload",
+    "ReadGate",
+    "StoredPayload",
+    "UploadPolicy",
+    "UploadRequest",
+    "UploadSite",
+    "UploadedForm",
+    "buffered_upload",
+    "client_address",
+    "simple_parts",
+    "start_upload",
+]
+
 log = Logger()
 
-FIELD_LIMIT = 4096
-"""Largest text field of a form, in bytes."""
 OTHER_BODY_LIMIT = 64 * 1024
 """Bodies of other requests are not used; at most this much is kept."""
-
-
-@frozen
-class StoredPayload:
-    """A payload part, durable in storage under C{job_id}."""
-
-    job_id: str
-    size: int
-
-
-@frozen
-class UploadedForm:
-    """A multipart form whose payload parts are durable in storage."""
-
-    fields: dict[str, list[str]]
-    payloads: list[StoredPayload]
-
-    def one(self, name: str) -> str | None:
-        """
-        The value of a field given at most once.
-
-        @raise BadRequest: it is given more than once.
-        """
-        values = self.fields.get(name, [])
-        if len(values) > 1:
-            raise BadRequest(f"{name}: given more than once")
-        return values[0] if values else None
 
 
 @define
@@ -96,6 +86,9 @@ class UploadPolicy:
 
     @ivar gate: who may upload at all, asked before a streamed body is
         read.
+    @ivar digests: whether to hash the payloads of a request, told its
+        URI (the result cache: L{gridlike.server.registry._cache.digest_wanted});
+        L{None}: never.
     @ivar active: the uploads whose body is arriving.
     """
 
@@ -110,6 +103,7 @@ class UploadPolicy:
     max_request: int
     max_form_parts: int
     max_form_text: int
+    digests: Callable[[bytes], bool] | None = None
     active: int = 0
     _by_address: dict[str, int] = field(factory=dict)
 
@@ -223,347 +217,18 @@ class _RateFloor:
             self.start()
 
 
-@define
-class ReadGate:
-    """
-    Stops reading from an uploading connection while any of its payload
-    writers asks for a pause; the upload's rate C{floor}, if any, stops
-    timing meanwhile.
-    """
-
-    request: Request
-    floor: _RateFloor | None = None
-    _closers: int = 0
-
-    def close(self) -> None:
-        self._closers += 1
-        if self._closers == 1:
-            if self.floor is not None:
-                self.floor.stop()
-            if self.request.channel is not None:
-                stream_transport(self.request.channel.transport).pauseProducing()
-
-    def open(self) -> None:
-        self._closers -= 1
-        if self._closers == 0:
-            if self.floor is not None:
-                self.floor.start()
-            if self.request.channel is not None:
-                stream_transport(self.request.channel.transport).resumeProducing()
-
-
-@implementer(IPushProducer)
-@define
-class _Throttle:
-    """The producer one payload writer sees: pauses count on the gate once."""
-
-    gate: ReadGate
-    paused: bool = False
-
-    def pauseProducing(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self.gate.close()
-
-    def resumeProducing(self) -> None:
-        if self.paused:
-            self.paused = False
-            self.gate.open()
-
-    def stopProducing(self) -> None:
-        self.resumeProducing()
-
-
-@define
-class MultipartUpload:
-    """
-    One streaming multipart body: feed it data, then take its L{result}.
-    """
-
-    policy: UploadPolicy
-    boundary: bytes
-    gate: ReadGate
-    length: int | None = None
-    """The body's C{Content-Length}, if it has one."""
-    _fields: dict[str, list[str]] = field(factory=dict)
-    _stored: list[Deferred[StoredPayload]] = field(factory=list)
-    _cleanup: list[Deferred[Any]] = field(factory=list)
-    _error: GridLikeError | None = None
-    _finished: bool = False
-    _body_size: int = 0
-    _parts: int = 0
-    _text_size: int = 0
-    _claimed: bool = False
-    _part_headers: dict[bytes, bytes] = field(factory=dict)
-    _header_name: bytes = b""
-    _header_value: bytes = b""
-    _part_name: str | None = None
-    _part_text: bytearray | None = None
-    _writer: IPayloadWriter | None = None
-    _writer_id: str = ""
-    _throttle: _Throttle | None = None
-    _parser: MultipartParser | None = None
-
-    def _full_parser(self) -> MultipartParser:
-        """The streaming parser, made when first needed."""
-        if self._parser is not None:
-            return self._parser
-        callbacks: dict[str, Callable[..., None]] = {
-            "on_part_begin": self._part_begin,
-            "on_header_field": self._header_field,
-            "on_header_value": self._header_value_data,
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-            "on_end": self._end,
-        }
-        self._parser = MultipartParser(self.boundary, callbacks)  # type: ignore[arg-type]
-        return self._parser
-
-    @property
-    def failed(self) -> GridLikeError | None:
-        return self._error
-
-    def feed(self, data: bytes) -> None:
-        """Parse the next piece of the body."""
-        if self._error is not None:
-            return
-        try:
-            whole = not self._body_size and len(data) == self.length
-            self._body_size += len(data)
-            limit = self.policy.max_request
-            if limit and self._body_size > limit:
-                raise PayloadTooLarge(f"body: larger than {limit} bytes")
-            parts = simple_parts(data, self.boundary) if whole else None
-            if parts is None:
-                self._full_parser().write(data)
-            else:
-                self._replay(data, parts)
-        except MultipartParseError as e:
-            self.fail(BadRequest(f"body: malformed multipart: {e}"))
-        except GridLikeError as e:
-            self.fail(e)
-
-    def fail(self, error: GridLikeError) -> None:
-        """Stop the upload and discard every payload stored for it."""
-        if self._error is None:
-            self._error = error
-            self.discard()
-
-    def discard(self) -> None:
-        """
-        Remove every payload of this upload from storage; L{result} waits
-        until they are gone.
-        """
-        writer, self._writer = self._writer, None
-        if writer is not None and self._throttle is not None:
-            self._cleanup.append(writer.abort())
-            self._release(None, writer, self._throttle)
-        for stored in self._stored:
-            self._cleanup.append(
-                stored.addCallbacks(
-                    lambda payload: self.policy.storage.delete(payload.job_id),
-                    lambda failure: None,
-                )
-            )
-        self._stored = []
-
-    async def result(self) -> UploadedForm:
-        """
-        The form, once the body is complete and every payload durable.
-
-        @raise GridLikeError: the upload was refused; nothing of it remains.
-        """
-        self._claimed = True
-        if self._error is None and not self._finished:
-            self.fail(BadRequest("body: the multipart body is incomplete"))
-        if self._error is not None:
-            await DeferredList(self._cleanup, consumeErrors=True)
-            raise self._error
-        outcomes = await DeferredList(self._stored, consumeErrors=True)
-        failures = [cast("Failure", value) for ok, value in outcomes if not ok]
-        payloads = [value for ok, value in outcomes if ok]
-        if failures:
-            await DeferredList(
-                [self.policy.storage.delete(p.job_id) for p in payloads],
-                consumeErrors=True,
-            )
-            failure = failures[0]
-            if failure.check(GridLikeError):
-                raise failure.value
-            log.failure("storing an upload", failure)
-            raise Unavailable("the payload could not be stored")
-        return UploadedForm(self._fields, payloads)
-
-    def _replay(self, body: bytes, parts: list[_SimplePart]) -> None:
-        """
-        Give the parts L{simple_parts} found in C{body} to the callbacks the
-        streaming parser would have called.
-        """
-        for headers, start, end in parts:
-            self._part_begin()
-            self._part_headers = {name.lower(): value.strip() for name, value in headers}
-            self._headers_finished()
-            if end > start:
-                self._part_data(body, start, end)
-            self._part_end()
-        self._end()
-
-    # Parser callbacks
-
-    def _part_begin(self) -> None:
-        self._parts += 1
-        if self._parts > self.policy.max_form_parts:
-            raise PayloadTooLarge(f"body: more than {self.policy.max_form_parts} parts")
-        self._part_headers = {}
-
-    def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_name += data[start:end]
-
-    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
-        self._header_value += data[start:end]
-
-    def _header_end(self) -> None:
-        self._part_headers[self._header_name.strip().lower()] = self._header_value.strip()
-        self._header_name = self._header_value = b""
-
-    def _headers_finished(self) -> None:
-        disposition, options = parse_options_header(
-            self._part_headers.get(b"content-disposition", b"")
-        )
-        if disposition != b"form-data" or b"name" not in options:
-            raise BadRequest("body: a part has no form-data name")
-        try:
-            name = options[b"name"].decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("body: a field name is not UTF-8") from None
-        self._part_name = name
-        if name == "payload":
-            self._writer_id = new_job_id()
-            writer = self.policy.storage.writer(
-                self._writer_id, PAYLOAD, max_size=self.policy.max_payload
-            )
-            self._throttle = _Throttle(self.gate)
-            writer.registerProducer(self._throttle, True)
-            self._writer = writer
-        else:
-            self._part_text = bytearray()
-
-    def _part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._writer is not None:
-            self._writer.write(data[start:end])
-        elif self._part_text is not None:
-            self._part_text += data[start:end]
-            if len(self._part_text) > FIELD_LIMIT:
-                raise BadRequest(f"{self._part_name}: longer than {FIELD_LIMIT} bytes")
-            self._text_size += end - start
-            if self._text_size > self.policy.max_form_text:
-                raise PayloadTooLarge(
-                    f"body: more than {self.policy.max_form_text} bytes of fields"
-                )
-
-    def _part_end(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            job_id = self._writer_id
-            stored = writer.finish()
-            stored.addBoth(self._release, writer, self._throttle)
-            self._stored.append(
-                stored.addCallback(lambda size: StoredPayload(job_id, size))
-            )
-        elif self._part_text is not None and self._part_name is not None:
-            try:
-                text = self._part_text.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadRequest(f"{self._part_name}: not UTF-8") from None
-            self._fields.setdefault(self._part_name, []).append(text)
-        self._part_text = None
-        self._part_name = None
-
-    def _end(self) -> None:
-        self._finished = True
-
-    def unclaimed(self) -> None:
-        """
-        The response is sent: payloads that no route took are discarded.
-        """
-        if not self._claimed:
-            self.discard()
-
-    @staticmethod
-    def _release(result: Any, writer: IPayloadWriter, throttle: _Throttle | None) -> Any:
-        """
-        A writer is done: it no longer holds the connection paused.
-        """
-        writer.unregisterProducer()
-        if throttle is not None:
-            throttle.resumeProducing()
-        return result
-
-
-_SimplePart = tuple[list[tuple[bytes, bytes]], int, int]
-"""A part's header lines (name, value) and where its data starts and ends."""
-
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)")
-
-
-def simple_parts(body: bytes, boundary: bytes) -> list[_SimplePart] | None:
-    """
-    Split a whole multipart body of the usual shape without the streaming
-    parser, whose byte-by-byte state machine costs more than the rest of
-    a small submit: the body opens with the first delimiter (no preamble),
-    every delimiter is followed by CRLF (no padding), each part has
-    header lines C{Name: value} then a blank line, and the close delimiter
-    ends the body (with or without a final CRLF).
-
-    @return: the parts, or L{None} for any other body (the streaming parser
-        then reads it, and gives any error); nothing has been called yet.
-    """
-    delimiter = b"--" + boundary
-    opening, closing = delimiter + b"\r\n", b"\r\n" + delimiter + b"--"
-    if not body.startswith(opening):
-        return None
-    if body.endswith(closing):
-        stop = len(body) - len(closing)
-    elif body.endswith(closing + b"\r\n"):
-        stop = len(body) - len(closing) - 2
-    else:
-        return None
-    between = b"\r\n" + opening
-    parts: list[_SimplePart] = []
-    start = len(opening)
-    while True:
-        head_end = body.find(b"\r\n\r\n", start, stop + 2)
-        if head_end < 0:
-            return None
-        headers = []
-        for line in body[start:head_end].split(b"\r\n"):
-            match = _HEADER_LINE.fullmatch(line)
-            if match is None:
-                return None
-            headers.append((match[1], match[2]))
-        data_start = head_end + 4
-        if data_start > stop:
-            return None
-        end = body.find(between, data_start, stop)
-        parts.append((headers, data_start, stop if end < 0 else end))
-        if end < 0:
-            break
-        start = end + len(between)
-    # A delimiter where the loop saw data (one not followed by CRLF, say)
-    # is the streaming parser's to judge.
-    if body.count(delimiter) != len(parts) + 1:
-        return None
-    return parts
-
-
 def start_upload(
-    policy: UploadPolicy, request: Request, length: int | None, gate: Gate | None
+    policy: UploadPolicy,
+    request: Request,
+    length: int | None,
+    gate: Gate | None,
+    uri: bytes = b"",
 ) -> MultipartUpload | None:
     """
     Begin parsing a request body as a multipart upload.
 
+    @param uri: the request's URI, which decides whether its payloads are
+        hashed as they stream in (L{UploadPolicy.digests}).
     @param gate: the gate to ask first, for a body that streams in before
         the request reaches the gate in front of the routes; L{None} for one
         that has passed it.
@@ -584,7 +249,8 @@ def start_upload(
     if policy.max_request and length is not None and length > policy.max_request:
         raise PayloadTooLarge(f"body: larger than {policy.max_request} bytes")
     policy.check_room(client_address(request))
-    return MultipartUpload(policy, boundary, ReadGate(request), length)
+    digests = policy.digests is not None and policy.digests(uri)
+    return MultipartUpload(policy, boundary, ReadGate(request), length, digests)
 
 
 def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload | None:
@@ -595,7 +261,7 @@ def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload |
     """
     content = cast(BinaryIO, request.content)
     content.seek(0, 2)
-    upload = start_upload(policy, request, content.tell(), None)
+    upload = start_upload(policy, request, content.tell(), None, request.uri)
     if upload is not None:
         content.seek(0)
         while data := content.read(65536):
@@ -646,7 +312,9 @@ class UploadRequest(Request):
                 return
         policy = site.upload_policy
         try:
-            upload = start_upload(policy, self, length, policy.gate)
+            # Only the channel knows the request line before the body.
+            uri = getattr(self.channel, "_path", b"")
+            upload = start_upload(policy, self, length, policy.gate, uri)
         except PayloadTooLarge as e:
             self._reject_early(e)
             upload = None

@@ -64,9 +64,11 @@ def test_submit_and_view(daemon: Daemon) -> None:
         "id", "key", "type", "status", "priority", "description", "batch", "submitted",
         "started", "ended", "failure_count", "worker_id", "worker_name", "progress",
         "error", "from", "next", "payload_size", "result_size", "attempt", "webhook", "quorum",
+        "cached_from",
     }
     assert view["webhook"] is None  # the instance has no webhooks
     assert view["quorum"] is None  # nor quorums
+    assert view["cached_from"] is None  # the result cache did not answer it
     assert requests.get(daemon.url + "/api/jobs/job-1/payload").content == b"hello"
 
 

@@ -182,7 +182,7 @@ def test_types(make_daemon: Callable[..., Daemon]) -> None:
         "policies": {
             "max_attempts": 3, "timeout": 30.0, "result_becomes": "encode", "keep_done": 604800.0,
             "keep_failed": None, "on_done": True, "on_failed": False,
-            "quorum": None, "quarantine_after": None,
+            "quorum": None, "quarantine_after": None, "cache": False,
         },
     }
     assert views["encode"]["state"] == "active" and views["encode"]["policies"]["max_attempts"] == 5

@@ -37,6 +37,7 @@ from gridlike.server.model import (
 )
 from gridlike.server.queue import PendingQueue
 
+from ._cache import CacheIndex
 from ._records import _decode_job
 from .interface import Match, NewJob
 
@@ -91,6 +92,8 @@ class JobTable:
         self._type_states: dict[str | None, TypeState] = {}
         self._type_listeners: list[Callable[[str | None, TypeState], None]] = []
         self._replaying = False
+        self._cache = CacheIndex()
+        """Done jobs by type and payload digest: the result cache's index."""
 
     def add_listener(self, listener: IJobListener, before: IJobListener | None = None) -> None:
         """
@@ -338,6 +341,10 @@ class JobTable:
             for job in made or [_decode_job(row) for row in record["jobs"]]:
                 self._insert(job)
                 self._announce(JobChange.SUBMITTED, job)
+                if job.cached_from is not None and job.status is Status.DONE:
+                    # Answered by the result cache: done as it was made.
+                    self._note_end(job)
+                    self._announce(JobChange.DONE, job)
         elif op == "counters":
             self._count_types(record)
             self._next = max(self._next, record["next"])
@@ -416,6 +423,8 @@ class JobTable:
         self._result_bytes += job.result_size or 0
         if job.status is Status.PENDING:
             self.pending(job.type).push(job)
+        elif job.digest is not None:
+            self._cache.add(job)
 
     def _remove(self, job: Job) -> None:
         self.pending(job.type).discard(job)
@@ -432,6 +441,8 @@ class JobTable:
                 del self._batches[job.type]
         self._payload_bytes -= job.payload_size
         self._result_bytes -= job.result_size or 0
+        if job.digest is not None:
+            self._cache.remove(job)
 
     def _apply_done(self, job: Job, record: dict[str, Any], made: Sequence[Job]) -> None:
         self.pending(job.type).discard(job)
@@ -450,6 +461,8 @@ class JobTable:
             job.child = child_job.key
             self._insert(child_job)
         self._set_status(job, Status.DONE)
+        if job.digest is not None:
+            self._cache.add(job)
         self._note_end(job)
         self._announce(JobChange.DONE, job)
         if child_job is not None:

@@ -30,6 +30,9 @@ from gridlike.server.queue import PendingQueue
 class NewJob:
     """
     A job to create: its payload is already durable in storage under C{id}.
+
+    @ivar digest: the SHA-256 of the payload in hex, computed as it was
+        uploaded, if it was (the result cache: docs/cache.md).
     """
 
     id: str
@@ -38,6 +41,7 @@ class NewJob:
     payload_size: int
     key: str | None = None
     description: str | None = None
+    digest: str | None = None
 
 
 @frozen

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gridlike.server.config import Settings
-from gridlike.server.errors import BadRequest, Conflict, Unavailable
+from gridlike.server.errors import BadRequest, Conflict, NotFound, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import EventualQueue
 from gridlike.server.model import Ballot, Job, Status, TypeState
@@ -136,6 +136,14 @@ class Registry(JobTable):
         for key in keys:
             if self._key_taken(key):
                 raise Conflict(f"key: {key!r} is already in use")
+        hits: dict[int, tuple[Job, str | None]] = {}
+        digested = any(spec.digest is not None for spec in specs)
+        if digested:
+            self._reserved.update(keys)  # while the cache's results are linked
+            try:
+                hits = await self._cache_hits(specs)
+            finally:
+                self._reserved.difference_update(keys)
         inline: list[int] = []
         payloads: list[bytes] = []
         for index, spec in enumerate(specs):
@@ -145,15 +153,108 @@ class Registry(JobTable):
                 payloads.append(data)
         now = self._clock.seconds()
         jobs = [self._new_job(spec, now) for spec in specs]
+        made = self._with_cache(specs, jobs, hits, set(keys), now) if digested else jobs
         record: dict[str, Any] = {
             "op": "put",
-            "jobs": [_encode_job(job) for job in jobs],
-            "counts": {job.type or "": self._type_counts[job.type] for job in jobs},
+            "jobs": [_encode_job(job) for job in made],
+            "counts": {job.type or "": self._type_counts[job.type] for job in made},
         }
         if inline:
             record["inline"] = inline
-        await self._append_reserving(record, [job.key for job in jobs], jobs, payloads)
+        try:
+            await self._append_reserving(record, [job.key for job in made], made, payloads)
+        except BaseException:
+            for child in made[len(jobs):]:
+                await self._delete_bytes(child)
+            raise
         return jobs
+
+    async def _cache_hits(self, specs: Sequence[NewJob]) -> dict[int, tuple[Job, str | None]]:
+        """
+        Find the new jobs that the result cache answers, and share the
+        results that answer them (L{IStorage.link}: a hard link on a
+        filesystem, so deleting either job leaves the other's result).
+
+        @return: by index in C{specs}: the done job whose result a new job
+            shares now, and the id of the child job made of that result
+            when its type has C{result_becomes} (its payload linked too).
+        @raise Unavailable: storage could not link a result; what was
+            linked for a child is removed again (the API removes the rest).
+        """
+        hits: dict[int, tuple[Job, str | None]] = {}
+        try:
+            for index, spec in enumerate(specs):
+                if spec.digest is None or not self._settings.caches(spec.type):
+                    continue
+                source = self._cache.source(spec.type, spec.digest)
+                if source is None:
+                    continue
+                try:
+                    await self._storage.link(source.id, RESULT, spec.id, RESULT)
+                except NotFound:
+                    continue  # deleted meanwhile: this one runs after all
+                child_id = None
+                if spec.type is not None and self._settings.types[spec.type].result_becomes:
+                    child_id = new_job_id()
+                    await self._storage.link(spec.id, RESULT, child_id, PAYLOAD)
+                hits[index] = (source, child_id)
+        except BaseException:
+            for _, child_id in hits.values():
+                if child_id is not None:
+                    await self._storage.delete(child_id)
+            raise
+        return hits
+
+    def _with_cache(
+        self,
+        specs: Sequence[NewJob],
+        jobs: list[Job],
+        hits: dict[int, tuple[Job, str | None]],
+        taken: set[str],
+        now: float,
+    ) -> list[Job]:
+        """
+        Give the new jobs of caching types their digests, and make those
+        that L{_cache_hits} found done.
+
+        @param taken: the keys the record gives.
+        @return: C{jobs}, then the children made of the shared results.
+        """
+        made = list(jobs)
+        for index, spec in enumerate(specs):
+            if spec.digest is not None and self._settings.caches(spec.type):
+                jobs[index].digest = spec.digest
+                if index in hits:
+                    made += self._answer_cached(jobs[index], *hits[index], now, taken)
+        return made
+
+    def _answer_cached(
+        self, job: Job, source: Job, child_id: str | None, now: float, taken: set[str]
+    ) -> list[Job]:
+        """
+        Make a new job done, sharing the result of C{source}.
+
+        @param taken: keys of the record being made, which a child's key
+            must not repeat; the child's is added.
+        @return: the child job made of the result, if its type has
+            C{result_becomes}, as L{complete} makes one.
+        """
+        job.status = Status.DONE
+        job.ended = now
+        job.result_size = source.result_size
+        job.cached_from = source.key
+        if child_id is None or job.type is None:
+            return []
+        child_type = self._settings.types[job.type].result_becomes
+        assert child_type is not None
+        key = f"{job.key}.{child_type}"
+        if len(key) > 128 or self._key_taken(key) or key in taken:
+            key = child_id
+        taken.add(key)
+        spec = NewJob(child_id, child_type, job.priority, source.result_size or 0, key)
+        child = self._new_job(spec, now, parent=job.key)
+        job.child = child.key
+        return [child]
 
     async def complete(
         self, job: Job, result_size: int, worker_id: str | None
