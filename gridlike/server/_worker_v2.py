@@ -193,6 +193,7 @@ class Session:
 
     async def _store(self, held: _Held) -> None:
         result = self._link.take_result()
+        self._link.dispatcher.result_arrived(self._link, held.job)
         try:
             size = await result.finish()
         except GridLikeError as e:

@@ -235,6 +235,9 @@ class SchedulingSettings:
     @ivar on_done: the http(s) URL an untyped job's view is posted to
         once it is done (L{gridlike.server.webhooks}); C{None}: none.
     @ivar on_failed: the same once it has failed for good.
+    @ivar straggler_factor: an untyped job running longer than this many
+        times their median run time is also given to an idle worker
+        (L{gridlike.server._stragglers}); C{None}: never.
     """
 
     batch_size: int = 100
@@ -243,6 +246,7 @@ class SchedulingSettings:
     keep_failed: float | None = None
     on_done: str | None = None
     on_failed: str | None = None
+    straggler_factor: float | None = None
 
 
 @frozen
@@ -263,6 +267,8 @@ class TypeSettings:
     @ivar on_done: the http(s) URL a job's view is posted to once it is
         done (L{gridlike.server.webhooks}); C{None}: none.
     @ivar on_failed: the same once it has failed for good.
+    @ivar straggler_factor: as C{[scheduling] straggler_factor}, for this
+        type's jobs.
     """
 
     name: str
@@ -274,6 +280,7 @@ class TypeSettings:
     keep_failed: float | None = None
     on_done: str | None = None
     on_failed: str | None = None
+    straggler_factor: float | None = None
 
 
 def _no_types() -> Mapping[str, TypeSettings]:
@@ -355,6 +362,14 @@ class Settings:
         if table is None:
             return None
         return table.on_done if status is Status.DONE else table.on_failed
+
+    def straggler_factor_for(self, type_name: str | None) -> float | None:
+        """
+        @return: the C{straggler_factor} that covers a job's type, read as
+            L{keep_for} reads its keys; C{None}: its stragglers get no copy.
+        """
+        table = self._policies(type_name)
+        return None if table is None else table.straggler_factor
 
     def _policies(self, type_name: str | None) -> SchedulingSettings | TypeSettings | None:
         """
@@ -469,6 +484,7 @@ def parse_settings(
         if getattr(table, key) is not None
     ]
     _refuse_unsigned_webhooks(hooks, auth, registry.kind)
+    _refuse_shared_stragglers(scheduling, types, registry.kind)
     return Settings(
         server=server,
         registry=registry,
@@ -652,6 +668,7 @@ def _scheduling(table: _Table) -> SchedulingSettings:
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
+        straggler_factor=table.number("straggler_factor", 0.0, above=1) or None,
     )
     table.finish()
     return settings
@@ -730,9 +747,23 @@ def _type(table: _Table, name: str) -> TypeSettings:
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
+        straggler_factor=table.number("straggler_factor", 0.0, above=1) or None,
     )
     table.finish()
     return settings
+
+
+def _refuse_shared_stragglers(
+    scheduling: SchedulingSettings, types: Mapping[str, TypeSettings], registry_kind: str
+) -> None:
+    """
+    @raise ConfigError: a C{straggler_factor} is set with a registry shared
+        over Redis, which claims a job for one attempt at a time.
+    """
+    tables: list[tuple[str, SchedulingSettings | TypeSettings]] = [("scheduling", scheduling)]
+    for name, table in [*tables, *((f"types.{t}", types[t]) for t in types)]:
+        if table.straggler_factor is not None and registry_kind == "redis":
+            raise ConfigError(f'[{name}] straggler_factor: not available with [registry] kind = "redis"')
 
 
 def _refuse_cycles(types: Mapping[str, TypeSettings]) -> None:

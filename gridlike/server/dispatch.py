@@ -23,6 +23,14 @@ drops, its assignments are detached: they wait C{[workers] reattach_grace}
 seconds for the same worker to register again and claim them
 (L{Dispatcher.registered} with C{held}), and only then count as a failed
 attempt.
+
+A type with a C{straggler_factor} may have a second attempt at a running
+job, a copy on another worker (L{gridlike.server._stragglers} says when).
+The first result wins: the link tells L{Dispatcher.result_arrived} before
+it stores one, and the other attempt is withdrawn ("superseded") so that
+only one result is ever written for the job; it is not counted as a
+failure.  An attempt that ends without a result while the other runs just
+ends: the job runs on with the other.
 """
 
 from __future__ import annotations
@@ -30,12 +38,22 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, Sequence
 
 from attrs import define, field
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
+from gridlike.server._dispatch_link import (
+    IWorkerLink,
+    JobFailed,
+    LeaseExpired,
+    ResultNotStored,
+    WorkerLost,
+    WorkerRecord,
+    reason_lost,
+)
+from gridlike.server._stragglers import Stragglers
 from gridlike.server.config import Settings
 from gridlike.server.errors import Damaged, Unavailable
 from gridlike.server.listeners import (
@@ -48,122 +66,17 @@ from gridlike.server.listeners import (
 from gridlike.server.model import Job, Progress, Status, TypeState, timestamp
 from gridlike.server.registry import IRegistry
 
+__all__ = [
+    "Dispatcher",
+    "IWorkerLink",
+    "JobFailed",
+    "LeaseExpired",
+    "ResultNotStored",
+    "WorkerLost",
+    "WorkerRecord",
+]
+
 log = Logger()
-
-
-class JobFailed(Exception):
-    """The worker reported the job failed (message code 4)."""
-
-    def __init__(self, info: str | None, logs: str | None) -> None:
-        super().__init__(info)
-        self.info = info
-        self.logs = logs
-
-
-class WorkerLost(Exception):
-    """
-    The worker is gone from the job: its connection dropped, it broke the
-    protocol, or it reported ready while holding the job.
-    """
-
-
-class ResultNotStored(WorkerLost):
-    """
-    The worker's whole result arrived, or was recorded, but could not be made
-    durable (disk full, I/O error).  It is a L{WorkerLost}, so the attempt
-    fails with this message as C{error.info}; the worker itself did nothing
-    wrong and keeps its connection.
-    """
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(f"result could not be stored: {problem}")
-
-
-class LeaseExpired(WorkerLost):
-    """
-    An HTTP-pull worker sent no news of its job for as long as the lease
-    (L{gridlike.server.pull}): the attempt fails, counted as a timeout.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("lease expired")
-
-
-class IWorkerLink(Interface):
-    """
-    One registered worker connection, as dispatch sees it.
-    """
-
-    uid = Attribute("C{str}: the worker's stable identity, from its register message.")
-    uid_source = Attribute(
-        'C{str}: what C{uid} comes from: C{"id"}, or a fallback:'
-        ' C{"name"} or C{"address"}.'
-    )
-    name = Attribute("C{str} or C{None}: the worker's display name.")
-    job_type = Attribute("C{str} or C{None}: the job type it serves.")
-    address = Attribute("C{str}: where it connects from.")
-
-    protocol = Attribute(
-        'C{int}: 1, or 2 for a protocol 2 worker; or C{"pull"} for an HTTP-pull'
-        " worker, which holds slots as protocol 2 does and leases its jobs itself."
-    )
-    slots = Attribute("C{int}: how many jobs it may hold at once.")
-
-    def run(job: Job) -> Deferred[int]:
-        """
-        Send C{job}'s payload to the worker.
-
-        @return: fires with the size of the result once it is durable in
-            storage as the job's result; fails with L{JobFailed} or
-            L{WorkerLost}, or with L{gridlike.server.errors.Damaged} if the payload
-            is damaged (it was not sent, or the connection is closed before
-            the message ends).
-        """
-
-    def withdraw(job: Job, reason: str) -> None:
-        """
-        Take C{job} back (C{reason}: C{"deleted"}, C{"timed out"}): its run
-        Deferred fails with L{CancelledError}, and the worker's late answer
-        is discarded.
-        """
-
-    def result_recorded(job: Job, accepted: bool) -> None:
-        """
-        The result of C{job}'s attempt on this link is recorded
-        (C{accepted}), or could not be: protocol 2 acknowledges it.
-        """
-
-    def request_status() -> None:
-        """
-        An attempt of the link's ended, or it registered: ask the worker for
-        its status (protocol 1, message code 2), or offer its free slots to
-        dispatch (protocol 2); nothing once the connection is closed.
-        """
-
-
-@define(eq=False)
-class WorkerRecord:
-    """What C{GET /api/workers} shows of one connection."""
-
-    id: int
-    address: str
-    connected_at: float
-    type: str | None
-    uid: str | None = None
-    uid_source: str | None = None
-    name: str | None = None
-    state: str = "registering"
-    jobs: dict[str, _Assignment] = field(factory=dict)
-    """The jobs it holds, by id, in the order they were given."""
-    link: IWorkerLink | None = None
-    disconnected_at: float | None = None
-
-    @property
-    def job(self) -> Job | None:
-        """The first job it holds, or L{None}."""
-        for assignment in self.jobs.values():
-            return assignment.job
-        return None
 
 
 @define(eq=False)
@@ -181,6 +94,10 @@ class _Assignment:
     """The worker's, which stays the attempt's when it reattaches."""
     lease: IDelayedCall | None = None
     timed_out: bool = False
+    superseded: bool = False
+    """Withdrawn because another attempt at the job has its result."""
+    since: float = 0.0
+    """When it was sent (or resumed)."""
     grace: IDelayedCall | None = None
     """While detached: ends the attempt when the worker does not come back."""
 
@@ -264,6 +181,11 @@ class Dispatcher:
         self._assignments: dict[str, _Assignment] = {}
         self._detached: dict[str, dict[str, _Assignment]] = {}
         """Assignments of dropped protocol 2 links, by worker uid, by job id."""
+        self._copies: dict[str, _Assignment] = {}
+        """The copies of straggling jobs that run, by job id."""
+        self._stragglers = Stragglers(settings, clock, self._give_copy, self._may_copy)
+        self.straggler_copied: Callable[[Job], None] = _ignore_copy
+        """Told of every copy given to a second worker (the metrics count them)."""
         self._connections = 0
         self.attempt_failed: Callable[[Job, str], None] = _ignore_attempt
         """Told of every attempt that ends without a result, and why, in
@@ -392,6 +314,7 @@ class Dispatcher:
             if job is None:
                 idle.add(link)
                 self._set_state(record, "busy" if record.jobs else "ready")
+                self._stragglers.check(link.job_type)
                 return
             if job.avoid == link.uid and idle.has_other_than(link.uid):
                 other = idle.take(avoid=link.uid)
@@ -459,9 +382,9 @@ class Dispatcher:
         if change.pending:
             self._offer(job.type)
         elif change is JobChange.DELETED:
-            assignment = self._assignments.get(job.id)
-            if assignment is not None:
-                self._withdraw(assignment, "deleted")
+            for assignment in (self._assignments.get(job.id), self._copies.get(job.id)):
+                if assignment is not None:
+                    self._withdraw(assignment, "deleted")
 
     def type_state_changed(self, job_type: str | None, state: TypeState) -> None:
         """A type was resumed (or drained): its pending jobs go out again."""
@@ -485,6 +408,7 @@ class Dispatcher:
         while idle.by_uid:
             job = queue.peek()
             if job is None:
+                self._stragglers.check(job_type)
                 return
             link = idle.take(avoid=job.avoid)
             assert link is not None
@@ -588,9 +512,102 @@ class Dispatcher:
         self._assignments[job.id] = assignment
         if claim is None:
             self._run(assignment, send)
-        else:
+            self._stragglers.started(job, link.uid)
+        else:  # a shared registry, which has no stragglers' copies
             claim.addBoth(self._claimed, assignment, send)
         return assignment
+
+    # Stragglers
+
+    def result_arrived(self, link: IWorkerLink, job: Job) -> None:
+        """
+        The whole result of C{link}'s attempt at C{job} is in, and is about
+        to be stored as the job's result: the job's other attempt, if one
+        runs, is withdrawn now ("superseded"), before it can store one too.
+        """
+        mine = [a for a in self._attempts_of(job) if a.uid == link.uid]
+        if mine:
+            for other in self._others(mine[0]):
+                self._supersede(other)
+
+    def _give_copy(self, job: Job, uid: str) -> bool | None:
+        """
+        Give a copy of the running C{job} to an idle worker whose uid is
+        not C{uid}: an attempt of its own, with its own lease.
+
+        @return: C{True} if given; C{False} if every idle worker of its type
+            has that uid; L{None} if none is idle.
+        """
+        idle = self._idle.get(job.type)
+        if idle is None or not idle.by_uid:
+            return None
+        if not idle.has_other_than(uid):
+            return False
+        link = idle.take(avoid=uid)
+        assert link is not None
+        record = self._records[link]
+        self._registry.start_copy(job)
+        assignment = _Assignment(job, Deferred(), link, record, link.uid)
+        record.jobs[job.id] = assignment
+        self._copies[job.id] = assignment
+        log.info(
+            "job {key} straggles on worker {running}: attempt {attempt} is a copy on worker {uid}",
+            key=job.key, running=uid, attempt=job.attempt, uid=link.uid,
+        )
+        self.straggler_copied(job)
+        self._run(assignment, True)
+        self._set_state(record, "busy")
+        self._still_idle(link, idle)
+        return True
+
+    def _may_copy(self, job_type: str | None) -> bool:
+        """Whether the type has an idle worker, nothing pending, and is not paused."""
+        idle = self._idle.get(job_type)
+        registry = self._registry
+        return bool(
+            idle is not None
+            and idle.by_uid
+            and registry.pending(job_type).peek() is None
+            and registry.type_state(job_type) is not TypeState.PAUSED
+        )
+
+    def _attempts_of(self, job: Job) -> list[_Assignment]:
+        """The attempts at C{job} that still run: one, or two with a copy."""
+        return [
+            a
+            for a in (self._assignments.get(job.id), self._copies.get(job.id))
+            if a is not None and not a.running.called
+        ]
+
+    def _others(self, assignment: _Assignment) -> list[_Assignment]:
+        """The other attempts at its job that still run."""
+        return [a for a in self._attempts_of(assignment.job) if a is not assignment]
+
+    def _supersede(self, assignment: _Assignment) -> None:
+        """Another attempt at the job has its result: this one is withdrawn."""
+        log.info(
+            "job {key}: its attempt on worker {uid} is superseded",
+            key=assignment.job.key, uid=assignment.uid,
+        )
+        assignment.superseded = True
+        self._withdraw(assignment, "superseded")
+
+    def _fail(
+        self, assignment: _Assignment, info: str | None, logs: str | None, for_good: bool = False
+    ) -> Deferred[None]:
+        """
+        Record that the attempt ended without a result, unless the job's
+        other attempt still runs: then the job runs on with that one.
+        """
+        job = assignment.job
+        if self._others(assignment):
+            log.info(
+                "job {key}: its attempt on worker {uid} ended ({info}); another runs on",
+                key=job.key, uid=assignment.uid, info=info,
+            )
+            return succeed(None)
+        uid = None if for_good else assignment.uid
+        return self._registry.fail(job, info, logs, uid, for_good=for_good)
 
     def _claimed(self, claimed: bool | Failure, assignment: _Assignment, send: bool) -> None:
         """
@@ -647,6 +664,7 @@ class Dispatcher:
         """The job is this worker's: send it (unless resumed), and wait."""
         job, link = assignment.job, assignment.link
         assert link is not None
+        assignment.since = self._clock.seconds()
         if send:
             assignment.running = link.run(job)
         # A pull link leases its jobs itself, for the type's timeout too.
@@ -682,36 +700,42 @@ class Dispatcher:
         totals = self._totals.setdefault(uid, _Totals())
         withdrawn = False
         try:
-            size = await assignment.running
+            try:
+                size = await assignment.running
+            finally:
+                self._stragglers.ended(job)
         except JobFailed as e:
             totals.failed += 1
             self.attempt_failed(job, "failed")
-            await registry.fail(job, e.info, e.logs, uid)
+            await self._fail(assignment, e.info, e.logs)
         except WorkerLost as e:
             totals.failed += 1
-            self.attempt_failed(job, _reason_lost(e))
-            await registry.fail(job, str(e) or "worker disconnected", None, uid)
+            self.attempt_failed(job, reason_lost(e))
+            await self._fail(assignment, str(e) or "worker disconnected", None)
         except CancelledError:
             withdrawn = True
             if assignment.timed_out:
                 totals.failed += 1
                 self.attempt_failed(job, "timeout")
-                await registry.fail(job, f"timed out after {timeout:g} s", None, uid)
-            # else the job was deleted
+                await self._fail(assignment, f"timed out after {timeout:g} s", None)
+            # else the job was deleted, or another attempt's result won
         except Damaged as e:
             # No other worker could do better, and this one did nothing.
             # The job's failure is logged as every job failed for good is.
             self.attempt_failed(job, "damaged")
-            await registry.fail(job, e.problem, None, None, for_good=True)
+            await self._fail(assignment, e.problem, None, for_good=True)
         except Exception:
             log.failure("job {key} on worker {uid}", key=job.key, uid=uid)
             self.attempt_failed(job, "internal")
-            await registry.fail(job, "internal error", None, uid)
+            await self._fail(assignment, "internal error", None)
         else:
+            for other in self._others(assignment):  # its link did not say
+                self._supersede(other)
             try:
                 await registry.complete(job, size, uid)
                 totals.done += 1
                 recorded = True
+                self._stragglers.ran(job.type, self._clock.seconds() - assignment.since)
             except Unavailable as e:
                 recorded = False
                 # Logged with the attempt's failure, which says the problem.
@@ -725,6 +749,8 @@ class Dispatcher:
             # The job may be on another attempt already: end only this one.
             if self._assignments.get(job.id) is assignment:
                 del self._assignments[job.id]
+            if self._copies.get(job.id) is assignment:
+                del self._copies[job.id]
             record, link = assignment.record, assignment.link
             if record is not None and record.jobs.get(job.id) is assignment:
                 del record.jobs[job.id]
@@ -742,14 +768,9 @@ class Dispatcher:
             del self._gone[key]
 
 
-def _reason_lost(error: WorkerLost) -> str:
-    """The metrics' reason for an attempt whose worker lost it."""
-    if isinstance(error, ResultNotStored):
-        return "unstored"
-    if isinstance(error, LeaseExpired):
-        return "timeout"
-    return "disconnected"
-
-
 def _ignore_attempt(job: Job, reason: str) -> None:
     """No one is told of failed attempts."""
+
+
+def _ignore_copy(job: Job) -> None:
+    """No one is told of stragglers' copies."""

@@ -106,6 +106,9 @@ class Job:
     attempt: int = 0
     """The number of its latest attempt (start on a worker), from 1; never
     reused, even by a retry.  Protocol 2 workers name the attempt they run."""
+    copies: int = 0
+    """How many copies of it were given to a second worker while it
+    straggled (L{gridlike.server._stragglers}); not journaled."""
     queue_entry: list[Any] | None = None
     """The queue's live heap entry for this job, when pending."""
 
@@ -158,6 +161,7 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
         "ended": timestamp(job.ended),
         "failure_count": job.failure_count,
         "attempt": job.attempt,
+        "copies": job.copies,
         "worker_id": job.worker_id,
         "worker_name": job.worker_name,
         "progress": (

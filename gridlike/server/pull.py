@@ -139,7 +139,7 @@ class PullLink:
         """Hold the job, leased, and hand it to a claim on the next turn."""
         held = Held(job, job.attempt, Deferred())
         self._held[job.id] = held
-        self._workers.held[job.id] = self
+        self._workers.held[job.id, held.attempt] = self
         self._lease(held)
         claim = self._claims.pop(0) if self._claims else None
         self._workers.clock.callLater(0, self._hand, held, claim)
@@ -265,6 +265,7 @@ class PullLink:
             self._lease(held)
             raise held.failed
         problem: str | None = None
+        self._workers.dispatcher.result_arrived(self, held.job)
         try:
             size = await result.finish()
         except GridLikeError as e:
@@ -322,8 +323,8 @@ class PullLink:
         self._stop_lease(held)
         if self._held.get(held.job.id) is held:
             del self._held[held.job.id]
-        if self._workers.held.get(held.job.id) is self:
-            del self._workers.held[held.job.id]
+        if self._workers.held.get((held.job.id, held.attempt)) is self:
+            del self._workers.held[held.job.id, held.attempt]
         if held in self._unclaimed:
             self._unclaimed.remove(held)
 
@@ -369,8 +370,9 @@ class PullWorkers:
         self.storage = storage
         self.clock = clock
         self._links: dict[tuple[str, str | None], PullLink] = {}
-        self.held: dict[str, PullLink] = {}
-        """The link holding each job, by job id."""
+        self.held: dict[tuple[str, int], PullLink] = {}
+        """The link holding each attempt, by job id and attempt number (a
+        straggling job has two)."""
 
     def lease_of(self, job_type: str | None) -> float:
         """Seconds a job of C{job_type} is held without news."""
@@ -413,7 +415,7 @@ class PullWorkers:
         @raise Conflict: the attempt is not current.
         """
         attempt = _attempt(request.args.get(b"attempt", []))
-        link = self.held.get(job_id)
+        link = self.held.get((job_id, attempt))
         if link is None:
             raise Conflict(f"job {job_id} attempt {attempt} is not current: its answer is dropped")
         return link, link.current(job_id, attempt)
@@ -435,8 +437,8 @@ class PullWorkers:
         if matched is None or not self._token_ok(request):
             return None
         try:
-            link = self.held.get(matched.group(1))
             attempt = _attempt(parse_qs(parts.query).get(b"attempt", []))
+            link = self.held.get((matched.group(1), attempt))
             if link is None:
                 return None
             held = link.current(matched.group(1), attempt)

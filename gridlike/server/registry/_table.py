@@ -273,6 +273,15 @@ class JobTable:
         job.progress = None
         self._announce(JobChange.STARTED, job)
 
+    def start_copy(self, job: Job) -> None:
+        """
+        C{job}, running, straggles: a copy of it starts on another worker.
+        Its attempt number grows by one, as does its count of copies; its
+        start, worker and progress stay those of the attempt running.
+        """
+        job.attempt += 1
+        job.copies += 1
+
     def note_progress(self, job: Job, progress: Progress) -> None:
         """The worker running C{job} reported progress."""
         if job.status is Status.RUNNING:
