@@ -15,8 +15,8 @@ L{gridlike.server.dispatch.Dispatcher} decides I{who} (an idle worker
 whose id is not the one running the job) and runs the copy as an attempt
 of its own, with its own lease.
 
-At most one copy is ever made of a job, and none before the type has
-L{MIN_SAMPLES} run times.  The samples are kept in memory only: after a
+At most one copy is ever made of a job, none of a job younger than
+L{MIN_AGE}, and none before the type has L{MIN_SAMPLES} run times.  The samples are kept in memory only: after a
 restart a type needs L{MIN_SAMPLES} done jobs again.
 """
 
@@ -32,13 +32,17 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from gridlike.server.config import Settings
 from gridlike.server.model import Job
 
-__all__ = ["MIN_SAMPLES", "SAMPLES", "Stragglers"]
+__all__ = ["MIN_AGE", "MIN_SAMPLES", "SAMPLES", "Stragglers"]
 
 SAMPLES = 100
 """How many of a type's latest run times its median is taken over."""
 
 MIN_SAMPLES = 5
 """How many run times a type needs before any of its jobs is a straggler."""
+
+MIN_AGE = 1.0
+"""Seconds a job runs at least before it is a straggler, however short its
+type's median: a copy of a job that quick would cost more than it saves."""
 
 
 @define(eq=False)
@@ -135,12 +139,13 @@ class Stragglers:
     def threshold(self, job_type: str | None) -> float | None:
         """
         @return: how long a job of C{job_type} may run before it gets a
-            copy, or L{None} while there is no such limit.
+            copy (C{straggler_factor} times the median, and at least
+            L{MIN_AGE}), or L{None} while there is no such limit.
         """
         watch = self._watches.get(job_type)
         if watch is None or watch.median is None:
             return None
-        return watch.factor * watch.median
+        return max(MIN_AGE, watch.factor * watch.median)
 
     def check(self, job_type: str | None) -> None:
         """
