@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from random import Random
-from typing import Any
+from typing import Any, Callable
 
+from attrs import define, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
@@ -24,6 +25,8 @@ from gridlike.server.model import Job, Priority, Status, TypeState, job_view
 from gridlike.server.storage import RESULT
 from gridlike.testing import MemoryJournal, MemoryStorage, memory_core
 from tests.test_dispatch import FakeLink, Harness
+from tests.test_pull import CONFIG as PULL_BASE
+from tests.test_pull import TOKEN, Exchange, Grid
 
 CONFIG = """
 [types.render]
@@ -32,6 +35,8 @@ timeout = 1000
 
 [types.encode]
 """
+
+PULL_CONFIG = PULL_BASE.replace("[types.t]\n", "[types.t]\nstraggler_factor = 2\n")
 
 RUN = 10.0
 """How long the sample jobs run: the median, so the threshold is 20 s."""
@@ -392,3 +397,116 @@ class StragglerPropertyTests(SynchronousTestCase):
                 else:
                     self.assertEqual(held, [])
                     self.assertEqual(job.queue_entry is not None, job.status is Status.PENDING)
+
+
+class _SlowWriter:
+    """A writer whose C{finish} waits until released: a slow disk."""
+
+    def __init__(self, writer: Any, releases: list[Callable[[], None]]) -> None:
+        self._writer = writer
+        self._releases = releases
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+    def finish(self) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        self._releases.append(lambda: self._writer.finish().chainDeferred(d))
+        return d
+
+
+@define
+class SlowStorage(MemoryStorage):
+    """Memory storage whose writers finish only when released, while C{slow}."""
+
+    slow: bool = False
+    releases: list[Callable[[], None]] = field(factory=list)
+
+    def writer(self, job_id: str, kind: str, max_size: int | None = None) -> Any:
+        writer = super().writer(job_id, kind, max_size)
+        return _SlowWriter(writer, self.releases) if self.slow else writer
+
+
+class PullCopyTests(SynchronousTestCase):
+    """Two HTTP-pull workers hold the two attempts of a straggling job."""
+
+    def setUp(self) -> None:
+        self.grid = Grid(PULL_CONFIG, SlowStorage())
+        for _ in range(MIN_SAMPLES):
+            self.grid.submit(b"quick")
+            status, headers, _ = self.grid.claim(uid="w1").response()
+            self.grid.clock.advance(RUN)
+            job_id, attempt = headers["gridlike-job-id"], headers["gridlike-attempt"]
+            answer = self.grid.call("PUT", f"/api/worker/jobs/{job_id}/result?attempt={attempt}", b"Q")
+            self.assertEqual(answer[0], 202)
+        self.key = self.grid.submit(b"slow")
+        status, headers, _ = self.grid.claim(uid="w1").response()
+        self.job_id = headers["gridlike-job-id"]
+        self.original = headers["gridlike-attempt"]
+        waiting = self.grid.claim(uid="w2", wait=60)
+        self.grid.clock.advance(2 * RUN)
+        status, headers, body = waiting.response()
+        self.assertEqual((status, body, headers["gridlike-job-id"]), (200, b"slow", self.job_id))
+        self.copy = headers["gridlike-attempt"]
+        self.assertEqual(int(self.copy), int(self.original) + 1)
+
+    def put(self, attempt: str, body: bytes) -> tuple[int, dict[str, str], Any]:
+        return self.grid.call("PUT", f"/api/worker/jobs/{self.job_id}/result?attempt={attempt}", body)
+
+    def test_copy_wins(self) -> None:
+        """The copy's result is stored; the original's late one is a 409 and stores nothing."""
+        self.assertEqual(self.put(self.copy, b"copy")[0], 202)
+        status, _, body = self.put(self.original, b"late")
+        self.assertEqual(status, 409)
+        self.assertIn("not current", body["problem"])
+        self.assertEqual(self.grid.storage.objects[self.job_id, RESULT], b"copy")
+        job = self.grid.core.registry.get(self.key)
+        self.assertEqual((job.status, job.worker_id, job.failure_count), (Status.DONE, "w2", 0))
+
+    def test_loser_streaming_meanwhile(self) -> None:
+        """
+        The original's result is streaming in when the copy's whole result
+        arrives: the original's writer is dropped, its request answered
+        409, and the copy's result stays the job's.
+        """
+        head = (
+            f"PUT /api/worker/jobs/{self.job_id}/result?attempt={self.original} HTTP/1.1\r\n"
+            f"Host: grid\r\nContent-Length: 8\r\nX-Worker-Token: {TOKEN}\r\n\r\n"
+        )
+        streaming = Exchange(self.grid.site, head.encode(), b"half")
+        self.grid.settle()
+        self.assertEqual(self.put(self.copy, b"copy")[0], 202)
+        streaming.channel.dataReceived(b"more")
+        self.grid.settle()
+        self.assertEqual(streaming.response()[0], 409)
+        self.assertEqual(self.grid.storage.objects[self.job_id, RESULT], b"copy")
+        self.assertIs(self.grid.status(self.key), Status.DONE)
+
+    def test_original_wins(self) -> None:
+        """The original's result first: stored, and the copy's is the 409."""
+        self.assertEqual(self.put(self.original, b"original")[0], 202)
+        self.assertEqual(self.put(self.copy, b"late")[0], 409)
+        self.assertEqual(self.grid.storage.objects[self.job_id, RESULT], b"original")
+        self.assertEqual(self.grid.core.registry.get(self.key).worker_id, "w1")
+
+    def test_no_second_writer_while_first_stores(self) -> None:
+        """
+        While the first whole result is being stored (its disk is slow),
+        the other attempt is already withdrawn: its result cannot be
+        stored too and replace the first.
+        """
+        storage = self.grid.storage
+        assert isinstance(storage, SlowStorage)
+        storage.slow = True
+        first = self.grid.send(
+            "PUT", f"/api/worker/jobs/{self.job_id}/result?attempt={self.original}", b"first"
+        )
+        self.assertFalse(first.answered())
+        status, _, body = self.put(self.copy, b"second")
+        self.assertEqual(status, 409, body)
+        [release] = storage.releases
+        release()
+        self.grid.settle()
+        self.assertEqual(first.response()[0], 202)
+        self.assertEqual(storage.objects[self.job_id, RESULT], b"first")
+        self.assertEqual(self.grid.core.registry.get(self.key).worker_id, "w1")
