@@ -27,6 +27,11 @@ from gridlike.testing import MemoryJournal, MemoryStorage, memory_core
 from tests.test_dispatch import FakeLink, Harness
 from tests.test_pull import CONFIG as PULL_BASE
 from tests.test_pull import TOKEN, Exchange, Grid
+from tests.test_workers import READY
+from tests.test_workers import Harness as WsHarness
+from tests.test_workers_v2 import job_frame, welcome
+from tests.test_workers_v2 import register as v2_register
+from tests.test_workers_v2 import result as v2_result
 
 CONFIG = """
 [types.render]
@@ -510,3 +515,112 @@ class PullCopyTests(SynchronousTestCase):
         self.assertEqual(first.response()[0], 202)
         self.assertEqual(storage.objects[self.job_id, RESULT], b"first")
         self.assertEqual(self.grid.core.registry.get(self.key).worker_id, "w1")
+
+
+class WebSocketCopyTests(SynchronousTestCase):
+    """Two protocol 1 connections run the two attempts of a straggling job."""
+
+    def test_no_second_writer_while_first_stores(self) -> None:
+        """
+        While the first whole result is being written to disk, the other
+        attempt is already withdrawn: its result is read and thrown away,
+        and cannot replace the first in storage.
+        """
+        h = WsHarness(self, "[scheduling]\nstraggler_factor = 2\n", disk=True)
+        first, second = h.registered(uid="a"), h.registered(uid="b")
+        for _ in range(MIN_SAMPLES):
+            h.submit()
+            first.send(**READY)
+            first.take()
+            h.clock.advance(RUN)
+            second.flush()  # it answers the pings
+            first.send_binary(b"sample")
+            self.assertEqual(first.take(), [{"code": 2}])
+        job = h.submit(b"slow")
+        first.send(**READY)
+        self.assertEqual(first.take(), [b"slow"])
+        second.send(**READY)
+        h.clock.advance(2 * RUN)
+        second.flush()
+        self.assertEqual(second.take(), [b"slow"])
+        h.run_threads = lambda: False  # type: ignore[method-assign]
+        first.send_binary(b"first")  # whole, and being written
+        second.send_binary(b"second")
+        self.assertEqual(second.take(), [{"code": 2}], "discarded, then asked its status")
+        del h.run_threads
+        first.flush()
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual((job.worker_id, job.failure_count), ("a", 0))
+        self.assertEqual(h.stored(job), b"first")
+        self.assertEqual(h.view("b")["jobs_failed"], 0)
+
+    def test_protocol2_no_second_writer_while_first_stores(self) -> None:
+        """
+        The same with protocol 2: the other attempt is cancelled as
+        superseded as soon as the first whole result is in, and its own
+        result is not accepted.
+        """
+        h = WsHarness(self, "[scheduling]\nstraggler_factor = 2\n", disk=True)
+        first = h.connect()
+        v2_register(first, uid="a")
+        first.take()
+        for _ in range(MIN_SAMPLES):
+            sample = h.submit()
+            h.clock.advance(RUN)
+            v2_result(first, sample, b"sample", sample.attempt)
+            self.assertEqual(first.take()[-1]["accepted"], True)
+        job = h.submit(b"slow")
+        first.flush()
+        self.assertEqual(first.take(), [job_frame(job), b"slow"])
+        second = h.connect()
+        v2_register(second, uid="b")
+        second.take()
+        h.clock.advance(2 * RUN)
+        second.flush()
+        self.assertEqual(second.take(), [job_frame(job, attempt=2), b"slow"])
+        h.run_threads = lambda: False  # type: ignore[method-assign]
+        v2_result(first, job, b"first", 1)
+        cancel = {"code": 8, "job": job.id, "attempt": 2, "reason": "superseded"}
+        second.flush()
+        self.assertEqual(second.take(), [cancel])
+        v2_result(second, job, b"second", 2)
+        self.assertEqual(second.take(), [{"code": 9, "job": job.id, "attempt": 2, "accepted": False}])
+        del h.run_threads
+        first.flush()
+        self.assertEqual(first.take(), [{"code": 9, "job": job.id, "attempt": 1, "accepted": True}])
+        self.assertEqual((job.status, job.worker_id, job.failure_count), (Status.DONE, "a", 0))
+        self.assertEqual(h.stored(job), b"first")
+
+    def test_original_reattaches_after_copy(self) -> None:
+        """
+        A protocol 2 worker running the original drops and comes back with
+        it: its attempt is still its own, though the copy's number is the
+        job's now, and its result is accepted.
+        """
+        h = WsHarness(self, "[scheduling]\nstraggler_factor = 2\n")
+        first = h.connect()
+        v2_register(first, uid="a")
+        first.take()
+        for _ in range(MIN_SAMPLES):
+            sample = h.submit()
+            h.clock.advance(RUN)
+            v2_result(first, sample, b"sample", sample.attempt)
+        job = h.submit(b"slow")
+        first.flush()
+        first.take()
+        second = h.connect()
+        v2_register(second, uid="b")
+        h.clock.advance(2 * RUN)
+        second.flush()
+        self.assertEqual(second.take()[-2:], [job_frame(job, attempt=2), b"slow"])
+        first.drop()
+        again = h.connect()
+        v2_register(again, uid="a", held=[{"job": job.id, "attempt": 1, "finished": True}])
+        self.assertEqual(again.take(), [welcome(keep=[job.id])])
+        v2_result(again, job, b"kept", 1)
+        h.clock.advance(0)
+        again.flush()
+        self.assertEqual(again.take(), [{"code": 9, "job": job.id, "attempt": 1, "accepted": True}])
+        self.assertEqual((job.status, job.worker_id, job.failure_count), (Status.DONE, "a", 0))
+        second.flush()
+        self.assertEqual(second.take(), [{"code": 8, "job": job.id, "attempt": 2, "reason": "superseded"}])

@@ -98,6 +98,9 @@ class _Assignment:
     """Withdrawn because another attempt at the job has its result."""
     since: float = 0.0
     """When it was sent (or resumed)."""
+    number: int | None = None
+    """Its attempt number, once the job has a copy, whose number is the
+    job's from then on; before that, the job's."""
     grace: IDelayedCall | None = None
     """While detached: ends the attempt when the worker does not come back."""
 
@@ -243,7 +246,9 @@ class Dispatcher:
         kept = []
         for job_id, attempt in held:
             assignment = detached.pop(job_id, None)
-            if assignment is not None and assignment.job.attempt == attempt:
+            if assignment is not None and attempt == (
+                assignment.job.attempt if assignment.number is None else assignment.number
+            ):
                 assignment.grace, grace = None, assignment.grace
                 if grace is not None and grace.active():
                     grace.cancel()
@@ -546,8 +551,10 @@ class Dispatcher:
         link = idle.take(avoid=uid)
         assert link is not None
         record = self._records[link]
+        for original in self._attempts_of(job):
+            original.number = job.attempt
         self._registry.start_copy(job)
-        assignment = _Assignment(job, Deferred(), link, record, link.uid)
+        assignment = _Assignment(job, Deferred(), link, record, link.uid, number=job.attempt)
         record.jobs[job.id] = assignment
         self._copies[job.id] = assignment
         log.info(
