@@ -13,7 +13,7 @@ from typing import Any, Callable
 from attrs import define, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -82,6 +82,13 @@ class StragglerHarness(Harness):
         self.dispatcher.ready(idle)
         self.clock.advance(2 * RUN - 1)
         return job
+
+
+class DamagedLink(FakeLink):
+    """A link whose every payload turns out damaged as it is sent."""
+
+    def run(self, job: Job) -> Deferred[int]:
+        return fail(Damaged("payload damaged"))
 
 
 class StragglerTests(SynchronousTestCase):
@@ -302,6 +309,23 @@ class StragglerTests(SynchronousTestCase):
         self.assertEqual((self.w1.withdrawn, self.w2.withdrawn), ([("slow", "deleted")], [("slow", "deleted")]))
         self.assertIsNone(self.h.registry.by_id(job.id))
         self.assertEqual(self.h.clock.getDelayedCalls(), [])
+
+    def test_ended_at_once(self) -> None:
+        """
+        An attempt that ends as it starts (its payload is damaged) leaves
+        nothing waiting for a copy: the job is no straggler, later.
+        """
+        h = self.h
+        damaged = DamagedLink("w3", clock=h.clock)
+        damaged.record = h.dispatcher.opened("127.0.0.1", "render")
+        h.dispatcher.registered(damaged.record, damaged)
+        h.dispatcher.ready(damaged)
+        job = h.submit(key="broken")
+        self.assertIs(job.status, Status.FAILED)
+        h.dispatcher.ready(self.w2)
+        h.clock.advance(10 * RUN)
+        self.assertEqual((self.w2.held(), self.h.copied), ([], []))
+        self.assertEqual(h.dispatcher._stragglers._watches["render"].running, {})
 
     def test_untyped(self) -> None:
         """[scheduling] straggler_factor covers the untyped jobs."""

@@ -516,8 +516,9 @@ class Dispatcher:
         record.jobs[job.id] = assignment
         self._assignments[job.id] = assignment
         if claim is None:
-            self._run(assignment, send)
+            # Before it runs: an attempt may end at once (a damaged payload).
             self._stragglers.started(job, link.uid)
+            self._run(assignment, send)
         else:  # a shared registry, which has no stragglers' copies
             claim.addBoth(self._claimed, assignment, send)
         return assignment
