@@ -66,6 +66,7 @@ class _Watch:
     timer: IDelayedCall | None = None
 
     def stop_timer(self) -> None:
+        """The timer, if set, will not fire."""
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None

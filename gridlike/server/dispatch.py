@@ -94,8 +94,6 @@ class _Assignment:
     """The worker's, which stays the attempt's when it reattaches."""
     lease: IDelayedCall | None = None
     timed_out: bool = False
-    superseded: bool = False
-    """Withdrawn because another attempt at the job has its result."""
     since: float = 0.0
     """When it was sent (or resumed)."""
     number: int | None = None
@@ -597,7 +595,6 @@ class Dispatcher:
             "job {key}: its attempt on worker {uid} is superseded",
             key=assignment.job.key, uid=assignment.uid,
         )
-        assignment.superseded = True
         self._withdraw(assignment, "superseded")
 
     def _fail(
