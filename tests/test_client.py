@@ -486,6 +486,20 @@ class ReadTests(ClientTestCase):
         self.assertFalse(self.done(self.client.health()))
         self.fails(self.client.submit(b"x"), Unavailable)
 
+    def test_type_states(self) -> None:
+        """pause, drain and resume set the state that types() shows; an unknown type is NotFound."""
+        self.done(self.client.submit(b"in"))
+        for call, state in ((self.client.pause, "paused"), (self.client.drain, "draining")):
+            self.assertEqual(self.done(call()), {"type": None, "state": state})
+            types = self.done(self.client.types())
+            self.assertEqual(list(types), ["null"])
+            self.assertEqual(types["null"]["state"], state)
+            self.assertEqual(types["null"]["jobs"]["pending"], 1)
+        self.fails(self.client.submit(b"x"), Unavailable)
+        self.assertEqual(self.done(self.client.resume()), {"type": None, "state": "active"})
+        self.assertEqual(self.done(self.client.types())["null"]["state"], "active")
+        self.fails(self.client.pause("nope"), NotFound)
+
 
 class ErrorTests(SynchronousTestCase):
     def test_error_for(self) -> None:

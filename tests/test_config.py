@@ -191,9 +191,10 @@ def test_etc_file_example_types_load() -> None:
             keep_failed=30 * 86400.0,
             on_done="https://hooks.example/done",
             on_failed="https://hooks.example/failed",
-            straggler_factor=3.0,
+            quorum=2,
+            quarantine_after=3,
         ),
-        "stage2": TypeSettings(name="stage2"),
+        "stage2": TypeSettings(name="stage2", straggler_factor=3.0),
     }
 
 
@@ -707,6 +708,16 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
         (
             "[scheduling]\nstraggler_factor = 0.5",
             "[scheduling] straggler_factor: must be a number > 1, not 0.5",
+        ),
+        (
+            "[types.a]\nstraggler_factor = 2\n[types.b]\nquorum = 2\nstraggler_factor = 2",
+            "[types.b] straggler_factor: not with quorum: a quorum job already"
+            " runs on several workers (docs/straggler.md)",
+        ),
+        (
+            "[scheduling]\nquorum = 2\nstraggler_factor = 3\n[types.a]\nquorum = 2",
+            "[scheduling] straggler_factor: not with quorum: a quorum job already"
+            " runs on several workers (docs/straggler.md)",
         ),
         (
             "[registry]\nkind = 'redis'\nurl = 'redis://x'\n[types.a]\n[types.b]\nstraggler_factor = 2",

@@ -25,7 +25,9 @@ from gridlike.server.dispatch import JobFailed
 from gridlike.server.errors import BadRequest, ConfigError
 from gridlike.server.events import EventStream, Selection
 from gridlike.server.listeners import IJobListener, IWorkerListener
+from gridlike.server.model import TypeState
 from tests.test_dispatch import Harness
+from tests.test_type_state import set_state
 
 
 class _Events(Resource):
@@ -101,6 +103,7 @@ class Setup:
         options.setdefault("delivery_delay", 0)
         self.stream = EventStream(self.clock, self.h.dispatcher.view, **options)
         self.h.core.add_observer(self.stream)  # before the dispatcher
+        self.h.registry.add_type_listener(self.stream.type_state_changed)  # as the API adds it
         self.site = Site(_Events(self.stream), reactor=self.clock, timeout=None)
 
     def connect(self, query: str = "", **headers: str) -> Connection:
@@ -199,6 +202,28 @@ class EventStreamTests(SynchronousTestCase):
         self.assertEqual(keys(jobs_only), ["a", "b", "c"])
         self.assertEqual(keys(untyped), [])
         for c in (by_type, by_keys, jobs_only, untyped):
+            c.close()
+
+    def test_type_events(self) -> None:
+        """A type's pause, drain and resume are type events, once per real change, selected by ?events= and ?type=."""
+        s = Setup()
+        types_only = s.connect("?events=type")
+        render = s.connect("?type=render")
+        encode = s.connect("?type=encode")
+        jobs_only = s.connect("?events=job")
+        for state in (TypeState.PAUSED, TypeState.PAUSED, TypeState.DRAINING, TypeState.ACTIVE):
+            set_state(s.h, state)
+        s.h.submit(key="a")
+        s.clock.advance(0)
+        expected = [
+            {"change": "state", "type": "render", "state": state}
+            for state in ("paused", "draining", "active")
+        ]
+        self.assertEqual([e["data"] for e in types_only.events()], expected)
+        self.assertEqual([e["event"] for e in types_only.events()], ["type"] * 3)
+        self.assertEqual(render.changes(), [("type", "state")] * 3 + [("job", "submitted")])
+        self.assertEqual((encode.events(), jobs_only.changes()), ([], [("job", "submitted")]))
+        for c in (types_only, render, encode, jobs_only):
             c.close()
 
     def test_bad_filter(self) -> None:

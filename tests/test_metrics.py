@@ -41,7 +41,7 @@ from gridlike.server.journal import Journal
 from gridlike.server.listeners import IJobListener, IWorkerListener
 from gridlike.server.logs import ActivityLog, json_log_observer, log_summary
 from gridlike.server.metrics import REASONS, Metrics
-from gridlike.server.model import Job, Priority
+from gridlike.server.model import Job, Priority, TypeState
 from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT
 from gridlike.testing import MemoryJournal, MemoryStorage
@@ -177,6 +177,8 @@ class FamilyTests(SynchronousTestCase):
             "gridlike_job_retries": "counter",
             "gridlike_jobs_deleted": "counter",
             "gridlike_http_requests": "counter",
+            "gridlike_type_state": "gauge",
+            "gridlike_type_state_changes": "counter",
         }.items():
             self.assertEqual(kinds.get(name), kind, name)
         self.assertEqual(
@@ -208,6 +210,38 @@ class FamilyTests(SynchronousTestCase):
         )
         self.assertEqual(value(families, "gridlike_workers", state="busy", type=""), 1)
         self.assertEqual(value(families, "gridlike_jobs_submitted_total", type=""), 1)
+
+
+    def test_type_state(self) -> None:
+        """
+        gridlike_type_state is 1 for each type's state now and 0 for the
+        others; gridlike_type_state_changes_total counts real changes only.
+        """
+        h = Harness()
+
+        def states(job_type: str) -> dict[str, float]:
+            families = h.scrape()
+            return {
+                s.value: value(families, "gridlike_type_state", type=job_type, state=s.value)
+                for s in TypeState
+            }
+
+        def changes(job_type: str, state: str) -> float:
+            return value(h.scrape(), "gridlike_type_state_changes_total", type=job_type, state=state)
+
+        self.assertEqual(states("render"), {"active": 1, "paused": 0, "draining": 0})
+        self.assertEqual(changes("render", "paused"), 0)
+        for state in (TypeState.PAUSED, TypeState.PAUSED, TypeState.DRAINING):
+            Deferred.fromCoroutine(h.registry.set_type_state("render", state))
+            h.clock.advance(0)
+        self.assertEqual(states("render"), {"active": 0, "paused": 0, "draining": 1})
+        self.assertEqual(states("encode"), {"active": 1, "paused": 0, "draining": 0})
+        self.assertEqual((changes("render", "paused"), changes("render", "draining")), (1, 1))
+        self.assertEqual(changes("render", "active"), 0)
+        untyped = Harness("")
+        Deferred.fromCoroutine(untyped.registry.set_type_state(None, TypeState.PAUSED))
+        untyped.clock.advance(0)
+        self.assertEqual(value(untyped.scrape(), "gridlike_type_state", type="", state="paused"), 1)
 
 
 class JobFigureTests(SynchronousTestCase):

@@ -21,7 +21,7 @@ from gridlike.server.dispatch import Dispatcher
 from gridlike.server.errors import Conflict, NotFound, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import JobChange
-from gridlike.server.model import Priority, Progress, Status
+from gridlike.server.model import Priority, Progress, Status, TypeState
 from gridlike.server.registry import IRegistry, NewJob, new_job_id
 from gridlike.server.registry.redis import NoJournal, RedisRegistry
 from gridlike.server.retention import Retention
@@ -246,6 +246,27 @@ class RedisRegistryTests(TestCase):
         assert self.a.by_id(held.id) is not held
         await self.a.complete(held, 1, "other")
         await self._until(lambda: self.b.get("held").status is Status.DONE)
+
+    async def test_type_state_changes_heard_once(self) -> None:
+        """
+        Every instance hears a type's real state changes once each, from
+        the log or from loading again; a state set twice is heard once.
+        """
+        heard: dict[str, list[tuple[str | None, TypeState]]] = {"a": [], "b": []}
+        self.a.add_type_listener(lambda t, s: heard["a"].append((t, s)))
+        self.b.add_type_listener(lambda t, s: heard["b"].append((t, s)))
+        await self.a.set_type_state("first", TypeState.PAUSED)
+        await self.b.set_type_state("first", TypeState.PAUSED)
+        await self._until(lambda: self.a._lsn == self.b._lsn and len(heard["b"]) == 1)
+        self.a._lsn -= 1  # the next change skips one: a loads everything again
+        await self.b.set_type_state("first", TypeState.DRAINING)
+        await self._until(lambda: self.a._lsn == self.b._lsn)
+        await self._until(lambda: len(heard["a"]) == 2)
+        await self.a.set_type_state("first", TypeState.ACTIVE)
+        await self._until(lambda: len(heard["b"]) == 3)
+        await deferLater(reactor, 0)  # nothing else is still on its way
+        expected = [("first", s) for s in (TypeState.PAUSED, TypeState.DRAINING, TypeState.ACTIVE)]
+        assert heard == {"a": expected, "b": expected}, heard
 
     async def test_tidy_shared_storage(self) -> None:
         """

@@ -129,13 +129,16 @@ class SessionsTests(SynchronousTestCase):
             (b"GET", "/api/events"), (b"GET", "/api/jobs"), (b"HEAD", "/api/stats"),
             (b"GET", "/api/jobs/k/payload"), (b"POST", "/api/jobs/k/retry"),
             (b"DELETE", "/api/jobs/k"), (b"POST", "/api/jobs/retry"),
-            (b"GET", "/api/jobs/"), (b"GET", "/api/batches"),
+            (b"GET", "/api/jobs/"), (b"GET", "/api/batches"), (b"GET", "/api/types"),
+            (b"POST", "/api/pause"), (b"POST", "/api/pause/render"), (b"POST", "/api/drain/render"),
+            (b"POST", "/api/resume"), (b"POST", "/api/resume/render"),
         ]:
             self.assertTrue(page_route(method, split(path)), path)
         for method, path in [
             (b"POST", "/api/jobs/submit"), (b"POST", "/api/jobs/bulk"),
             (b"POST", "/api/jobs/results"), (b"GET", "/metrics"),
             (b"GET", "/api/jobs/k/other"), (b"PUT", "/api/jobs/k"),
+            (b"GET", "/api/pause/render"), (b"POST", "/api/pause/render/more"),
         ]:
             self.assertFalse(page_route(method, split(path)), path)
 

@@ -6,7 +6,10 @@ and the submit routes' refusal while draining.
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridlike.server.model import Status, TypeState
@@ -69,6 +72,105 @@ class DispatchTests(SynchronousTestCase):
         self.assertEqual(h.registry.stats()["type_states"], {"render": "draining"})
         set_state(h, TypeState.ACTIVE)
         self.assertEqual(h.registry.stats()["type_states"], {})
+
+
+POLICIES = """
+[auth]
+webhook_secret = "s3cret-for-signing"
+
+[scheduling]
+max_attempts = 4
+keep_failed = "1h"
+on_failed = "https://hooks.example/failed?token=secret"
+
+[types.render]
+description = "frames"
+timeout = 30
+max_attempts = 2
+keep_done = "7d"
+on_done = "https://hooks.example/done"
+result_becomes = "encode"
+
+[types.encode]
+quorum = 3
+quarantine_after = 2
+"""
+
+
+class TypeViewTests(SynchronousTestCase):
+    def test_views(self) -> None:
+        """Every configured type, in order, with its state, jobs, connected workers and policies."""
+        h = Harness()
+        h.submit()
+        h.submit()
+        link = h.connect("w1")
+        h.dispatcher.ready(link)
+        h.clock.advance(0)
+        h.connect("w2", "encode")
+        set_state(h, TypeState.PAUSED)
+        views = h.core.type_views()
+        self.assertEqual(list(views), ["render", "encode"])
+        self.assertEqual(views["render"]["state"], "paused")
+        self.assertEqual(views["render"]["jobs"], {"pending": 1, "running": 1, "done": 0, "failed": 0})
+        self.assertEqual((views["render"]["workers"], views["encode"]["workers"]), (1, 1))
+        self.assertEqual(views["encode"]["state"], "active")
+        h.dispatcher.closed(link.record)
+        self.assertEqual(h.core.type_views()["render"]["workers"], 0)
+
+    def test_policies(self) -> None:
+        """A type's own keys, [scheduling]'s where it falls back to them; webhooks only as set or not."""
+        core = memory_core(POLICIES, Clock())
+        views = core.type_views()
+        self.assertEqual(views["render"]["description"], "frames")
+        self.assertEqual(views["render"]["policies"], {
+            "max_attempts": 2, "timeout": 30.0, "result_becomes": "encode",
+            "keep_done": 7 * 86400.0, "keep_failed": None, "on_done": True, "on_failed": False,
+            "quorum": None, "quarantine_after": None,
+        })
+        self.assertEqual(views["encode"]["policies"], {
+            "max_attempts": 4, "timeout": 0.0, "result_becomes": None,
+            "keep_done": None, "keep_failed": None, "on_done": False, "on_failed": False,
+            "quorum": 3, "quarantine_after": 2,
+        })
+        self.assertNotIn("hooks.example", json.dumps(views))
+
+    def test_untyped(self) -> None:
+        """An instance without types has one, the untyped jobs, named "null" with [scheduling]'s policies."""
+        core = memory_core(POLICIES.split("[types.render]")[0], Clock())
+        views = core.type_views()
+        self.assertEqual(list(views), ["null"])
+        self.assertEqual(views["null"]["description"], None)
+        self.assertEqual(views["null"]["policies"]["keep_failed"], 3600.0)
+        self.assertEqual(views["null"]["policies"]["on_failed"], True)
+        self.assertEqual(views["null"]["jobs"], {"pending": 0, "running": 0, "done": 0, "failed": 0})
+
+
+class ListenerTests(SynchronousTestCase):
+    def test_only_changes(self) -> None:
+        """The type listeners hear each real change once; setting the state a type has is no change."""
+        h = Harness()
+        heard: list[tuple[str | None, TypeState]] = []
+        h.registry.add_type_listener(lambda t, s: heard.append((t, s)))
+        set_state(h, TypeState.PAUSED)
+        set_state(h, TypeState.PAUSED)
+        set_state(h, TypeState.DRAINING)
+        set_state(h, TypeState.ACTIVE)
+        set_state(h, TypeState.ACTIVE)
+        set_state(h, TypeState.ACTIVE, "encode")
+        self.assertEqual(
+            heard,
+            [("render", TypeState.PAUSED), ("render", TypeState.DRAINING), ("render", TypeState.ACTIVE)],
+        )
+
+    def test_not_replayed(self) -> None:
+        """A restart's replay announces nothing."""
+        h = Harness()
+        set_state(h, TypeState.PAUSED)
+        core = memory_core(CONFIG, h.clock, journal=h.journal, storage=h.storage)
+        heard: list[object] = []
+        core.registry.add_type_listener(lambda t, s: heard.append((t, s)))
+        h.clock.advance(0)
+        self.assertEqual((core.registry.type_states(), heard), ({"render": TypeState.PAUSED}, []))
 
 
 class DurableTests(SynchronousTestCase):

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.integration.test_cli -*-
 """
 The subcommands about the server rather than its jobs: C{workers},
-C{stats}, C{pause}, C{drain} and C{resume} of a job type, and C{check-config}, which reads a server's configuration file
+C{stats}, C{types}, C{pause}, C{drain} and C{resume} of a job type, and C{check-config}, which reads a server's configuration file
 without contacting any server.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from gridlike.client.cli import OK, Context, command, connected, stats_text, table
 from gridlike.client.cli import workers_table
@@ -40,6 +41,52 @@ async def _stats(context: Context) -> int:
         return OK
     context.print(stats_text(stats))
     return OK
+
+
+@command("types", "list the job types: state, jobs, workers and policies")
+async def _types(context: Context) -> int:
+    views = await context.client.types()
+    if context.options.json:
+        context.json(views)
+        return OK
+    context.print(types_table(views))
+    return OK
+
+
+def types_table(views: dict[str, dict[str, Any]]) -> str:
+    """The type views as C{gridlike types} shows them, policies in one column."""
+    headers = ["TYPE", "STATE", "PENDING", "RUNNING", "DONE", "FAILED", "WORKERS", "POLICIES"]
+    rows = [
+        (name, view["state"], *(view["jobs"].get(s, 0) for s in ("pending", "running", "done", "failed")),
+         view["workers"], _policies(view["policies"]))
+        for name, view in views.items()
+    ]
+    return table(rows, headers)
+
+
+def _policies(policies: dict[str, Any]) -> str | None:
+    """The policies that differ from having none, C{keep_done 7d, on_done}."""
+    shown = []
+    for name, value in policies.items():
+        if value is None or value is False or (name == "timeout" and not value):
+            continue
+        if value is True:
+            shown.append(name)
+        elif name in ("timeout", "keep_done", "keep_failed"):
+            shown.append(f"{name} {_duration(value)}")
+        elif name == "result_becomes":
+            shown.append(f"-> {value}")
+        else:
+            shown.append(f"{name} {value}")
+    return ", ".join(shown) or None
+
+
+def _duration(seconds: float) -> str:
+    """C{604800} as C{7d}, C{5400} as C{90m}: the largest unit that divides it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _type_argument(parser: argparse.ArgumentParser) -> None:

@@ -130,6 +130,7 @@ class BlockingClient:
     jobs_page = _blocking(GridLikeClient.jobs_page)
     workers = _blocking(GridLikeClient.workers)
     stats = _blocking(GridLikeClient.stats)
+    types = _blocking(GridLikeClient.types)
     health = _blocking(GridLikeClient.health)
     delete = _blocking(GridLikeClient.delete)
     retry = _blocking(GridLikeClient.retry)

@@ -8,7 +8,8 @@ This module is the command's frame: the registry of subcommands, what they
 share (L{Context}, the exit codes, tables), parsing and dispatch.  The
 built-in subcommands are in L{gridlike.client._cli_live} (C{submit},
 C{watch}), L{gridlike.client._cli_jobs} (C{status} to C{retry}) and
-L{gridlike.client._cli_admin} (C{workers}, C{stats}, C{check-config}).
+L{gridlike.client._cli_admin} (C{workers}, C{stats}, C{types}, C{pause} to
+C{resume}, C{check-config}).
 
 Exit codes (L{exit_code} is the one place errors map to them, for the
 worker agent too)::

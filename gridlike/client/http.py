@@ -478,6 +478,15 @@ class GridLikeClient:
         return await self._json(await self._request("GET", "/api/stats"))
 
     @_deferred
+    async def types(self) -> dict[str, dict[str, Any]]:
+        """
+        Each job type (C{"null"}: an untyped server's jobs) with its state
+        (C{active}, C{paused} or C{draining}), its job counts, connected
+        workers and policies, as C{GET /api/types} gives them.
+        """
+        return await self._json(await self._request("GET", "/api/types"))
+
+    @_deferred
     async def health(self) -> bool:
         """
         Whether the server can write its registry and storage now.

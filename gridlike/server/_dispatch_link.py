@@ -20,7 +20,7 @@ from zope.interface import Attribute, Interface
 from gridlike.server.model import Job
 
 if TYPE_CHECKING:
-    from gridlike.server.dispatch import _Assignment
+    from gridlike.server._dispatch_state import Assignment
 
 __all__ = [
     "IWorkerLink",
@@ -136,7 +136,7 @@ class WorkerRecord:
     uid_source: str | None = None
     name: str | None = None
     state: str = "registering"
-    jobs: dict[str, _Assignment] = field(factory=dict)
+    jobs: dict[str, Assignment] = field(factory=dict)
     """The jobs it holds, by id, in the order they were given."""
     link: IWorkerLink | None = None
     disconnected_at: float | None = None

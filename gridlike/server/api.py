@@ -130,6 +130,7 @@ class GridLikeAPI:
             stall_timeout=server.idle_timeout,
         )
         core.add_observer(self.events)
+        core.registry.add_type_listener(self.events.type_state_changed)
         self.dashboard = Dashboard(
             core.settings, self.sessions, core.clock, lambda: self.events.last_id
         )
@@ -316,6 +317,10 @@ class GridLikeAPI:
     @app.route("/api/workers", methods=["GET"])
     def workers(self, request: IRequest) -> bytes:
         return json_body(request, self._core.worker_views())
+
+    @app.route("/api/types", methods=["GET"])
+    def types(self, request: IRequest) -> bytes:
+        return json_body(request, self._core.type_views())
 
     @app.route("/api/stats", methods=["GET"])
     def stats(self, request: IRequest) -> bytes:

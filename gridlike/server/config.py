@@ -32,22 +32,21 @@ from types import MappingProxyType
 from attrs import field, frozen
 
 from gridlike.server._config_auth import AuthSettings, _auth, _refuse_unsigned_webhooks
+from gridlike.server._config_quorum import quorum_keys, refuse_bad_quorums
 from gridlike.server._config_redis import RedisSettings, _redis
 from gridlike.server._config_s3 import S3Settings, _s3
+from gridlike.server._config_server import ServerSettings, _server
+from gridlike.server._config_stragglers import refuse_bad_stragglers, straggler_factor
 from gridlike.server._config_workers import WorkerSettings, _workers
 from gridlike.server._config_table import (
-    GiB,
     KiB,
     MiB,
-    _endpoints,
-    _listens_locally,
     _refuse_anonymous_exposure,
     _Table,
     parse_size,
 )
 from gridlike.server.errors import ConfigError
 from gridlike.server.model import Status
-from gridlike.server.origin import canonical_origin
 
 __all__ = [
     "AuthSettings",
@@ -76,72 +75,12 @@ and no slashes.
 """
 
 
-# One path segment of [server] path_prefix: RFC 3986 unreserved characters.
-_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
-
 _REGISTRY_KINDS = ("journal", "redis")
 _STORAGE_KINDS = ("filesystem", "s3")
 _STORAGE_KINDS_LATER: tuple[str, ...] = ()
 _FSYNC_MODES = ("always", "interval", "never")
-_LOG_FORMATS = ("text", "json")
 
 _TABLES = ("server", "registry", "storage", "auth", "workers", "scheduling", "events", "types")
-
-
-@frozen
-class ServerSettings:
-    """
-    The C{[server]} table: where and how the HTTP and WebSocket server listens.
-
-    @ivar listen: Twisted server endpoint strings, one listening port each.
-    @ivar path_prefix: C{""}, or a path such as C{"/gridlike"} (leading slash,
-        no trailing slash) under which every route sits.
-    @ivar max_payload: the largest payload or result accepted, in bytes.
-    @ivar max_wait: the longest, in seconds, that a C{?wait=} request is held.
-    @ivar max_uploads: how many payload uploads may be in progress at once
-        (a GridLike extension).
-    @ivar max_uploads_per_address: how many of those one client address may
-        hold at once, so that one client cannot take every slot (a GridLike
-        extension).
-    @ivar min_upload_rate: the fewest bytes per second, averaged over each
-        C{upload_rate_window}, that an upload must send while the server
-        reads it; C{0} for no floor (a GridLike extension).
-    @ivar upload_rate_window: the seconds over which C{min_upload_rate} is
-        averaged (a GridLike extension).
-    @ivar max_request: the largest whole upload body in bytes, C{0} for no
-        limit beyond C{max_payload} per payload (a GridLike extension).
-    @ivar max_form_parts: the most parts, payloads and fields together, in
-        one multipart body (a GridLike extension).
-    @ivar max_form_text: the most bytes of text fields, all together, in one
-        multipart body: they are held in memory (a GridLike extension).
-    @ivar idle_timeout: seconds an HTTP connection may send nothing while a
-        request is expected, or read nothing of a download, before it is
-        closed (a GridLike extension).
-    @ivar access_log: whether each HTTP request is logged (a GridLike
-        extension).
-    @ivar log_format: how twistd writes the log: C{"text"} (its own lines)
-        or C{"json"} (one JSON object per line, for log shippers; a GridLike
-        extension).
-    @ivar allowed_origins: the web origins, besides the server's own, whose
-        pages may use the API and the worker endpoints, in canonical form
-        (see L{gridlike.server.origin}).
-    """
-
-    listen: tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
-    path_prefix: str = ""
-    max_payload: int = GiB
-    max_wait: float = 300.0
-    max_uploads: int = 256
-    max_uploads_per_address: int = 64
-    min_upload_rate: int = KiB
-    upload_rate_window: float = 30.0
-    max_request: int = 0
-    max_form_parts: int = 100_000
-    max_form_text: int = 8 * MiB
-    idle_timeout: float = 60.0
-    access_log: bool = False
-    log_format: str = "text"
-    allowed_origins: tuple[str, ...] = ()
 
 
 @frozen
@@ -238,6 +177,11 @@ class SchedulingSettings:
     @ivar straggler_factor: an untyped job running longer than this many
         times their median run time is also given to an idle worker
         (L{gridlike.server._stragglers}); C{None}: never.
+    @ivar quorum: how many workers of distinct ids must return equal
+        results for an untyped job to be done (docs/quorum.md); C{None}:
+        the first result is the job's.
+    @ivar quarantine_after: disagreements after which a worker gets no
+        more quorum jobs of its type; C{None}: never.
     """
 
     batch_size: int = 100
@@ -247,6 +191,8 @@ class SchedulingSettings:
     on_done: str | None = None
     on_failed: str | None = None
     straggler_factor: float | None = None
+    quorum: int | None = None
+    quarantine_after: int | None = None
 
 
 @frozen
@@ -269,6 +215,8 @@ class TypeSettings:
     @ivar on_failed: the same once it has failed for good.
     @ivar straggler_factor: as C{[scheduling] straggler_factor}, for this
         type's jobs.
+    @ivar quorum: as C{[scheduling] quorum}, for this type's jobs.
+    @ivar quarantine_after: as C{[scheduling] quarantine_after}.
     """
 
     name: str
@@ -281,6 +229,8 @@ class TypeSettings:
     on_done: str | None = None
     on_failed: str | None = None
     straggler_factor: float | None = None
+    quorum: int | None = None
+    quarantine_after: int | None = None
 
 
 def _no_types() -> Mapping[str, TypeSettings]:
@@ -370,6 +320,19 @@ class Settings:
         """
         table = self._policies(type_name)
         return None if table is None else table.straggler_factor
+
+    def quorum_for(self, type_name: str | None) -> tuple[int, int | None] | None:
+        """
+        The quorum policy of a job's type (PROTOCOL.md 5.6), read as
+        L{keep_for} reads its keys.
+
+        @param type_name: the job's type, or C{None} for an untyped job.
+        @return: C{(quorum, quarantine_after)}, or C{None} without a quorum.
+        """
+        table = self._policies(type_name)
+        if table is None or table.quorum is None:
+            return None
+        return table.quorum, table.quarantine_after
 
     def _policies(self, type_name: str | None) -> SchedulingSettings | TypeSettings | None:
         """
@@ -484,7 +447,8 @@ def parse_settings(
         if getattr(table, key) is not None
     ]
     _refuse_unsigned_webhooks(hooks, auth, registry.kind)
-    _refuse_shared_stragglers(scheduling, types, registry.kind)
+    refuse_bad_stragglers(scheduling, types, registry.kind)
+    refuse_bad_quorums(scheduling, types, registry.kind)
     return Settings(
         server=server,
         registry=registry,
@@ -495,115 +459,6 @@ def parse_settings(
         events=events,
         types=MappingProxyType(types),
         source=source,
-    )
-
-
-def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[str]]:
-    """
-    @param table: the C{[server]} table.
-    @param listen: endpoint strings replacing C{listen} when not empty.
-    @return: its settings, and those of its endpoints that serve beyond this
-        machine.
-    @raise ConfigError: a key is unknown or bad.
-    """
-    defaults = ServerSettings()
-    endpoints = _endpoints(table, defaults.listen)
-    if listen:
-        endpoints = tuple(listen)
-        for description in endpoints:
-            if not isinstance(description, str) or not description:
-                raise ConfigError(
-                    f"{table.where('listen')}: must be a non-empty endpoint"
-                    f" string, not {description!r}"
-                )
-    exposed = [
-        description
-        for description in endpoints
-        if not _listens_locally(description, table.where("listen"))
-    ]
-    settings = ServerSettings(
-        listen=endpoints,
-        path_prefix=_path_prefix(table, defaults.path_prefix),
-        max_payload=table.size("max_payload", defaults.max_payload, above=0),
-        max_wait=table.number("max_wait", defaults.max_wait),
-        max_uploads=table.integer("max_uploads", defaults.max_uploads, at_least=1),
-        max_uploads_per_address=table.integer(
-            "max_uploads_per_address", defaults.max_uploads_per_address, above=0
-        ),
-        min_upload_rate=table.size("min_upload_rate", defaults.min_upload_rate),
-        upload_rate_window=table.number(
-            "upload_rate_window", defaults.upload_rate_window, above=0
-        ),
-        max_request=table.size("max_request", defaults.max_request),
-        max_form_parts=table.integer(
-            "max_form_parts", defaults.max_form_parts, above=0
-        ),
-        max_form_text=table.size("max_form_text", defaults.max_form_text, above=0),
-        idle_timeout=table.number("idle_timeout", defaults.idle_timeout, above=0),
-        access_log=table.boolean("access_log", defaults.access_log),
-        log_format=table.choice("log_format", defaults.log_format, _LOG_FORMATS),
-        allowed_origins=_allowed_origins(table, defaults.allowed_origins),
-    )
-    table.finish()
-    return settings, exposed
-
-
-def _allowed_origins(table: _Table, default: tuple[str, ...]) -> tuple[str, ...]:
-    """
-    @param table: the C{[server]} table.
-    @param default: the value when C{allowed_origins} is unset.
-    @return: the origins, canonical (lower case, no default port).
-    @raise ConfigError: the value is not a list of http(s) origins, or
-        lists C{"null"}, which every web site can send from a sandboxed
-        frame, so allowing it would allow them all.
-    """
-    where = table.where("allowed_origins")
-    value = table.get("allowed_origins")
-    if value is _Table._missing:
-        return default
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: must be a list of origins, not {value!r}")
-    origins: list[str] = []
-    for item in value:
-        if item == "null":
-            raise ConfigError(
-                f"{where}: \"null\" cannot be allowed: any web site can send"
-                " Origin null from a sandboxed frame; serve the page from an"
-                " http(s) origin and list that"
-            )
-        try:
-            if isinstance(item, str):
-                origins.append(canonical_origin(item))
-                continue
-        except ValueError:
-            pass
-        raise ConfigError(
-            f"{where}: {item!r} is not an origin such as"
-            ' "https://app.example" or "http://localhost:3000"'
-            " (scheme, host and optional port; no path, no trailing slash)"
-        )
-    return tuple(origins)
-
-
-def _path_prefix(table: _Table, default: str) -> str:
-    """
-    @param table: the C{[server]} table.
-    @param default: the value when C{path_prefix} is unset.
-    @return: C{""} or C{"/a/b"}: a leading slash added, a trailing one
-        removed, C{"/"} read as C{""}.
-    @raise ConfigError: the value is not a plain URL path.
-    """
-    value = table.string("path_prefix", default, empty=True)
-    if value in ("", "/"):
-        return ""
-    body = value.removeprefix("/").removesuffix("/")
-    segments = body.split("/")
-    if all(_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments):
-        return "/" + "/".join(segments)
-    raise ConfigError(
-        f"{table.where('path_prefix')}: must be a plain URL path such as"
-        f" '/gridlike' (letters, digits, '.', '_', '~' and '-' between single"
-        f" slashes), not {value!r}"
     )
 
 
@@ -668,7 +523,8 @@ def _scheduling(table: _Table) -> SchedulingSettings:
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
-        straggler_factor=table.number("straggler_factor", 0.0, above=1) or None,
+        straggler_factor=straggler_factor(table),
+        **quorum_keys(table),
     )
     table.finish()
     return settings
@@ -747,23 +603,11 @@ def _type(table: _Table, name: str) -> TypeSettings:
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
-        straggler_factor=table.number("straggler_factor", 0.0, above=1) or None,
+        straggler_factor=straggler_factor(table),
+        **quorum_keys(table),
     )
     table.finish()
     return settings
-
-
-def _refuse_shared_stragglers(
-    scheduling: SchedulingSettings, types: Mapping[str, TypeSettings], registry_kind: str
-) -> None:
-    """
-    @raise ConfigError: a C{straggler_factor} is set with a registry shared
-        over Redis, which claims a job for one attempt at a time.
-    """
-    tables: list[tuple[str, SchedulingSettings | TypeSettings]] = [("scheduling", scheduling)]
-    for name, table in [*tables, *((f"types.{t}", types[t]) for t in types)]:
-        if table.straggler_factor is not None and registry_kind == "redis":
-            raise ConfigError(f'[{name}] straggler_factor: not available with [registry] kind = "redis"')
 
 
 def _refuse_cycles(types: Mapping[str, TypeSettings]) -> None:

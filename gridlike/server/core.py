@@ -25,6 +25,7 @@ from gridlike.server.journal import IJournal
 from gridlike.server.listeners import EventualQueue, IJobListener, IWorkerListener
 from gridlike.server.registry import IRegistry, Registry
 from gridlike.server.storage import IStorage
+from gridlike.server.type_views import type_views
 
 
 @frozen
@@ -88,7 +89,7 @@ class Core:
             when_loaded = redis.when_loaded
         else:
             registry = Registry(settings, journal, storage, clock, eventual)
-        dispatcher = Dispatcher(settings, registry, clock, eventual)
+        dispatcher = Dispatcher(settings, registry, clock, eventual, storage)
         registry.add_listener(dispatcher)
         registry.add_type_listener(dispatcher.type_state_changed)
         if when_loaded is not None:
@@ -122,6 +123,10 @@ class Core:
         stats = self.registry.stats()
         stats["workers"] = self.dispatcher.counts()
         return stats
+
+    def type_views(self) -> dict[str, dict[str, Any]]:
+        """The type views of C{GET /api/types} (L{gridlike.server.type_views})."""
+        return type_views(self.settings, self.registry, self.dispatcher)
 
     def worker_views(self) -> list[dict[str, Any]]:
         """The worker views of C{GET /api/workers}."""

@@ -31,15 +31,21 @@ it stores one, and the other attempt is withdrawn ("superseded") so that
 only one result is ever written for the job; it is not counted as a
 failure.  An attempt that ends without a result while the other runs just
 ends: the job runs on with the other.
+
+A type with a C{quorum} runs each job on several workers at once, and
+L{gridlike.server._quorum} says which job a worker may take, where its
+result goes and what it means.  No type has both (the configuration
+refuses it), so a job has either a quorum's attempts or a copy, never both.
+What dispatch keeps of each attempt and of the idle workers is in
+L{gridlike.server._dispatch_state}.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
-from attrs import define, field
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -53,6 +59,8 @@ from gridlike.server._dispatch_link import (
     WorkerRecord,
     reason_lost,
 )
+from gridlike.server._dispatch_state import Assignment, Idle, Totals
+from gridlike.server._quorum import Quorum
 from gridlike.server._stragglers import Stragglers
 from gridlike.server.config import Settings
 from gridlike.server.errors import Damaged, Unavailable
@@ -65,6 +73,7 @@ from gridlike.server.listeners import (
 )
 from gridlike.server.model import Job, Progress, Status, TypeState, timestamp
 from gridlike.server.registry import IRegistry
+from gridlike.server.storage import RESULT, IPayloadWriter, IStorage
 
 __all__ = [
     "Dispatcher",
@@ -77,76 +86,6 @@ __all__ = [
 ]
 
 log = Logger()
-
-
-@define(eq=False)
-class _Assignment:
-    """
-    One attempt at a job: on which link (L{None} while detached), its run
-    Deferred and its lease.
-    """
-
-    job: Job
-    running: Deferred[int]
-    link: IWorkerLink | None
-    record: WorkerRecord | None
-    uid: str = ""
-    """The worker's, which stays the attempt's when it reattaches."""
-    lease: IDelayedCall | None = None
-    timed_out: bool = False
-    since: float = 0.0
-    """When it was sent (or resumed)."""
-    number: int | None = None
-    """Its attempt number, once the job has a copy, whose number is the
-    job's from then on; before that, the job's."""
-    grace: IDelayedCall | None = None
-    """While detached: ends the attempt when the worker does not come back."""
-
-    def stop_timers(self) -> None:
-        for call in (self.lease, self.grace):
-            if call is not None and call.active():
-                call.cancel()
-        self.lease = self.grace = None
-
-
-@define
-class _Totals:
-    done: int = 0
-    failed: int = 0
-
-
-@define(eq=False)
-class _Idle:
-    """The idle workers of one type: uid -> links, in the order they came."""
-
-    by_uid: dict[str, dict[IWorkerLink, None]] = field(factory=dict)
-
-    def add(self, link: IWorkerLink) -> None:
-        self.by_uid.setdefault(link.uid, {})[link] = None
-
-    def remove(self, link: IWorkerLink) -> None:
-        links = self.by_uid.get(link.uid)
-        if links is not None and link in links:
-            del links[link]
-            if not links:
-                del self.by_uid[link.uid]
-
-    def has_other_than(self, uid: str) -> bool:
-        return len(self.by_uid) > (1 if uid in self.by_uid else 0)
-
-    def take(self, avoid: str | None) -> IWorkerLink | None:
-        """The longest idle worker, preferring one whose uid is not C{avoid}."""
-        chosen = None
-        for uid in self.by_uid:
-            chosen = uid
-            if uid != avoid:
-                break
-        if chosen is None:
-            return None
-        links = self.by_uid[chosen]
-        link = next(iter(links))
-        self.remove(link)
-        return link
 
 
 @implementer(IJobListener)
@@ -165,24 +104,26 @@ class Dispatcher:
         registry: IRegistry,
         clock: IReactorTime,
         eventual: EventualQueue | None = None,
+        storage: IStorage | None = None,
     ) -> None:
         """
         @param eventual: where announcements wait for their turn: the
             registry's, so that job and worker changes keep their order.
+        @param storage: where results are; needed when a type has a quorum.
         """
         self._settings = settings
         self._registry = registry
         self._clock = clock
         self._eventual = eventual if eventual is not None else EventualQueue(clock)
         self._listeners: list[IWorkerListener] = []
-        self._idle: dict[str | None, _Idle] = {}
+        self._idle: dict[str | None, Idle] = {}
         self._records: dict[IWorkerLink | int, WorkerRecord] = {}
         self._gone: dict[int, WorkerRecord] = {}
-        self._totals: dict[str, _Totals] = {}
-        self._assignments: dict[str, _Assignment] = {}
-        self._detached: dict[str, dict[str, _Assignment]] = {}
+        self._totals: dict[str, Totals] = {}
+        self._assignments: dict[str, Assignment] = {}
+        self._detached: dict[str, dict[str, Assignment]] = {}
         """Assignments of dropped protocol 2 links, by worker uid, by job id."""
-        self._copies: dict[str, _Assignment] = {}
+        self._copies: dict[str, Assignment] = {}
         """The copies of straggling jobs that run, by job id."""
         self._stragglers = Stragglers(settings, clock, self._give_copy, self._may_copy)
         self.straggler_copied: Callable[[Job], None] = _ignore_copy
@@ -192,6 +133,10 @@ class Dispatcher:
         """Told of every attempt that ends without a result, and why, in
         one word of L{gridlike.server.metrics.REASONS} (the metrics count
         them)."""
+        self.quorum = Quorum(  # the jobs of types with a quorum
+            settings, registry, storage, self._withdraw,
+            lambda job_type: self._eventual.eventually(self._offer, job_type),
+        )
 
     def add_listener(self, listener: IWorkerListener) -> None:
         """Announce every change of a worker from now on to C{listener}."""
@@ -231,7 +176,7 @@ class Dispatcher:
         record.name, record.link = link.name, link
         record.state = "busy"
         self._records[link] = record
-        self._totals.setdefault(link.uid, _Totals())
+        self._totals.setdefault(link.uid, Totals())
         kept = self._reattach(link, record, held)
         self._announce(WorkerChange.JOINED, record)
         link.request_status()
@@ -244,9 +189,7 @@ class Dispatcher:
         kept = []
         for job_id, attempt in held:
             assignment = detached.pop(job_id, None)
-            if assignment is not None and attempt == (
-                assignment.job.attempt if assignment.number is None else assignment.number
-            ):
+            if assignment is not None and assignment.attempt == attempt:
                 assignment.grace, grace = None, assignment.grace
                 if grace is not None and grace.active():
                     grace.cancel()
@@ -285,7 +228,7 @@ class Dispatcher:
         if not detached:
             del self._detached[link.uid]
 
-    def _abandon(self, assignment: _Assignment, why: str) -> None:
+    def _abandon(self, assignment: Assignment, why: str) -> None:
         """A detached attempt fails: its worker did not come back with it."""
         grace, assignment.grace = assignment.grace, None
         if grace is not None and grace.active():
@@ -294,7 +237,7 @@ class Dispatcher:
         if not assignment.running.called:
             assignment.running.errback(Failure(WorkerLost(why)))
 
-    def _undetach(self, assignment: _Assignment) -> None:
+    def _undetach(self, assignment: Assignment) -> None:
         uid = assignment.uid
         detached = self._detached.get(uid)
         if detached is not None and detached.get(assignment.job.id) is assignment:
@@ -312,14 +255,15 @@ class Dispatcher:
         paused = self._registry.type_state(link.job_type) is TypeState.PAUSED
         idle = self._idle_of(link.job_type)
         idle.remove(link)
+        quorum = self.quorum if self.quorum.applies(link.job_type) else None
         while len(record.jobs) < link.slots:
-            job = None if paused else queue.peek()
+            job = None if paused else queue.peek() if quorum is None else quorum.next_for(link, queue)
             if job is None:
                 idle.add(link)
                 self._set_state(record, "busy" if record.jobs else "ready")
                 self._stragglers.check(link.job_type)
                 return
-            if job.avoid == link.uid and idle.has_other_than(link.uid):
+            if quorum is None and job.avoid == link.uid and idle.has_other_than(link.uid):
                 other = idle.take(avoid=link.uid)
                 assert other is not None
                 self._assign(other, job)
@@ -382,6 +326,7 @@ class Dispatcher:
         A job that became pending goes to an idle worker of its type now; a
         deleted one is taken back from its worker.
         """
+        self.quorum.job_changed(change, job)
         if change.pending:
             self._offer(job.type)
         elif change is JobChange.DELETED:
@@ -407,6 +352,11 @@ class Dispatcher:
         idle = self._idle.get(job_type)
         if idle is None or self._registry.type_state(job_type) is TypeState.PAUSED:
             return
+        if self.quorum.applies(job_type):
+            # Each worker takes what it may: not a job it runs already.
+            for ready in [link for links in idle.by_uid.values() for link in links]:
+                self.ready(ready)
+            return
         queue = self._registry.pending(job_type)
         while idle.by_uid:
             job = queue.peek()
@@ -418,7 +368,7 @@ class Dispatcher:
             self._assign(link, job)
             self._still_idle(link, idle)
 
-    def _still_idle(self, link: IWorkerLink, idle: _Idle) -> None:
+    def _still_idle(self, link: IWorkerLink, idle: Idle) -> None:
         """A link taken from the idle stays among them while it has slots."""
         record = self._records.get(link)
         if record is not None and len(record.jobs) < link.slots:
@@ -438,7 +388,7 @@ class Dispatcher:
 
     def view(self, record: WorkerRecord) -> dict[str, Any]:
         """The worker view of one record, as C{GET /api/workers} shows it."""
-        totals = self._totals.get(record.uid or "", _Totals())
+        totals = self._totals.get(record.uid or "", Totals())
         job = record.job
         return {
             "id": str(record.id),
@@ -460,6 +410,7 @@ class Dispatcher:
             ),
             "jobs_done": totals.done,
             "jobs_failed": totals.failed,
+            "quorum": self.quorum.view(record.uid, record.type),
         }
 
     def counts(self) -> dict[str, int]:
@@ -471,10 +422,10 @@ class Dispatcher:
 
     # Internals
 
-    def _idle_of(self, job_type: str | None) -> _Idle:
+    def _idle_of(self, job_type: str | None) -> Idle:
         idle = self._idle.get(job_type)
         if idle is None:
-            idle = self._idle[job_type] = _Idle()
+            idle = self._idle[job_type] = Idle()
         return idle
 
     def _set_state(self, record: WorkerRecord, state: str) -> None:
@@ -498,7 +449,7 @@ class Dispatcher:
         job: Job,
         running: Deferred[int] | None,
         attempt: int | None,
-    ) -> _Assignment:
+    ) -> Assignment:
         """
         Start an attempt at C{job} on C{link}: a new one sent to the worker
         (C{running} L{None}), or one it resumes with C{running}.  A shared
@@ -508,11 +459,14 @@ class Dispatcher:
         record = self._records[link]
         claim = self._registry.start(job, link.uid, link.name, attempt)
         send = running is None
-        assignment = _Assignment(
+        assignment = Assignment(
             job, Deferred() if running is None else running, link, record, link.uid
         )
         record.jobs[job.id] = assignment
         self._assignments[job.id] = assignment
+        assignment.attempt = job.attempt
+        if self.quorum.applies(job.type):
+            self.quorum.started(assignment)
         if claim is None:
             # Before it runs: an attempt may end at once (a damaged payload).
             self._stragglers.started(job, link.uid)
@@ -550,10 +504,8 @@ class Dispatcher:
         link = idle.take(avoid=uid)
         assert link is not None
         record = self._records[link]
-        for original in self._attempts_of(job):
-            original.number = job.attempt
         self._registry.start_copy(job)
-        assignment = _Assignment(job, Deferred(), link, record, link.uid, number=job.attempt)
+        assignment = Assignment(job, Deferred(), link, record, link.uid, attempt=job.attempt)
         record.jobs[job.id] = assignment
         self._copies[job.id] = assignment
         log.info(
@@ -577,19 +529,25 @@ class Dispatcher:
             and registry.type_state(job_type) is not TypeState.PAUSED
         )
 
-    def _attempts_of(self, job: Job) -> list[_Assignment]:
-        """The attempts at C{job} that still run: one, or two with a copy."""
+    def _attempts_of(self, job: Job) -> list[Assignment]:
+        """
+        The attempts at C{job} that still run, if it has a copy: one, or
+        two; none without a copy (a quorum job's are L{Quorum}'s).
+        """
+        copy = self._copies.get(job.id)
+        if copy is None:
+            return []
         return [
             a
-            for a in (self._assignments.get(job.id), self._copies.get(job.id))
+            for a in (self._assignments.get(job.id), copy)
             if a is not None and not a.running.called
         ]
 
-    def _others(self, assignment: _Assignment) -> list[_Assignment]:
+    def _others(self, assignment: Assignment) -> list[Assignment]:
         """The other attempts at its job that still run."""
         return [a for a in self._attempts_of(assignment.job) if a is not assignment]
 
-    def _supersede(self, assignment: _Assignment) -> None:
+    def _supersede(self, assignment: Assignment) -> None:
         """Another attempt at the job has its result: this one is withdrawn."""
         log.info(
             "job {key}: its attempt on worker {uid} is superseded",
@@ -598,11 +556,13 @@ class Dispatcher:
         self._withdraw(assignment, "superseded")
 
     def _fail(
-        self, assignment: _Assignment, info: str | None, logs: str | None, for_good: bool = False
+        self, assignment: Assignment, info: str | None, logs: str | None, for_good: bool = False
     ) -> Deferred[None]:
         """
         Record that the attempt ended without a result, unless the job's
-        other attempt still runs: then the job runs on with that one.
+        other attempt (a straggler's copy, or the original) still runs:
+        then the job runs on with that one.  A quorum job's attempt is
+        L{Quorum}'s to record.
         """
         job = assignment.job
         if self._others(assignment):
@@ -611,10 +571,13 @@ class Dispatcher:
                 key=job.key, uid=assignment.uid, info=info,
             )
             return succeed(None)
-        uid = None if for_good else assignment.uid
-        return self._registry.fail(job, info, logs, uid, for_good=for_good)
+        if for_good:  # nobody's doing: no worker is held to account
+            return self._registry.fail(job, info, logs, None, for_good=True)
+        if self.quorum.applies(job.type):
+            return Deferred.fromCoroutine(self.quorum.failed(assignment, info, logs))
+        return self._registry.fail(job, info, logs, assignment.uid)
 
-    def _claimed(self, claimed: bool | Failure, assignment: _Assignment, send: bool) -> None:
+    def _claimed(self, claimed: bool | Failure, assignment: Assignment, send: bool) -> None:
         """
         A shared registry answered the claim: run the job, or, if another
         instance has it, offer the worker the next one; if the registry
@@ -655,7 +618,7 @@ class Dispatcher:
         ):
             self.ready(link)
 
-    def _unassign(self, assignment: _Assignment) -> None:
+    def _unassign(self, assignment: Assignment) -> None:
         """Forget an attempt that never ran."""
         assignment.stop_timers()
         self._undetach(assignment)
@@ -665,12 +628,15 @@ class Dispatcher:
         if record is not None and record.jobs.get(job.id) is assignment:
             del record.jobs[job.id]
 
-    def _run(self, assignment: _Assignment, send: bool) -> None:
+    def _run(self, assignment: Assignment, send: bool) -> None:
         """The job is this worker's: send it (unless resumed), and wait."""
         job, link = assignment.job, assignment.link
         assert link is not None
         assignment.since = self._clock.seconds()
         if send:
+            # The number the worker is told (a shared registry counts the
+            # attempt once its claim is answered).
+            assignment.attempt = job.attempt
             assignment.running = link.run(job)
         # A pull link leases its jobs itself, for the type's timeout too.
         timeout = 0.0 if link.protocol == "pull" else self._timeout(job.type)
@@ -678,12 +644,12 @@ class Dispatcher:
             assignment.lease = self._clock.callLater(timeout, self._expire, assignment)
         Deferred.fromCoroutine(self._attempt(assignment, timeout))
 
-    def _expire(self, assignment: _Assignment) -> None:
+    def _expire(self, assignment: Assignment) -> None:
         assignment.lease = None
         assignment.timed_out = True
         self._withdraw(assignment, "timed out")
 
-    def _withdraw(self, assignment: _Assignment, reason: str) -> None:
+    def _withdraw(self, assignment: Assignment, reason: str) -> None:
         """Take the job back from its worker, or from its detachment."""
         if assignment.link is not None:
             assignment.link.withdraw(assignment.job, reason)
@@ -695,14 +661,14 @@ class Dispatcher:
             return 0.0
         return self._settings.types[job_type].timeout
 
-    async def _attempt(self, assignment: _Assignment, timeout: float) -> None:
+    async def _attempt(self, assignment: Assignment, timeout: float) -> None:
         """
         Wait for the outcome of one attempt, record it, then ask the worker
         for its status if it is still connected and waiting for that.
         """
         registry = self._registry
         job, uid = assignment.job, assignment.uid
-        totals = self._totals.setdefault(uid, _Totals())
+        totals = self._totals.setdefault(uid, Totals())
         withdrawn = False
         try:
             try:
@@ -723,7 +689,7 @@ class Dispatcher:
                 totals.failed += 1
                 self.attempt_failed(job, "timeout")
                 await self._fail(assignment, f"timed out after {timeout:g} s", None)
-            # else the job was deleted, or another attempt's result won
+            # else the job was deleted or decided, or another attempt's result won
         except Damaged as e:
             # No other worker could do better, and this one did nothing.
             # The job's failure is logged as every job failed for good is.
@@ -737,20 +703,24 @@ class Dispatcher:
             for other in self._others(assignment):  # its link did not say
                 self._supersede(other)
             try:
-                await registry.complete(job, size, uid)
-                totals.done += 1
-                recorded = True
-                self._stragglers.ran(job.type, self._clock.seconds() - assignment.since)
+                if self.quorum.applies(job.type):
+                    recorded = await self.quorum.count(assignment, size)
+                else:
+                    await registry.complete(job, size, uid)
+                    recorded = True
+                    self._stragglers.ran(job.type, self._clock.seconds() - assignment.since)
+                totals.done += recorded
             except Unavailable as e:
                 recorded = False
                 # Logged with the attempt's failure, which says the problem.
                 self.attempt_failed(job, "unstored")
-                await registry.fail(job, str(ResultNotStored(e.problem)), None, uid)
+                await self._fail(assignment, str(ResultNotStored(e.problem)), None)
             if assignment.link is not None:
                 assignment.link.result_recorded(job, recorded)
         finally:
             assignment.stop_timers()
             self._undetach(assignment)
+            self.quorum.ended(assignment)
             # The job may be on another attempt already: end only this one.
             if self._assignments.get(job.id) is assignment:
                 del self._assignments[job.id]
@@ -766,6 +736,15 @@ class Dispatcher:
                     withdrawn and link.protocol == 1
                 ):
                     link.request_status()
+
+    def result_writer(
+        self, link: IWorkerLink, job: Job, storage: IStorage, max_size: int | None
+    ) -> IPayloadWriter:
+        """@return: where the result of C{job}'s attempt on C{link} goes."""
+        if self.quorum.applies(job.type):
+            record = self._records.get(link)
+            return self.quorum.writer(None if record is None else record.jobs.get(job.id), job, max_size)
+        return storage.writer(job.id, RESULT, max_size=max_size)
 
     def _forget_old(self) -> None:
         horizon = self._clock.seconds() - self._settings.workers.forget_after

@@ -1,10 +1,12 @@
 # -*- test-case-name: tests.test_events -*-
 """
-C{GET /api/events}: every job and worker change as Server-Sent Events
-(PROTOCOL.md 5.1).
+C{GET /api/events}: every job and worker change, and every pause, drain
+and resume of a job type, as Server-Sent Events (PROTOCOL.md 5.1).
 
 L{EventStream} is an observer of the registry and the dispatcher (an
-L{IJobListener} and L{IWorkerListener}, added before the dispatcher).  Each
+L{IJobListener} and L{IWorkerListener}, added before the dispatcher, and a
+type listener of the registry, which announces a type's state only when it
+changes, on every instance).  Each
 change it hears becomes one L{Event}: the job or worker view is taken
 then, and rendered once, when a client is first sent it, into the bytes of
 an SSE frame that every client is sent as they are (so that a server no
@@ -60,7 +62,7 @@ from zope.interface import implementer
 
 from gridlike.server.errors import BadRequest
 from gridlike.server.listeners import IJobListener, IWorkerListener, JobChange, WorkerChange
-from gridlike.server.model import Job, Status, job_view
+from gridlike.server.model import Job, Status, TypeState, job_view
 
 log = Logger()
 
@@ -82,7 +84,7 @@ WRITE_SIZE = 64 * 1024
 STALL_TIMEOUT = 60.0
 """Seconds a client may read nothing before its connection is closed."""
 
-KINDS = ("job", "worker")
+KINDS = ("job", "worker", "type")
 _HEARTBEAT_FRAME = b": keepalive\n\n"
 _OPENING_FRAME = b"retry: 2000\n\n"
 
@@ -99,9 +101,10 @@ class Event:
     One recorded change.
 
     @ivar id: its id.
-    @ivar kind: C{"job"} or C{"worker"}.
-    @ivar type: the job's type, or the type the worker serves.
-    @ivar key: the job's key; L{None} for worker events.
+    @ivar kind: C{"job"}, C{"worker"} or C{"type"}.
+    @ivar type: the job's type, the type the worker serves, or the type
+        whose state changed.
+    @ivar key: the job's key; L{None} for worker and type events.
     @ivar data: the view it carries, until it is rendered.
     @ivar size: the length of its frame once rendered; until then, an
         estimate from the lengths of the view's longest strings.
@@ -166,13 +169,13 @@ class Selection:
         @return: the selection of C{?events=}, C{?type=} (C{null}: untyped)
             and C{?key=}, each repeatable.
         @raise BadRequest: a value is not UTF-8, or C{events} is neither
-            C{job} nor C{worker}.
+            C{job}, C{worker} nor C{type}.
         """
         kinds = _texts(args, "events")
         if kinds is not None:
             for kind in kinds:
                 if kind not in KINDS:
-                    raise BadRequest(f"events: {kind!r} is neither 'job' nor 'worker'")
+                    raise BadRequest(f"events: {kind!r} is none of 'job', 'worker' and 'type'")
         types = _texts(args, "type")
         keys = _texts(args, "key")
         return cls(
@@ -341,6 +344,10 @@ class EventStream:
         """Record a worker event."""
         view = self._worker_view(record)
         self.record("worker", view.get("type"), None, {"change": change.value, "worker": view})
+
+    def type_state_changed(self, type: str | None, state: TypeState) -> None:
+        """Record a type event: C{type} was paused, drained or resumed (a type listener)."""
+        self.record("type", type, None, {"change": "state", "type": type, "state": state.value})
 
     def _note_progress(self, job: Job) -> None:
         now = self.clock.seconds()

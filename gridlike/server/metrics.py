@@ -8,16 +8,17 @@ mix their figures.
 
 Two kinds of figure, so that nothing on the hot path gets slower:
 
-  - what is now (jobs by status, workers by state, journal and storage
-    bytes) is read at scrape time, by L{_Now}, from the registry's and the
+  - what is now (jobs by status, workers by state, each type's state,
+    journal and storage bytes) is read at scrape time, by L{_Now}, from the registry's and the
     dispatcher's own counts: no second bookkeeping to drift;
   - what happened (submissions, endings, failed attempts, waits and runs,
     group commits, HTTP requests) is counted as it happens, each an O(1)
     increment: L{Metrics} hears jobs as an L{IJobListener} (so nothing is
     counted while the journal is replayed, which announces nothing), and
     is told of failed attempts and stragglers' copies by the dispatcher, of
-    group commits and compactions by the journal, and of finished requests
-    by the site.
+    type state changes by the registry (only real ones, on every instance),
+    of group commits and compactions by the journal, and of finished
+    requests by the site.
 
 Jobs without a type carry the label C{type=""}.  Every label takes values
 from a small fixed set (configured types, statuses, L{REASONS}, route
@@ -50,7 +51,7 @@ from gridlike.server.auth import matches_any
 from gridlike.server.errors import Unauthorized
 from gridlike.server.journal import Journal
 from gridlike.server.listeners import IJobListener, JobChange
-from gridlike.server.model import Job, Priority, Status
+from gridlike.server.model import Job, Priority, Status, TypeState
 
 if TYPE_CHECKING:
     from gridlike.server.config import Settings
@@ -117,8 +118,8 @@ class _Now:
     def collect(self) -> Iterator[Metric]:
         """
         @return: C{gridlike_jobs}, C{gridlike_workers},
-            C{gridlike_journal_bytes}, C{gridlike_storage_bytes} and
-            C{gridlike_info}, as they are now.
+            C{gridlike_type_state}, C{gridlike_journal_bytes},
+            C{gridlike_storage_bytes} and C{gridlike_info}, as they are now.
         """
         types = self._types
         jobs = dict.fromkeys(((s.value, t, p.value) for t in types for p in Priority for s in Status), 0)
@@ -133,6 +134,12 @@ class _Now:
             workers[state] = workers.get(state, 0) + 1
         yield _gauge("gridlike_workers", "Worker connections now in each state (disconnected"
                      " ones until forgotten).", ["state", "type"], workers)
+        states = self._registry.type_states()
+        now = {
+            (t, s.value): int(states.get(t or None, TypeState.ACTIVE) is s) for t in types for s in TypeState
+        }
+        yield _gauge("gridlike_type_state", "1 for each type's state now (active, paused or draining),"
+                     " 0 for the others.", ["type", "state"], now)
         yield _gauge("gridlike_journal_bytes", "Size of the journal file, with what is appended"
                      " and not yet written.", [], {(): self._journal.size()})
         payloads, results = self._registry.stored_bytes()
@@ -244,6 +251,10 @@ class Metrics:
             "gridlike_journal_written_bytes_total", "Bytes written to the journal by group commits."
         )
         self._compactions = counter("gridlike_journal_compactions_total", "Journal compactions done.")
+        self._type_states = counter(
+            "gridlike_type_state_changes_total", "Changes of a type's state, by the state it took.",
+            "type", "state",
+        )
         self._requests = counter(
             "gridlike_http_requests_total", "HTTP requests answered, by method, route pattern and status.",
             "method", "route", "status",
@@ -261,6 +272,8 @@ class Metrics:
                 self._finished.labels(t, outcome)
             for reason in REASONS:
                 self._attempt_failures.labels(t, reason)
+            for state in TypeState:
+                self._type_states.labels(t, state.value)
         self._on_change = {
             JobChange.SUBMITTED: self._job_submitted,
             JobChange.STARTED: self._job_started,
@@ -282,6 +295,7 @@ class Metrics:
         """
         metrics = cls(core.settings, core.registry, core.dispatcher, core.journal, core.clock, routes)
         core.add_observer(metrics)
+        core.registry.add_type_listener(metrics.type_state_changed)
         core.dispatcher.attempt_failed = metrics.attempt_failed
         core.dispatcher.straggler_copied = metrics.straggler_copied
         if isinstance(core.journal, Journal):
@@ -356,6 +370,10 @@ class Metrics:
     def webhook_finished(self, type: str | None, event: str, outcome: str) -> None:
         """A webhook's delivery for a job of C{type} ended with C{outcome}."""
         self._series(self._webhooks, type_label(type), event, outcome).inc()
+
+    def type_state_changed(self, type: str | None, state: TypeState) -> None:
+        """C{type} was paused, drained or resumed (a type listener of the registry)."""
+        self._series(self._type_states, type_label(type), state.value).inc()
 
     def attempt_failed(self, job: Job, reason: str) -> None:
         """

@@ -13,7 +13,7 @@ from enum import Enum
 from functools import lru_cache
 from typing import Any
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}")
 MAX_DESCRIPTION = 128
@@ -70,6 +70,54 @@ class JobError:
     logs: str | None
 
 
+@frozen
+class Vote:
+    """One result of a quorum job: who sent it, its SHA-256 and its size."""
+
+    worker: str
+    digest: str
+    size: int
+
+
+@define(eq=False)
+class Ballot:
+    """
+    The results of a quorum job's attempts (docs/quorum.md), by attempt
+    number: they agree when their digests are equal.
+    """
+
+    needed: int
+    votes: dict[int, Vote] = field(factory=dict)
+    kept: bool = False
+    """Whether the votes' bytes may still be in storage (until the job closes)."""
+
+    def groups(self) -> list[tuple[str, list[int]]]:
+        """
+        @return: each digest with the attempts that returned it, counting
+            one per worker id, the largest group first (ties: the first to
+            arrive).
+        """
+        found: dict[str, dict[str, int]] = {}
+        for n in sorted(self.votes):
+            vote = self.votes[n]
+            found.setdefault(vote.digest, {}).setdefault(vote.worker, n)
+        ordered = sorted(found.items(), key=lambda item: -len(item[1]))
+        return [(digest, sorted(by_worker.values())) for digest, by_worker in ordered]
+
+    def agreeing(self) -> int:
+        """@return: the size of the largest group of equal results."""
+        groups = self.groups()
+        return len(groups[0][1]) if groups else 0
+
+    def voters(self) -> set[str]:
+        """@return: the worker ids that returned a result."""
+        return {vote.worker for vote in self.votes.values()}
+
+    def view(self) -> dict[str, int]:
+        """@return: the C{quorum} of the job view."""
+        return {"needed": self.needed, "agreeing": self.agreeing(), "results": len(self.votes)}
+
+
 @define(eq=False)
 class Job:
     """
@@ -111,6 +159,8 @@ class Job:
     straggled (L{gridlike.server._stragglers}); not journaled."""
     queue_entry: list[Any] | None = None
     """The queue's live heap entry for this job, when pending."""
+    ballot: Ballot | None = None
+    """The results so far of a job whose type has a quorum, else L{None}."""
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -179,4 +229,5 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
         "payload_size": job.payload_size,
         "result_size": job.result_size,
         "webhook": webhook,
+        "quorum": None if job.ballot is None else job.ballot.view(),
     }

@@ -62,7 +62,7 @@ from gridlike.server.errors import (
     Unavailable,
 )
 from gridlike.server.model import Job
-from gridlike.server.storage import PAYLOAD, RESULT, IStorage
+from gridlike.server.storage import PAYLOAD, IStorage
 from gridlike.server.upload import client_address
 from gridlike.server.workers import _cap_logs
 
@@ -225,8 +225,9 @@ class PullLink:
         if held.result is not None:
             raise Conflict(f"job {held.job.id} attempt {held.attempt}: a result is already coming in")
         self._stop_lease(held)
-        writer = self._workers.storage.writer(
-            held.job.id, RESULT, max_size=self._workers.settings.server.max_payload
+        workers = self._workers
+        writer = workers.dispatcher.result_writer(
+            self, held.job, workers.storage, workers.settings.server.max_payload
         )
         held.failed = None
         held.result = Result(writer, ReadThrottle(transport))
@@ -282,7 +283,13 @@ class PullLink:
         held.recorded = Deferred()
         self._recording[held.job.id] = held
         held.running.callback(size)
-        return await held.recorded
+        recorded = await held.recorded
+        if not recorded and held.job.ballot is not None and held.job.status.terminal:
+            raise Conflict(
+                f"job {held.job.id} attempt {held.attempt}: the job was decided"
+                " before this result came: it is dropped"
+            )
+        return recorded
 
     # Internals
 
@@ -372,7 +379,7 @@ class PullWorkers:
         self._links: dict[tuple[str, str | None], PullLink] = {}
         self.held: dict[tuple[str, int], PullLink] = {}
         """The link holding each attempt, by job id and attempt number (a
-        straggling job has two)."""
+        quorum job runs on several workers at once, a straggling job on two)."""
 
     def lease_of(self, job_type: str | None) -> float:
         """Seconds a job of C{job_type} is held without news."""

@@ -325,10 +325,12 @@ class GridLikeService(MultiService):
         """
         storage, journal, registry = self.core.storage, self.core.journal, self.core.registry
         removed = await storage.sweep_temporary()
+        listed = await storage.object_ids(before=started)
+        kept = self.core.dispatcher.quorum.kept_objects(registry)  # results of quorum jobs
         orphans = {
             job_id
-            for job_id, kind in await storage.object_ids(before=started)
-            if registry.by_id(job_id) is None
+            for job_id, kind in listed
+            if registry.by_id(job_id) is None and job_id not in kept
         }
         if journal.dropped and orphans:
             for job_id in orphans:

@@ -65,7 +65,7 @@ from gridlike.server.dispatch import Dispatcher, IWorkerLink, WorkerLost, Worker
 from gridlike.server.errors import PayloadTooLarge
 from gridlike.server.origin import Origin, classify, foreign
 from gridlike.server.model import Job
-from gridlike.server.storage import RESULT, IStorage
+from gridlike.server.storage import IStorage
 from gridlike.wire import CLOSE_BAD_TOKEN, CLOSE_PROTOCOL_ERROR, CLOSE_REGISTER_TIMEOUT
 
 __all__ = [
@@ -658,8 +658,8 @@ class WorkerProtocol(WebSocketServerProtocol):
         self._outbox.stop()
 
     def open_result(self, job: Job) -> None:
-        writer = self._storage.writer(
-            job.id, RESULT, max_size=self._settings.server.max_payload
+        writer = self._dispatcher.result_writer(
+            self, job, self._storage, self._settings.server.max_payload
         )
         self._result = Result(writer, ReadThrottle(self.transport))
         self._result.start()

@@ -253,6 +253,49 @@ def test_pause_button(make_daemon: Callable[..., Daemon], page: Page) -> None:
     assert requests.get(server.url + "/api/stats", timeout=10).json()["type_states"] == {}
 
 
+def test_drain_button(make_daemon: Callable[..., Daemon], page: Page) -> None:
+    """
+    Signed in with API keys set (the session cookie opens the type routes),
+    every configured type shows its state, jobs or none; Drain drains it,
+    and a change made elsewhere shows live, from its type event.
+    """
+    server = make_daemon(CONFIG + "\n[types.render]\n[types.encode]\n")
+    page.goto(server.url + "/")
+    page.fill("input[name=user]", "ops")
+    page.fill("input[name=password]", "s3cret")
+    page.click("#sign-in button[type=submit]")
+    expect(page.locator("#live")).to_have_text("live")
+    render = page.locator('#types tr[data-type="render"]')
+    encode = page.locator('#types tr[data-type="encode"]')
+    expect(render.locator(".type-state")).to_have_text("active")
+    expect(encode.locator(".type-state")).to_have_text("active")
+    expect(render.locator("button.resume")).to_be_disabled()
+
+    render.locator("button.drain").click()
+    expect(render.locator(".type-state")).to_have_text("draining")
+    expect(render.locator("button.drain")).to_be_disabled()
+    expect(page.locator("#problem")).to_have_text("")
+    headers = {"X-API-KEY": KEY}
+    types = requests.get(server.url + "/api/types", headers=headers, timeout=10).json()
+    assert (types["render"]["state"], types["encode"]["state"]) == ("draining", "active")
+    refused = requests.post(
+        server.url + "/api/jobs/submit/render", files={"payload": b"x"}, headers=headers, timeout=10
+    )
+    assert refused.status_code == 503
+
+    # Paused from outside the page: it shows without a reload.
+    answer = requests.post(server.url + "/api/pause/encode", headers=headers, timeout=10)
+    assert answer.status_code == 202
+    expect(encode.locator(".type-state")).to_have_text("paused")
+    expect(encode).to_have_class("type-paused")
+    shot(page, "dashboard-types.png")
+
+    render.locator("button.resume").click()
+    expect(render.locator(".type-state")).to_have_text("active")
+    types = requests.get(server.url + "/api/types", headers=headers, timeout=10).json()
+    assert (types["render"]["state"], types["encode"]["state"]) == ("active", "paused")
+
+
 def test_api_key_sign_in(make_daemon: Callable[..., Daemon], page: Page) -> None:
     """With only API keys set, the form asks for an API key."""
     server = make_daemon(f'[auth]\napi_keys = ["{KEY}"]\n')

@@ -63,10 +63,11 @@ def test_submit_and_view(daemon: Daemon) -> None:
     assert set(view) == {
         "id", "key", "type", "status", "priority", "description", "batch", "submitted",
         "started", "ended", "failure_count", "worker_id", "worker_name", "progress",
-        "error", "from", "next", "payload_size", "result_size", "attempt", "webhook",
+        "error", "from", "next", "payload_size", "result_size", "attempt", "webhook", "quorum",
         "copies",
     }
     assert view["webhook"] is None  # the instance has no webhooks
+    assert view["quorum"] is None  # nor quorums
     assert view["copies"] == 0
     assert requests.get(daemon.url + "/api/jobs/job-1/payload").content == b"hello"
 

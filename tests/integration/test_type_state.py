@@ -8,12 +8,15 @@ Redis every instance sees it.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.daemon import Daemon, until
 from tests.integration.test_cli import gridlike
+from tests.integration.test_events import Stream
 from tests.integration import test_redis
 from tests.integration.test_workers import PlainWorker, submit, view
 
@@ -106,3 +109,149 @@ def test_every_instance_sees_it(instances: Any) -> None:
     assert data == b"x"
     # Instance a learns of b's dispatch through Redis, a moment later.
     until(lambda: view(a, key)["status"] == "running", what="the dispatch to reach instance a")
+
+
+KEY = "k-types"
+
+
+def signed_in(server: Daemon) -> tuple[requests.Session, str]:
+    """A dashboard session, as the page opens one: signed in with an API key; its CSRF token."""
+    browser = requests.Session()
+    answer = browser.post(server.url + "/api/session", json={"api_key": KEY}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return browser, answer.json()["csrf"]
+
+
+def test_dashboard_session(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    With API keys set, the dashboard's session cookie (and its CSRF token)
+    pauses, drains and resumes a type, as the page's buttons do; without the
+    token it is refused, and without the cookie the API key is still needed.
+    """
+    server = make_daemon(f'[auth]\napi_keys = ["{KEY}"]\n\n' + TYPED)
+    assert post(server, "/api/pause/render").status_code == 401
+    browser, csrf = signed_in(server)
+    refused = browser.post(server.url + "/api/pause/render", timeout=10)
+    assert refused.status_code == 403 and "X-CSRF-Token" in refused.json()["problem"]
+    for verb, state in (("pause", "paused"), ("drain", "draining"), ("resume", "active")):
+        answer = browser.post(server.url + f"/api/{verb}/render", headers={"X-CSRF-Token": csrf}, timeout=10)
+        assert (answer.status_code, answer.json()) == (202, {"type": "render", "state": state})
+    listed = browser.get(server.url + "/api/types", timeout=10)
+    assert (listed.status_code, listed.json()["render"]["state"]) == (200, "active")
+
+
+POLICIES = """
+[auth]
+webhook_secret = "signing-secret"
+
+[types.render]
+description = "frames"
+timeout = 30
+keep_done = "7d"
+on_done = "http://127.0.0.1:9/hook?token=hidden"
+result_becomes = "encode"
+
+[types.encode]
+max_attempts = 5
+"""
+
+
+def test_types(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    GET /api/types lists every configured type in order with its state,
+    jobs, workers and policies (webhooks only as set or not); gridlike types
+    prints them as a table, or the JSON with --json.
+    """
+    server = make_daemon(POLICIES)
+    submit(server, b"a", path="/api/jobs/submit/render")
+    submit(server, b"b", path="/api/jobs/submit/render")
+    post(server, "/api/drain/render")
+    worker = PlainWorker(server, "w1", path="/api/worker/render")
+    worker.register()
+    assert worker.ready() == b"a"
+    views = until(
+        lambda: (v := requests.get(server.url + "/api/types", timeout=10).json())["render"]["jobs"]["running"] and v,
+        what="the job to start",
+    )
+    assert list(views) == ["render", "encode"]
+    assert views["render"] == {
+        "state": "draining",
+        "description": "frames",
+        "jobs": {"pending": 1, "running": 1, "done": 0, "failed": 0},
+        "workers": 1,
+        "policies": {
+            "max_attempts": 3, "timeout": 30.0, "result_becomes": "encode", "keep_done": 604800.0,
+            "keep_failed": None, "on_done": True, "on_failed": False,
+            "quorum": None, "quarantine_after": None,
+        },
+    }
+    assert views["encode"]["state"] == "active" and views["encode"]["policies"]["max_attempts"] == 5
+    assert "hidden" not in json.dumps(views)
+    done = gridlike("types", server=server)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].split() == ["TYPE", "STATE", "PENDING", "RUNNING", "DONE", "FAILED", "WORKERS", "POLICIES"]
+    assert lines[1].split() == [
+        "render", "draining", "1", "1", "0", "0", "1",
+        "max_attempts", "3,", "timeout", "30s,", "->", "encode,", "keep_done", "7d,", "on_done",
+    ]
+    assert lines[2].split() == ["encode", "active", "0", "0", "0", "0", "0", "max_attempts", "5"]
+    as_json = gridlike("--json", "types", server=server)
+    assert json.loads(as_json.stdout)["render"]["state"] == "draining"
+
+
+def metric(server: Daemon, name: str, **labels: str) -> float:
+    """The value of one sample of C{GET /metrics}."""
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    [found] = [
+        s.value for f in text_string_to_metric_families(text) for s in f.samples
+        if s.name == name and s.labels == labels
+    ]
+    return float(found)
+
+
+def test_events_and_metrics(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    Each real change of a type's state is one type event and one count;
+    the gauge shows the state now.  Pausing a paused type is no change.
+    """
+    server = make_daemon(TYPED)
+    stream = Stream(server, "?events=type")
+    for verb in ("pause", "pause", "drain", "resume", "resume"):
+        assert post(server, f"/api/{verb}/render").status_code == 202
+    post(server, "/api/pause/render")
+    events = [(e["event"], e["data"]) for e in stream.take(4)]
+    stream.close()
+    assert events == [
+        ("type", {"change": "state", "type": "render", "state": state})
+        for state in ("paused", "draining", "active", "paused")
+    ]
+    changes = {s: metric(server, "gridlike_type_state_changes_total", type="render", state=s)
+               for s in ("active", "paused", "draining")}
+    assert changes == {"active": 1, "paused": 2, "draining": 1}
+    gauge = {s: metric(server, "gridlike_type_state", type="render", state=s) for s in ("active", "paused", "draining")}
+    assert gauge == {"active": 0, "paused": 1, "draining": 0}
+
+
+def test_every_instance_tells(instances: Any) -> None:
+    """
+    Over Redis, a change made on one instance reaches the event stream and
+    the metrics of every instance, once: pausing the paused type again, on
+    either instance, tells nothing.
+    """
+    a, b = instances(TYPED), instances(TYPED)
+    streams = {"a": Stream(a, "?events=type"), "b": Stream(b, "?events=type")}
+    post(a, "/api/pause/render")
+    post(b, "/api/pause/render")
+    post(a, "/api/pause/render")
+    post(b, "/api/resume/render")
+    for name, server in (("a", a), ("b", b)):
+        states = [e["data"]["state"] for e in streams[name].take(2)]
+        streams[name].close()
+        assert states == ["paused", "active"], (name, states)
+        changes = lambda: {  # noqa: E731
+            s: metric(server, "gridlike_type_state_changes_total", type="render", state=s)
+            for s in ("active", "paused")
+        }
+        until(lambda: changes() == {"active": 1, "paused": 1}, what=f"instance {name} to count each change once")
+        assert metric(server, "gridlike_type_state", type="render", state="active") == 1

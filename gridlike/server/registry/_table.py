@@ -33,6 +33,7 @@ from gridlike.server.model import (
     Progress,
     Status,
     TypeState,
+    Vote,
 )
 from gridlike.server.queue import PendingQueue
 
@@ -102,7 +103,11 @@ class JobTable:
             self._listeners.insert(self._listeners.index(before), listener)
 
     def add_type_listener(self, listener: Callable[[str | None, TypeState], None]) -> None:
-        """Call C{listener(type, state)} when a type is paused, drained or resumed."""
+        """
+        Call C{listener(type, state)}, on a later turn, when a type is
+        paused, drained or resumed: only when its state changes (pausing a
+        paused type announces nothing), never while replaying.
+        """
         self._type_listeners.append(listener)
 
     # Reads
@@ -282,6 +287,16 @@ class JobTable:
         job.attempt += 1
         job.copies += 1
 
+    def requeue(self, job: Job, running: bool = False) -> None:
+        """
+        C{job}, of a type with a quorum, wants another worker: it goes back
+        into its queue at its place, and is pending again unless attempts
+        at it are still C{running} (L{gridlike.server._quorum}).
+        """
+        if not running and job.status is Status.RUNNING:
+            self._set_status(job, Status.PENDING)
+        self.pending(job.type).push(job)
+
     def note_progress(self, job: Job, progress: Progress) -> None:
         """The worker running C{job} reported progress."""
         if job.status is Status.RUNNING:
@@ -355,15 +370,25 @@ class JobTable:
                     self._apply_delete(found, record)
         elif op == "type_state":
             self._apply_type_state(record["type"] or None, TypeState(record["state"]))
+        elif op == "vote":
+            found = self._jobs.get(record["id"])
+            if found is not None:
+                self._apply_vote(found, record)
 
     def _apply_type_state(self, type: str | None, state: TypeState) -> None:
+        """Set C{type}'s state; the listeners hear of it only if it changed."""
+        if self.type_state(type) is state:
+            return
         if state is TypeState.ACTIVE:
             self._type_states.pop(type, None)
         else:
             self._type_states[type] = state
         if not self._replaying:
-            for listener in self._type_listeners:
-                self._eventual.eventually(listener, type, state)
+            self._announce_type_state(type, state)
+
+    def _announce_type_state(self, type: str | None, state: TypeState) -> None:
+        for listener in self._type_listeners:
+            self._eventual.eventually(listener, type, state)
 
     def _type_state_records(self) -> list[dict[str, Any]]:
         """Records that set the paused and draining types again (for a snapshot)."""
@@ -448,7 +473,11 @@ class JobTable:
         job.order = record["order"]
         job.progress = None
         self._next = max(self._next, job.order + 1)
-        if record["status"] == Status.FAILED.value:
+        if record["status"] == Status.RUNNING.value:
+            # A quorum job's attempt failed while others run on (older
+            # versions read this as pending, as a restart makes it anyway).
+            self._announce(JobChange.ATTEMPT_FAILED, job)
+        elif record["status"] == Status.FAILED.value:
             job.ended = record["ended"]
             self.pending(job.type).discard(job)
             self._set_status(job, Status.FAILED)
@@ -459,6 +488,13 @@ class JobTable:
             self.pending(job.type).push(job)
             self._announce(JobChange.ATTEMPT_FAILED, job)
 
+    def _apply_vote(self, job: Job, record: dict[str, Any]) -> None:
+        """One result of a quorum job (L{gridlike.server._quorum})."""
+        job.attempt = max(job.attempt, record["n"])
+        if job.ballot is not None:
+            job.ballot.votes[record["n"]] = Vote(record["worker"], record["digest"], record["size"])
+            job.ballot.kept = True
+
     def _apply_retry(self, job: Job, record: dict[str, Any]) -> None:
         if job.status is not Status.FAILED:
             return
@@ -466,6 +502,8 @@ class JobTable:
         job.error = None
         job.ended = None
         job.avoid = None
+        if job.ballot is not None:
+            job.ballot.votes.clear()
         job.order = record["order"]
         self._next = max(self._next, job.order + 1)
         self._set_status(job, Status.PENDING)

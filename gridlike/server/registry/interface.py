@@ -188,7 +188,11 @@ class IRegistry(Interface):
         """The types that are paused or draining."""
 
     def add_type_listener(listener: Callable[[str | None, TypeState], None]) -> None:
-        """Call C{listener(type, state)}, on a later turn, when a type's state changes (on any instance)."""
+        """
+        Call C{listener(type, state)}, on a later turn, when a type's state
+        changes (on any instance), and only then: setting the state a type
+        already has announces nothing.
+        """
 
     def stats() -> dict[str, Any]:
         """Job counts by status, type and priority; recent endings."""

@@ -39,7 +39,7 @@ from gridlike.server.config import Settings
 from gridlike.server.errors import BadRequest, Conflict, Unavailable
 from gridlike.server.journal import IJournal
 from gridlike.server.listeners import EventualQueue
-from gridlike.server.model import Job, Status, TypeState
+from gridlike.server.model import Ballot, Job, Status, TypeState
 from gridlike.server.storage import PAYLOAD, RESULT, IStorage
 
 from ._filing import Filing, split, with_objects
@@ -75,6 +75,13 @@ class Registry(JobTable):
         self._storage = storage
         self._filing = Filing(journal, storage, clock, _encode)
         self._reserved: set[str] = set()
+        self._quorums = {
+            name: policy[0]
+            for name in [None, *settings.types]
+            if (policy := settings.quorum_for(name)) is not None
+        }
+        if self._quorums:  # otherwise inserting costs nothing more
+            self._insert = self._insert_with_ballot  # type: ignore[method-assign]
 
     # Start-up
 
@@ -209,6 +216,7 @@ class Registry(JobTable):
         worker_id: str | None,
         *,
         for_good: bool = False,
+        keep: bool = False,
     ) -> Deferred[None]:
         """
         End the attempt at C{job} without a result: it is pending again, or
@@ -220,6 +228,8 @@ class Registry(JobTable):
         @param for_good: Fail the job for good now, without counting an
             attempt: what failed is no worker's doing and no other attempt
             can do better (its payload is damaged).
+        @param keep: Unless the job fails for good, leave it running and
+            out of its queue: other attempts at it go on (a quorum job).
         """
         if self._jobs.get(job.id) is not job:
             return succeed(None)
@@ -232,7 +242,9 @@ class Registry(JobTable):
             "op": "fail",
             "id": job.id,
             "count": count,
-            "status": (Status.FAILED if final else Status.PENDING).value,
+            "status": (
+                Status.FAILED if final else Status.RUNNING if keep else Status.PENDING
+            ).value,
             "info": info,
             "logs": logs,
             "ended": self._clock.seconds(),
@@ -253,6 +265,18 @@ class Registry(JobTable):
             self._apply(record)
 
         return d.addBoth(apply)
+
+    async def vote(self, job: Job, attempt: int, worker_id: str, digest: str, size: int) -> None:
+        """
+        Record one result of a quorum job, durable in storage under its
+        attempt's own name (L{gridlike.server._quorum}); one record.
+
+        @raise Unavailable: the journal cannot be written.
+        """
+        await self._append(
+            {"op": "vote", "id": job.id, "n": attempt, "worker": worker_id,
+             "digest": digest, "size": size}
+        )
 
     async def delete(self, key: str) -> Job:
         """
@@ -372,11 +396,24 @@ class Registry(JobTable):
                         record[key] = [0]
                         objects.append(data)
                 yield with_objects(_encode(record), objects)
+                if job.ballot is not None:
+                    for n, vote in list(job.ballot.votes.items()):
+                        yield _encode(
+                            {"op": "vote", "id": job.id, "n": n, "worker": vote.worker,
+                             "digest": vote.digest, "size": vote.size}
+                        )
 
     # Internals
 
     def _key_taken(self, key: str) -> bool:
         return key in self._keys or key in self._reserved
+
+    def _insert_with_ballot(self, job: Job) -> None:
+        """L{JobTable._insert}, giving a job of a quorum type its ballot."""
+        needed = self._quorums.get(job.type)
+        if needed is not None and job.ballot is None:
+            job.ballot = Ballot(needed)
+        JobTable._insert(self, job)
 
     def _new_job(self, spec: NewJob, now: float, parent: str | None = None) -> Job:
         count = self._type_counts[spec.type]

@@ -94,6 +94,7 @@ class RedisRegistry(JobTable):
         self._stopping = False
         self._down = False
         self._on_load: list[Callable[[], None]] = []
+        self._loaded = False
 
     # Start-up and shutdown
 
@@ -407,6 +408,7 @@ class RedisRegistry(JobTable):
     async def _load(self) -> None:
         """Every job as Redis has it now, and where the log is."""
         _, at, lsn, rows, states = await self._link_().script("load")
+        before = self.type_states()
         self._reset()
         self._replaying = True
         try:
@@ -416,6 +418,13 @@ class RedisRegistry(JobTable):
                 self._apply_type_state(name or None, TypeState(state))
         finally:
             self._replaying = False
+        if self._loaded:
+            # Loading again (after falling behind the log): the states that
+            # changed meanwhile are announced, as the log would have.
+            for type in {**before, **self._type_states}:
+                if before.get(type, TypeState.ACTIVE) is not self.type_state(type):
+                    self._announce_type_state(type, self.type_state(type))
+        self._loaded = True
         self._at, self._lsn = at, int(lsn)
         for callback in self._on_load:
             self._eventual.eventually(callback)

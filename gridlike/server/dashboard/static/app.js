@@ -15,6 +15,8 @@ let source = null;          // the EventSource
 const state = {
   workers: new Map(),       // id -> worker view
   types: {}, priorities: {}, jobs: {},   // counts, as /api/stats gives them
+  typeStates: {},           // type name ("null": untyped) -> "active" | "paused" | "draining"
+  typeNames: [],            // the configured types, in order, as /api/types lists them
   batches: new Map(),       // "type:batch" -> {type, batch, total, pending, ...}
   failures: new Map(),      // key -> failed job view, the newest first
   page: [],                 // the job list's rows, job views
@@ -90,12 +92,14 @@ $("#sign-out").addEventListener("click", async () => {
 });
 
 async function load() {
-  const [workers, stats] = await Promise.all([
-    api("api/workers").then((r) => r.json()), api("api/stats").then((r) => r.json())]);
+  const [workers, stats, types] = await Promise.all([
+    api("api/workers").then((r) => r.json()), api("api/stats").then((r) => r.json()),
+    api("api/types").then((r) => r.json())]);
   state.workers = new Map(workers.map((w) => [w.id, w]));
   state.jobs = stats.jobs;
   state.types = stats.types;
-  state.typeStates = stats.type_states || {};
+  state.typeNames = Object.keys(types);
+  state.typeStates = Object.fromEntries(Object.entries(types).map(([name, view]) => [name, view.state]));
   state.priorities = stats.priorities;
   const [batches, failed] = await Promise.all([
     api("api/batches?limit=" + BATCHES).then((r) => r.json()),
@@ -131,6 +135,7 @@ function follow(after) {
   };
   source.addEventListener("job", (e) => { onJob(JSON.parse(e.data)); render(); });
   source.addEventListener("worker", (e) => { onWorker(JSON.parse(e.data)); render(); });
+  source.addEventListener("type", (e) => { onTypeState(JSON.parse(e.data)); render(); });
   source.addEventListener("reset", () => load().catch(show));
 }
 
@@ -237,6 +242,11 @@ function matches(job) {
     && (!f.type || (f.type === "null" ? job.type === null : job.type === f.type));
 }
 
+// A type was paused, drained or resumed (here, elsewhere, or on another instance).
+function onTypeState({ type, state: typeState }) {
+  state.typeStates[typeName(type)] = typeState;
+}
+
 function onWorker({ change, worker }) {
   state.workers.set(worker.id, worker);
   if (change === "left") {
@@ -280,16 +290,23 @@ function bar(progress) {
 function draw() {
   $("#counts").replaceChildren(...STATUSES.map((s) =>
     el("div", { class: "card status-" + s, "data-status": s }, el("b", { text: state.jobs[s] || 0 }), s)));
-  fill($("#types tbody"), Object.entries(state.types).map(([type, c]) => {
+  // Every configured type, in order, with or without jobs; then any other that has jobs.
+  const names = [...state.typeNames, ...Object.keys(state.types).filter((t) => !state.typeNames.includes(t))];
+  fill($("#types tbody"), names.map((type) => {
+    const c = state.types[type] || {};
     const total = STATUSES.reduce((sum, s) => sum + (c[s] || 0), 0);
     const meter = el("progress", { max: String(total || 1) });
     meter.value = (c.done || 0);
-    const typeState = (state.typeStates || {})[type] || "active";
-    const action = typeState === "active" ? "pause" : "resume";
-    return el("tr", { "data-type": type }, td(type === "null" ? "(untyped)" : type), ...STATUSES.map((s) => td(c[s] || 0)),
-      el("td", {}, meter, " " + (c.done || 0) + " / " + total), td(typeState, { class: "type-state" }),
-      el("td", {}, el("button", { class: "small " + action, text: action === "pause" ? "Pause" : "Resume",
-        onclick: () => setTypeState(type, action) })));
+    const typeState = state.typeStates[type] || "active";
+    // Each button is there always, disabled where the type already is in its state.
+    const button = (action, text, target) => el("button", Object.assign(
+      { class: "small " + action, text, onclick: () => setTypeState(type, action) },
+      typeState === target ? { disabled: "" } : {}));
+    return el("tr", { "data-type": type, class: "type-" + typeState }, td(type === "null" ? "(untyped)" : type),
+      td(typeState, { class: "type-state" }), ...STATUSES.map((s) => td(c[s] || 0)),
+      el("td", {}, meter, " " + (c.done || 0) + " / " + total),
+      el("td", { class: "actions" }, button("pause", "Pause", "paused"), " ", button("drain", "Drain", "draining"), " ",
+        button("resume", "Resume", "active")));
   }));
   const batches = [...state.batches.values()].sort((a, b) =>
     typeName(a.type).localeCompare(typeName(b.type)) || b.batch - a.batch);
@@ -394,11 +411,14 @@ async function act(path, method) {
   try { await api(path, { method }); $("#problem").textContent = ""; } catch (e) { show(e); }
 }
 
-// Pause or resume a type, then show its new state.
+// Pause, drain or resume a type; its new state shows from the answer (and from its type event).
 async function setTypeState(type, action) {
-  await act("api/" + action + (type === "null" ? "" : "/" + encodeURIComponent(type)), "POST");
-  const stats = await api("api/stats").then((r) => r.json()).catch(show);
-  if (stats) { state.typeStates = stats.type_states || {}; draw(); }
+  try {
+    const response = await api("api/" + action + (type === "null" ? "" : "/" + encodeURIComponent(type)), { method: "POST" });
+    onTypeState(await response.json());
+    $("#problem").textContent = "";
+    render();
+  } catch (e) { show(e); }
 }
 
 // Every failed job with this error info, the ones not loaded here too, in one request.
