@@ -343,6 +343,36 @@ class StragglerTests(SynchronousTestCase):
         self.assertEqual(w2.held(), [job.id])
 
 
+class BesideQuorumTests(SynchronousTestCase):
+    def test_one_type_copies_other_votes(self) -> None:
+        """
+        One instance with a straggler type and a quorum type: the first's
+        straggler gets its copy and the first result wins; the second's job
+        runs on two workers at once, gets no copy, and an attempt of it that
+        fails while the other runs is a failure of the job, as quorum wants.
+        """
+        h = StragglerHarness(CONFIG + "\n[types.vote]\nquorum = 2\nmax_attempts = 3\n")
+        w1, w2 = h.connect("w1"), h.connect("w2")
+        h.samples(w1)
+        slow = h.straggler(w1, w2)
+        h.clock.advance(1)
+        self.assertEqual((w2.held(), h.copied), ([slow.id], ["slow"]))
+        h.result(w2, b"copy")
+        self.assertEqual((slow.status, w1.withdrawn), (Status.DONE, [("slow", "superseded")]))
+
+        v1, v2, v3 = h.connect("v1", "vote"), h.connect("v2", "vote"), h.connect("v3", "vote")
+        for link in (v1, v2, v3):
+            h.dispatcher.ready(link)
+        vote = h.submit(job_type="vote")
+        self.assertEqual([v1.held(), v2.held(), v3.held()], [[vote.id], [vote.id], []])
+        v1.finish(JobFailed("crashed", None))
+        self.assertEqual((vote.status, vote.failure_count), (Status.RUNNING, 1))
+        self.assertEqual(v3.held(), [vote.id], "the quorum wants another worker")
+        h.clock.advance(1000)
+        self.assertEqual(h.copied, ["slow"], "no copy of a quorum job")
+        self.assertEqual(vote.copies, 0)
+
+
 class StragglersModelTests(SynchronousTestCase):
     def test_no_factor_no_watch(self) -> None:
         """Types without a factor are never looked at."""
