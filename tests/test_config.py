@@ -194,7 +194,7 @@ def test_etc_file_example_types_load() -> None:
             quorum=2,
             quarantine_after=3,
         ),
-        "stage2": TypeSettings(name="stage2"),
+        "stage2": TypeSettings(name="stage2", straggler_factor=3.0),
     }
 
 
@@ -324,6 +324,19 @@ def test_every_key_set() -> None:
         on_done="https://hooks.example/d?x=1",
         on_failed="http://127.0.0.1:9000/f",
     )
+
+
+def test_straggler_factor() -> None:
+    """
+    C{straggler_factor} is read per type and for the untyped jobs, each
+    table alone covering its jobs.
+    """
+    settings = parse("[scheduling]\nstraggler_factor = 4\n[types.a]\nstraggler_factor = 1.5\n[types.b]")
+    assert settings.straggler_factor_for(None) == 4.0
+    assert settings.straggler_factor_for("a") == 1.5
+    assert settings.straggler_factor_for("b") is None
+    assert settings.straggler_factor_for("gone") is None
+    assert parse("").straggler_factor_for(None) is None
 
 
 def test_numbers_are_floats() -> None:
@@ -683,6 +696,32 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
         (
             "types = 3",
             "[types]: must be a table of types such as [types.stage1], not 3",
+        ),
+        (
+            "[types.a]\nstraggler_factor = 1",
+            "[types.a] straggler_factor: must be a number > 1, not 1",
+        ),
+        (
+            "[types.a]\nstraggler_factor = '2'",
+            "[types.a] straggler_factor: must be a number > 1, not '2'",
+        ),
+        (
+            "[scheduling]\nstraggler_factor = 0.5",
+            "[scheduling] straggler_factor: must be a number > 1, not 0.5",
+        ),
+        (
+            "[types.a]\nstraggler_factor = 2\n[types.b]\nquorum = 2\nstraggler_factor = 2",
+            "[types.b] straggler_factor: not with quorum: a quorum job already"
+            " runs on several workers (docs/straggler.md)",
+        ),
+        (
+            "[scheduling]\nquorum = 2\nstraggler_factor = 3\n[types.a]\nquorum = 2",
+            "[scheduling] straggler_factor: not with quorum: a quorum job already"
+            " runs on several workers (docs/straggler.md)",
+        ),
+        (
+            "[registry]\nkind = 'redis'\nurl = 'redis://x'\n[types.a]\n[types.b]\nstraggler_factor = 2",
+            '[types.b] straggler_factor: not available with [registry] kind = "redis"',
         ),
         (
             "[types]\ndescription = 'x'",

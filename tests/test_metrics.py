@@ -172,6 +172,7 @@ class FamilyTests(SynchronousTestCase):
             "gridlike_journal_compactions": "counter",
             "gridlike_storage_bytes": "gauge",
             "gridlike_dispatches": "counter",
+            "gridlike_straggler_copies": "counter",
             "gridlike_job_timeouts": "counter",
             "gridlike_job_retries": "counter",
             "gridlike_jobs_deleted": "counter",
@@ -344,6 +345,32 @@ class JobFigureTests(SynchronousTestCase):
             value(families, "gridlike_attempt_failures_total", type="render", reason="timeout"), 1
         )
         self.assertEqual(value(families, "gridlike_job_timeouts_total", type="render"), 1)
+
+    def test_straggler_copies(self) -> None:
+        """
+        A copy of a straggling job counts once, by type; its loser is
+        superseded, not a failed attempt.
+        """
+        h = Harness(CONFIG.replace("timeout = 30", "straggler_factor = 2"))
+        self.assertEqual(value(h.scrape(), "gridlike_straggler_copies_total", type="encode"), 0)
+        w1, w2 = h.connect("w1"), h.connect("w2")
+        for _ in range(5):
+            h.dispatcher.ready(w1)
+            h.submit()
+            h.clock.advance(10)
+            h.finish(w1)
+        h.dispatcher.ready(w1)
+        h.submit()
+        h.dispatcher.ready(w2)
+        h.clock.advance(20)
+        h.finish(w2)
+        families = h.scrape()
+        self.assertEqual(value(families, "gridlike_straggler_copies_total", type="render"), 1)
+        self.assertEqual(value(families, "gridlike_jobs_finished_total", type="render", outcome="done"), 6)
+        for reason in REASONS:
+            self.assertEqual(
+                value(families, "gridlike_attempt_failures_total", type="render", reason=reason), 0
+            )
 
     def test_damaged_payload(self) -> None:
         """

@@ -65,9 +65,9 @@ class Exchange:
 class Grid:
     """An instance over an in-memory core."""
 
-    def __init__(self, config: str = CONFIG) -> None:
+    def __init__(self, config: str = CONFIG, storage: MemoryStorage | None = None) -> None:
         self.clock = Clock()
-        self.storage = MemoryStorage()
+        self.storage = storage if storage is not None else MemoryStorage()
         self.core = memory_core(config, self.clock, storage=self.storage)
         self.api = GridLikeAPI(self.core)
         self.site = UploadSite(

@@ -354,6 +354,39 @@ class QuorumDispatchTests(SynchronousTestCase):
         h.answer(w3, b"x")
         self.assertIs(job.status, Status.DONE)
 
+    def test_reattach_earlier_attempt(self) -> None:
+        """
+        A protocol 2 worker whose connection dropped while it ran the job's
+        first attempt claims it back when it registers again, although the
+        job's second attempt started on another worker meanwhile: each
+        attempt keeps its own number.
+        """
+        h = Harness()
+        first = FakeLink("w1", "vote", clock=h.clock, protocol=2)
+        record = h.dispatcher.opened("127.0.0.1", "vote")
+        h.dispatcher.registered(record, first)
+        first.record = record
+        h.dispatcher.ready(first)
+        job = h.submit()
+        self.assertEqual(job.attempt, 1)
+        w2 = h.connect("w2")
+        self.assertEqual((w2.held(), job.attempt), ([job.id], 2))
+        running = first.running.pop(job.id)
+        h.dispatcher.detach(first)
+        h.dispatcher.closed(first.record)
+        again = FakeLink("w1", "vote", clock=h.clock, protocol=2)
+        record = h.dispatcher.opened("127.0.0.1", "vote")
+        [(kept, resumed)] = h.dispatcher.registered(record, again, [(job.id, 1)])
+        again.record = record
+        self.assertIs(kept, job)
+        self.assertIs(resumed, running)
+        self.assertEqual(job.failure_count, 0)
+        again.running[job.id] = resumed
+        h.answer(again, b"x")
+        h.answer(w2, b"x")
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(sorted(job.ballot.votes), [1, 2])  # type: ignore[union-attr]
+
     def test_timeout_counts_as_failure(self) -> None:
         """An attempt past the timeout fails as usual; the other keeps going."""
         h = Harness()

@@ -82,6 +82,7 @@ webhook_secret = "s3cret-for-signing"
 max_attempts = 4
 keep_failed = "1h"
 on_failed = "https://hooks.example/failed?token=secret"
+straggler_factor = 1.5
 
 [types.render]
 description = "frames"
@@ -91,6 +92,7 @@ keep_done = "7d"
 on_done = "https://hooks.example/done"
 result_becomes = "encode"
 cache = true
+straggler_factor = 3
 
 [types.encode]
 quorum = 3
@@ -126,12 +128,12 @@ class TypeViewTests(SynchronousTestCase):
         self.assertEqual(views["render"]["policies"], {
             "max_attempts": 2, "timeout": 30.0, "result_becomes": "encode",
             "keep_done": 7 * 86400.0, "keep_failed": None, "on_done": True, "on_failed": False,
-            "quorum": None, "quarantine_after": None, "cache": True,
+            "quorum": None, "quarantine_after": None, "cache": True, "straggler_factor": 3.0,
         })
         self.assertEqual(views["encode"]["policies"], {
             "max_attempts": 4, "timeout": 0.0, "result_becomes": None,
             "keep_done": None, "keep_failed": None, "on_done": False, "on_failed": False,
-            "quorum": 3, "quarantine_after": 2, "cache": False,
+            "quorum": 3, "quarantine_after": 2, "cache": False, "straggler_factor": None,
         })
         self.assertNotIn("hooks.example", json.dumps(views))
 
@@ -143,6 +145,7 @@ class TypeViewTests(SynchronousTestCase):
         self.assertEqual(views["null"]["description"], None)
         self.assertEqual(views["null"]["policies"]["keep_failed"], 3600.0)
         self.assertEqual(views["null"]["policies"]["on_failed"], True)
+        self.assertEqual(views["null"]["policies"]["straggler_factor"], 1.5)
         self.assertEqual(views["null"]["jobs"], {"pending": 0, "running": 0, "done": 0, "failed": 0})
 
 

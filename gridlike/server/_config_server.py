@@ -7,7 +7,7 @@ L{gridlike.server.config}.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from attrs import frozen
 
@@ -24,7 +24,9 @@ from gridlike.server.origin import canonical_origin
 
 __all__ = ["ServerSettings"]
 
+# One path segment of [server] path_prefix: RFC 3986 unreserved characters.
 _SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
 _LOG_FORMATS = ("text", "json")
 
 
@@ -82,6 +84,7 @@ class ServerSettings:
     access_log: bool = False
     log_format: str = "text"
     allowed_origins: tuple[str, ...] = ()
+
 
 
 def _server(table: _Table, listen: Sequence[str]) -> tuple[ServerSettings, list[str]]:

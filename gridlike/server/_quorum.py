@@ -54,7 +54,8 @@ from gridlike.server.registry import IRegistry, Registry
 from gridlike.server.storage import RESULT, IInlineStorage, IPayloadWriter, IStorage
 
 if TYPE_CHECKING:
-    from gridlike.server.dispatch import IWorkerLink, _Assignment
+    from gridlike.server._dispatch_link import IWorkerLink
+    from gridlike.server._dispatch_state import Assignment
 
 __all__ = ["DigestingWriter", "Quorum", "vote_object"]
 
@@ -136,7 +137,7 @@ class Quorum:
         settings: Settings,
         registry: IRegistry,
         storage: IStorage | None,
-        withdraw: Callable[[_Assignment, str], None],
+        withdraw: Callable[[Assignment, str], None],
         offer: Callable[[str | None], None],
     ) -> None:
         """
@@ -164,7 +165,7 @@ class Quorum:
             self._durable = cast(IStorage, getattr(storage, "inner"))
         self._withdraw = withdraw
         self._offer = offer
-        self._live: dict[str, dict[int, _Assignment]] = {}
+        self._live: dict[str, dict[int, Assignment]] = {}
         """The attempts running at each quorum job, by job id, by attempt."""
         self._deciding: set[str] = set()
         self._tallies: dict[tuple[str, str | None], _Tally] = {}
@@ -218,13 +219,13 @@ class Quorum:
             for job in skipped:
                 queue.push(job)
 
-    def started(self, assignment: _Assignment) -> None:
+    def started(self, assignment: Assignment) -> None:
         """An attempt at a quorum job started: it may want more workers still."""
         job = assignment.job
         self._live.setdefault(job.id, {})[assignment.attempt] = assignment
         self._want_more(job)
 
-    def ended(self, assignment: _Assignment) -> None:
+    def ended(self, assignment: Assignment) -> None:
         """An attempt ended (its outcome is recorded, if it had one)."""
         if not self._live:
             return
@@ -237,7 +238,7 @@ class Quorum:
     # Results
 
     def writer(
-        self, assignment: _Assignment | None, job: Job, max_size: int | None
+        self, assignment: Assignment | None, job: Job, max_size: int | None
     ) -> IPayloadWriter:
         """
         @param assignment: the attempt whose result comes in, if it is
@@ -255,7 +256,7 @@ class Quorum:
         name = vote_object(job.id, assignment.attempt)
         return DigestingWriter(self._durable.writer(name, RESULT, max_size), finished)
 
-    async def count(self, assignment: _Assignment, size: int) -> bool:
+    async def count(self, assignment: Assignment, size: int) -> bool:
         """
         An attempt's result is durable: record it, then decide the job if
         it can be.
@@ -280,7 +281,7 @@ class Quorum:
         return True
 
     async def failed(
-        self, assignment: _Assignment, info: str | None, logs: str | None
+        self, assignment: Assignment, info: str | None, logs: str | None
     ) -> None:
         """
         An attempt ended without a result: the job goes on with the others

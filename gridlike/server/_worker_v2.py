@@ -68,6 +68,9 @@ class Session:
         self._header: wire.Result | None = None
         self._receiving: _Receiving | None = None
         self._closed = False
+        self._recording: dict[str, int] = {}
+        """The attempts whose result dispatch is recording, by job id: the
+        job's own number may have moved on (a straggler's copy)."""
 
     # Registration
 
@@ -77,11 +80,10 @@ class Session:
         then welcome the worker and offer its free slots.
         """
         link = self._link
-        kept = link.dispatcher.registered(
-            link.record, link, [(h.job, h.attempt) for h in held]
-        )
+        claimed = {h.job: h.attempt for h in held}
+        kept = link.dispatcher.registered(link.record, link, list(claimed.items()))
         for job, running in kept:
-            self._held[job.id] = _Held(job, job.attempt, running)
+            self._held[job.id] = _Held(job, claimed[job.id], running)
         grace = link.settings.workers.reattach_grace
         link.outbox.send_text(
             wire.Welcome(self.slots, grace, tuple(job.id for job, _ in kept)).encode()
@@ -120,7 +122,8 @@ class Session:
 
     def result_recorded(self, job: Job, accepted: bool) -> None:
         """Dispatch recorded the result of the attempt (or could not)."""
-        self._link.outbox.send_text(wire.Taken(job.id, job.attempt, accepted).encode())
+        attempt = self._recording.pop(job.id, job.attempt)
+        self._link.outbox.send_text(wire.Taken(job.id, attempt, accepted).encode())
 
     def payload_damaged(self, job: Job, problem: str) -> None:
         """The payload did not go out: the worker drops its job frame."""
@@ -193,6 +196,7 @@ class Session:
 
     async def _store(self, held: _Held) -> None:
         result = self._link.take_result()
+        self._link.dispatcher.result_arrived(self._link, held.job)
         try:
             size = await result.finish()
         except GridLikeError as e:
@@ -217,6 +221,7 @@ class Session:
         if isinstance(outcome, Exception):
             held.running.errback(Failure(outcome))
         else:
+            self._recording[held.job.id] = held.attempt
             held.running.callback(outcome)
 
     def _current(self, job_id: str, attempt: int, what: str) -> _Held | None:

@@ -37,6 +37,7 @@ from gridlike.server._config_quorum import quorum_keys, refuse_bad_quorums
 from gridlike.server._config_redis import RedisSettings, _redis
 from gridlike.server._config_s3 import S3Settings, _s3
 from gridlike.server._config_server import ServerSettings, _server
+from gridlike.server._config_stragglers import refuse_bad_stragglers, straggler_factor
 from gridlike.server._config_workers import WorkerSettings, _workers
 from gridlike.server._config_table import (
     KiB,
@@ -74,8 +75,6 @@ What a job type's name must fully match: it appears in URL paths, so no dots
 and no slashes.
 """
 
-
-# One path segment of [server] path_prefix: RFC 3986 unreserved characters.
 
 _REGISTRY_KINDS = ("journal", "redis")
 _STORAGE_KINDS = ("filesystem", "s3")
@@ -176,6 +175,9 @@ class SchedulingSettings:
     @ivar on_done: the http(s) URL an untyped job's view is posted to
         once it is done (L{gridlike.server.webhooks}); C{None}: none.
     @ivar on_failed: the same once it has failed for good.
+    @ivar straggler_factor: an untyped job running longer than this many
+        times their median run time is also given to an idle worker
+        (L{gridlike.server._stragglers}); C{None}: never.
     @ivar quorum: how many workers of distinct ids must return equal
         results for an untyped job to be done (docs/quorum.md); C{None}:
         the first result is the job's.
@@ -190,6 +192,7 @@ class SchedulingSettings:
     keep_failed: float | None = None
     on_done: str | None = None
     on_failed: str | None = None
+    straggler_factor: float | None = None
     quorum: int | None = None
     quarantine_after: int | None = None
     cache: bool = False
@@ -213,6 +216,8 @@ class TypeSettings:
     @ivar on_done: the http(s) URL a job's view is posted to once it is
         done (L{gridlike.server.webhooks}); C{None}: none.
     @ivar on_failed: the same once it has failed for good.
+    @ivar straggler_factor: as C{[scheduling] straggler_factor}, for this
+        type's jobs.
     @ivar quorum: as C{[scheduling] quorum}, for this type's jobs.
     @ivar quarantine_after: as C{[scheduling] quarantine_after}.
     @ivar cache: whether the result cache answers this type's submits (docs/cache.md).
@@ -227,6 +232,7 @@ class TypeSettings:
     keep_failed: float | None = None
     on_done: str | None = None
     on_failed: str | None = None
+    straggler_factor: float | None = None
     quorum: int | None = None
     quarantine_after: int | None = None
     cache: bool = False
@@ -311,6 +317,14 @@ class Settings:
         if table is None:
             return None
         return table.on_done if status is Status.DONE else table.on_failed
+
+    def straggler_factor_for(self, type_name: str | None) -> float | None:
+        """
+        @return: the C{straggler_factor} that covers a job's type, read as
+            L{keep_for} reads its keys; C{None}: its stragglers get no copy.
+        """
+        table = self._policies(type_name)
+        return None if table is None else table.straggler_factor
 
     def quorum_for(self, type_name: str | None) -> tuple[int, int | None] | None:
         """
@@ -443,6 +457,7 @@ def parse_settings(
         if getattr(table, key) is not None
     ]
     _refuse_unsigned_webhooks(hooks, auth, registry.kind)
+    refuse_bad_stragglers(scheduling, types, registry.kind)
     refuse_bad_quorums(scheduling, types, registry.kind)
     refuse_cache_over_redis(scheduling, types, registry.kind)
     return Settings(
@@ -519,6 +534,7 @@ def _scheduling(table: _Table) -> SchedulingSettings:
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
+        straggler_factor=straggler_factor(table),
         **quorum_keys(table),
         cache=table.boolean("cache", False),
     )
@@ -599,6 +615,7 @@ def _type(table: _Table, name: str) -> TypeSettings:
         keep_failed=table.duration("keep_failed", defaults.keep_failed),
         on_done=table.http_url("on_done"),
         on_failed=table.http_url("on_failed"),
+        straggler_factor=straggler_factor(table),
         **quorum_keys(table),
         cache=table.boolean("cache", False),
     )

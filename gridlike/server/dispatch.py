@@ -23,20 +23,45 @@ drops, its assignments are detached: they wait C{[workers] reattach_grace}
 seconds for the same worker to register again and claim them
 (L{Dispatcher.registered} with C{held}), and only then count as a failed
 attempt.
+
+A type with a C{straggler_factor} may have a second attempt at a running
+job, a copy on another worker (L{gridlike.server._stragglers} says when).
+The first result wins: the link tells L{Dispatcher.result_arrived} before
+it stores one, and the other attempt is withdrawn ("superseded") so that
+only one result is ever written for the job; it is not counted as a
+failure.  An attempt that ends without a result while the other runs just
+ends: the job runs on with the other.
+
+A type with a C{quorum} runs each job on several workers at once, and
+L{gridlike.server._quorum} says which job a worker may take, where its
+result goes and what it means.  No type has both (the configuration
+refuses it), so a job has either a quorum's attempts or a copy, never both.
+What dispatch keeps of each attempt and of the idle workers is in
+L{gridlike.server._dispatch_state}.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
-from attrs import define, field
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
+from gridlike.server._dispatch_link import (
+    IWorkerLink,
+    JobFailed,
+    LeaseExpired,
+    ResultNotStored,
+    WorkerLost,
+    WorkerRecord,
+    reason_lost,
+)
+from gridlike.server._dispatch_state import Assignment, Idle, Totals
 from gridlike.server._quorum import Quorum
+from gridlike.server._stragglers import Stragglers
 from gridlike.server.config import Settings
 from gridlike.server.errors import Damaged, Unavailable
 from gridlike.server.listeners import (
@@ -50,190 +75,17 @@ from gridlike.server.model import Job, Progress, Status, TypeState, timestamp
 from gridlike.server.registry import IRegistry
 from gridlike.server.storage import RESULT, IPayloadWriter, IStorage
 
+__all__ = [
+    "Dispatcher",
+    "IWorkerLink",
+    "JobFailed",
+    "LeaseExpired",
+    "ResultNotStored",
+    "WorkerLost",
+    "WorkerRecord",
+]
+
 log = Logger()
-
-
-class JobFailed(Exception):
-    """The worker reported the job failed (message code 4)."""
-
-    def __init__(self, info: str | None, logs: str | None) -> None:
-        super().__init__(info)
-        self.info = info
-        self.logs = logs
-
-
-class WorkerLost(Exception):
-    """
-    The worker is gone from the job: its connection dropped, it broke the
-    protocol, or it reported ready while holding the job.
-    """
-
-
-class ResultNotStored(WorkerLost):
-    """
-    The worker's whole result arrived, or was recorded, but could not be made
-    durable (disk full, I/O error).  It is a L{WorkerLost}, so the attempt
-    fails with this message as C{error.info}; the worker itself did nothing
-    wrong and keeps its connection.
-    """
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(f"result could not be stored: {problem}")
-
-
-class LeaseExpired(WorkerLost):
-    """
-    An HTTP-pull worker sent no news of its job for as long as the lease
-    (L{gridlike.server.pull}): the attempt fails, counted as a timeout.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("lease expired")
-
-
-class IWorkerLink(Interface):
-    """
-    One registered worker connection, as dispatch sees it.
-    """
-
-    uid = Attribute("C{str}: the worker's stable identity, from its register message.")
-    uid_source = Attribute(
-        'C{str}: what C{uid} comes from: C{"id"}, or a fallback:'
-        ' C{"name"} or C{"address"}.'
-    )
-    name = Attribute("C{str} or C{None}: the worker's display name.")
-    job_type = Attribute("C{str} or C{None}: the job type it serves.")
-    address = Attribute("C{str}: where it connects from.")
-
-    protocol = Attribute(
-        'C{int}: 1, or 2 for a protocol 2 worker; or C{"pull"} for an HTTP-pull'
-        " worker, which holds slots as protocol 2 does and leases its jobs itself."
-    )
-    slots = Attribute("C{int}: how many jobs it may hold at once.")
-
-    def run(job: Job) -> Deferred[int]:
-        """
-        Send C{job}'s payload to the worker.
-
-        @return: fires with the size of the result once it is durable in
-            storage as the job's result; fails with L{JobFailed} or
-            L{WorkerLost}, or with L{gridlike.server.errors.Damaged} if the payload
-            is damaged (it was not sent, or the connection is closed before
-            the message ends).
-        """
-
-    def withdraw(job: Job, reason: str) -> None:
-        """
-        Take C{job} back (C{reason}: C{"deleted"}, C{"timed out"}): its run
-        Deferred fails with L{CancelledError}, and the worker's late answer
-        is discarded.
-        """
-
-    def result_recorded(job: Job, accepted: bool) -> None:
-        """
-        The result of C{job}'s attempt on this link is recorded
-        (C{accepted}), or could not be: protocol 2 acknowledges it.
-        """
-
-    def request_status() -> None:
-        """
-        An attempt of the link's ended, or it registered: ask the worker for
-        its status (protocol 1, message code 2), or offer its free slots to
-        dispatch (protocol 2); nothing once the connection is closed.
-        """
-
-
-@define(eq=False)
-class WorkerRecord:
-    """What C{GET /api/workers} shows of one connection."""
-
-    id: int
-    address: str
-    connected_at: float
-    type: str | None
-    uid: str | None = None
-    uid_source: str | None = None
-    name: str | None = None
-    state: str = "registering"
-    jobs: dict[str, _Assignment] = field(factory=dict)
-    """The jobs it holds, by id, in the order they were given."""
-    link: IWorkerLink | None = None
-    disconnected_at: float | None = None
-
-    @property
-    def job(self) -> Job | None:
-        """The first job it holds, or L{None}."""
-        for assignment in self.jobs.values():
-            return assignment.job
-        return None
-
-
-@define(eq=False)
-class _Assignment:
-    """
-    One attempt at a job: on which link (L{None} while detached), its run
-    Deferred and its lease.
-    """
-
-    job: Job
-    running: Deferred[int]
-    link: IWorkerLink | None
-    record: WorkerRecord | None
-    uid: str = ""
-    """The worker's, which stays the attempt's when it reattaches."""
-    lease: IDelayedCall | None = None
-    timed_out: bool = False
-    grace: IDelayedCall | None = None
-    """While detached: ends the attempt when the worker does not come back."""
-    attempt: int = 0
-    """Its number: the job's C{attempt} when it started."""
-    digest: str | None = None  # of its result, for a quorum job (L{_quorum})
-
-    def stop_timers(self) -> None:
-        for call in (self.lease, self.grace):
-            if call is not None and call.active():
-                call.cancel()
-        self.lease = self.grace = None
-
-
-@define
-class _Totals:
-    done: int = 0
-    failed: int = 0
-
-
-@define(eq=False)
-class _Idle:
-    """The idle workers of one type: uid -> links, in the order they came."""
-
-    by_uid: dict[str, dict[IWorkerLink, None]] = field(factory=dict)
-
-    def add(self, link: IWorkerLink) -> None:
-        self.by_uid.setdefault(link.uid, {})[link] = None
-
-    def remove(self, link: IWorkerLink) -> None:
-        links = self.by_uid.get(link.uid)
-        if links is not None and link in links:
-            del links[link]
-            if not links:
-                del self.by_uid[link.uid]
-
-    def has_other_than(self, uid: str) -> bool:
-        return len(self.by_uid) > (1 if uid in self.by_uid else 0)
-
-    def take(self, avoid: str | None) -> IWorkerLink | None:
-        """The longest idle worker, preferring one whose uid is not C{avoid}."""
-        chosen = None
-        for uid in self.by_uid:
-            chosen = uid
-            if uid != avoid:
-                break
-        if chosen is None:
-            return None
-        links = self.by_uid[chosen]
-        link = next(iter(links))
-        self.remove(link)
-        return link
 
 
 @implementer(IJobListener)
@@ -264,13 +116,18 @@ class Dispatcher:
         self._clock = clock
         self._eventual = eventual if eventual is not None else EventualQueue(clock)
         self._listeners: list[IWorkerListener] = []
-        self._idle: dict[str | None, _Idle] = {}
+        self._idle: dict[str | None, Idle] = {}
         self._records: dict[IWorkerLink | int, WorkerRecord] = {}
         self._gone: dict[int, WorkerRecord] = {}
-        self._totals: dict[str, _Totals] = {}
-        self._assignments: dict[str, _Assignment] = {}
-        self._detached: dict[str, dict[str, _Assignment]] = {}
+        self._totals: dict[str, Totals] = {}
+        self._assignments: dict[str, Assignment] = {}
+        self._detached: dict[str, dict[str, Assignment]] = {}
         """Assignments of dropped protocol 2 links, by worker uid, by job id."""
+        self._copies: dict[str, Assignment] = {}
+        """The copies of straggling jobs that run, by job id."""
+        self._stragglers = Stragglers(settings, clock, self._give_copy, self._may_copy)
+        self.straggler_copied: Callable[[Job], None] = _ignore_copy
+        """Told of every copy given to a second worker (the metrics count them)."""
         self._connections = 0
         self.attempt_failed: Callable[[Job, str], None] = _ignore_attempt
         """Told of every attempt that ends without a result, and why, in
@@ -319,7 +176,7 @@ class Dispatcher:
         record.name, record.link = link.name, link
         record.state = "busy"
         self._records[link] = record
-        self._totals.setdefault(link.uid, _Totals())
+        self._totals.setdefault(link.uid, Totals())
         kept = self._reattach(link, record, held)
         self._announce(WorkerChange.JOINED, record)
         link.request_status()
@@ -332,7 +189,7 @@ class Dispatcher:
         kept = []
         for job_id, attempt in held:
             assignment = detached.pop(job_id, None)
-            if assignment is not None and assignment.job.attempt == attempt:
+            if assignment is not None and assignment.attempt == attempt:
                 assignment.grace, grace = None, assignment.grace
                 if grace is not None and grace.active():
                     grace.cancel()
@@ -371,7 +228,7 @@ class Dispatcher:
         if not detached:
             del self._detached[link.uid]
 
-    def _abandon(self, assignment: _Assignment, why: str) -> None:
+    def _abandon(self, assignment: Assignment, why: str) -> None:
         """A detached attempt fails: its worker did not come back with it."""
         grace, assignment.grace = assignment.grace, None
         if grace is not None and grace.active():
@@ -380,7 +237,7 @@ class Dispatcher:
         if not assignment.running.called:
             assignment.running.errback(Failure(WorkerLost(why)))
 
-    def _undetach(self, assignment: _Assignment) -> None:
+    def _undetach(self, assignment: Assignment) -> None:
         uid = assignment.uid
         detached = self._detached.get(uid)
         if detached is not None and detached.get(assignment.job.id) is assignment:
@@ -404,6 +261,7 @@ class Dispatcher:
             if job is None:
                 idle.add(link)
                 self._set_state(record, "busy" if record.jobs else "ready")
+                self._stragglers.check(link.job_type)
                 return
             if quorum is None and job.avoid == link.uid and idle.has_other_than(link.uid):
                 other = idle.take(avoid=link.uid)
@@ -472,9 +330,9 @@ class Dispatcher:
         if change.pending:
             self._offer(job.type)
         elif change is JobChange.DELETED:
-            assignment = self._assignments.get(job.id)
-            if assignment is not None:
-                self._withdraw(assignment, "deleted")
+            for assignment in (self._assignments.get(job.id), self._copies.get(job.id)):
+                if assignment is not None:
+                    self._withdraw(assignment, "deleted")
 
     def type_state_changed(self, job_type: str | None, state: TypeState) -> None:
         """A type was resumed (or drained): its pending jobs go out again."""
@@ -503,13 +361,14 @@ class Dispatcher:
         while idle.by_uid:
             job = queue.peek()
             if job is None:
+                self._stragglers.check(job_type)
                 return
             link = idle.take(avoid=job.avoid)
             assert link is not None
             self._assign(link, job)
             self._still_idle(link, idle)
 
-    def _still_idle(self, link: IWorkerLink, idle: _Idle) -> None:
+    def _still_idle(self, link: IWorkerLink, idle: Idle) -> None:
         """A link taken from the idle stays among them while it has slots."""
         record = self._records.get(link)
         if record is not None and len(record.jobs) < link.slots:
@@ -529,7 +388,7 @@ class Dispatcher:
 
     def view(self, record: WorkerRecord) -> dict[str, Any]:
         """The worker view of one record, as C{GET /api/workers} shows it."""
-        totals = self._totals.get(record.uid or "", _Totals())
+        totals = self._totals.get(record.uid or "", Totals())
         job = record.job
         return {
             "id": str(record.id),
@@ -563,10 +422,10 @@ class Dispatcher:
 
     # Internals
 
-    def _idle_of(self, job_type: str | None) -> _Idle:
+    def _idle_of(self, job_type: str | None) -> Idle:
         idle = self._idle.get(job_type)
         if idle is None:
-            idle = self._idle[job_type] = _Idle()
+            idle = self._idle[job_type] = Idle()
         return idle
 
     def _set_state(self, record: WorkerRecord, state: str) -> None:
@@ -590,7 +449,7 @@ class Dispatcher:
         job: Job,
         running: Deferred[int] | None,
         attempt: int | None,
-    ) -> _Assignment:
+    ) -> Assignment:
         """
         Start an attempt at C{job} on C{link}: a new one sent to the worker
         (C{running} L{None}), or one it resumes with C{running}.  A shared
@@ -600,7 +459,7 @@ class Dispatcher:
         record = self._records[link]
         claim = self._registry.start(job, link.uid, link.name, attempt)
         send = running is None
-        assignment = _Assignment(
+        assignment = Assignment(
             job, Deferred() if running is None else running, link, record, link.uid
         )
         record.jobs[job.id] = assignment
@@ -609,12 +468,116 @@ class Dispatcher:
         if self.quorum.applies(job.type):
             self.quorum.started(assignment)
         if claim is None:
+            # Before it runs: an attempt may end at once (a damaged payload).
+            self._stragglers.started(job, link.uid)
             self._run(assignment, send)
-        else:
+        else:  # a shared registry, which has no stragglers' copies
             claim.addBoth(self._claimed, assignment, send)
         return assignment
 
-    def _claimed(self, claimed: bool | Failure, assignment: _Assignment, send: bool) -> None:
+    # Stragglers
+
+    def result_arrived(self, link: IWorkerLink, job: Job) -> None:
+        """
+        The whole result of C{link}'s attempt at C{job} is in, and is about
+        to be stored as the job's result: the job's other attempt, if one
+        runs, is withdrawn now ("superseded"), before it can store one too.
+        """
+        mine = [a for a in self._attempts_of(job) if a.uid == link.uid]
+        if mine:
+            for other in self._others(mine[0]):
+                self._supersede(other)
+
+    def _give_copy(self, job: Job, uid: str) -> bool | None:
+        """
+        Give a copy of the running C{job} to an idle worker whose uid is
+        not C{uid}: an attempt of its own, with its own lease.
+
+        @return: C{True} if given; C{False} if every idle worker of its type
+            has that uid; L{None} if none is idle.
+        """
+        idle = self._idle.get(job.type)
+        if idle is None or not idle.by_uid:
+            return None
+        if not idle.has_other_than(uid):
+            return False
+        link = idle.take(avoid=uid)
+        assert link is not None
+        record = self._records[link]
+        self._registry.start_copy(job)
+        assignment = Assignment(job, Deferred(), link, record, link.uid, attempt=job.attempt)
+        record.jobs[job.id] = assignment
+        self._copies[job.id] = assignment
+        log.info(
+            "job {key} straggles on worker {running}: attempt {attempt} is a copy on worker {uid}",
+            key=job.key, running=uid, attempt=job.attempt, uid=link.uid,
+        )
+        self.straggler_copied(job)
+        self._run(assignment, True)
+        self._set_state(record, "busy")
+        self._still_idle(link, idle)
+        return True
+
+    def _may_copy(self, job_type: str | None) -> bool:
+        """Whether the type has an idle worker, nothing pending, and is not paused."""
+        idle = self._idle.get(job_type)
+        registry = self._registry
+        return bool(
+            idle is not None
+            and idle.by_uid
+            and registry.pending(job_type).peek() is None
+            and registry.type_state(job_type) is not TypeState.PAUSED
+        )
+
+    def _attempts_of(self, job: Job) -> list[Assignment]:
+        """
+        The attempts at C{job} that still run, if it has a copy: one, or
+        two; none without a copy (a quorum job's are L{Quorum}'s).
+        """
+        copy = self._copies.get(job.id)
+        if copy is None:
+            return []
+        return [
+            a
+            for a in (self._assignments.get(job.id), copy)
+            if a is not None and not a.running.called
+        ]
+
+    def _others(self, assignment: Assignment) -> list[Assignment]:
+        """The other attempts at its job that still run."""
+        return [a for a in self._attempts_of(assignment.job) if a is not assignment]
+
+    def _supersede(self, assignment: Assignment) -> None:
+        """Another attempt at the job has its result: this one is withdrawn."""
+        log.info(
+            "job {key}: its attempt on worker {uid} is superseded",
+            key=assignment.job.key, uid=assignment.uid,
+        )
+        self._withdraw(assignment, "superseded")
+
+    def _fail(
+        self, assignment: Assignment, info: str | None, logs: str | None, for_good: bool = False
+    ) -> Deferred[None]:
+        """
+        Record that the attempt ended without a result, unless the job's
+        other attempt (a straggler's copy, or the original) still runs:
+        then the job runs on with that one.  A quorum job's attempt is
+        L{Quorum}'s to record.
+        """
+        job = assignment.job
+        if self._others(assignment):
+            log.info(
+                "job {key}: its attempt on worker {uid} ended ({info}); another runs on",
+                key=job.key, uid=assignment.uid, info=info,
+            )
+            return succeed(None)
+        if for_good:  # nobody's doing: no worker is held to account
+            return self._registry.fail(job, info, logs, None, for_good=True)
+        if self.quorum.applies(job.type):
+            return Deferred.fromCoroutine(self.quorum.failed(assignment, info, logs))
+        return self._registry.fail(job, info, logs, assignment.uid)
+
+    def _claimed(self, claimed: bool | Failure, assignment: Assignment, send: bool) -> None:
         """
         A shared registry answered the claim: run the job, or, if another
         instance has it, offer the worker the next one; if the registry
@@ -655,7 +618,7 @@ class Dispatcher:
         ):
             self.ready(link)
 
-    def _unassign(self, assignment: _Assignment) -> None:
+    def _unassign(self, assignment: Assignment) -> None:
         """Forget an attempt that never ran."""
         assignment.stop_timers()
         self._undetach(assignment)
@@ -665,11 +628,15 @@ class Dispatcher:
         if record is not None and record.jobs.get(job.id) is assignment:
             del record.jobs[job.id]
 
-    def _run(self, assignment: _Assignment, send: bool) -> None:
+    def _run(self, assignment: Assignment, send: bool) -> None:
         """The job is this worker's: send it (unless resumed), and wait."""
         job, link = assignment.job, assignment.link
         assert link is not None
+        assignment.since = self._clock.seconds()
         if send:
+            # The number the worker is told (a shared registry counts the
+            # attempt once its claim is answered).
+            assignment.attempt = job.attempt
             assignment.running = link.run(job)
         # A pull link leases its jobs itself, for the type's timeout too.
         timeout = 0.0 if link.protocol == "pull" else self._timeout(job.type)
@@ -677,12 +644,12 @@ class Dispatcher:
             assignment.lease = self._clock.callLater(timeout, self._expire, assignment)
         Deferred.fromCoroutine(self._attempt(assignment, timeout))
 
-    def _expire(self, assignment: _Assignment) -> None:
+    def _expire(self, assignment: Assignment) -> None:
         assignment.lease = None
         assignment.timed_out = True
         self._withdraw(assignment, "timed out")
 
-    def _withdraw(self, assignment: _Assignment, reason: str) -> None:
+    def _withdraw(self, assignment: Assignment, reason: str) -> None:
         """Take the job back from its worker, or from its detachment."""
         if assignment.link is not None:
             assignment.link.withdraw(assignment.job, reason)
@@ -694,24 +661,27 @@ class Dispatcher:
             return 0.0
         return self._settings.types[job_type].timeout
 
-    async def _attempt(self, assignment: _Assignment, timeout: float) -> None:
+    async def _attempt(self, assignment: Assignment, timeout: float) -> None:
         """
         Wait for the outcome of one attempt, record it, then ask the worker
         for its status if it is still connected and waiting for that.
         """
         registry = self._registry
         job, uid = assignment.job, assignment.uid
-        totals = self._totals.setdefault(uid, _Totals())
+        totals = self._totals.setdefault(uid, Totals())
         withdrawn = False
         try:
-            size = await assignment.running
+            try:
+                size = await assignment.running
+            finally:
+                self._stragglers.ended(job)
         except JobFailed as e:
             totals.failed += 1
             self.attempt_failed(job, "failed")
             await self._fail(assignment, e.info, e.logs)
         except WorkerLost as e:
             totals.failed += 1
-            self.attempt_failed(job, _reason_lost(e))
+            self.attempt_failed(job, reason_lost(e))
             await self._fail(assignment, str(e) or "worker disconnected", None)
         except CancelledError:
             withdrawn = True
@@ -719,23 +689,26 @@ class Dispatcher:
                 totals.failed += 1
                 self.attempt_failed(job, "timeout")
                 await self._fail(assignment, f"timed out after {timeout:g} s", None)
-            # else the job was deleted
+            # else the job was deleted or decided, or another attempt's result won
         except Damaged as e:
             # No other worker could do better, and this one did nothing.
             # The job's failure is logged as every job failed for good is.
             self.attempt_failed(job, "damaged")
-            await registry.fail(job, e.problem, None, None, for_good=True)
+            await self._fail(assignment, e.problem, None, for_good=True)
         except Exception:
             log.failure("job {key} on worker {uid}", key=job.key, uid=uid)
             self.attempt_failed(job, "internal")
             await self._fail(assignment, "internal error", None)
         else:
+            for other in self._others(assignment):  # its link did not say
+                self._supersede(other)
             try:
                 if self.quorum.applies(job.type):
                     recorded = await self.quorum.count(assignment, size)
                 else:
                     await registry.complete(job, size, uid)
                     recorded = True
+                    self._stragglers.ran(job.type, self._clock.seconds() - assignment.since)
                 totals.done += recorded
             except Unavailable as e:
                 recorded = False
@@ -751,6 +724,8 @@ class Dispatcher:
             # The job may be on another attempt already: end only this one.
             if self._assignments.get(job.id) is assignment:
                 del self._assignments[job.id]
+            if self._copies.get(job.id) is assignment:
+                del self._copies[job.id]
             record, link = assignment.record, assignment.link
             if record is not None and record.jobs.get(job.id) is assignment:
                 del record.jobs[job.id]
@@ -761,12 +736,6 @@ class Dispatcher:
                     withdrawn and link.protocol == 1
                 ):
                     link.request_status()
-
-    def _fail(self, assignment: _Assignment, info: str | None, logs: str | None) -> Deferred[None]:
-        """Record that an attempt ended without a result."""
-        if self.quorum.applies(assignment.job.type):
-            return Deferred.fromCoroutine(self.quorum.failed(assignment, info, logs))
-        return self._registry.fail(assignment.job, info, logs, assignment.uid)
 
     def result_writer(
         self, link: IWorkerLink, job: Job, storage: IStorage, max_size: int | None
@@ -783,14 +752,9 @@ class Dispatcher:
             del self._gone[key]
 
 
-def _reason_lost(error: WorkerLost) -> str:
-    """The metrics' reason for an attempt whose worker lost it."""
-    if isinstance(error, ResultNotStored):
-        return "unstored"
-    if isinstance(error, LeaseExpired):
-        return "timeout"
-    return "disconnected"
-
-
 def _ignore_attempt(job: Job, reason: str) -> None:
     """No one is told of failed attempts."""
+
+
+def _ignore_copy(job: Job) -> None:
+    """No one is told of stragglers' copies."""

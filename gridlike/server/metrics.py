@@ -15,9 +15,10 @@ Two kinds of figure, so that nothing on the hot path gets slower:
     group commits, HTTP requests) is counted as it happens, each an O(1)
     increment: L{Metrics} hears jobs as an L{IJobListener} (so nothing is
     counted while the journal is replayed, which announces nothing), and
-    is told of failed attempts by the dispatcher, of type state changes by
-    the registry (only real ones, on every instance), of group commits and
-    compactions by the journal, and of finished requests by the site.
+    is told of failed attempts and stragglers' copies by the dispatcher, of
+    type state changes by the registry (only real ones, on every instance),
+    of group commits and compactions by the journal, and of finished
+    requests by the site.
 
 Jobs without a type carry the label C{type=""}.  Every label takes values
 from a small fixed set (configured types, statuses, L{REASONS}, route
@@ -216,6 +217,10 @@ class Metrics:
         self._dispatches = counter(
             "gridlike_dispatches_total", "Jobs handed to a worker (every attempt).", "type"
         )
+        self._copies = counter(
+            "gridlike_straggler_copies_total",
+            "Copies of straggling jobs given to a second worker (straggler_factor).", "type",
+        )
         self._retries = counter("gridlike_job_retries_total", "Failed jobs put back to pending.", "type")
         self._deleted = counter("gridlike_jobs_deleted_total", "Jobs deleted.", "type")
         self._cache_hits = counter(
@@ -262,6 +267,7 @@ class Metrics:
         for t in types:  # series that exist from the start, so that rate() sees the first
             self._submitted.labels(t)
             self._dispatches.labels(t)
+            self._copies.labels(t)
             self._retries.labels(t)
             self._expired.labels(t)
             self._cache_hits.labels(t)
@@ -297,6 +303,7 @@ class Metrics:
         core.add_observer(metrics)
         core.registry.add_type_listener(metrics.type_state_changed)
         core.dispatcher.attempt_failed = metrics.attempt_failed
+        core.dispatcher.straggler_copied = metrics.straggler_copied
         if isinstance(core.journal, Journal):
             core.journal.observer = metrics
         return metrics
@@ -389,6 +396,10 @@ class Metrics:
         self._series(self._attempt_failures, label, reason).inc()
         if reason == "timeout":
             self._series(self._timeouts, label).inc()
+
+    def straggler_copied(self, job: Job) -> None:
+        """The dispatcher gave a copy of the straggling C{job} to a second worker."""
+        self._series(self._copies, type_label(job.type)).inc()
 
     def journal_flushed(self, records: int, size: int, seconds: float) -> None:
         """

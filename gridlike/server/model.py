@@ -159,6 +159,9 @@ class Job:
     cached_from: str | None = None
     """The key of the done job whose result this one shares, when the result
     cache answered its submit (docs/cache.md)."""
+    copies: int = 0
+    """How many copies of it were given to a second worker while it
+    straggled (L{gridlike.server._stragglers}); not journaled."""
     queue_entry: list[Any] | None = None
     """The queue's live heap entry for this job, when pending."""
     ballot: Ballot | None = None
@@ -213,6 +216,7 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
         "ended": timestamp(job.ended),
         "failure_count": job.failure_count,
         "attempt": job.attempt,
+        "copies": job.copies,
         "worker_id": job.worker_id,
         "worker_name": job.worker_name,
         "progress": (

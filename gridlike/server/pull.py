@@ -266,6 +266,7 @@ class PullLink:
             self._lease(held)
             raise held.failed
         problem: str | None = None
+        self._workers.dispatcher.result_arrived(self, held.job)
         try:
             size = await result.finish()
         except GridLikeError as e:
@@ -377,8 +378,8 @@ class PullWorkers:
         self.clock = clock
         self._links: dict[tuple[str, str | None], PullLink] = {}
         self.held: dict[tuple[str, int], PullLink] = {}
-        """The link holding each attempt, by job id and attempt (a quorum
-        job runs on several workers at once)."""
+        """The link holding each attempt, by job id and attempt number (a
+        quorum job runs on several workers at once, a straggling job on two)."""
 
     def lease_of(self, job_type: str | None) -> float:
         """Seconds a job of C{job_type} is held without news."""

@@ -33,6 +33,7 @@ def policies(settings: Settings, job_type: str | None) -> dict[str, Any]:
     The policies that apply to C{job_type}'s jobs: C{[types.NAME]}'s keys, or
     C{[scheduling]}'s for the untyped jobs, with the defaults they fall back
     to; C{on_done} and C{on_failed} say only whether a webhook is set.
+    C{quorum} and C{straggler_factor} are never both set.
     """
     table = None if job_type is None else settings.types[job_type]
     quorum, quarantine_after = settings.quorum_for(job_type) or (None, None)
@@ -47,6 +48,7 @@ def policies(settings: Settings, job_type: str | None) -> dict[str, Any]:
         "quorum": quorum,
         "quarantine_after": quarantine_after,
         "cache": settings.caches(job_type),
+        "straggler_factor": settings.straggler_factor_for(job_type),
     }
 
 

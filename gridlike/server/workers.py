@@ -672,6 +672,7 @@ class WorkerProtocol(WebSocketServerProtocol):
     def finish_result(self) -> None:
         result, self._result = self._result, None
         assert result is not None
+        self._dispatcher.result_arrived(self, self._core.held_job())
         Deferred.fromCoroutine(store_result(result, self._machine, self._log, self)).addErrback(
             lambda f: self._log.failure("{link}: storing a result", f, link=self)
         )

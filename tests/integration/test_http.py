@@ -64,11 +64,12 @@ def test_submit_and_view(daemon: Daemon) -> None:
         "id", "key", "type", "status", "priority", "description", "batch", "submitted",
         "started", "ended", "failure_count", "worker_id", "worker_name", "progress",
         "error", "from", "next", "payload_size", "result_size", "attempt", "webhook", "quorum",
-        "cached_from",
+        "cached_from", "copies",
     }
     assert view["webhook"] is None  # the instance has no webhooks
     assert view["quorum"] is None  # nor quorums
     assert view["cached_from"] is None  # the result cache did not answer it
+    assert view["copies"] == 0
     assert requests.get(daemon.url + "/api/jobs/job-1/payload").content == b"hello"
 
 

@@ -153,6 +153,7 @@ result_becomes = "encode"
 
 [types.encode]
 max_attempts = 5
+straggler_factor = 2.5
 """
 
 
@@ -182,10 +183,11 @@ def test_types(make_daemon: Callable[..., Daemon]) -> None:
         "policies": {
             "max_attempts": 3, "timeout": 30.0, "result_becomes": "encode", "keep_done": 604800.0,
             "keep_failed": None, "on_done": True, "on_failed": False,
-            "quorum": None, "quarantine_after": None, "cache": False,
+            "quorum": None, "quarantine_after": None, "cache": False, "straggler_factor": None,
         },
     }
     assert views["encode"]["state"] == "active" and views["encode"]["policies"]["max_attempts"] == 5
+    assert views["encode"]["policies"]["straggler_factor"] == 2.5
     assert "hidden" not in json.dumps(views)
     done = gridlike("types", server=server)
     assert done.returncode == 0, done.stderr
@@ -195,7 +197,9 @@ def test_types(make_daemon: Callable[..., Daemon]) -> None:
         "render", "draining", "1", "1", "0", "0", "1",
         "max_attempts", "3,", "timeout", "30s,", "->", "encode,", "keep_done", "7d,", "on_done",
     ]
-    assert lines[2].split() == ["encode", "active", "0", "0", "0", "0", "0", "max_attempts", "5"]
+    assert lines[2].split() == [
+        "encode", "active", "0", "0", "0", "0", "0", "max_attempts", "5,", "straggler_factor", "2.5",
+    ]
     as_json = gridlike("--json", "types", server=server)
     assert json.loads(as_json.stdout)["render"]["state"] == "draining"
 

@@ -281,6 +281,15 @@ class JobTable:
         job.progress = None
         self._announce(JobChange.STARTED, job)
 
+    def start_copy(self, job: Job) -> None:
+        """
+        C{job}, running, straggles: a copy of it starts on another worker.
+        Its attempt number grows by one, as does its count of copies; its
+        start, worker and progress stay those of the attempt running.
+        """
+        job.attempt += 1
+        job.copies += 1
+
     def requeue(self, job: Job, running: bool = False) -> None:
         """
         C{job}, of a type with a quorum, wants another worker: it goes back

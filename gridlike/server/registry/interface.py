@@ -320,5 +320,13 @@ class IRegistry(Interface):
             instance may have started it), or fails with L{Unavailable}.
         """
 
+    def start_copy(job: Job) -> None:
+        """
+        C{job}, running, straggles: a copy of it starts on another worker
+        (L{gridlike.server._stragglers}).  Its attempt number grows by one,
+        as does its C{copies}; its start, worker and progress stay those of
+        the attempt running.  Not journaled: a restart ends every attempt.
+        """
+
     def note_progress(job: Job, progress: Progress) -> None:
         """The worker running C{job} reported progress."""
