@@ -721,7 +721,13 @@ def test_unknown_tables_and_keys(text: str, message: str) -> None:
         ),
         (
             "[registry]\nkind = 'redis'\nurl = 'redis://x'\n[types.a]\n[types.b]\nstraggler_factor = 2",
-            '[types.b] straggler_factor: not available with [registry] kind = "redis"',
+            '[types.b] straggler_factor: needs the journaled registry, not [registry] kind = "redis"'
+            " (docs/straggler.md)",
+        ),
+        (
+            "[registry]\nkind = 'redis'\nurl = 'redis://x'\n[scheduling]\ncache = true\nquorum = 2",
+            '[scheduling] cache: needs the journaled registry, not [registry] kind = "redis"'
+            " (docs/cache.md)",
         ),
         (
             "[types]\ndescription = 'x'",

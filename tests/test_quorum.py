@@ -156,8 +156,8 @@ class ConfigTests(SynchronousTestCase):
         """The Redis registry does not keep several results of a job: quorum is refused."""
         self.assertRefused(
             '[registry]\nkind = "redis"\nurl = "redis://127.0.0.1/0"\n[types.a]\nquorum = 2\n',
-            '[types.a] quorum: not supported with [registry] kind = "redis":'
-            " quorum jobs need the journaled registry (docs/quorum.md)",
+            '[types.a] quorum: needs the journaled registry, not [registry] kind = "redis"'
+            " (docs/quorum.md)",
         )
 
 

@@ -38,16 +38,11 @@ def quorum_keys(table: _Table) -> dict[str, int | None]:
     return {"quorum": quorum, "quarantine_after": quarantine_after}
 
 
-def refuse_bad_quorums(
-    scheduling: SchedulingSettings, types: Mapping[str, TypeSettings], registry_kind: str
-) -> None:
+def refuse_bad_quorums(scheduling: SchedulingSettings, types: Mapping[str, TypeSettings]) -> None:
     """
     @param scheduling: the C{[scheduling]} settings.
     @param types: the configured types.
-    @param registry_kind: C{[registry] kind}.
-    @raise ConfigError: a quorum needs more results than its jobs may have,
-        or a quorum is set with the Redis registry (which does not keep the
-        results of several attempts at one job).
+    @raise ConfigError: a quorum needs more results than its jobs may have.
     """
     tables = [("scheduling", scheduling.quorum, scheduling.max_attempts)]
     for type_name, settings in types.items():
@@ -56,11 +51,6 @@ def refuse_bad_quorums(
     for name, quorum, max_attempts in tables:
         if quorum is None:
             continue
-        if registry_kind == "redis":
-            raise ConfigError(
-                f"[{name}] quorum: not supported with [registry] kind = \"redis\":"
-                " quorum jobs need the journaled registry (docs/quorum.md)"
-            )
         if quorum > max_attempts:
             raise ConfigError(
                 f"[{name}] quorum: {quorum} agreeing results need max_attempts"

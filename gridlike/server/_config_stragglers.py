@@ -28,17 +28,13 @@ def straggler_factor(table: _Table) -> float | None:
     return table.number("straggler_factor", 0.0, above=1) or None
 
 
-def refuse_bad_stragglers(
-    scheduling: SchedulingSettings, types: Mapping[str, TypeSettings], registry_kind: str
-) -> None:
+def refuse_bad_stragglers(scheduling: SchedulingSettings, types: Mapping[str, TypeSettings]) -> None:
     """
     @param scheduling: the C{[scheduling]} settings.
     @param types: the configured types.
-    @param registry_kind: C{[registry] kind}.
     @raise ConfigError: a C{straggler_factor} is set with a C{quorum} in the
-        same table (a quorum job runs on several workers already, and its
-        late attempts are its quorum's), or with a registry shared over
-        Redis, which claims a job for one attempt at a time.
+        same table: a quorum job runs on several workers already, and its
+        late attempts are its quorum's.
     """
     tables: list[tuple[str, SchedulingSettings | TypeSettings]] = [("scheduling", scheduling)]
     for name, table in [*tables, *((f"types.{t}", types[t]) for t in types)]:
@@ -49,5 +45,3 @@ def refuse_bad_stragglers(
                 f"[{name}] straggler_factor: not with quorum: a quorum job already"
                 " runs on several workers (docs/straggler.md)"
             )
-        if registry_kind == "redis":
-            raise ConfigError(f'[{name}] straggler_factor: not available with [registry] kind = "redis"')

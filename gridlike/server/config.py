@@ -32,7 +32,6 @@ from types import MappingProxyType
 from attrs import field, frozen
 
 from gridlike.server._config_auth import AuthSettings, _auth, _refuse_unsigned_webhooks
-from gridlike.server._config_cache import refuse_cache_over_redis
 from gridlike.server._config_quorum import quorum_keys, refuse_bad_quorums
 from gridlike.server._config_redis import RedisSettings, _redis
 from gridlike.server._config_s3 import S3Settings, _s3
@@ -457,9 +456,9 @@ def parse_settings(
         if getattr(table, key) is not None
     ]
     _refuse_unsigned_webhooks(hooks, auth, registry.kind)
-    refuse_bad_stragglers(scheduling, types, registry.kind)
-    refuse_bad_quorums(scheduling, types, registry.kind)
-    refuse_cache_over_redis(scheduling, types, registry.kind)
+    refuse_bad_stragglers(scheduling, types)
+    refuse_bad_quorums(scheduling, types)
+    _refuse_journal_only(scheduling, types, registry.kind)
     return Settings(
         server=server,
         registry=registry,
@@ -471,6 +470,33 @@ def parse_settings(
         types=MappingProxyType(types),
         source=source,
     )
+
+
+# The per-type policies that keep what only the journaled registry keeps,
+# and the page that says so: an index of payload digests (cache), the
+# results of several attempts at one job (quorum), a second attempt while
+# the first still runs (straggler_factor; Redis claims a job for one).
+_JOURNAL_ONLY = {"cache": "cache.md", "quorum": "quorum.md", "straggler_factor": "straggler.md"}
+
+
+def _refuse_journal_only(
+    scheduling: SchedulingSettings, types: Mapping[str, TypeSettings], registry_kind: str
+) -> None:
+    """
+    @raise ConfigError: a key of L{_JOURNAL_ONLY} is set with the Redis
+        registry; the first such table and key are named.
+    """
+    if registry_kind != "redis":
+        return
+    tables: list[tuple[str, SchedulingSettings | TypeSettings]] = [("scheduling", scheduling)]
+    tables += [(f"types.{name}", table) for name, table in types.items()]
+    for name, table in tables:
+        for key, page in _JOURNAL_ONLY.items():
+            if getattr(table, key):
+                raise ConfigError(
+                    f"[{name}] {key}: needs the journaled registry,"
+                    f' not [registry] kind = "redis" (docs/{page})'
+                )
 
 
 def _registry(table: _Table, base: Path) -> RegistrySettings:

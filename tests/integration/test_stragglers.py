@@ -161,4 +161,6 @@ def test_refused_with_redis(make_daemon: Callable[..., Daemon]) -> None:
     )
     with pytest.raises(RuntimeError, match="exited at start-up") as raised:
         server.start()
-    assert '[types.t] straggler_factor: not available with [registry] kind = "redis"' in str(raised.value)
+    assert '[types.t] straggler_factor: needs the journaled registry, not [registry] kind = "redis"' in str(
+        raised.value
+    )
