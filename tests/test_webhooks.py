@@ -385,8 +385,11 @@ class ConfigTests(SynchronousTestCase):
                 '[registry]\nkind = "redis"\n[auth]\nwebhook_secret = "k"\n'
                 '[types.t]\non_failed = "https://h/x"\n'
             )
-        self.assertIn('[types.t] on_failed: not available with [registry] kind = "redis"',
-                      str(caught.exception))
+        self.assertEqual(
+            str(caught.exception),
+            '[types.t] on_failed: needs the journaled registry, not [registry] kind = "redis"'
+            " (docs/webhooks.md)",
+        )
 
     def test_secret_file(self) -> None:
         """The secret's file is read at start, relative to the configuration, stripped."""

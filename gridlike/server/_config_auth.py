@@ -112,19 +112,14 @@ def _auth(table: _Table, base: Path) -> AuthSettings:
     return settings
 
 
-def _refuse_unsigned_webhooks(
-    hooks: Sequence[str], auth: AuthSettings, registry_kind: str
-) -> None:
+def _refuse_unsigned_webhooks(hooks: Sequence[str], auth: AuthSettings) -> None:
     """
-    Webhooks are signed, and sent by the one instance that hears a change.
+    Webhooks are signed.
 
     @param hooks: how errors name each C{on_done} and C{on_failed} set,
         such as C{"[types.render] on_done"}.
-    @param registry_kind: C{[registry] kind}.
     @raise ConfigError: a webhook is set while C{[auth]} has no
-        C{webhook_secret} (nor its file), or while the registry is shared
-        over Redis, where every instance hears every change and each would
-        send it.
+        C{webhook_secret} (nor its file).
     """
     if not hooks:
         return
@@ -132,9 +127,4 @@ def _refuse_unsigned_webhooks(
         raise ConfigError(
             "[auth] webhook_secret: must be set (or webhook_secret_file)"
             f" to sign the webhooks of {hooks[0]}"
-        )
-    if registry_kind == "redis":
-        raise ConfigError(
-            f'{hooks[0]}: not available with [registry] kind = "redis"'
-            " in this version (every instance would send it)"
         )

@@ -455,7 +455,7 @@ def parse_settings(
         for key in ("on_done", "on_failed")
         if getattr(table, key) is not None
     ]
-    _refuse_unsigned_webhooks(hooks, auth, registry.kind)
+    _refuse_unsigned_webhooks(hooks, auth)
     refuse_bad_stragglers(scheduling, types)
     refuse_bad_quorums(scheduling, types)
     _refuse_journal_only(scheduling, types, registry.kind)
@@ -472,11 +472,18 @@ def parse_settings(
     )
 
 
-# The per-type policies that keep what only the journaled registry keeps,
-# and the page that says so: an index of payload digests (cache), the
-# results of several attempts at one job (quorum), a second attempt while
-# the first still runs (straggler_factor; Redis claims a job for one).
-_JOURNAL_ONLY = {"cache": "cache.md", "quorum": "quorum.md", "straggler_factor": "straggler.md"}
+# The per-type policies that need a lone, journaled instance, and the page
+# that says why: an index of payload digests (cache), the results of several
+# attempts at one job (quorum), a second attempt while the first still runs
+# (straggler_factor; Redis claims a job for one), and one sender of each
+# webhook (over Redis every instance hears every change).
+_JOURNAL_ONLY = {
+    "cache": "cache.md",
+    "quorum": "quorum.md",
+    "straggler_factor": "straggler.md",
+    "on_done": "webhooks.md",
+    "on_failed": "webhooks.md",
+}
 
 
 def _refuse_journal_only(
