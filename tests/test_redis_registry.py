@@ -172,6 +172,34 @@ class RedisRegistryTests(TestCase):
         assert await self.a.complete(job, 1, "w") is None
         assert job.status is Status.PENDING
 
+    async def test_attempt_numbers(self) -> None:
+        """
+        Redis numbers each attempt: the claiming instance knows the number
+        as its claim is answered, before the start comes back through the
+        log, and every instance applies the same; a resumed attempt keeps
+        its number, and a reload reads it from the row.
+        """
+        [job] = await self._submit(self.a, "n")
+        await self._until(lambda: self.b.by_id(job.id) is not None)
+        theirs = self.b.by_id(job.id)
+        assert theirs is not None
+        assert await self.a.start(job, "w", None)
+        assert job.attempt == 1
+        await self._until(lambda: theirs.status is Status.RUNNING)
+        assert (job.attempt, theirs.attempt) == (1, 1)
+        await self.a.fail(job, "no", None, "w")
+        await self._until(lambda: theirs.status is Status.PENDING)
+        assert await self.b.start(theirs, "w", None)
+        assert theirs.attempt == 2
+        await self._until(lambda: job.status is Status.RUNNING)
+        assert job.attempt == 2
+        reloaded = await self._registry()
+        again = reloaded.by_id(job.id)
+        assert again is not None and again.attempt == 2
+        [resumed] = await self._submit(self.a, "r")
+        assert await self.a.start(resumed, "w", None, attempt=3)  # as a worker held it
+        assert resumed.attempt == 3
+
     async def test_fail_retry_delete(self) -> None:
         """
         Failed attempts count up to max_attempts, retry puts a failed job

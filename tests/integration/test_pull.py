@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import requests
 
+from tests.integration import test_redis
 from tests.integration.agents import MachineAgent
 from tests.integration.daemon import Daemon
 from tests.integration.test_agent import finished, result, submit, until, view
@@ -26,6 +27,7 @@ pull_lease = 1
 timeout = 1
 """
 HEADERS = {"X-Worker-Token": TOKEN}
+redis, instances = test_redis.redis, test_redis.instances  # the fixtures
 
 
 def claim(server: Daemon, type: str = "t", uid: str = "w1", wait: float = 5) -> requests.Response:
@@ -197,3 +199,20 @@ def test_agent_keeps_lease(make_daemon: Callable[..., Daemon], agent: MachineAge
     job = finished(server, "j1")
     assert (job["status"], job["attempt"], job["error"]) == ("done", 1, None), worker.log()
     assert result(server, "j1") == b"SLOW\n"
+
+
+def test_across_instances(instances: Callable[..., Daemon]) -> None:
+    """
+    Over Redis, a pull worker claims on B a job submitted on A, and its
+    result is read on A.
+    """
+    a, b = instances(CONFIG), instances(CONFIG)
+    submit(a, b"across", "j1", "t")
+    response = claim(b)
+    assert response.status_code == 200, response.text
+    assert response.content == b"across"
+    assert response.headers["GridLike-Attempt"] == "1"
+    stored = answer(b, response.headers["GridLike-Job-Id"], "result", 1, data=b"ACROSS")
+    assert stored.status_code == 202, stored.text
+    assert view(a, "j1", wait=10)["status"] == "done"
+    assert result(a, "j1") == b"ACROSS"

@@ -98,12 +98,20 @@ START = """
 local row = row_of(a.id)
 if not row then return {'gone'} end
 if row[10] ~= 'pending' then return {'taken'} end
-row[10] = 'running'; row[12] = a.now; row[15] = a.worker; row[16] = a.name
+-- The attempt's number: the one a worker resumes, else the next (rows made
+-- before attempts were counted here count their failures).
+local n = a.attempt
+if n == nil or n == null then
+  local last = row[23]
+  if last == nil or last == null then last = row[14] end
+  n = last + 1
+end
+row[10] = 'running'; row[12] = a.now; row[15] = a.worker; row[16] = a.name; row[23] = n
 save(row)
 redis.call('HSET', P .. 'owner', a.id, a.instance .. ' ' .. a.claim)
 redis.call('SADD', P .. 'running:' .. a.instance, a.id)
 return {'ok', emit({op = 'start', id = a.id, worker = a.worker, name = a.name,
-                    started = a.now})}
+                    started = a.now, n = n}), n}
 """
 
 PROGRESS = """

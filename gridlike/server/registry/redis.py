@@ -355,18 +355,19 @@ class RedisRegistry(JobTable):
         Claim C{job} for a worker of this instance: it leaves the pending
         queue here at once, and is this instance's to send once the
         Deferred fires with C{True}; C{False}: another instance has it.
-        Every instance counts the attempt as it applies the start; a resumed
-        one (C{attempt}) is the next anyway.
+        Redis numbers the attempt (C{attempt}, the one a protocol 2 worker
+        resumes, or the next), so that the worker is told the number every
+        instance applies with the start.
 
         @raise Unavailable: (through the Deferred) Redis cannot be reached;
             the job is pending here again.
         """
         self.pending(job.type).discard(job)
         claim = str(next(self._claim_numbers))
-        return Deferred.fromCoroutine(self._claim(job, claim, worker_id, worker_name))
+        return Deferred.fromCoroutine(self._claim(job, claim, worker_id, worker_name, attempt))
 
     async def _claim(
-        self, job: Job, claim: str, worker_id: str, worker_name: str | None
+        self, job: Job, claim: str, worker_id: str, worker_name: str | None, attempt: int | None
     ) -> bool:
         try:
             answer = await self._link_().script(
@@ -377,6 +378,7 @@ class RedisRegistry(JobTable):
                 now=self._clock.seconds(),
                 instance=self.instance,
                 claim=claim,
+                attempt=attempt,
             )
         except Unavailable:
             if self._jobs.get(job.id) is job and job.status is Status.PENDING:
@@ -385,6 +387,9 @@ class RedisRegistry(JobTable):
         if answer[0] != "ok":
             return False
         self._claims[job.id] = claim
+        # Before the start comes back through the log: the dispatcher tells
+        # the worker this number as it sends the job.
+        job.attempt = int(answer[2])
         return True
 
     def note_progress(self, job: Job, progress: Progress) -> None:
@@ -511,7 +516,7 @@ class RedisRegistry(JobTable):
         if job is None:
             return
         if op == "start" and job.status is Status.PENDING:
-            JobTable.start(self, job, record["worker"], record["name"])
+            JobTable.start(self, job, record["worker"], record["name"], record.get("n"))
             job.started = record["started"]
         elif op == "progress":
             JobTable.note_progress(self, job, Progress(record["percent"], record["info"]))
