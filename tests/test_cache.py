@@ -44,6 +44,10 @@ cache = true
 [types.stage]
 cache = true
 result_becomes = "plain"
+
+[types.checked]
+cache = true
+quorum = 2
 """
 
 
@@ -204,6 +208,21 @@ class HitTests(SynchronousTestCase):
         self.assertEqual(len(h.registry.pending("render")), 0)
         self.assertEqual(h.registry.stats()["jobs"]["done"], 2)
         self.assertEqual(h.registry.stats()["last_minute"]["done"], 2)
+
+    def test_quorum_type(self) -> None:
+        """
+        A job of a quorum type that the cache answered has no quorum of its
+        own (no worker ran it), before and after a restart; its source does.
+        """
+        h = Cached()
+        source = h.done(self, b"frame", b"checked", type="checked")
+        hit = h.submit(self, b"frame", type="checked")
+        self.assertEqual((hit.status, hit.cached_from), (Status.DONE, source.key))
+        self.assertIsNone(job_view(hit)["quorum"])
+        self.assertEqual(job_view(source)["quorum"]["needed"], 2)
+        again = h.reopened()
+        self.assertIsNone(job_view(again.get(hit.key))["quorum"])
+        self.assertIsNotNone(job_view(again.get(source.key))["quorum"])
 
     def test_misses(self) -> None:
         """

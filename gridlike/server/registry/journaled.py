@@ -510,9 +510,13 @@ class Registry(JobTable):
         return key in self._keys or key in self._reserved
 
     def _insert_with_ballot(self, job: Job) -> None:
-        """L{JobTable._insert}, giving a job of a quorum type its ballot."""
+        """
+        L{JobTable._insert}, giving a job of a quorum type its ballot; not
+        one the result cache answered, which no worker ran: its
+        C{cached_from} names the job whose quorum decided the result.
+        """
         needed = self._quorums.get(job.type)
-        if needed is not None and job.ballot is None:
+        if needed is not None and job.ballot is None and job.cached_from is None:
             job.ballot = Ballot(needed)
         JobTable._insert(self, job)
 
