@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -1589,6 +1590,13 @@ class _Model:
         self.journal = self.open()
 
 
+def writer_threads() -> set[threading.Thread]:
+    """
+    @return: the journal writer threads now alive.
+    """
+    return {t for t in threading.enumerate() if t.name == "gridlike-journal"}
+
+
 class ThreadPoolTests(TestCase):
     """
     The journal with the real reactor and a real thread pool.
@@ -1611,6 +1619,7 @@ class ThreadPoolTests(TestCase):
         return Deferred.fromCoroutine(self._concurrent())
 
     async def _concurrent(self) -> None:
+        before = writer_threads()
         journal = Journal(self.path, reactor=self.reactor, threadpool=self.pool)
         self.assertEqual(list(journal.replay()), [])
         first = [journal.append(b"a%d" % i) for i in range(500)]
@@ -1620,7 +1629,10 @@ class ThreadPoolTests(TestCase):
             await d
         await compacted
         third = [journal.append(b"c%d" % i) for i in range(100)]
+        self.assertGreater(writer_threads(), before)
         await journal.close()
+        # Closing ended the journal's writer thread.
+        self.assertEqual(writer_threads(), before)
         for d in third:
             self.assertIsNone(self.successResultOf(d))
         self.assertEqual(

@@ -5,7 +5,8 @@ its group commit.
 
 L{Journal.append} queues a record and every record appended in one reactor
 turn goes out in one C{write} and (under C{fsync = "always"}) one
-C{fdatasync}, run in a thread pool.  One job on the live file is in flight at
+C{fdatasync}, run on the journal's own writer thread
+(L{gridlike.server._journal_thread}).  One job on the live file is in flight at
 a time: a flush, an interval sync or a compaction's swap; records appended
 meanwhile make up the next flush.  The journal's lifecycle (new, replaying,
 open, closing, closed) is here too, since every request depends on it.
@@ -55,6 +56,7 @@ from gridlike.server._journal_io import (
     _write_batch,
 )
 from gridlike.server._journal_replay import open_live, recover
+from gridlike.server._journal_thread import WriterThread
 from gridlike.server.errors import Unavailable
 
 __all__ = ["Journal"]
@@ -147,7 +149,9 @@ class Journal:
             sync at close).
         @param fsync_interval: seconds between syncs under C{"interval"}.
         @param run_in_thread: runs blocking work off the reactor thread;
-            defaults to C{deferToThreadPool(reactor, threadpool, ...)}.
+            defaults to C{deferToThreadPool(reactor, threadpool, ...)}, with
+            the flushes and syncs of the live file on a L{WriterThread} of
+            the journal's own instead (stopped by L{close}).
         @param file_ops: the system calls used on open files.
         @raise ValueError: on an unknown policy, a non-positive interval or
             neither C{threadpool} nor C{run_in_thread}.
@@ -156,18 +160,22 @@ class Journal:
             raise ValueError(f"fsync must be one of {', '.join(_POLICIES)}: {fsync!r}")
         if not fsync_interval > 0:
             raise ValueError(f"fsync_interval must be > 0: {fsync_interval!r}")
+        self._writer: WriterThread | None = None
         if run_in_thread is None:
             if threadpool is None:
                 raise ValueError("Journal needs a threadpool or run_in_thread")
             run_in_thread = partial(
                 deferToThreadPool, cast(IReactorFromThreads, reactor), threadpool
             )
+            self._writer = WriterThread(cast(IReactorFromThreads, reactor))
         self._path = Path(path)
         self._compact_path = self._path.with_name(self._path.name + ".compact")
         self._reactor = reactor
         self._policy = fsync
         self._interval = fsync_interval
         self._run: RunInThread = run_in_thread
+        # The live file's flushes and syncs: the hot path, a hop of their own.
+        self._run_live: RunInThread = self._writer or run_in_thread
         self._ops = file_ops
         self._cooperator = Cooperator(
             terminationPredicateFactory=_one_step,
@@ -338,7 +346,7 @@ class Journal:
         directory = self._path.parent if self._directory_unsynced else None
         self._busy = True
         self._in_flight_size = batch.size
-        self._run(
+        self._run_live(
             partial(
                 _write_batch,
                 self._ops,
@@ -427,7 +435,7 @@ class Journal:
         """
         assert self._fd is not None
         self._busy = True
-        self._run(partial(self._ops.sync, self._fd)).addBoth(self._synced)
+        self._run_live(partial(self._ops.sync, self._fd)).addBoth(self._synced)
 
     def _synced(self, outcome: None | Failure) -> None:
         """
@@ -627,7 +635,7 @@ class Journal:
             fd, self._fd = self._fd, None
             if fd is not None:
                 try:
-                    await self._run(partial(_sync_and_close, self._ops, fd))
+                    await self._run_live(partial(_sync_and_close, self._ops, fd))
                 except OSError as error:
                     reason = error.strerror or str(error)
                     log.error(
@@ -637,6 +645,8 @@ class Journal:
                     )
                     raise Unavailable(f"journal cannot be synced: {reason}") from error
         finally:
+            if self._writer is not None:
+                await self._writer.stop()
             self._state = "closed"
             waiters, self._close_waiters = self._close_waiters, []
             for waiter in waiters:
