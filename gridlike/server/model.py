@@ -119,6 +119,16 @@ class Ballot:
 
 
 @define(eq=False)
+class _Extras:
+    """L{Job}'s rarely set fields (see its properties), apart to keep jobs small."""
+
+    digest: str | None = None
+    cached_from: str | None = None
+    copies: int = 0
+    ballot: Ballot | None = None
+
+
+@define(eq=False)
 class Job:
     """
     A job's metadata; its bytes live in storage under its id.
@@ -154,18 +164,67 @@ class Job:
     attempt: int = 0
     """The number of its latest attempt (start on a worker), from 1; never
     reused, even by a retry.  Protocol 2 workers name the attempt they run."""
-    digest: str | None = None
-    """The SHA-256 of its payload in hex, kept for a type with C{cache = true}."""
-    cached_from: str | None = None
-    """The key of the done job whose result this one shares, when the result
-    cache answered its submit (docs/cache.md)."""
-    copies: int = 0
-    """How many copies of it were given to a second worker while it
-    straggled (L{gridlike.server._stragglers}); not journaled."""
     queue_entry: list[Any] | None = None
     """The queue's live heap entry for this job, when pending."""
-    ballot: Ballot | None = None
-    """The results so far of a job whose type has a quorum, else L{None}."""
+    _extras: _Extras | None = field(default=None, init=False)
+    """The fields most jobs never set, made on the first write of one: a
+    million pending jobs then hold one slot for them instead of four."""
+
+    def _more(self) -> _Extras:
+        extras = self._extras
+        if extras is None:
+            extras = self._extras = _Extras()
+        return extras
+
+    @property
+    def digest(self) -> str | None:
+        """The SHA-256 of its payload in hex, kept for a type with C{cache = true}."""
+        extras = self._extras
+        return None if extras is None else extras.digest
+
+    @digest.setter
+    def digest(self, value: str | None) -> None:
+        if value is not None or self._extras is not None:
+            self._more().digest = value
+
+    @property
+    def cached_from(self) -> str | None:
+        """
+        The key of the done job whose result this one shares, when the
+        result cache answered its submit (docs/cache.md).
+        """
+        extras = self._extras
+        return None if extras is None else extras.cached_from
+
+    @cached_from.setter
+    def cached_from(self, value: str | None) -> None:
+        if value is not None or self._extras is not None:
+            self._more().cached_from = value
+
+    @property
+    def copies(self) -> int:
+        """
+        How many copies of it were given to a second worker while it
+        straggled (L{gridlike.server._stragglers}); not journaled.
+        """
+        extras = self._extras
+        return 0 if extras is None else extras.copies
+
+    @copies.setter
+    def copies(self, value: int) -> None:
+        if value or self._extras is not None:
+            self._more().copies = value
+
+    @property
+    def ballot(self) -> Ballot | None:
+        """The results so far of a job whose type has a quorum, else L{None}."""
+        extras = self._extras
+        return None if extras is None else extras.ballot
+
+    @ballot.setter
+    def ballot(self, value: Ballot | None) -> None:
+        if value is not None or self._extras is not None:
+            self._more().ballot = value
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -203,6 +262,8 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
     @param webhook: the state of its webhook's delivery, if known
         (L{gridlike.server.webhooks}).
     """
+    extras = job._extras
+    ballot = None if extras is None else extras.ballot
     return {
         "id": job.id,
         "key": job.key,
@@ -216,7 +277,7 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
         "ended": timestamp(job.ended),
         "failure_count": job.failure_count,
         "attempt": job.attempt,
-        "copies": job.copies,
+        "copies": 0 if extras is None else extras.copies,
         "worker_id": job.worker_id,
         "worker_name": job.worker_name,
         "progress": (
@@ -233,7 +294,7 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
         "next": job.child,
         "payload_size": job.payload_size,
         "result_size": job.result_size,
-        "cached_from": job.cached_from,
+        "cached_from": None if extras is None else extras.cached_from,
         "webhook": webhook,
-        "quorum": None if job.ballot is None else job.ballot.view(),
+        "quorum": None if ballot is None else ballot.view(),
     }
