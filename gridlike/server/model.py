@@ -11,7 +11,7 @@ import re
 import time
 from enum import Enum
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, Optional, TypeVar, overload
 
 from attrs import define, field, frozen
 
@@ -120,12 +120,44 @@ class Ballot:
 
 @define(eq=False)
 class _Extras:
-    """L{Job}'s rarely set fields (see its properties), apart to keep jobs small."""
+    """L{Job}'s rarely set fields (see L{_Rare}), apart to keep jobs small."""
 
     digest: str | None = None
     cached_from: str | None = None
     copies: int = 0
     ballot: Ballot | None = None
+
+
+_T = TypeVar("_T")
+
+
+class _Rare(Generic[_T]):
+    """
+    A field of L{Job} kept in its L{_Extras}: read as the default while the
+    job has none, which only a value other than the default makes.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+        self._default = getattr(_Extras(), name)
+
+    @overload
+    def __get__(self, job: None, owner: type) -> _Rare[_T]: ...
+    @overload
+    def __get__(self, job: Job, owner: type | None = None) -> _T: ...
+    def __get__(self, job: Job | None, owner: type | None = None) -> _T | _Rare[_T]:
+        if job is None:
+            return self
+        extras = job._extras
+        return self._default if extras is None else getattr(extras, self._name)  # type: ignore[no-any-return]
+
+    def __set__(self, job: Job, value: _T) -> None:
+        extras = job._extras
+        if extras is None:
+            if value == self._default:
+                return
+            extras = job._extras = _Extras()
+        setattr(extras, self._name, value)
 
 
 @define(eq=False)
@@ -170,61 +202,16 @@ class Job:
     """The fields most jobs never set, made on the first write of one: a
     million pending jobs then hold one slot for them instead of four."""
 
-    def _more(self) -> _Extras:
-        extras = self._extras
-        if extras is None:
-            extras = self._extras = _Extras()
-        return extras
-
-    @property
-    def digest(self) -> str | None:
-        """The SHA-256 of its payload in hex, kept for a type with C{cache = true}."""
-        extras = self._extras
-        return None if extras is None else extras.digest
-
-    @digest.setter
-    def digest(self, value: str | None) -> None:
-        if value is not None or self._extras is not None:
-            self._more().digest = value
-
-    @property
-    def cached_from(self) -> str | None:
-        """
-        The key of the done job whose result this one shares, when the
-        result cache answered its submit (docs/cache.md).
-        """
-        extras = self._extras
-        return None if extras is None else extras.cached_from
-
-    @cached_from.setter
-    def cached_from(self, value: str | None) -> None:
-        if value is not None or self._extras is not None:
-            self._more().cached_from = value
-
-    @property
-    def copies(self) -> int:
-        """
-        How many copies of it were given to a second worker while it
-        straggled (L{gridlike.server._stragglers}); not journaled.
-        """
-        extras = self._extras
-        return 0 if extras is None else extras.copies
-
-    @copies.setter
-    def copies(self, value: int) -> None:
-        if value or self._extras is not None:
-            self._more().copies = value
-
-    @property
-    def ballot(self) -> Ballot | None:
-        """The results so far of a job whose type has a quorum, else L{None}."""
-        extras = self._extras
-        return None if extras is None else extras.ballot
-
-    @ballot.setter
-    def ballot(self, value: Ballot | None) -> None:
-        if value is not None or self._extras is not None:
-            self._more().ballot = value
+    digest = _Rare[Optional[str]]()
+    """The SHA-256 of its payload in hex, kept for a type with C{cache = true}."""
+    cached_from = _Rare[Optional[str]]()
+    """The key of the done job whose result this one shares, when the result
+    cache answered its submit (docs/cache.md)."""
+    copies = _Rare[int]()
+    """How many copies of it were given to a second worker while it
+    straggled (L{gridlike.server._stragglers}); not journaled."""
+    ballot = _Rare[Optional[Ballot]]()
+    """The results so far of a job whose type has a quorum, else L{None}."""
 
 
 def timestamp(seconds: float | None) -> str | None:
