@@ -86,7 +86,9 @@ class Cached(Harness):
 
 
 def job(type: str | None, digest: str | None, status: Status = Status.DONE) -> Job:
-    return Job(new_job_id(), "k", type, Priority.BATCH, 1, 1, 0.0, 1, status=status, digest=digest)
+    made = Job(new_job_id(), "k", type, Priority.BATCH, 1, 1, 0.0, 1, status=status)
+    made.digest = digest
+    return made
 
 
 class IndexTests(SynchronousTestCase):

@@ -1,5 +1,6 @@
 """
-Tests for L{gridlike.server.model}: the wire form of timestamps.
+Tests for L{gridlike.server.model}: the wire form of timestamps, and the
+rarely set fields of a job.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from datetime import datetime, timezone
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridlike.server.model import timestamp
+from gridlike.server.model import Ballot, Job, Priority, job_view, timestamp
 
 
 def reference(seconds: float) -> str:
@@ -40,3 +41,51 @@ class TimestampTests(SynchronousTestCase):
         times += [chooser.randrange(2**32) + chooser.choice(edges) for _ in range(20000)]
         for seconds in times:
             self.assertEqual(timestamp(seconds), reference(seconds), repr(seconds))
+
+
+def pending() -> Job:
+    return Job("id", "key", None, Priority.BATCH, 1, 1, 0.0, 3)
+
+
+class ExtrasTests(SynchronousTestCase):
+    """
+    C{digest}, C{cached_from}, C{copies} and C{ballot} live in a side
+    object that a job only gets on the first write of a value.
+    """
+
+    def test_defaults(self) -> None:
+        """A new job reads the defaults, and holds no side object."""
+        job = pending()
+        self.assertEqual((job.digest, job.cached_from, job.copies, job.ballot), (None, None, 0, None))
+        self.assertIsNone(job._extras)
+        view = job_view(job)
+        self.assertEqual((view["cached_from"], view["copies"], view["quorum"]), (None, 0, None))
+
+    def test_default_writes_make_nothing(self) -> None:
+        """Writing a default leaves the job without a side object."""
+        job = pending()
+        job.digest = None
+        job.cached_from = None
+        job.copies = 0
+        job.ballot = None
+        self.assertIsNone(job._extras)
+
+    def test_round_trip(self) -> None:
+        """Each field keeps what was written, apart from the others, and back to its default."""
+        job = pending()
+        ballot = Ballot(2)
+        job.digest = "ab" * 32
+        job.copies += 1
+        job.cached_from = "other"
+        job.ballot = ballot
+        self.assertEqual((job.digest, job.cached_from, job.copies), ("ab" * 32, "other", 1))
+        self.assertIs(job.ballot, ballot)
+        view = job_view(job)
+        self.assertEqual(
+            (view["cached_from"], view["copies"], view["quorum"]),
+            ("other", 1, {"needed": 2, "agreeing": 0, "results": 0}),
+        )
+        job.digest = None
+        job.ballot = None
+        self.assertEqual((job.digest, job.cached_from, job.copies, job.ballot), (None, "other", 1, None))
+        self.assertIsNone(pending().digest)

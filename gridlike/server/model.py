@@ -11,7 +11,7 @@ import re
 import time
 from enum import Enum
 from functools import lru_cache
-from typing import Any
+from typing import Any, Generic, Optional, TypeVar, overload
 
 from attrs import define, field, frozen
 
@@ -119,6 +119,48 @@ class Ballot:
 
 
 @define(eq=False)
+class _Extras:
+    """L{Job}'s rarely set fields (see L{_Rare}), apart to keep jobs small."""
+
+    digest: str | None = None
+    cached_from: str | None = None
+    copies: int = 0
+    ballot: Ballot | None = None
+
+
+_T = TypeVar("_T")
+
+
+class _Rare(Generic[_T]):
+    """
+    A field of L{Job} kept in its L{_Extras}: read as the default while the
+    job has none, which only a value other than the default makes.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+        self._default = getattr(_Extras(), name)
+
+    @overload
+    def __get__(self, job: None, owner: type) -> _Rare[_T]: ...
+    @overload
+    def __get__(self, job: Job, owner: type | None = None) -> _T: ...
+    def __get__(self, job: Job | None, owner: type | None = None) -> _T | _Rare[_T]:
+        if job is None:
+            return self
+        extras = job._extras
+        return self._default if extras is None else getattr(extras, self._name)  # type: ignore[no-any-return]
+
+    def __set__(self, job: Job, value: _T) -> None:
+        extras = job._extras
+        if extras is None:
+            if value == self._default:
+                return
+            extras = job._extras = _Extras()
+        setattr(extras, self._name, value)
+
+
+@define(eq=False)
 class Job:
     """
     A job's metadata; its bytes live in storage under its id.
@@ -154,17 +196,21 @@ class Job:
     attempt: int = 0
     """The number of its latest attempt (start on a worker), from 1; never
     reused, even by a retry.  Protocol 2 workers name the attempt they run."""
-    digest: str | None = None
-    """The SHA-256 of its payload in hex, kept for a type with C{cache = true}."""
-    cached_from: str | None = None
-    """The key of the done job whose result this one shares, when the result
-    cache answered its submit (docs/cache.md)."""
-    copies: int = 0
-    """How many copies of it were given to a second worker while it
-    straggled (L{gridlike.server._stragglers}); not journaled."""
     queue_entry: list[Any] | None = None
     """The queue's live heap entry for this job, when pending."""
-    ballot: Ballot | None = None
+    _extras: _Extras | None = field(default=None, init=False)
+    """The fields most jobs never set, made on the first write of one: a
+    million pending jobs then hold one slot for them instead of four."""
+
+    digest = _Rare[Optional[str]]()
+    """The SHA-256 of its payload in hex, kept for a type with C{cache = true}."""
+    cached_from = _Rare[Optional[str]]()
+    """The key of the done job whose result this one shares, when the result
+    cache answered its submit (docs/cache.md)."""
+    copies = _Rare[int]()
+    """How many copies of it were given to a second worker while it
+    straggled (L{gridlike.server._stragglers}); not journaled."""
+    ballot = _Rare[Optional[Ballot]]()
     """The results so far of a job whose type has a quorum, else L{None}."""
 
 
@@ -203,6 +249,8 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
     @param webhook: the state of its webhook's delivery, if known
         (L{gridlike.server.webhooks}).
     """
+    extras = job._extras
+    ballot = None if extras is None else extras.ballot
     return {
         "id": job.id,
         "key": job.key,
@@ -216,7 +264,7 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
         "ended": timestamp(job.ended),
         "failure_count": job.failure_count,
         "attempt": job.attempt,
-        "copies": job.copies,
+        "copies": 0 if extras is None else extras.copies,
         "worker_id": job.worker_id,
         "worker_name": job.worker_name,
         "progress": (
@@ -233,7 +281,7 @@ def job_view(job: Job, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
         "next": job.child,
         "payload_size": job.payload_size,
         "result_size": job.result_size,
-        "cached_from": job.cached_from,
+        "cached_from": None if extras is None else extras.cached_from,
         "webhook": webhook,
-        "quorum": None if job.ballot is None else job.ballot.view(),
+        "quorum": None if ballot is None else ballot.view(),
     }
