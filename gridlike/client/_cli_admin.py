@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, Callable
 
 from gridlike.client.cli import OK, Context, command, connected, stats_text, table
 from gridlike.client.cli import workers_table
+from gridlike.client._cli_jobs import duration_text
 
 
 def _workers_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,30 +27,25 @@ async def _workers(context: Context) -> int:
     views = await context.client.workers()
     if not context.options.all:
         views = connected(views)
-    if context.options.json:
-        context.json(views)
-        return OK
-    context.print(workers_table(views))
-    return OK
+    return _show(context, views, workers_table)
 
 
 @command("stats", "show job and worker counts")
 async def _stats(context: Context) -> int:
-    stats = await context.client.stats()
-    if context.options.json:
-        context.json(stats)
-        return OK
-    context.print(stats_text(stats))
-    return OK
+    return _show(context, await context.client.stats(), stats_text)
 
 
 @command("types", "list the job types: state, jobs, workers and policies")
 async def _types(context: Context) -> int:
-    views = await context.client.types()
+    return _show(context, await context.client.types(), types_table)
+
+
+def _show(context: Context, answer: Any, render: Callable[[Any], str]) -> int:
+    """Print the server's answer as JSON with C{--json}, else as C{render} puts it."""
     if context.options.json:
-        context.json(views)
-        return OK
-    context.print(types_table(views))
+        context.json(answer)
+    else:
+        context.print(render(answer))
     return OK
 
 
@@ -73,20 +69,12 @@ def _policies(policies: dict[str, Any]) -> str | None:
         if value is True:
             shown.append(name)
         elif name in ("timeout", "keep_done", "keep_failed"):
-            shown.append(f"{name} {_duration(value)}")
+            shown.append(f"{name} {duration_text(value)}")
         elif name == "result_becomes":
             shown.append(f"-> {value}")
         else:
             shown.append(f"{name} {value}")
     return ", ".join(shown) or None
-
-
-def _duration(seconds: float) -> str:
-    """C{604800} as C{7d}, C{5400} as C{90m}: the largest unit that divides it."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
 
 
 def _type_argument(parser: argparse.ArgumentParser) -> None:

@@ -120,6 +120,14 @@ async def _ls(context: Context) -> int:
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def duration_text(seconds: float) -> str:
+    """L{duration}'s reverse: C{604800} as C{7d}, C{5400} as C{90m}, in the largest unit that divides it."""
+    for unit, size in sorted(_DURATION_UNITS.items(), key=lambda item: -item[1]):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 def duration(text: str) -> float:
     """
     C{30s}, C{10m}, C{1h}, C{7d} (or plain seconds) as seconds.
