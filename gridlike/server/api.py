@@ -152,7 +152,12 @@ class GridLikeAPI:
             max_request=server.max_request,
             max_form_parts=server.max_form_parts,
             max_form_text=server.max_form_text,
-            digests=digest_wanted(server.path_prefix, core.settings.caches),
+            # Without a type that caches no upload is hashed, nor its path read.
+            digests=(
+                digest_wanted(server.path_prefix, core.settings.caches)
+                if any(map(core.settings.caches, (None, *core.settings.types)))
+                else None
+            ),
         )
 
     def root(self) -> IResource:

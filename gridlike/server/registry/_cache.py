@@ -88,7 +88,8 @@ class CacheIndex:
         @param digest: the SHA-256 of its payload, in hex.
         @return: the oldest done job of that type with that digest, if any.
         """
-        found = self._by_type.get(type, {}).get(digest)
+        by_digest = self._by_type.get(type)
+        found = None if by_digest is None else by_digest.get(digest)
         jobs = () if found is None else found.values() if isinstance(found, dict) else (found,)
         for job in jobs:
             if job.status is Status.DONE:

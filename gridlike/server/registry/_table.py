@@ -350,7 +350,7 @@ class JobTable:
             for job in made or [_decode_job(row) for row in record["jobs"]]:
                 self._insert(job)
                 self._announce(JobChange.SUBMITTED, job)
-                if job.cached_from is not None and job.status is Status.DONE:
+                if job.status is Status.DONE and job.cached_from is not None:
                     # Answered by the result cache: done as it was made.
                     self._note_end(job)
                     self._announce(JobChange.DONE, job)
