@@ -9,16 +9,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from gridlike.server._quorum import DigestingWriter, vote_object
+from gridlike.server._quorum import DECIDE_AGAIN_AFTER, DigestingWriter, vote_object
 from gridlike.server.config import parse_settings
 from gridlike.server.dispatch import JobFailed
-from gridlike.server.errors import ConfigError
+from gridlike.server.errors import ConfigError, Unavailable
 from gridlike.server.model import Ballot, Job, Priority, Status, Vote, job_view
 from gridlike.server.registry import NewJob, new_job_id
 from gridlike.server.storage import PAYLOAD, RESULT, IPayloadWriter
@@ -44,6 +45,18 @@ quorum = 3
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class LinkRefusedOnce(MemoryStorage):
+    """Memory storage whose first link is refused: the storage is down."""
+
+    refused = 0
+
+    def link(self, *args: Any, **kwargs: Any) -> Deferred[None]:
+        if not self.refused:
+            self.refused += 1
+            return fail(Unavailable("storage is down"))
+        return super().link(*args, **kwargs)
 
 
 class Harness:
@@ -218,6 +231,26 @@ class QuorumDispatchTests(SynchronousTestCase):
         self.assertEqual(h.worker_view(w1)["quorum"], {"agreed": 1, "disagreed": 0, "quarantined": False})
         self.assertEqual(h.worker_view(w1)["jobs_done"], 1)
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_decision_not_recorded(self) -> None:
+        """
+        When the agreeing results cannot be made the job's result (storage
+        unavailable), the job is decided again a while later, though no
+        worker is given it again.
+        """
+        storage = LinkRefusedOnce()
+        h = Harness(storage=storage)
+        w1, w2 = h.connect("w1"), h.connect("w2")
+        job = h.submit()
+        h.answer(w1, b"42")
+        h.answer(w2, b"42")
+        h.clock.advance(0)
+        self.assertEqual(storage.refused, 1)
+        self.assertIs(job.status, Status.RUNNING)
+        self.assertEqual((w1.held(), w2.held()), ([], []))
+        h.clock.advance(DECIDE_AGAIN_AFTER)
+        self.assertIs(job.status, Status.DONE)
+        self.assertEqual(h.result(job), b"42")
 
     def test_distinct_ids(self) -> None:
         """Two connections of one worker id never both run the same quorum job."""

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from attrs import define
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProducer
+from twisted.internet.interfaces import IProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -62,6 +62,10 @@ __all__ = ["DigestingWriter", "Quorum", "vote_object"]
 log = Logger()
 
 _CLOSING = frozenset({JobChange.DONE, JobChange.FAILED, JobChange.DELETED})
+
+DECIDE_AGAIN_AFTER = 1.0
+"""Seconds before a job whose results decided it, but whose decision could not
+be recorded (storage or journal unavailable), is decided again."""
 
 _VOTES = uuid.UUID("6f1d3c52-7a0e-4c1b-9e57-2b8f4d0a9c11")
 """The namespace of the storage names of quorum results."""
@@ -139,6 +143,7 @@ class Quorum:
         storage: IStorage | None,
         withdraw: Callable[[Assignment, str], None],
         offer: Callable[[str | None], None],
+        clock: IReactorTime,
     ) -> None:
         """
         @param registry: the registry: the journaled one if any type has a
@@ -148,7 +153,10 @@ class Quorum:
         @param withdraw: takes an attempt back from its worker.
         @param offer: offers a type's pending jobs to its idle workers, on
             a later turn.
+        @param clock: when a decision that could not be recorded is tried
+            again.
         """
+        self._clock = clock
         self._policies: dict[str | None, tuple[int, int | None]] = {
             name: policy
             for name in [None, *settings.types]
@@ -394,7 +402,7 @@ class Quorum:
 
     async def _settle(self, job: Job) -> None:
         """Decide C{job} if its results allow it; else it wants more."""
-        if self._registry.by_id(job.id) is not job or job.status.terminal:
+        if self._registry.by_id(job.id) is not job or job.status.terminal or job.id in self._deciding:
             return
         verdict = self._verdict(job)
         if verdict is None:
@@ -410,12 +418,16 @@ class Quorum:
                 await self._registry.fail(job, _no_quorum(job), None, None, for_good=True)
         except Exception as e:
             log.warn(
-                "quorum job {key} not decided: {problem}; decided at the next result or start",
+                "quorum job {key} not decided: {problem}; decided again in {delay:g} s",
                 key=job.key,
                 problem=getattr(e, "problem", str(e)),
+                delay=DECIDE_AGAIN_AFTER,
             )
             self._deciding.discard(job.id)
-            self._want_more(job)
+            # Its results decide it: no worker would be given it again.
+            self._clock.callLater(
+                DECIDE_AGAIN_AFTER, lambda: Deferred.fromCoroutine(self._settle(job))
+            )
             return
         self._deciding.discard(job.id)
         self.closed(job)

@@ -136,6 +136,7 @@ class Dispatcher:
         self.quorum = Quorum(  # the jobs of types with a quorum
             settings, registry, storage, self._withdraw,
             lambda job_type: self._eventual.eventually(self._offer, job_type),
+            clock,
         )
 
     def add_listener(self, listener: IWorkerListener) -> None:
