@@ -16,7 +16,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from gridlike.server._quorum import DECIDE_AGAIN_AFTER, DigestingWriter, vote_object
+from gridlike.server._quorum import DECIDE_AGAIN_AFTER, vote_object
+from gridlike.server.storage import DigestingWriter
 from gridlike.server.config import parse_settings
 from gridlike.server.dispatch import JobFailed
 from gridlike.server.errors import ConfigError, Unavailable

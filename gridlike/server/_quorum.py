@@ -35,29 +35,27 @@ type's jobs.  These counts live in memory, as the other worker counts do.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from attrs import define
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProducer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from gridlike.server.config import Settings
 from gridlike.server.listeners import JobChange
 from gridlike.server.model import Job, Status
 from gridlike.server.queue import PendingQueue
 from gridlike.server.registry import IRegistry, Registry
-from gridlike.server.storage import RESULT, IInlineStorage, IPayloadWriter, IStorage
+from gridlike.server.storage import RESULT, DigestingWriter, IInlineStorage, IPayloadWriter, IStorage
 
 if TYPE_CHECKING:
     from gridlike.server._dispatch_link import IWorkerLink
     from gridlike.server._dispatch_state import Assignment
 
-__all__ = ["DigestingWriter", "Quorum", "vote_object"]
+__all__ = ["Quorum", "vote_object"]
 
 log = Logger()
 
@@ -79,47 +77,6 @@ def vote_object(job_id: str, attempt: int) -> str:
         attempt's result is kept until the job is decided.
     """
     return str(uuid.uuid5(_VOTES, f"{job_id}/{attempt}"))
-
-
-@implementer(IPayloadWriter)
-class DigestingWriter:
-    """
-    An L{IPayloadWriter} that hashes (SHA-256) what it passes on, and tells
-    the digest once the object is durable.
-    """
-
-    def __init__(self, inner: IPayloadWriter, finished: Callable[[str], None]) -> None:
-        """
-        @param inner: the writer the bytes go to.
-        @param finished: called with the hex digest once C{inner} finished.
-        """
-        self._inner = inner
-        self._hash = hashlib.sha256()
-        self._finished = finished
-
-    @property
-    def size(self) -> int:
-        return int(self._inner.size)
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self._inner.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._inner.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        self._inner.write(data)
-        self._hash.update(data)
-
-    def finish(self) -> Deferred[int]:
-        def finished(size: int) -> int:
-            self._finished(self._hash.hexdigest())
-            return size
-
-        return self._inner.finish().addCallback(finished)
-
-    def abort(self) -> Deferred[None]:
-        return self._inner.abort()
 
 
 @define

@@ -10,7 +10,6 @@ requests stream into one and with what limits.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import TYPE_CHECKING, Any, Callable, cast
 
@@ -26,7 +25,7 @@ from zope.interface import implementer
 from gridlike._transport import stream_transport
 from gridlike.server.errors import BadRequest, GridLikeError, PayloadTooLarge, Unavailable
 from gridlike.server.registry import new_job_id
-from gridlike.server.storage import PAYLOAD, IPayloadWriter
+from gridlike.server.storage import PAYLOAD, DigestingWriter, IPayloadWriter
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
@@ -152,7 +151,6 @@ class MultipartUpload:
     _part_text: bytearray | None = None
     _writer: IPayloadWriter | None = None
     _writer_id: str = ""
-    _hash: Any = None
     _throttle: _Throttle | None = None
     _parser: MultipartParser | None = None
 
@@ -296,19 +294,17 @@ class MultipartUpload:
             writer = self.policy.storage.writer(
                 self._writer_id, PAYLOAD, max_size=self.policy.max_payload
             )
+            if self.digests:
+                writer = DigestingWriter(writer)
             self._throttle = _Throttle(self.gate)
             writer.registerProducer(self._throttle, True)
-            self._hash = hashlib.sha256() if self.digests else None
             self._writer = writer
         else:
             self._part_text = bytearray()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._writer is not None:
-            chunk = data[start:end]
-            self._writer.write(chunk)
-            if self._hash is not None:
-                self._hash.update(chunk)
+            self._writer.write(data[start:end])
         elif self._part_text is not None:
             self._part_text += data[start:end]
             if len(self._part_text) > FIELD_LIMIT:
@@ -323,13 +319,14 @@ class MultipartUpload:
         writer, self._writer = self._writer, None
         if writer is not None:
             job_id = self._writer_id
-            digest = None if self._hash is None else self._hash.hexdigest()
-            self._hash = None
             stored = writer.finish()
             stored.addBoth(self._release, writer, self._throttle)
-            self._stored.append(
-                stored.addCallback(lambda size: StoredPayload(job_id, size, digest))
-            )
+            digested = writer if isinstance(writer, DigestingWriter) else None
+
+            def made(size: int) -> StoredPayload:
+                return StoredPayload(job_id, size, None if digested is None else digested.digest)
+
+            self._stored.append(stored.addCallback(made))
         elif self._part_text is not None and self._part_name is not None:
             try:
                 text = self._part_text.decode("utf-8")

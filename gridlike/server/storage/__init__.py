@@ -5,6 +5,7 @@ providers (L{FilesystemStorage}, the default, and L{InlineStorage} in front
 of it, whose small payloads become durable in the journal).
 """
 
+from ._digesting import DigestingWriter
 from ._inline import IInlineStorage, InlineStorage, Unfiled
 from .filesystem import SYNC_POLICIES, FilesystemStorage, RunInThread, SyncOps
 from .interface import (
@@ -17,6 +18,7 @@ from .interface import (
 )
 
 __all__ = [
+    "DigestingWriter",
     "FilesystemStorage",
     "IInlineStorage",
     "InlineStorage",
