@@ -24,7 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from gridlike.server.config import Settings
 from gridlike.server.core import Core
 from gridlike.server.errors import GridLikeError
-from gridlike.server.heap import FREEZE_EVERY, Heap
+from gridlike.server.heap import Heap
 from gridlike.server.journal import IJournal, Journal
 from gridlike.server.registry.redis import RedisRegistry
 from gridlike.server.retention import Retention
@@ -110,9 +110,7 @@ class GridLikeService(MultiService):
         compaction = TimerService(COMPACT_EVERY, self._maybe_compact)
         compaction.clock = reactor
         compaction.setServiceParent(self)
-        heap = TimerService(FREEZE_EVERY, Heap(reactor).tend)
-        heap.clock = reactor
-        heap.setServiceParent(self)
+        Heap(reactor).setServiceParent(self)
 
     def _storage(self, settings: Settings, reactor: Any) -> IStorage:
         """
