@@ -27,6 +27,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from gridlike import __version__
+from gridlike.server._eager_tcp import eager_tcp
 from gridlike.server.api import GridLikeAPI
 from gridlike.server.config import Settings, load_settings, state_directory
 from gridlike.server.errors import ConfigError
@@ -148,8 +149,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site.displayTracebacks = False
     # A shared registry loads asynchronously: listen only once it has.
     ready = service.when_ready if settings.registry.kind == "redis" else None
+    listening = eager_tcp(reactor)
     for description in settings.server.listen:
-        endpoint = serverFromString(reactor, description)
+        endpoint = serverFromString(listening, description)
         Listener(description, endpoint, site, ready).setServiceParent(root)
     return root
 

@@ -1,0 +1,115 @@
+"""
+Tests for L{gridlike.server._eager_tcp}, over real loopback sockets with the
+real reactor: writes leave at once while nothing is buffered, and bytes keep
+their order when the socket cannot take them all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import main
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactor
+from twisted.trial.unittest import TestCase
+
+from gridlike.server._eager_tcp import EagerConnection, eager_tcp
+
+
+class Collector(Protocol):
+    """The client side: keeps what arrives, and tells when C{expected} bytes have."""
+
+    def __init__(self, expected: int) -> None:
+        self.received = bytearray()
+        self.expected = expected
+        self.complete: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.expected and not self.complete.called:
+            self.complete.callback(bytes(self.received))
+
+
+class Server(Protocol):
+    """The server side: hands its connection to the test."""
+
+    def __init__(self, connected: Deferred[Any]) -> None:
+        self._connected = connected
+
+    def connectionMade(self) -> None:
+        self._connected.callback(self.transport)
+
+
+class EagerTCPTests(TestCase):
+    async def connect(self, expected: int) -> tuple[Any, Collector]:
+        """@return: the server's transport and the client collecting C{expected} bytes."""
+        from twisted.internet import reactor
+
+        connected: Deferred[Any] = Deferred()
+        endpoint = serverFromString(eager_tcp(reactor), "tcp:0:interface=127.0.0.1")
+        port = await endpoint.listen(Factory.forProtocol(lambda: Server(connected)))
+        self.addCleanup(port.stopListening)
+        collector = Collector(expected)
+        client = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await client.connect(Factory.forProtocol(lambda: collector))
+        transport = await connected
+        self.addCleanup(lambda: collector.transport.loseConnection())  # type: ignore[union-attr]
+        self.addCleanup(transport.loseConnection)
+        return transport, collector
+
+    async def test_idle_write_leaves_at_once(self) -> None:
+        """
+        A write on a connection with nothing buffered is sent in the call:
+        nothing is left in the buffer and the reactor is not asked to watch
+        the socket for writing.
+        """
+        from twisted.internet import reactor
+
+        transport, collector = await self.connect(len(b"hello, world"))
+        self.assertIsInstance(transport, EagerConnection)
+        transport.write(b"hello, ")
+        transport.writeSequence([b"world"])
+        self.assertEqual(transport._tempDataBuffer, [])
+        self.assertEqual(len(transport.dataBuffer) - transport.offset, 0)
+        self.assertNotIn(transport, reactor.getWriters())
+        self.assertEqual(await collector.complete, b"hello, world")
+
+    async def test_order_kept_past_a_full_socket(self) -> None:
+        """
+        What the socket does not take is buffered, and writes after it wait
+        behind it, whether single or in sequences: the peer gets every byte
+        in order.
+        """
+        big = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than the socket takes
+        tail = [b"tail-%d;" % n for n in range(100)]
+        expected = big + b"".join(tail)
+        transport, collector = await self.connect(len(expected))
+        transport.write(big)
+        self.assertGreater(transport._tempDataLen + len(transport.dataBuffer), 0)
+        for n, piece in enumerate(tail):
+            if n % 2:
+                transport.write(piece)
+            else:
+                transport.writeSequence([piece[:3], piece[3:]])
+        self.assertEqual(await collector.complete, expected)
+
+    async def test_lost_while_sending(self) -> None:
+        """
+        A send that finds the connection lost keeps the bytes in the buffer,
+        raising nothing, and the reactor's next write reports the loss to
+        the protocol, as with Twisted's own transport.
+        """
+        transport, collector = await self.connect(1)
+        lost: Deferred[None] = Deferred()
+        transport.protocol.connectionLost = lambda reason: lost.callback(None)
+        transport.writeSomeData = lambda data: main.CONNECTION_LOST
+        transport.write(b"lost")
+        self.assertEqual(transport._tempDataBuffer, [b"lost"])
+        await lost
+
+    def test_fake_reactor_kept(self) -> None:
+        """A fake reactor, as tests give the service, listens as itself."""
+        reactor = MemoryReactor()
+        self.assertIs(eager_tcp(reactor), reactor)
