@@ -121,6 +121,24 @@ class ServerProcess:
                 return int(line.split()[1]) // 1024
         return 0
 
+    def cpu_seconds(self) -> tuple[float, float] | None:
+        """
+        @return: the CPU time the server has used so far, all of it and its
+            reactor thread's (the main thread, which every request and frame
+            goes through), or L{None} where C{/proc} does not tell.
+        """
+        pid = self.process.pid
+
+        def used(stat: str) -> float:
+            # After the name come the state (field 3), ... utime and stime (14, 15).
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        try:
+            return used(f"/proc/{pid}/stat"), used(f"/proc/{pid}/task/{pid}/stat")
+        except OSError:
+            return None
+
     def log_tail(self) -> str:
         """The end of the server's log, to explain a failed run."""
         return self._log.read_text(errors="replace")[-4000:]
@@ -240,14 +258,32 @@ async def _gridlike_figures(context: Context, url: str, server: ServerProcess | 
     client = GridLikeClient(url, api_key=options.api_key, reactor=context.reactor)
     payloads = [os.urandom(options.size) for _ in range(options.jobs)]
     workers: list[subprocess.Popen[bytes]] = []
+    cpu: dict[str, list[float] | None] = {}
+
+    def now() -> tuple[float, float] | None:
+        return None if server is None else server.cpu_seconds()
+
+    def measured(name: str, began: tuple[float, float] | None) -> None:
+        """Note the server's CPU milliseconds a job since C{began}."""
+        ended = now()
+        cpu[name] = None if began is None or ended is None else [
+            round((e - b) * 1000 / len(payloads), 2) for b, e in zip(began, ended)
+        ]
+
     try:
+        began = now()
         early, submitted = await _submit_each(context, client, payloads)
+        measured("submit", began)
         workers = start_workers(url, options.workers, options.slots, options.worker_protocol)
         await _workers_ready(context, client, options.workers)
         async for key, status, result in client.results(early, timeout=600):
             pass  # the submit-only jobs are run before anything is timed
+        began = now()
         one_per_job = await _one_per_job(context, client, payloads)
+        measured("end_to_end", began)
+        began = now()
         own_client = await _own_client(client, payloads)
+        measured("client_end_to_end", began)
         latencies = await _latencies(context, client) if options.latency_jobs else []
     finally:
         for worker in workers:
@@ -261,6 +297,7 @@ async def _gridlike_figures(context: Context, url: str, server: ServerProcess | 
         "submit_jobs_per_s": round(options.jobs / submitted),
         "latency_ms": _latency_figures(latencies),
         "server_peak_rss_mib": None if server is None else server.peak_memory(),
+        "server_cpu_ms_per_job": cpu if all(cpu.values()) else None,
     }
 
 
@@ -356,6 +393,12 @@ def _print(context: Context, figures: dict[str, Any], url: str | None) -> None:
         print(line)
     if figures["server_peak_rss_mib"] is not None:
         print(f"  server peak RSS {figures['server_peak_rss_mib']} MiB")
+    cpu = figures["server_cpu_ms_per_job"]
+    if cpu:
+        print("  server CPU per job, ms (of it on the reactor thread): "
+              + ", ".join(f"{what} {cpu[name][0]} ({cpu[name][1]})" for what, name in [
+                  ("submit only", "submit"), ("end to end", "end_to_end"),
+                  ("own client", "client_end_to_end")]))
     if peer is None:
         print("  (beanstalkd not measured: not installed, or --no-peer)")
 

@@ -37,6 +37,10 @@ def test_bench_small_run() -> None:
         assert figures[name] > 0, name
     assert set(figures["latency_ms"]) == {"p50", "p90", "p99"}
     assert figures["server_peak_rss_mib"] > 0
+    cpu = figures["server_cpu_ms_per_job"]
+    assert set(cpu) == {"submit", "end_to_end", "client_end_to_end"}
+    for whole, reactor in cpu.values():
+        assert 0 < reactor <= whole, cpu
     if shutil.which("beanstalkd") is None:
         assert figures["beanstalkd"] is None
     else:
@@ -51,7 +55,7 @@ def test_bench_text() -> None:
     done = gridlike("bench", "--jobs", "50", "--workers", "1", "--latency-jobs", "5", "--no-peer")
     assert done.returncode == 0, done.stderr.decode()
     report = done.stdout.decode()
-    for workload in ["one request per job", "own client", "submit only", "latency"]:
+    for workload in ["one request per job", "own client", "submit only", "latency", "server CPU"]:
         assert workload in report, report
     assert "beanstalkd not measured" in report
 
