@@ -131,6 +131,22 @@ class SlowJournal(MemoryJournal):
                 durable.callback(None)
 
 
+class JSONAnswerTests(SynchronousTestCase):
+    def test_sent_with_length(self) -> None:
+        """
+        A JSON answer, a 202 or a problem, carries its Content-Length and
+        is not chunked: one write, and no chunk parser in the client.
+        """
+        server = Server()
+        status, body = server.post_form(self, form(("payload", b"x")))
+        self.assertEqual(status, 202)
+        self.assertNotIn(b"transfer-encoding", server.transport.value().lower())
+        self.assertEqual(int(server.content_length or -1), server.body_length)
+        status, body = server.request(self, "GET", "/api/jobs/nothing")
+        self.assertEqual(status, 404)
+        self.assertEqual(int(server.content_length or -1), server.body_length)
+
+
 class GoneClientTests(SynchronousTestCase):
     def test_client_leaves_while_journaled(self) -> None:
         """

@@ -85,11 +85,15 @@ def json_body(request: IRequest, body: Any, status: int = 200) -> bytes:
     @param request: the request to answer.
     @param body: a JSON value.
     @param status: the HTTP status.
-    @return: the encoded body; the status and content type are set.
+    @return: the encoded body; the status, content type and length are set
+        (without a length, twisted.web would send it chunked: two writes, and
+        a chunk parser in every client).
     """
+    encoded = _encode(body)
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
-    return _encode(body)
+    request.setHeader(b"content-length", b"%d" % len(encoded))
+    return encoded
 
 
 def problem_body(request: IRequest, error: GridLikeError) -> bytes:
