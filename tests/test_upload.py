@@ -10,6 +10,8 @@ import json
 from http.client import HTTPResponse
 from typing import Any
 
+from hypothesis import given, strategies as st
+from python_multipart.multipart import parse_options_header
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
@@ -19,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from zope.interface import directlyProvides
 
-from gridlike.server.upload import UploadRequest, simple_parts
+from gridlike.server.upload import UploadRequest, form_boundary, part_name, simple_parts
 from tests.test_api import BOUNDARY, Server, _Received, form
 
 HEAD = (
@@ -390,3 +392,82 @@ class SimplePartsTests(SynchronousTestCase):
         for what, (whole, streamed) in outcomes.items():
             self.assertEqual(whole, streamed, what)
         self.assertEqual(outcomes["usual"][0], (202, ("d\r\n", 7, b"\r\n--x\r\n")))
+
+
+def _generic_name(disposition: bytes) -> bytes | None:
+    kind, options = parse_options_header(disposition)
+    return options.get(b"name") if kind == b"form-data" else None
+
+
+def _generic_boundary(content_type: bytes) -> bytes | None:
+    mime, options = parse_options_header(content_type)
+    return options.get(b"boundary", b"") if mime == b"multipart/form-data" else None
+
+
+_HEADER_BYTES = st.binary(max_size=12) | st.text('ab"\\; =\t*', max_size=12).map(str.encode)
+
+
+class HeaderParamTests(SynchronousTestCase):
+    """
+    L{part_name} and L{form_boundary} read the usual header values at once
+    and every value as python_multipart's header parser does.
+    """
+
+    NAMES = [
+        b'form-data; name="payload"; filename="p"',
+        b'form-data; name="key"',
+        b'form-data; name=""',
+        b'form-data; name="a b"; filename="C:\\dir\\p"',
+        b'form-data; name="a;b"',
+        b'form-data; name="a\\"b"',
+        b'Form-Data; name="x"',
+        b'form-data;name=x',
+        b'form-data; filename="p"',
+        b'form-data; name="x"; name="y"',
+        b'form-data; name*=utf-8\'\'x; name="y"',
+        b"attachment; name=x",
+        b"form-data",
+        b"",
+    ]
+    TYPES = [
+        b"multipart/form-data; boundary=peerbench-7f3a9c",
+        b"multipart/form-data; boundary=a=b",
+        b"multipart/form-data; boundary=",
+        b'multipart/form-data; boundary="quoted; b"',
+        b"Multipart/Form-Data; Boundary=x",
+        b"multipart/form-data;boundary=x ; charset=utf-8",
+        b"multipart/form-data",
+        b"multipart/mixed; boundary=x",
+        b"application/json",
+        b"",
+    ]
+
+    def test_names(self) -> None:
+        """The name of each usual and unusual disposition."""
+        for disposition in self.NAMES:
+            self.assertEqual(part_name(disposition), _generic_name(disposition), disposition)
+        self.assertEqual(part_name(self.NAMES[0]), b"payload")
+
+    def test_boundaries(self) -> None:
+        """The boundary of each usual and unusual content type."""
+        for content_type in self.TYPES:
+            self.assertEqual(form_boundary(content_type), _generic_boundary(content_type), content_type)
+        self.assertEqual(form_boundary(self.TYPES[0]), b"peerbench-7f3a9c")
+
+    @given(_HEADER_BYTES, _HEADER_BYTES)
+    def test_any_name(self, name: bytes, filename: bytes) -> None:
+        """Any name and filename, quoted or not, are read alike."""
+        for disposition in (
+            b'form-data; name="%s"; filename="%s"' % (name, filename),
+            b"form-data; name=%s" % name,
+        ):
+            self.assertEqual(part_name(disposition), _generic_name(disposition))
+
+    @given(_HEADER_BYTES)
+    def test_any_boundary(self, boundary: bytes) -> None:
+        """Any boundary, quoted or not, is read alike."""
+        for content_type in (
+            b"multipart/form-data; boundary=" + boundary,
+            b'multipart/form-data; boundary="%s"' % boundary,
+        ):
+            self.assertEqual(form_boundary(content_type), _generic_boundary(content_type))

@@ -25,7 +25,6 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Protocol, cast
 
 from attrs import define, field
-from python_multipart.multipart import parse_options_header
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.web import http
@@ -37,6 +36,8 @@ from gridlike.server._upload_form import (
     ReadGate,
     StoredPayload,
     UploadedForm,
+    form_boundary,
+    part_name,
     simple_parts,
 )
 from gridlike.server.auth import Gate
@@ -66,6 +67,8 @@ __all__ = [
     "UploadedForm",
     "buffered_upload",
     "client_address",
+    "form_boundary",
+    "part_name",
     "simple_parts",
     "start_upload",
 ]
@@ -237,13 +240,12 @@ def start_upload(
         the gate's refusal (a foreign web page, no valid API key) comes
         first, so that an unauthorized client learns nothing of its body.
     """
-    mime, options = parse_options_header(request.getHeader(b"content-type") or "")
-    if mime != b"multipart/form-data":
+    boundary = form_boundary(request.getHeader(b"content-type") or b"")
+    if boundary is None:
         return None
     refusal = None if gate is None else gate.upload_refusal(request)
     if refusal is not None:
         raise refusal
-    boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("body: multipart without a boundary")
     if policy.max_request and length is not None and length > policy.max_request:
