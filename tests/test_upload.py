@@ -307,6 +307,34 @@ class PromptChannelTests(SynchronousTestCase):
         channel.makeConnection(transport)
         self.assertIs(getattr(transport, "no_delay", None), True)
 
+    def test_connection_facts_found_once(self) -> None:
+        """
+        The requests of one connection see its addresses and its security,
+        asked of the transport once.
+        """
+        server = Server()
+        peer = IPv4Address("TCP", "127.0.0.1", 40101)
+        asked: list[str] = []
+
+        class Counting(StringTransport):
+            def getHost(self) -> IPv4Address:
+                asked.append("host")
+                return super().getHost()  # type: ignore[no-any-return]
+
+            def getPeer(self) -> IPv4Address:
+                asked.append("peer")
+                return super().getPeer()  # type: ignore[no-any-return]
+
+        channel: Any = server.site.buildProtocol(peer)
+        requests: list[UploadRequest] = []
+        channel.requestFactory = lambda *a: requests.append(UploadRequest(*a)) or requests[-1]
+        channel.makeConnection(Counting(peerAddress=peer))
+        for _ in range(2):
+            channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: grid\r\n\r\n")
+        self.assertEqual([r.getClientAddress() for r in requests], [peer, peer])
+        self.assertEqual([r.isSecure() for r in requests], [False, False])
+        self.assertEqual(sorted(asked), ["host", "peer"])
+
 
 B = BOUNDARY.encode()
 
