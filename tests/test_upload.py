@@ -182,6 +182,26 @@ class FormLimitTests(SynchronousTestCase):
         self.assertEqual(send_whole(server, form(("payload", b"x" * 1900)), chunked=True)[0], 202)
 
 
+class StoredTests(SynchronousTestCase):
+    def test_one_of_many_not_stored(self) -> None:
+        """
+        When storage refuses one payload of a bulk and has stored the one
+        before it, both at once, the answer is 503 and neither remains.
+        """
+        server = Server()
+        body = form(("payload", b"one"), ("payload", b"two"))
+        second = body.index(b"two")
+        upload = Upload(server, length=len(body), path=b"/api/jobs/bulk")
+        upload.send(body[:second])
+        server.storage.broken = True
+        upload.send(body[second:])
+        server.storage.broken = False
+        self.assertEqual(upload.answer()[0], 503)
+        upload.close()
+        self.assertEqual(server.payload_ids(), set())
+        self.assertEqual(server.request(self, "GET", "/api/jobs")[1], [])
+
+
 class SlotTests(SynchronousTestCase):
     def test_per_address_cap(self) -> None:
         """

@@ -19,6 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -28,8 +29,6 @@ from gridlike.server.registry import new_job_id
 from gridlike.server.storage import PAYLOAD, DigestingWriter, IPayloadWriter
 
 if TYPE_CHECKING:
-    from twisted.python.failure import Failure
-
     from gridlike.server.upload import UploadPolicy, _RateFloor
 
 log = Logger()
@@ -231,7 +230,14 @@ class MultipartUpload:
         if self._error is not None:
             await DeferredList(self._cleanup, consumeErrors=True)
             raise self._error
-        outcomes = await DeferredList(self._stored, consumeErrors=True)
+        stored = self._stored
+        outcomes: list[tuple[bool, Any]]
+        if all(d.called and not d.paused for d in stored):
+            # Inline payloads are stored at once: a DeferredList would cost
+            # more than the rest of parsing a small form.
+            outcomes = [_outcome(d) for d in stored]
+        else:
+            outcomes = await DeferredList(stored, consumeErrors=True)
         failures = [cast("Failure", value) for ok, value in outcomes if not ok]
         payloads = [value for ok, value in outcomes if ok]
         if failures:
@@ -353,6 +359,17 @@ class MultipartUpload:
         if throttle is not None:
             throttle.resumeProducing()
         return result
+
+
+def _outcome(fired: Deferred[StoredPayload]) -> tuple[bool, Any]:
+    """
+    @param fired: a L{Deferred} that has its result.
+    @return: that result as L{DeferredList} gives it, the failure consumed.
+    """
+    result: list[StoredPayload | Failure] = []
+    fired.addBoth(result.append)
+    [value] = result
+    return not isinstance(value, Failure), value
 
 
 _USUAL_DISPOSITION = re.compile(rb'form-data; name="([^"\\;]*)"(?:; filename="[^"\\;]*")?')
