@@ -10,6 +10,8 @@ import json
 from http.client import HTTPResponse
 from typing import Any
 
+from hypothesis import given, strategies as st
+from python_multipart.multipart import parse_options_header
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
@@ -19,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from zope.interface import directlyProvides
 
-from gridlike.server.upload import UploadRequest, simple_parts
+from gridlike.server.upload import UploadRequest, form_boundary, part_name, simple_parts
 from tests.test_api import BOUNDARY, Server, _Received, form
 
 HEAD = (
@@ -180,6 +182,26 @@ class FormLimitTests(SynchronousTestCase):
         self.assertEqual(send_whole(server, form(("payload", b"x" * 1900)), chunked=True)[0], 202)
 
 
+class StoredTests(SynchronousTestCase):
+    def test_one_of_many_not_stored(self) -> None:
+        """
+        When storage refuses one payload of a bulk and has stored the one
+        before it, both at once, the answer is 503 and neither remains.
+        """
+        server = Server()
+        body = form(("payload", b"one"), ("payload", b"two"))
+        second = body.index(b"two")
+        upload = Upload(server, length=len(body), path=b"/api/jobs/bulk")
+        upload.send(body[:second])
+        server.storage.broken = True
+        upload.send(body[second:])
+        server.storage.broken = False
+        self.assertEqual(upload.answer()[0], 503)
+        upload.close()
+        self.assertEqual(server.payload_ids(), set())
+        self.assertEqual(server.request(self, "GET", "/api/jobs")[1], [])
+
+
 class SlotTests(SynchronousTestCase):
     def test_per_address_cap(self) -> None:
         """
@@ -305,6 +327,34 @@ class PromptChannelTests(SynchronousTestCase):
         channel.makeConnection(transport)
         self.assertIs(getattr(transport, "no_delay", None), True)
 
+    def test_connection_facts_found_once(self) -> None:
+        """
+        The requests of one connection see its addresses and its security,
+        asked of the transport once.
+        """
+        server = Server()
+        peer = IPv4Address("TCP", "127.0.0.1", 40101)
+        asked: list[str] = []
+
+        class Counting(StringTransport):
+            def getHost(self) -> IPv4Address:
+                asked.append("host")
+                return super().getHost()  # type: ignore[no-any-return]
+
+            def getPeer(self) -> IPv4Address:
+                asked.append("peer")
+                return super().getPeer()  # type: ignore[no-any-return]
+
+        channel: Any = server.site.buildProtocol(peer)
+        requests: list[UploadRequest] = []
+        channel.requestFactory = lambda *a: requests.append(UploadRequest(*a)) or requests[-1]
+        channel.makeConnection(Counting(peerAddress=peer))
+        for _ in range(2):
+            channel.dataReceived(b"GET /healthz HTTP/1.1\r\nHost: grid\r\n\r\n")
+        self.assertEqual([r.getClientAddress() for r in requests], [peer, peer])
+        self.assertEqual([r.isSecure() for r in requests], [False, False])
+        self.assertEqual(sorted(asked), ["host", "peer"])
+
 
 B = BOUNDARY.encode()
 
@@ -390,3 +440,82 @@ class SimplePartsTests(SynchronousTestCase):
         for what, (whole, streamed) in outcomes.items():
             self.assertEqual(whole, streamed, what)
         self.assertEqual(outcomes["usual"][0], (202, ("d\r\n", 7, b"\r\n--x\r\n")))
+
+
+def _generic_name(disposition: bytes) -> bytes | None:
+    kind, options = parse_options_header(disposition)
+    return options.get(b"name") if kind == b"form-data" else None
+
+
+def _generic_boundary(content_type: bytes) -> bytes | None:
+    mime, options = parse_options_header(content_type)
+    return options.get(b"boundary", b"") if mime == b"multipart/form-data" else None
+
+
+_HEADER_BYTES = st.binary(max_size=12) | st.text('ab"\\; =\t*', max_size=12).map(str.encode)
+
+
+class HeaderParamTests(SynchronousTestCase):
+    """
+    L{part_name} and L{form_boundary} read the usual header values at once
+    and every value as python_multipart's header parser does.
+    """
+
+    NAMES = [
+        b'form-data; name="payload"; filename="p"',
+        b'form-data; name="key"',
+        b'form-data; name=""',
+        b'form-data; name="a b"; filename="C:\\dir\\p"',
+        b'form-data; name="a;b"',
+        b'form-data; name="a\\"b"',
+        b'Form-Data; name="x"',
+        b'form-data;name=x',
+        b'form-data; filename="p"',
+        b'form-data; name="x"; name="y"',
+        b'form-data; name*=utf-8\'\'x; name="y"',
+        b"attachment; name=x",
+        b"form-data",
+        b"",
+    ]
+    TYPES = [
+        b"multipart/form-data; boundary=peerbench-7f3a9c",
+        b"multipart/form-data; boundary=a=b",
+        b"multipart/form-data; boundary=",
+        b'multipart/form-data; boundary="quoted; b"',
+        b"Multipart/Form-Data; Boundary=x",
+        b"multipart/form-data;boundary=x ; charset=utf-8",
+        b"multipart/form-data",
+        b"multipart/mixed; boundary=x",
+        b"application/json",
+        b"",
+    ]
+
+    def test_names(self) -> None:
+        """The name of each usual and unusual disposition."""
+        for disposition in self.NAMES:
+            self.assertEqual(part_name(disposition), _generic_name(disposition), disposition)
+        self.assertEqual(part_name(self.NAMES[0]), b"payload")
+
+    def test_boundaries(self) -> None:
+        """The boundary of each usual and unusual content type."""
+        for content_type in self.TYPES:
+            self.assertEqual(form_boundary(content_type), _generic_boundary(content_type), content_type)
+        self.assertEqual(form_boundary(self.TYPES[0]), b"peerbench-7f3a9c")
+
+    @given(_HEADER_BYTES, _HEADER_BYTES)
+    def test_any_name(self, name: bytes, filename: bytes) -> None:
+        """Any name and filename, quoted or not, are read alike."""
+        for disposition in (
+            b'form-data; name="%s"; filename="%s"' % (name, filename),
+            b"form-data; name=%s" % name,
+        ):
+            self.assertEqual(part_name(disposition), _generic_name(disposition))
+
+    @given(_HEADER_BYTES)
+    def test_any_boundary(self, boundary: bytes) -> None:
+        """Any boundary, quoted or not, is read alike."""
+        for content_type in (
+            b"multipart/form-data; boundary=" + boundary,
+            b'multipart/form-data; boundary="%s"' % boundary,
+        ):
+            self.assertEqual(form_boundary(content_type), _generic_boundary(content_type))

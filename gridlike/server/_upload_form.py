@@ -19,6 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
@@ -28,8 +29,6 @@ from gridlike.server.registry import new_job_id
 from gridlike.server.storage import PAYLOAD, DigestingWriter, IPayloadWriter
 
 if TYPE_CHECKING:
-    from twisted.python.failure import Failure
-
     from gridlike.server.upload import UploadPolicy, _RateFloor
 
 log = Logger()
@@ -231,7 +230,14 @@ class MultipartUpload:
         if self._error is not None:
             await DeferredList(self._cleanup, consumeErrors=True)
             raise self._error
-        outcomes = await DeferredList(self._stored, consumeErrors=True)
+        stored = self._stored
+        outcomes: list[tuple[bool, Any]]
+        if all(d.called and not d.paused for d in stored):
+            # Inline payloads are stored at once: a DeferredList would cost
+            # more than the rest of parsing a small form.
+            outcomes = [_outcome(d) for d in stored]
+        else:
+            outcomes = await DeferredList(stored, consumeErrors=True)
         failures = [cast("Failure", value) for ok, value in outcomes if not ok]
         payloads = [value for ok, value in outcomes if ok]
         if failures:
@@ -279,13 +285,11 @@ class MultipartUpload:
         self._header_name = self._header_value = b""
 
     def _headers_finished(self) -> None:
-        disposition, options = parse_options_header(
-            self._part_headers.get(b"content-disposition", b"")
-        )
-        if disposition != b"form-data" or b"name" not in options:
+        raw_name = part_name(self._part_headers.get(b"content-disposition", b""))
+        if raw_name is None:
             raise BadRequest("body: a part has no form-data name")
         try:
-            name = options[b"name"].decode("utf-8")
+            name = raw_name.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("body: a field name is not UTF-8") from None
         self._part_name = name
@@ -355,6 +359,54 @@ class MultipartUpload:
         if throttle is not None:
             throttle.resumeProducing()
         return result
+
+
+def _outcome(fired: Deferred[StoredPayload]) -> tuple[bool, Any]:
+    """
+    @param fired: a L{Deferred} that has its result.
+    @return: that result as L{DeferredList} gives it, the failure consumed.
+    """
+    result: list[StoredPayload | Failure] = []
+    fired.addBoth(result.append)
+    [value] = result
+    return not isinstance(value, Failure), value
+
+
+_USUAL_DISPOSITION = re.compile(rb'form-data; name="([^"\\;]*)"(?:; filename="[^"\\;]*")?')
+_USUAL_FORM_TYPE = re.compile(rb'multipart/form-data; boundary=([^"\\;\s]*)')
+
+
+def part_name(disposition: bytes) -> bytes | None:
+    """
+    The name a part's C{Content-Disposition} gives it.  The usual shape,
+    C{form-data; name="N"} with perhaps a plain C{filename}, is read at once;
+    any other goes through python_multipart's header parser, which costs
+    more than the rest of a small part and reads the usual shape the same.
+
+    @return: the name, or L{None} when the part is not C{form-data} or
+        has no name.
+    """
+    usual = _USUAL_DISPOSITION.fullmatch(disposition)
+    if usual is not None:
+        return usual[1]
+    kind, options = parse_options_header(disposition)
+    return options.get(b"name") if kind == b"form-data" else None
+
+
+def form_boundary(content_type: bytes) -> bytes | None:
+    """
+    The boundary a request's C{Content-Type} gives its form, read at once
+    in the usual shape (C{multipart/form-data; boundary=B}, unquoted) as
+    L{part_name} reads a part's name.
+
+    @return: the boundary (empty when there is none), or L{None} when the
+        body is not C{multipart/form-data}.
+    """
+    usual = _USUAL_FORM_TYPE.fullmatch(content_type)
+    if usual is not None:
+        return usual[1]
+    mime, options = parse_options_header(content_type)
+    return options.get(b"boundary", b"") if mime == b"multipart/form-data" else None
 
 
 _SimplePart = tuple[list[tuple[bytes, bytes]], int, int]

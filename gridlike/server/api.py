@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, cast
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -520,17 +520,18 @@ class GridLikeAPI:
         @return: the jobs, in the order of C{specs}.
         """
 
-        async def create() -> list[Job]:
-            try:
-                return await self._core.registry.submit(specs())
-            except BaseException:
-                await DeferredList(
-                    [self._core.storage.delete(p.job_id) for p in form.payloads],
-                    consumeErrors=True,
-                )
-                raise
+        async def removed(failure: Failure) -> list[Job]:
+            await DeferredList(
+                [self._core.storage.delete(p.job_id) for p in form.payloads],
+                consumeErrors=True,
+            )
+            failure.raiseException()
 
-        return _detached(Deferred.fromCoroutine(create()))
+        try:
+            created = Deferred.fromCoroutine(self._core.registry.submit(specs()))
+        except BaseException:
+            created = fail()
+        return _detached(created.addErrback(lambda f: Deferred.fromCoroutine(removed(f))))
 
     async def _waited(self, request: IRequest, key: str) -> Job:
         """
