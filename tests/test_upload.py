@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import HTTPChannel
 from zope.interface import directlyProvides
 
-from gridlike.server.upload import UploadRequest, form_boundary, part_name, simple_parts
+from gridlike.server.upload import UploadRequest, form_boundary, part_name
 from tests.test_api import BOUNDARY, Server, _Received, form
 
 HEAD = (
@@ -384,42 +384,16 @@ UNUSUAL = {
 }
 
 
-class SimplePartsTests(SynchronousTestCase):
+class WholeOrChunkedTests(SynchronousTestCase):
     """
-    L{simple_parts}, the quick split of a whole body of the usual shape,
-    leaves every other body to the streaming parser, and a route sees the
-    same form whichever of the two read it.
+    A route sees the same form whether the body came whole, with a
+    C{Content-Length}, or chunked, in whatever shape.
     """
-
-    def test_usual_shape(self) -> None:
-        """
-        Parts with their header lines and where their data lies, empty data
-        and data holding CRLF and dashes included, with or without the
-        final CRLF.
-        """
-        data = b"\r\n--not-the-boundary\r\n\r\n"
-        body = part(KEY_HEAD, b"k1") + part(KEY_HEAD + b"\r\nX-Other:  v ", b"") + part(PAYLOAD_HEAD, data)
-        for end in (CLOSE, CLOSE + b"\r\n"):
-            parts = simple_parts(body + end, B)
-            assert parts is not None
-            self.assertEqual(
-                [(headers, (body + end)[start:stop]) for headers, start, stop in parts],
-                [
-                    ([(b"Content-Disposition", b'form-data; name="key"')], b"k1"),
-                    ([(b"Content-Disposition", b'form-data; name="key"'), (b"X-Other", b"v ")], b""),
-                    ([(b"Content-Disposition", b'form-data; name="payload"; filename="p"')], data),
-                ],
-            )
-
-    def test_other_shapes_left_to_the_parser(self) -> None:
-        for what, body in UNUSUAL.items():
-            self.assertIsNone(simple_parts(body, B), what)
 
     def test_same_form_either_way(self) -> None:
         """
-        A whole body with a C{Content-Length} (read by L{simple_parts} when
-        it can) and the same body chunked (always the streaming parser) get
-        the same answer, and the jobs the same payload and fields.
+        A whole body with a C{Content-Length} and the same body chunked
+        get the same answer, and the jobs the same payload and fields.
         """
         bodies = dict(UNUSUAL)
         bodies["usual"] = form(("key", b"k"), ("description", b"d\r\n"), ("payload", b"\r\n--x\r\n"))

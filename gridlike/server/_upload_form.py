@@ -11,11 +11,11 @@ requests stream into one and with what limits.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from attrs import define, field, frozen
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -24,6 +24,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from gridlike._transport import stream_transport
+from gridlike.server._multipart_fast import Callbacks, FastMultipart
 from gridlike.server.errors import BadRequest, GridLikeError, PayloadTooLarge, Unavailable
 from gridlike.server.registry import new_job_id
 from gridlike.server.storage import PAYLOAD, DigestingWriter, IPayloadWriter
@@ -130,8 +131,6 @@ class MultipartUpload:
     policy: UploadPolicy
     boundary: bytes
     gate: ReadGate
-    length: int | None = None
-    """The body's C{Content-Length}, if it has one."""
     digests: bool = False
     """Whether to hash each payload as it streams in (L{StoredPayload.digest})."""
     _fields: dict[str, list[str]] = field(factory=dict)
@@ -151,13 +150,11 @@ class MultipartUpload:
     _writer: IPayloadWriter | None = None
     _writer_id: str = ""
     _throttle: _Throttle | None = None
-    _parser: MultipartParser | None = None
+    _parser: FastMultipart | None = None
 
-    def _full_parser(self) -> MultipartParser:
-        """The streaming parser, made when first needed."""
-        if self._parser is not None:
-            return self._parser
-        callbacks: dict[str, Callable[..., None]] = {
+    def _new_parser(self) -> FastMultipart:
+        """The body's parser, made with its first piece."""
+        callbacks: Callbacks = {
             "on_part_begin": self._part_begin,
             "on_header_field": self._header_field,
             "on_header_value": self._header_value_data,
@@ -167,7 +164,7 @@ class MultipartUpload:
             "on_part_end": self._part_end,
             "on_end": self._end,
         }
-        self._parser = MultipartParser(self.boundary, callbacks)  # type: ignore[arg-type]
+        self._parser = FastMultipart(self.boundary, callbacks, self._found_headers)
         return self._parser
 
     @property
@@ -179,16 +176,11 @@ class MultipartUpload:
         if self._error is not None:
             return
         try:
-            whole = not self._body_size and len(data) == self.length
             self._body_size += len(data)
             limit = self.policy.max_request
             if limit and self._body_size > limit:
                 raise PayloadTooLarge(f"body: larger than {limit} bytes")
-            parts = simple_parts(data, self.boundary) if whole else None
-            if parts is None:
-                self._full_parser().write(data)
-            else:
-                self._replay(data, parts)
+            (self._parser or self._new_parser()).write(data)
         except MultipartParseError as e:
             self.fail(BadRequest(f"body: malformed multipart: {e}"))
         except GridLikeError as e:
@@ -252,20 +244,6 @@ class MultipartUpload:
             raise Unavailable("the payload could not be stored")
         return UploadedForm(self._fields, payloads)
 
-    def _replay(self, body: bytes, parts: list[_SimplePart]) -> None:
-        """
-        Give the parts L{simple_parts} found in C{body} to the callbacks the
-        streaming parser would have called.
-        """
-        for headers, start, end in parts:
-            self._part_begin()
-            self._part_headers = {name.lower(): value.strip() for name, value in headers}
-            self._headers_finished()
-            if end > start:
-                self._part_data(body, start, end)
-            self._part_end()
-        self._end()
-
     # Parser callbacks
 
     def _part_begin(self) -> None:
@@ -283,6 +261,11 @@ class MultipartUpload:
     def _header_end(self) -> None:
         self._part_headers[self._header_name.strip().lower()] = self._header_value.strip()
         self._header_name = self._header_value = b""
+
+    def _found_headers(self, lines: list[tuple[bytes, bytes]]) -> None:
+        """A part's header lines, read by L{FastMultipart} all at once."""
+        self._part_headers = {name.lower(): value.strip() for name, value in lines}
+        self._headers_finished()
 
     def _headers_finished(self) -> None:
         raw_name = part_name(self._part_headers.get(b"content-disposition", b""))
@@ -407,61 +390,3 @@ def form_boundary(content_type: bytes) -> bytes | None:
         return usual[1]
     mime, options = parse_options_header(content_type)
     return options.get(b"boundary", b"") if mime == b"multipart/form-data" else None
-
-
-_SimplePart = tuple[list[tuple[bytes, bytes]], int, int]
-"""A part's header lines (name, value) and where its data starts and ends."""
-
-_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*)")
-
-
-def simple_parts(body: bytes, boundary: bytes) -> list[_SimplePart] | None:
-    """
-    Split a whole multipart body of the usual shape without the streaming
-    parser, whose byte-by-byte state machine costs more than the rest of
-    a small submit: the body opens with the first delimiter (no preamble),
-    every delimiter is followed by CRLF (no padding), each part has
-    header lines C{Name: value} then a blank line, and the close delimiter
-    ends the body (with or without a final CRLF).
-
-    @return: the parts, or L{None} for any other body (the streaming parser
-        then reads it, and gives any error); nothing has been called yet.
-    """
-    delimiter = b"--" + boundary
-    opening, closing = delimiter + b"\r\n", b"\r\n" + delimiter + b"--"
-    if not body.startswith(opening):
-        return None
-    if body.endswith(closing):
-        stop = len(body) - len(closing)
-    elif body.endswith(closing + b"\r\n"):
-        stop = len(body) - len(closing) - 2
-    else:
-        return None
-    between = b"\r\n" + opening
-    parts: list[_SimplePart] = []
-    start = len(opening)
-    while True:
-        head_end = body.find(b"\r\n\r\n", start, stop + 2)
-        if head_end < 0:
-            return None
-        headers = []
-        for line in body[start:head_end].split(b"\r\n"):
-            match = _HEADER_LINE.fullmatch(line)
-            if match is None:
-                return None
-            headers.append((match[1], match[2]))
-        data_start = head_end + 4
-        if data_start > stop:
-            return None
-        end = body.find(between, data_start, stop)
-        parts.append((headers, data_start, stop if end < 0 else end))
-        if end < 0:
-            break
-        start = end + len(between)
-    # A delimiter where the loop saw data (one not followed by CRLF, say)
-    # is the streaming parser's to judge.
-    if body.count(delimiter) != len(parts) + 1:
-        return None
-    return parts
-
-

@@ -38,7 +38,6 @@ from gridlike.server._upload_form import (
     UploadedForm,
     form_boundary,
     part_name,
-    simple_parts,
 )
 from gridlike.server.auth import Gate
 from gridlike.server.errors import (
@@ -69,7 +68,6 @@ __all__ = [
     "client_address",
     "form_boundary",
     "part_name",
-    "simple_parts",
     "start_upload",
 ]
 
@@ -252,7 +250,7 @@ def start_upload(
         raise PayloadTooLarge(f"body: larger than {policy.max_request} bytes")
     policy.check_room(client_address(request))
     digests = policy.digests is not None and policy.digests(uri)
-    return MultipartUpload(policy, boundary, ReadGate(request), length, digests)
+    return MultipartUpload(policy, boundary, ReadGate(request), digests)
 
 
 def buffered_upload(policy: UploadPolicy, request: Request) -> MultipartUpload | None:
