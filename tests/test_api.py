@@ -328,6 +328,21 @@ class HostileInputTests(SynchronousTestCase):
         self.assertEqual(code, 400)
         self.assertIn("key", answer["problem"])
 
+    def test_overlong_boundary(self) -> None:
+        """
+        A boundary longer than the multipart parser takes is a 400 naming
+        it, not a dropped connection and a traceback.
+        """
+        server = Server()
+        boundary = "b" * 300
+        code, answer = server.request(
+            self, "POST", "/api/jobs/submit", form(("payload", b"x"), boundary=boundary),
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        self.assertEqual(code, 400)
+        self.assertIn("boundary", answer["problem"].lower())
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_oversize_field(self) -> None:
         """A text field over the field limit is a 400."""
         server = Server()

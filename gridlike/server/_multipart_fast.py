@@ -82,7 +82,7 @@ class FastMultipart:
         """
         Parse the next piece of the body.
 
-        @raise python_multipart.exceptions.MultipartParseError: as
+        @raise python_multipart.exceptions.FormParserError: as
             python_multipart raises it.
         """
         if self.parser is not None:

@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any, cast
 
 from attrs import define, field, frozen
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
@@ -181,7 +181,7 @@ class MultipartUpload:
             if limit and self._body_size > limit:
                 raise PayloadTooLarge(f"body: larger than {limit} bytes")
             (self._parser or self._new_parser()).write(data)
-        except MultipartParseError as e:
+        except FormParserError as e:  # malformed, or a boundary it cannot take
             self.fail(BadRequest(f"body: malformed multipart: {e}"))
         except GridLikeError as e:
             self.fail(e)
