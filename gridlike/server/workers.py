@@ -661,7 +661,7 @@ class WorkerProtocol(WebSocketServerProtocol):
             self._dispatcher.closed(self._record)
 
     def send_status_request(self) -> None:
-        self._outbox.send_text(wire.STATUS_REQUEST_FRAME)
+        self._outbox.send_text(self.factory.status_request)
 
     def send_payload(self, job: Job) -> None:
         self._outbox.send_payload(job)
@@ -714,6 +714,7 @@ class WorkerFactory(WebSocketServerFactory):
     Builds the L{WorkerProtocol}s of one job type's endpoint.
 
     @ivar registering: its connections that are open and not registered yet.
+    @ivar status_request: code 2, which follows every job: framed once.
     """
 
     protocol = WorkerProtocol  # type: ignore[assignment]  # Autobahn's stub names its own base
@@ -758,6 +759,7 @@ class WorkerFactory(WebSocketServerFactory):
             # every refusal is a 403 with a problem.
             allowNullOrigin=True,
         )
+        self.status_request = self.prepareMessage(wire.STATUS_REQUEST_FRAME)
 
     def buildProtocol(self, addr: object) -> WorkerProtocol:
         protocol = WorkerProtocol(
