@@ -471,6 +471,21 @@ _SHAPES: dict[int, Callable[[dict[str, Any]], Message]] = {
 }
 
 
+_STATUS_FRAMES: dict[bytes, Status] = {}
+"""
+Status frames read before, by their bytes.  A worker sends one of the same
+few after every job, and reading it anew (JSON with case folding, then its
+shape) costs several microseconds each time; a L{Status} is immutable, so
+one read serves every later copy.
+"""
+
+_STATUS_FRAMES_KEPT = 64
+"""The most status frames remembered: a worker may vary them at will."""
+
+_STATUS_FRAME_MAX = 64
+"""The longest status frame remembered, in bytes."""
+
+
 def read(data: bytes) -> Message:
     """
     Read a worker's text frame.
@@ -480,6 +495,9 @@ def read(data: bytes) -> Message:
     @raise BadMessage: it is malformed, has no integer code or an unknown
         one, or a field of the wrong type; the message says which.
     """
+    known = _STATUS_FRAMES.get(data)
+    if known is not None:
+        return known
     message = decode(data)
     code = message.get("code")
     if not _is_integer(code):
@@ -488,9 +506,16 @@ def read(data: bytes) -> Message:
     if shape is None:
         raise BadMessage(f"unknown code {code}")
     try:
-        return shape(message)
+        value = shape(message)
     except BadMessage as e:
         raise BadMessage(f"bad code {code} message: {e}") from None
+    if (
+        isinstance(value, Status)
+        and len(data) <= _STATUS_FRAME_MAX
+        and len(_STATUS_FRAMES) < _STATUS_FRAMES_KEPT
+    ):
+        _STATUS_FRAMES[data] = value
+    return value
 
 
 # What the server sends.  The server encodes these; GridLike's own worker

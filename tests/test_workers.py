@@ -1610,6 +1610,24 @@ class WireTests(SynchronousTestCase):
             wire.read(b'{"code": 1, "status": 0, "status": 1}'), wire.Status(True)
         )
 
+    def test_status_frames_read_again(self) -> None:
+        """
+        A status frame read before reads the same again, each frame as its
+        own bytes say; only so many are remembered, however many a worker
+        varies them.
+        """
+        frames = [
+            (f'{{"code": 1, "status": {i % 2}, "n": {i}}}'.encode(), i % 2 == 1)
+            for i in range(3 * wire._STATUS_FRAMES_KEPT)
+        ]
+        for _ in range(2):
+            for frame, ready in frames:
+                self.assertEqual(wire.read(frame), wire.Status(ready))
+        self.assertLessEqual(len(wire._STATUS_FRAMES), wire._STATUS_FRAMES_KEPT)
+        long = b'{"code": 1, "status": 1, "info": "' + b"x" * 64 + b'"}'
+        self.assertEqual(wire.read(long), wire.Status(True))
+        self.assertNotIn(long, wire._STATUS_FRAMES)
+
     def test_only_ascii_folded(self) -> None:
         """
         Only ASCII letters fold: a key with the Kelvin sign is not C{token}

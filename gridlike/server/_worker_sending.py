@@ -23,6 +23,7 @@ from typing import Callable
 
 from attrs import define, field, frozen
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IProducer
 from twisted.logger import Logger
@@ -134,11 +135,12 @@ class Outbox:
     _outgoing: deque[_Send] = field(factory=deque)
     _sending: Deferred[Unsent | None] | None = None
 
-    def send_text(self, data: bytes) -> None:
+    def send_text(self, data: bytes | PreparedMessage) -> None:
         """
         Send a text message, after what waits to be sent.
 
-        @param data: the JSON message.
+        @param data: the JSON message, or one framed once for every
+            connection (Autobahn's C{prepareMessage}).
         """
         self._enqueue(lambda: self._text(data))
 
@@ -156,14 +158,18 @@ class Outbox:
         if self._sending is not None:
             self._sending.cancel()
 
-    def _text(self, data: bytes) -> None:
+    def _text(self, data: bytes | PreparedMessage) -> None:
         """
         Send a text message now, if the connection is open.
 
-        @param data: the JSON message.
+        @param data: the JSON message, or one framed already.
         """
         protocol = self.protocol
-        if protocol.state == protocol.STATE_OPEN:
+        if protocol.state != protocol.STATE_OPEN:
+            return
+        if isinstance(data, PreparedMessage):
+            protocol.sendPreparedMessage(data)
+        else:
             protocol.sendMessage(data, isBinary=False)
 
     def _enqueue(self, send: _Send) -> None:

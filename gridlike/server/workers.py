@@ -23,8 +23,7 @@ when the server fails.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
@@ -100,6 +99,33 @@ class _Incoming:
     binary: bool
     size: int = 0
     parts: list[bytes] = field(factory=list)
+
+
+@define
+class _Guard:
+    """
+    Around each Autobahn callback: log any exception instead of letting it
+    reach Autobahn, and close the connection with L{CLOSE_INTERNAL_ERROR}.
+    A class rather than a C{contextmanager}, as it is entered for every
+    frame; C{what} names what was being done, for the log.
+    """
+
+    link: WorkerProtocol
+    what: str
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, type: Any, value: Any, tb: Any) -> bool:
+        if not isinstance(value, Exception):
+            return False
+        link = self.link
+        failure = Failure(value, type, tb)
+        link._log.failure(
+            "{link}: internal error in {what}", failure, link=link, what=self.what
+        )
+        link._broken()
+        return True
 
 
 def _address(peer: object) -> str:
@@ -317,11 +343,11 @@ class WorkerProtocol(WebSocketServerProtocol):
         self.sendData(head.encode("latin-1") + body)
 
     def onOpen(self) -> None:
-        with self._guard("opening"):
+        with _Guard(self, "opening"):
             self._machine.opened()
 
     def onMessageBegin(self, isBinary: bool) -> None:
-        with self._guard("a message"):
+        with _Guard(self, "a message"):
             if self.state != self.STATE_OPEN:
                 self._incoming = None
                 return
@@ -332,7 +358,7 @@ class WorkerProtocol(WebSocketServerProtocol):
                 self._feed("a binary message", self._machine.result_begun)
 
     def onMessageFrameBegin(self, length: int) -> None:
-        with self._guard("a frame"):
+        with _Guard(self, "a frame"):
             incoming = self._incoming
             if incoming is None or self.state != self.STATE_OPEN:
                 return
@@ -345,7 +371,7 @@ class WorkerProtocol(WebSocketServerProtocol):
                 self._protocol_error("message too large")
 
     def onMessageFrameData(self, payload: bytes) -> None:
-        with self._guard("a frame"):
+        with _Guard(self, "a frame"):
             incoming = self._incoming
             if incoming is None or self.state != self.STATE_OPEN:
                 return
@@ -361,7 +387,7 @@ class WorkerProtocol(WebSocketServerProtocol):
         pass  # Frames are handled as their data arrives.
 
     def onMessageEnd(self) -> None:
-        with self._guard("a message"):
+        with _Guard(self, "a message"):
             incoming, self._incoming = self._incoming, None
             if incoming is None or self.state != self.STATE_OPEN:
                 return
@@ -374,7 +400,7 @@ class WorkerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._registering.discard(self)
-        with self._guard("closing"):
+        with _Guard(self, "closing"):
             self._lost(DISCONNECTED)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -383,7 +409,7 @@ class WorkerProtocol(WebSocketServerProtocol):
         finally:
             # Autobahn calls onClose from here; in case it did not.
             self._registering.discard(self)
-            with self._guard("closing"):
+            with _Guard(self, "closing"):
                 self._lost(DISCONNECTED)
 
     # Text messages
@@ -577,20 +603,6 @@ class WorkerProtocol(WebSocketServerProtocol):
         elif self.state == self.STATE_CONNECTING:
             self.dropConnection(abort=True)
 
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
-        """
-        Log any exception instead of letting it reach Autobahn, and close
-        the connection with L{CLOSE_INTERNAL_ERROR}.
-
-        @param what: what was being done, for the log.
-        """
-        try:
-            yield
-        except Exception:
-            self._log.failure("{link}: internal error in {what}", link=self, what=what)
-            self._broken()
-
     def _broken(self) -> None:
         """
         The server failed on this connection: close it with
@@ -605,7 +617,7 @@ class WorkerProtocol(WebSocketServerProtocol):
     def _kicked(self) -> None:
         """No valid register in time: close with code 4002."""
         self._kick = None
-        with self._guard("the register deadline"):
+        with _Guard(self, "the register deadline"):
             ms = self._settings.auth.kick_after_ms
             reason = f"no register within {ms} ms"
             self._fail(CLOSE_REGISTER_TIMEOUT, reason, reason)
@@ -649,7 +661,7 @@ class WorkerProtocol(WebSocketServerProtocol):
             self._dispatcher.closed(self._record)
 
     def send_status_request(self) -> None:
-        self._outbox.send_text(wire.STATUS_REQUEST_FRAME)
+        self._outbox.send_text(self.factory.status_request)
 
     def send_payload(self, job: Job) -> None:
         self._outbox.send_payload(job)
@@ -702,6 +714,7 @@ class WorkerFactory(WebSocketServerFactory):
     Builds the L{WorkerProtocol}s of one job type's endpoint.
 
     @ivar registering: its connections that are open and not registered yet.
+    @ivar status_request: code 2, which follows every job: framed once.
     """
 
     protocol = WorkerProtocol  # type: ignore[assignment]  # Autobahn's stub names its own base
@@ -746,6 +759,7 @@ class WorkerFactory(WebSocketServerFactory):
             # every refusal is a 403 with a problem.
             allowNullOrigin=True,
         )
+        self.status_request = self.prepareMessage(wire.STATUS_REQUEST_FRAME)
 
     def buildProtocol(self, addr: object) -> WorkerProtocol:
         protocol = WorkerProtocol(
