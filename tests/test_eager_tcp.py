@@ -109,6 +109,60 @@ class EagerTCPTests(TestCase):
         self.assertEqual(transport._tempDataBuffer, [b"lost"])
         await lost
 
+    async def test_corked_writes_leave_in_one_send(self) -> None:
+        """
+        Between cork and uncork, writes are held; uncorking sends them, in
+        order, in one send.
+        """
+        transport, collector = await self.connect(len(b"head:body;tail"))
+        sends: list[bytes] = []
+        send = transport.writeSomeData
+
+        def counted(data: bytes) -> Any:
+            sends.append(bytes(data))
+            return send(data)
+
+        transport.writeSomeData = counted
+        transport.cork()
+        transport.writeSequence([b"he", b"ad:"])
+        transport.write(b"body;")
+        self.assertEqual(sends, [])
+        transport.uncork()
+        transport.write(b"tail")
+        self.assertEqual(sends, [b"head:body;", b"tail"])
+        self.assertEqual(await collector.complete, b"head:body;tail")
+
+    async def test_http_answer_in_one_send(self) -> None:
+        """
+        The site's answer to a request, status line, headers and body, which
+        twisted.web writes in two pieces, leaves in one send.
+        """
+        from twisted.internet import reactor
+
+        from tests.test_api import Server as APIServer
+
+        sends: list[bytes] = []
+        send = EagerConnection.writeSomeData
+
+        def counted(connection: EagerConnection, data: bytes) -> Any:
+            sends.append(bytes(data))
+            return send(connection, data)
+
+        self.patch(EagerConnection, "writeSomeData", counted)
+        endpoint = serverFromString(eager_tcp(reactor), "tcp:0:interface=127.0.0.1")
+        port = await endpoint.listen(APIServer().site)
+        self.addCleanup(port.stopListening)
+        collector = Collector(1)
+        client = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        await client.connect(Factory.forProtocol(lambda: collector))
+        self.addCleanup(lambda: collector.transport.loseConnection())  # type: ignore[union-attr]
+        collector.transport.write(b"GET /api/stats HTTP/1.1\r\nHost: grid\r\n\r\n")  # type: ignore[union-attr]
+        answer = await collector.complete
+        [sent] = sends
+        self.assertTrue(sent.startswith(b"HTTP/1.1 200 "), sent)
+        self.assertTrue(sent.endswith(b"}"), sent)
+        self.assertEqual(answer, sent)
+
     def test_fake_reactor_kept(self) -> None:
         """A fake reactor, as tests give the service, listens as itself."""
         reactor = MemoryReactor()

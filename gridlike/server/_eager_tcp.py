@@ -15,7 +15,10 @@ So an L{EagerConnection} sends what it is given right away when nothing is
 waiting to be sent before it, and leaves to Twisted's buffer only what the
 socket does not take, and everything after that until the buffer is empty
 again: the order of the bytes, producers' pauses, half-closes and TLS
-(which writes its records to this same transport) work as before.
+(which writes its records to this same transport) work as before.  A
+writer whose message comes in several writes (twisted.web writes a
+response's headers, then its body) holds them with L{EagerConnection.cork}
+so that they leave in one send, as they did from Twisted's buffer.
 """
 
 from __future__ import annotations
@@ -32,7 +35,23 @@ __all__ = ["EagerConnection", "eager_tcp"]
 class EagerConnection(tcp.Server):
     """A server-side TCP connection that writes through while its buffer is empty."""
 
+    _held: list[bytes] | None = None
+
+    def cork(self) -> None:
+        """Hold what is written from now on, until L{uncork}."""
+        if self._held is None:
+            self._held = []
+
+    def uncork(self) -> None:
+        """Write what was held, in one piece."""
+        held, self._held = self._held, None
+        if held:
+            self.writeSequence(held)
+
     def write(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
         if self._sendable(data):
             data = self._send_now(data)
             if not data:
@@ -40,6 +59,9 @@ class EagerConnection(tcp.Server):
         super().write(data)
 
     def writeSequence(self, iovec: Iterable[bytes]) -> None:
+        if self._held is not None:
+            self._held.extend(iovec)
+            return
         iovec = list(iovec)
         data = b"".join(iovec) if all(type(part) is bytes for part in iovec) else None
         if data is not None and self._sendable(data):

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import Request, Site
 
+from gridlike.server._eager_tcp import EagerConnection
 from gridlike.server._upload_form import (
     FIELD_LIMIT,
     MultipartUpload,
@@ -299,6 +300,21 @@ class UploadRequest(Request):
     _policy: UploadPolicy | None = None
     _address: str = ""
     _rejected: bool = False
+
+    def write(self, data: bytes) -> None:
+        """
+        The first write sends the status line and headers, then the data:
+        on a connection that sends at once (L{EagerConnection}), as one send.
+        """
+        transport = None if self.startedWriting else getattr(self.channel, "transport", None)
+        if not isinstance(transport, EagerConnection):
+            super().write(data)
+            return
+        transport.cork()
+        try:
+            super().write(data)
+        finally:
+            transport.uncork()
 
     def gotLength(self, length: int | None) -> None:
         site: UploadSite = self.channel.site  # type: ignore[attr-defined]
