@@ -5,11 +5,13 @@ journal, and hostile multipart bodies.
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
 import shutil
 import tempfile
+import weakref
 from http.client import HTTPResponse, IncompleteRead
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +34,7 @@ from gridlike.server.model import Job
 from gridlike.server.problems import early_response, problem_body, status_of
 from gridlike.server.storage import PAYLOAD, RESULT, FilesystemStorage, IStorage
 from gridlike.testing import MemoryJournal, MemoryStorage, memory_core
-from gridlike.server.upload import UploadSite
+from gridlike.server.upload import UploadRequest, UploadSite
 
 BOUNDARY = "xXx-boundary"
 
@@ -145,6 +147,34 @@ class JSONAnswerTests(SynchronousTestCase):
         status, body = server.request(self, "GET", "/api/jobs/nothing")
         self.assertEqual(status, 404)
         self.assertEqual(int(server.content_length or -1), server.body_length)
+
+
+class FreedTests(SynchronousTestCase):
+    def test_upload_freed_with_its_response(self) -> None:
+        """
+        Once the response is sent, the upload (its parser, its payloads'
+        Deferreds) is freed by reference counting alone, not left in a cycle
+        with its request for the garbage collector.
+        """
+        uploads: list[weakref.ref[Any]] = []
+        received = UploadRequest.requestReceived
+
+        def noted(request: UploadRequest, *args: Any) -> None:
+            uploads.append(weakref.ref(request.upload))
+            received(request, *args)
+
+        self.patch(UploadRequest, "requestReceived", noted)
+        server = Server()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        status, _ = server.post_form(
+            self, form(("key", b"a"), ("key", b"b"), ("payload", b"1"), ("payload", b"2")),
+            "/api/jobs/bulk",
+        )
+        self.assertEqual(status, 202)
+        [upload] = uploads
+        self.assertIsNone(upload())
 
 
 class GoneClientTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ their order when the socket cannot take them all.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet import main
@@ -86,6 +87,11 @@ class EagerTCPTests(TestCase):
         tail = [b"tail-%d;" % n for n in range(100)]
         expected = big + b"".join(tail)
         transport, collector = await self.connect(len(expected))
+        # Small buffers on both ends, so that the socket is sure to fill.
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        collector.transport.socket.setsockopt(  # type: ignore[union-attr]
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 65536
+        )
         transport.write(big)
         self.assertGreater(transport._tempDataLen + len(transport.dataBuffer), 0)
         for n, piece in enumerate(tail):

@@ -328,8 +328,11 @@ class MultipartUpload:
 
     def unclaimed(self) -> None:
         """
-        The response is sent: payloads that no route took are discarded.
+        The response is sent: payloads that no route took are discarded,
+        and the parser let go of (its callbacks, bound methods of this
+        upload, make a cycle).
         """
+        self._parser = None
         if not self._claimed:
             self.discard()
 

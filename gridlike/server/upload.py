@@ -375,9 +375,19 @@ class UploadRequest(Request):
         if self._rejected:
             return  # answered early and closing: no route may answer again
         if self.upload is not None:
-            upload = self.upload
-            self.notifyFinish().addBoth(lambda _: upload.unclaimed())
+            self.notifyFinish().addBoth(self._answered)
         super().requestReceived(command, path, version)
+
+    def _answered(self, ignored: object) -> None:
+        """
+        The response is over, and the upload with it.  Letting go of it
+        breaks the cycle between the two (its gate holds this request): the
+        request and its whole form (a bulk's thousand payload Deferreds)
+        are freed at once instead of waiting for the garbage collector.
+        """
+        upload, self.upload = self.upload, None
+        if upload is not None:
+            upload.unclaimed()
 
     def connectionLost(self, reason: Failure) -> None:
         if self._streaming and self.body_stream is not None:
