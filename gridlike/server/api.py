@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, cast
 from urllib.parse import urlencode
 
 from klein import Klein
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
@@ -520,18 +520,17 @@ class GridLikeAPI:
         @return: the jobs, in the order of C{specs}.
         """
 
-        async def removed(failure: Failure) -> list[Job]:
-            await DeferredList(
+        def removed(failure: Failure) -> Deferred[Any]:
+            deleted = DeferredList(
                 [self._core.storage.delete(p.job_id) for p in form.payloads],
                 consumeErrors=True,
             )
-            failure.raiseException()
+            return deleted.addCallback(lambda _: failure)
 
-        try:
-            created = Deferred.fromCoroutine(self._core.registry.submit(specs()))
-        except BaseException:
-            created = fail()
-        return _detached(created.addErrback(lambda f: Deferred.fromCoroutine(removed(f))))
+        def create() -> Deferred[list[Job]]:
+            return Deferred.fromCoroutine(self._core.registry.submit(specs()))
+
+        return _detached(maybeDeferred(create).addErrback(removed))
 
     async def _waited(self, request: IRequest, key: str) -> Job:
         """
