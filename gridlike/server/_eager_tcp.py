@@ -77,7 +77,7 @@ class EagerConnection(tcp.Server):
             type(data) is bytes
             and bool(data)
             and bool(self.connected)
-            and not self.TLS  # startTLS: the TLS layer writes through us itself
+            and not self.TLS  # after startTLS, the TLS layer takes the bytes (and writes past us)
             and not self._writeDisconnecting
             and not self._writeDisconnected
             and not self._tempDataBuffer
