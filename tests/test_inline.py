@@ -14,6 +14,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.python.failure import Failure
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from gridlike.server.config import parse_settings
@@ -21,13 +23,36 @@ from gridlike.server.errors import Damaged, PayloadTooLarge, Unavailable
 from gridlike.server.listeners import JobChange
 from gridlike.server.model import Priority
 from gridlike.server.registry import NewJob, Registry, new_job_id
-from gridlike.server.storage import PAYLOAD, RESULT, IInlineStorage, IPayloadWriter, InlineStorage, Unfiled
+from gridlike.server.storage import (
+    PAYLOAD,
+    RESULT,
+    IInlineStorage,
+    IPayloadWriter,
+    ISettleListener,
+    InlineStorage,
+)
+from gridlike.server.storage import _inline
 from gridlike.server.storage._inline import OBJECT_OVERHEAD
 from gridlike.testing import Heard, MemoryJournal, MemoryStorage
 from tests.test_journal import Harness as JournalHarness
 from tests.test_journal import temp_journal
 
 JOB = "0123abcd-0000-4000-8000-000000000000"
+
+
+@implementer(ISettleListener)
+class Told:
+    """Records what an L{InlineStorage} tells its listener."""
+
+    def __init__(self, storage: InlineStorage) -> None:
+        self.reports: list[tuple[Any, ...]] = []
+        storage.listen(self)
+
+    def filed(self, job_id: str, kind: str) -> None:
+        self.reports.append(("filed", job_id, kind))
+
+    def unfiled(self, job_id: str, kind: str, reason: Failure) -> None:
+        self.reports.append(("unfiled", job_id, kind, reason.type))
 
 
 class HeldStorage(MemoryStorage):
@@ -154,19 +179,21 @@ class InlineStorageTests(SynchronousTestCase):
     def test_settle_serves_from_memory(self) -> None:
         """
         While a settled payload is being filed, reads are served from memory
-        and it counts as unsettled; once filed, the wrapped storage serves it.
+        and it counts as unsettled; once filed, the wrapped storage serves it
+        and the listener is told.
         """
         inner, clock = HeldStorage(), Clock()
         storage = InlineStorage(inner, 10, clock, memory=0)
-        settled = storage.settle(JOB, PAYLOAD, b"bytes")
+        told = Told(storage)
+        storage.settle(JOB, PAYLOAD, b"bytes")
         clock.advance(0)
-        self.assertNoResult(settled)
+        self.assertEqual(told.reports, [])
         self.assertEqual(storage.unsettled(JOB, PAYLOAD), b"bytes")
         self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 10)), b"bytes")
         self.failureResultOf(storage.read_bytes(JOB, PAYLOAD, 2), PayloadTooLarge)
         self.assertTrue(self.successResultOf(storage.exists(JOB, PAYLOAD)))
         inner.release()
-        self.successResultOf(settled)
+        self.assertEqual(told.reports, [("filed", JOB, PAYLOAD)])
         self.assertIsNone(storage.unsettled(JOB, PAYLOAD))
         self.assertEqual(inner.objects, {(JOB, PAYLOAD): b"bytes"})
 
@@ -190,60 +217,112 @@ class InlineStorageTests(SynchronousTestCase):
         """When filing fails the bytes stay in memory, still readable."""
         inner, clock = MemoryStorage(broken=True), Clock()
         storage = InlineStorage(inner, 10, clock, memory=0)
-        settled = storage.settle(JOB, PAYLOAD, b"bytes")
+        told = Told(storage)
+        storage.settle(JOB, PAYLOAD, b"bytes")
         clock.advance(0)
-        self.failureResultOf(settled, Unavailable)
+        self.assertEqual(told.reports, [("unfiled", JOB, PAYLOAD, Unavailable)])
         self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 10)), b"bytes")
 
     def test_held_until_memory_is_short(self) -> None:
         """
         Settled objects stay in memory while they fit; past it the oldest
         are filed, together, until the rest fit in three quarters of it.
-        One deleted meanwhile is never filed.
+        One deleted meanwhile is never filed, nor reported.
         """
         inner, clock = MemoryStorage(), Clock()
         cost = 3 + OBJECT_OVERHEAD
         storage = InlineStorage(inner, 10, clock, memory=4 * cost)
+        told = Told(storage)
         ids = [f"0123abcd-0000-4000-8000-00000000000{i}" for i in range(6)]
-        settled = [storage.settle(ids[i], PAYLOAD, b"%03d" % i) for i in range(4)]
+        for i in range(4):
+            storage.settle(ids[i], PAYLOAD, b"%03d" % i)
         self.successResultOf(storage.delete(ids[0]))
-        self.successResultOf(settled[0])
-        settled += [storage.settle(ids[i], PAYLOAD, b"%03d" % i) for i in (4, 5)]
+        for i in (4, 5):
+            storage.settle(ids[i], PAYLOAD, b"%03d" % i)
         self.assertEqual(clock.getDelayedCalls()[0].getTime(), 0)
         self.assertEqual(inner.objects, {})
         clock.advance(0)
         self.assertEqual(inner.objects, {(ids[1], PAYLOAD): b"001", (ids[2], PAYLOAD): b"002"})
-        self.successResultOf(settled[1])
-        self.successResultOf(settled[2])
-        for d in settled[3:]:
-            self.assertNoResult(d)
+        self.assertEqual(told.reports, [("filed", ids[1], PAYLOAD), ("filed", ids[2], PAYLOAD)])
         self.assertEqual(self.successResultOf(storage.read_bytes(ids[5], PAYLOAD, 10)), b"005")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_filed_a_few_at_a_time(self) -> None:
+        """
+        At most L{FILED_AT_ONCE} objects are written at a time; the next go
+        as those are written, until the rest fit.
+        """
+        self.patch(_inline, "FILED_AT_ONCE", 2)
+        inner, clock = HeldStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock, memory=0)
+        told = Told(storage)
+        ids = [f"0123abcd-0000-4000-8000-00000000000{i}" for i in range(5)]
+        for job_id in ids:
+            storage.settle(job_id, PAYLOAD, b"x")
+        clock.advance(0)
+        self.assertEqual(len(inner.held), 2)
+        inner.release()
+        self.assertEqual(len(told.reports), 2)
+        self.assertEqual(inner.held, [])
+        clock.advance(0)
+        self.assertEqual(len(inner.held), 2)
+        inner.release()
+        clock.advance(0)
+        inner.release()
+        self.assertEqual(told.reports, [("filed", job_id, PAYLOAD) for job_id in ids])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_flush(self) -> None:
         """
-        L{InlineStorage.flush}, at shutdown, files nothing: what is held in
-        memory stays only in the journal, and its settling fails L{Unfiled}.
+        L{InlineStorage.flush}, at shutdown, files nothing more: what is
+        held in memory stays only in the journal, unreported; it waits for
+        the objects being written.
         """
-        inner, clock = MemoryStorage(), Clock()
-        storage = InlineStorage(inner, 10, clock)
-        settled = storage.settle(JOB, PAYLOAD, b"one")
-        storage.flush()
-        self.failureResultOf(settled, Unfiled)
-        self.assertEqual(inner.objects, {})
+        inner, clock = HeldStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock, memory=3 * (6 + OBJECT_OVERHEAD) // 2)
+        told = Told(storage)
+        storage.settle(JOB, PAYLOAD, b"first")
+        storage.settle(JOB, RESULT, b"second")
+        clock.advance(0)  # The payload is being written; the result is held.
+        flushed = storage.flush()
+        self.assertNoResult(flushed)
+        inner.release()
+        self.successResultOf(flushed)
+        self.assertEqual(inner.objects, {(JOB, PAYLOAD): b"first"})
+        self.assertEqual(told.reports, [("filed", JOB, PAYLOAD)])
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_delete_while_settling(self) -> None:
         """A job deleted while its payload is filed leaves nothing behind."""
         inner, clock = HeldStorage(), Clock()
         storage = InlineStorage(inner, 10, clock, memory=0)
-        settled = storage.settle(JOB, PAYLOAD, b"bytes")
+        told = Told(storage)
+        storage.settle(JOB, PAYLOAD, b"bytes")
         clock.advance(0)
         self.successResultOf(storage.delete(JOB))
         inner.release()
-        self.successResultOf(settled)
         self.assertEqual(inner.objects, {})
+        self.assertEqual(told.reports, [])
         self.assertIsNone(storage.unsettled(JOB, PAYLOAD))
+
+    def test_settled_again_while_filing(self) -> None:
+        """
+        An object settled again while its older bytes are written is
+        reported once, for the newer bytes, when those are filed.
+        """
+        inner, clock = HeldStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock, memory=0)
+        told = Told(storage)
+        storage.settle(JOB, RESULT, b"old")
+        clock.advance(0)
+        storage.settle(JOB, RESULT, b"new")
+        inner.release()
+        self.assertEqual(told.reports, [])
+        self.assertEqual(storage.unsettled(JOB, RESULT), b"new")
+        clock.advance(0)
+        inner.release()
+        self.assertEqual(told.reports, [("filed", JOB, RESULT)])
+        self.assertEqual(inner.objects, {(JOB, RESULT): b"new"})
 
 
 CHAINED = '[types.first]\nresult_becomes = "second"\n[types.second]\n'

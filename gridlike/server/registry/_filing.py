@@ -29,9 +29,10 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gridlike.server.journal import IJournal
-from gridlike.server.storage import PAYLOAD, RESULT, IInlineStorage, IStorage, Unfiled
+from gridlike.server.storage import PAYLOAD, RESULT, IInlineStorage, ISettleListener, IStorage
 
 __all__ = ["Filing", "with_objects"]
 
@@ -64,6 +65,7 @@ def split(raw: bytes) -> tuple[bytes, bytes]:
     return head, objects
 
 
+@implementer(ISettleListener)
 class Filing:
     """
     Inline objects between their record and storage.
@@ -86,11 +88,14 @@ class Filing:
         self._journal = journal
         self._storage = storage
         self._inline = storage if IInlineStorage.providedBy(storage) else None
+        if self._inline is not None:
+            self._inline.listen(self)
         self._clock = clock
         self._encode = encode
         self._settled: dict[str, list[str]] = {PAYLOAD: [], RESULT: []}
         self._settled_call: IDelayedCall | None = None
         self._filing: set[Deferred[None]] = set()
+        """Objects being filed without inline storage (see L{file})."""
         self._unfiled: dict[tuple[str, str], bytes] = {}
 
     # Live
@@ -123,32 +128,32 @@ class Filing:
         @param data: its bytes.
         """
         if self._inline is not None:
-            filed = self._inline.settle(job_id, kind, data)
-        else:  # Inline objects replayed with inline objects turned off.
-            writer = self._storage.writer(job_id, kind)
-            writer.write(data)
-            filed = writer.finish().addCallback(lambda size: None)
-
-        def settled(ignored: object) -> None:
-            self._settled[kind].append(job_id)
-            if self._settled_call is None:
-                self._settled_call = self._clock.callLater(0, self._journal_settled)
-
-        def unfiled(failure: Failure) -> None:
-            if failure.check(Unfiled):
-                return  # Held in memory until shutdown: the journal has it.
-            log.warn(
-                "{kind} of job {id} not filed in storage: {problem}; it stays in"
-                " the journal and is filed again at the next start",
-                kind=kind,
-                id=job_id,
-                problem=failure.getErrorMessage(),
-            )
-
-        filed.addCallbacks(settled, unfiled)
+            self._inline.settle(job_id, kind, data)
+            return
+        # Inline objects replayed with inline objects turned off.
+        writer = self._storage.writer(job_id, kind)
+        writer.write(data)
+        filed = writer.finish().addCallbacks(
+            lambda size: self.filed(job_id, kind),
+            lambda failure: self.unfiled(job_id, kind, failure),
+        )
         if not filed.called:
             self._filing.add(filed)
             filed.addBoth(lambda ignored: self._filing.discard(filed))
+
+    def filed(self, job_id: str, kind: str) -> None:
+        self._settled[kind].append(job_id)
+        if self._settled_call is None:
+            self._settled_call = self._clock.callLater(0, self._journal_settled)
+
+    def unfiled(self, job_id: str, kind: str, reason: Failure) -> None:
+        log.warn(
+            "{kind} of job {id} not filed in storage: {problem}; it stays in"
+            " the journal and is filed again at the next start",
+            kind=kind,
+            id=job_id,
+            problem=reason.getErrorMessage(),
+        )
 
     async def drain(self) -> None:
         """
@@ -157,7 +162,7 @@ class Filing:
         journal alone, which a restart takes them back from.
         """
         if self._inline is not None:
-            self._inline.flush()
+            await self._inline.flush()
         while self._filing:
             await DeferredList(list(self._filing))
         if self._settled_call is not None:

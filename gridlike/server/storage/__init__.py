@@ -6,7 +6,7 @@ of it, whose small payloads become durable in the journal).
 """
 
 from ._digesting import DigestingWriter
-from ._inline import IInlineStorage, InlineStorage, Unfiled
+from ._inline import IInlineStorage, ISettleListener, InlineStorage
 from .filesystem import SYNC_POLICIES, FilesystemStorage, RunInThread, SyncOps
 from .interface import (
     KINDS,
@@ -21,8 +21,8 @@ __all__ = [
     "DigestingWriter",
     "FilesystemStorage",
     "IInlineStorage",
+    "ISettleListener",
     "InlineStorage",
-    "Unfiled",
     "IPayloadWriter",
     "IStorage",
     "KINDS",

@@ -27,26 +27,28 @@ streams from then on.
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IReactorTime
-from zope.interface import implementer
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
 
 from ..errors import Damaged, PayloadTooLarge
 from ._fs_common import check_job_id, check_kind
 from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size
 
-__all__ = ["OBJECT_OVERHEAD", "IInlineStorage", "InlineStorage", "Unfiled"]
+__all__ = ["OBJECT_OVERHEAD", "IInlineStorage", "ISettleListener", "InlineStorage"]
+
+FILED_AT_ONCE = 512
+"""The most objects being written to the wrapped storage at a time: enough
+to share its syncs, few enough that their writers (several times an
+object's size) do not outgrow the memory the objects are filed to save."""
 
 OBJECT_OVERHEAD = 256
 """Bytes an object held in memory is counted for beyond its own: its name,
-its entries and its Deferred, so that empty objects are bounded too."""
+its entries, so that empty objects are bounded too."""
 
-
-class Unfiled(Exception):
-    """
-    An object was never filed: it is durable only in the journal, which
-    files it again (or holds it again) at the next start.
-    """
 
 _Name = tuple[str, str]
 
@@ -68,19 +70,26 @@ class IInlineStorage(IStorage):
             usual (it is then durable already).
         """
 
-    def settle(job_id: str, kind: str, data: bytes) -> Deferred[None]:
+    def listen(listener: ISettleListener) -> None:
         """
-        The record holding C{data} is durable: file the object in storage.
-        Until that is durable, reads are served C{data} from memory.
+        @param listener: told how the objects given to L{settle} end up: one
+            listener for all, so that an object in memory costs no
+            L{Deferred} of its own.
+        """
+
+    def settle(job_id: str, kind: str, data: bytes) -> None:
+        """
+        The record holding C{data} is durable: file the object in storage,
+        and tell the listener once that is durable.  Until then, which may
+        be never, reads are served C{data} from memory; on an I/O error
+        (L{gridlike.server.errors.Unavailable}) the bytes stay in memory and
+        the listener is told.  An object still only in memory at L{flush},
+        or whose job goes first, is never reported: the journal has it, and
+        the next start takes it from there.
 
         @param job_id: The job's id.
         @param kind: L{PAYLOAD} or L{RESULT}.
         @param data: The object's bytes.
-        @return: A L{Deferred} firing when the object is durable in storage,
-            which may be never: it fails with L{Unfiled} when the object is
-            still only in memory at L{flush}, and on an I/O error
-            (L{gridlike.server.errors.Unavailable}) the bytes stay in memory; either
-            way the next start takes them from the journal again.
         """
 
     def unsettled(job_id: str, kind: str) -> bytes | None:
@@ -91,11 +100,23 @@ class IInlineStorage(IStorage):
             holds durably, or C{None}.
         """
 
-    def flush() -> None:
+    def flush() -> Deferred[None]:
         """
-        Start filing the objects waiting to be filed now, rather than at the
-        end of their delay: before shutting down.
+        Stop filing, before shutting down: what is only in memory stays
+        only in the journal.
+
+        @return: fires once the objects already being written are filed.
         """
+
+
+class ISettleListener(Interface):
+    """Told how objects given to L{IInlineStorage.settle} end up."""
+
+    def filed(job_id: str, kind: str) -> None:
+        """The object is durable in storage: the journal may forget it."""
+
+    def unfiled(job_id: str, kind: str, reason: Failure) -> None:
+        """Filing the object failed: it stays in memory and in the journal."""
 
 
 @implementer(IPayloadWriter)
@@ -216,9 +237,13 @@ class InlineStorage:
         self._memory = memory
         self._staged: dict[_Name, bytes] = {}
         self._pinned: dict[_Name, bytes] = {}
-        self._held: dict[_Name, tuple[bytes, Deferred[None]]] = {}
+        """Objects settled but not filed yet, which reads are served from."""
+        self._held: dict[_Name, bytes] = {}
+        """Of those, the ones waiting in memory to be filed, oldest first."""
         self._held_bytes = 0
         self._filing: IDelayedCall | None = None
+        self._writing: set[Deferred[Any]] = set()
+        self._listener: ISettleListener | None = None
 
     @property
     def quarantined(self) -> str:
@@ -238,70 +263,88 @@ class InlineStorage:
     def take_staged(self, job_id: str, kind: str) -> bytes | None:
         return self._staged.pop((job_id, kind), None)
 
-    def settle(self, job_id: str, kind: str, data: bytes) -> Deferred[None]:
+    def listen(self, listener: ISettleListener) -> None:
+        self._listener = listener
+
+    def settle(self, job_id: str, kind: str, data: bytes) -> None:
         name = (job_id, kind)
         self._release(name)
         self._pinned[name] = data
-        settled: Deferred[None] = Deferred()
-        self._held[name] = (data, settled)
+        self._held[name] = data
         self._held_bytes += len(data) + OBJECT_OVERHEAD
         if self._held_bytes > self._memory and self._filing is None:
             self._filing = self._clock.callLater(0, self._file_oldest)
-        return settled
 
     def unsettled(self, job_id: str, kind: str) -> bytes | None:
         return self._pinned.get((job_id, kind))
 
-    def flush(self) -> None:
+    def flush(self) -> Deferred[None]:
         if self._filing is not None:
             self._filing.cancel()
             self._filing = None
-        held, self._held, self._held_bytes = self._held, {}, 0
-        for data, settled in held.values():
-            settled.errback(Unfiled())
+        self._held, self._held_bytes = {}, 0
+        return DeferredList(list(self._writing)).addCallback(lambda _: None)
 
     def _release(self, name: _Name) -> None:
         """
         @param name: an object that is not to be filed from memory (any
             more): its job is gone, or it is settled again.
         """
-        held = self._held.pop(name, None)
-        if held is not None:
-            data, settled = held
+        data = self._held.pop(name, None)
+        if data is not None:
             self._held_bytes -= len(data) + OBJECT_OVERHEAD
-            settled.callback(None)
 
     def _file_oldest(self) -> None:
         """
         File the oldest objects held until the rest fit in three quarters of
-        the memory, so that filing comes in batches that share their syncs.
+        the memory, so that filing comes in batches that share their syncs;
+        at most L{FILED_AT_ONCE} at a time, the next as those are written.
         """
         self._filing = None
         room = self._memory * 3 // 4
-        while self._held and self._held_bytes > room:
-            name = next(iter(self._held))
-            data, settled = self._held.pop(name)
+        held = self._held
+        while held and self._held_bytes > room and len(self._writing) < FILED_AT_ONCE:
+            name = next(iter(held))
+            data = held.pop(name)
             self._held_bytes -= len(data) + OBJECT_OVERHEAD
-            self._file(name, data).chainDeferred(settled)
+            self._file(name, data)
 
-    def _file(self, name: _Name, data: bytes) -> Deferred[None]:
+    def _file(self, name: _Name, data: bytes) -> None:
         """
-        @param name: an object to settle.
+        Write a settled object to the wrapped storage, and tell the listener
+        how that went.
+
+        @param name: the object.
         @param data: its bytes.
-        @return: fires once it is durable in the wrapped storage.
         """
         job_id, kind = name
         writer = self.inner.writer(job_id, kind)
         writer.write(data)
 
         def filed(size: int) -> Deferred[None] | None:
-            if self._pinned.get(name) is data:
+            pinned = self._pinned.get(name)
+            if pinned is data:
                 del self._pinned[name]
-                return None
-            # Deleted while it was being filed: remove what was filed.
-            return self.inner.delete(job_id)
+                if self._listener is not None:
+                    self._listener.filed(job_id, kind)
+            elif pinned is None:  # Deleted while it was being filed.
+                return self.inner.delete(job_id)
+            return None  # Settled again meanwhile: the newer bytes are filed next.
 
-        return writer.finish().addCallback(filed)
+        def unfiled(failure: Failure) -> None:
+            if self._listener is not None:
+                self._listener.unfiled(job_id, kind, failure)
+
+        writing = writer.finish().addCallback(filed).addErrback(unfiled)
+        if not writing.called:
+            self._writing.add(writing)
+            writing.addBoth(self._written, writing)
+
+    def _written(self, ignored: object, writing: Deferred[Any]) -> None:
+        """An object is written: file more, if memory is still short."""
+        self._writing.discard(writing)
+        if self._filing is None and self._held_bytes > self._memory * 3 // 4:
+            self._filing = self._clock.callLater(0, self._file_oldest)
 
     # IStorage
 
