@@ -633,6 +633,42 @@ class ErrorPageTests(SynchronousTestCase):
         self.assertEqual(server.request(self, "GET", "/healthz"), (200, b"ok"))
 
 
+class FastLaneTests(SynchronousTestCase):
+    """
+    L{GridLikeAPI.fast_route} finds, for the requests it takes, the route
+    Klein would find, with the same arguments.
+    """
+
+    def test_same_route_as_klein(self) -> None:
+        api = GridLikeAPI(memory_core('[types.t]\n[types.retry]\n', Clock()))
+        urls = api.app.url_map.bind("grid")
+        taken = set()
+        segments = ["submit", "bulk", "k", "retry", "delete", "results", "result", "payload", "t", ""]
+        paths = {"/api/jobs"} | {f"/api/jobs/{a}" for a in segments}
+        paths |= {f"/api/jobs/{a}/{b}" for a in segments for b in segments}
+        paths |= {"/api/jobs/k/result/x", "/api/jobs/submit/t/x", "/api/jobs/a%2Fb/result", "/api/other/k"}
+        for method in ["GET", "POST", "DELETE", "HEAD"]:
+            for path in sorted(paths):
+                request = DummyRequest(path.encode().split(b"/")[1:])
+                request.method, request.path = method.encode(), path.encode()
+                fast = api.fast_route(request)
+                if fast is None:
+                    continue
+                with self.subTest(method=method, path=path):
+                    route, args = fast
+                    endpoint, kwargs = urls.match(path, method=method)
+                    self.assertEqual((route.__name__, args), (endpoint, list(kwargs.values())))
+                    taken.add((method, path))
+        for hot in [
+            ("POST", "/api/jobs/submit"),
+            ("POST", "/api/jobs/submit/t"),
+            ("POST", "/api/jobs/bulk/t"),
+            ("GET", "/api/jobs/k"),
+            ("GET", "/api/jobs/k/result"),
+        ]:
+            self.assertIn(hot, taken)
+
+
 class WaitTests(SynchronousTestCase):
     def open(self, server: Server, path: str) -> tuple[Any, StringTransport]:
         channel = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40004))

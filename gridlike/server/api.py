@@ -44,6 +44,7 @@ from gridlike.server._api_args import (
     status_arg,
     types_arg,
 )
+from gridlike.server._fast_lane import Route, answer
 from gridlike.server.auth import Gate
 from gridlike.server.dashboard import Dashboard
 from gridlike.server.errors import BadRequest, Conflict, Draining, GridLikeError, NotFound, TypeRequired
@@ -89,6 +90,9 @@ def _open_route(path: list[bytes]) -> bool:
     rest = joined.removeprefix(b"/api/worker/")
     return rest != joined and (b"/" not in rest or _PULL_ROUTE.fullmatch(rest) is not None)
 
+
+_STATIC_JOBS_PATHS = frozenset({b"submit", b"bulk", b"retry", b"delete", b"results"})
+"""The segments after /api/jobs/ that name routes rather than job keys."""
 
 _PULL_ROUTE = re.compile(rb"claim/[^/]+|jobs/[^/]+/(?:result|fail|progress)")
 """The HTTP-pull worker routes under /api/worker/ with more than one segment."""
@@ -165,7 +169,7 @@ class GridLikeAPI:
         The resource to serve: the routes behind the gate, under
         C{path_prefix}.
         """
-        resource: IResource = _Admitted(self.app.resource(), self.gate)
+        resource: IResource = _Admitted(self.app.resource(), self.gate, self)
         for segment in reversed(self._settings.server.path_prefix.strip("/").split("/")):
             if segment:
                 parent = _Prefix()
@@ -175,29 +179,57 @@ class GridLikeAPI:
 
     # Errors
 
-    @app.handle_errors(GridLikeError)
-    def problem(self, request: IRequest, failure: Failure) -> bytes:
-        return problem_body(request, failure.value)
-
-    @app.handle_errors(HTTPException)
-    def http_problem(self, request: IRequest, failure: Failure) -> bytes:
-        error: HTTPException = failure.value
-        status = error.code or 500
-        if status == 404:  # no route: most often a client given the wrong path prefix
-            return problem_body(request, NotFound(self._no_route(request)))
-        if isinstance(error, RequestRedirect):  # the dashboard's "/prefix" to "/prefix/"
-            request.setHeader(b"location", error.new_url.encode("utf-8"))
-        return bare_problem(request, status, error.name.lower())
+    @app.handle_errors(Exception)
+    def failed(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        The answer to a route that failed: a L{GridLikeError}'s problem,
+        werkzeug's for a path no route has, else an internal error, logged.
+        """
+        error = failure.value
+        if isinstance(error, GridLikeError):
+            return problem_body(request, error)
+        if isinstance(error, HTTPException):
+            status = error.code or 500
+            if status == 404:  # no route: most often a client given the wrong path prefix
+                return problem_body(request, NotFound(self._no_route(request)))
+            if isinstance(error, RequestRedirect):  # the dashboard's "/prefix" to "/prefix/"
+                request.setHeader(b"location", error.new_url.encode("utf-8"))
+            return bare_problem(request, status, error.name.lower())
+        log.failure("handling {method} {uri}", failure, method=request.method, uri=request.uri)
+        return bare_problem(request, 500, "internal error")
 
     def _no_route(self, request: IRequest) -> str:
         path = request.path.decode("utf-8", "replace")
         api = self._settings.server.path_prefix.rstrip("/") + "/api/"
         return f"no such path {path}: the API is under {api} here; is the URL's path prefix right?"
 
-    @app.handle_errors(Exception)
-    def internal_problem(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("handling {method} {uri}", failure, method=request.method, uri=request.uri)
-        return bare_problem(request, 500, "internal error")
+    def fast_route(self, request: IRequest) -> tuple[Route, list[str]] | None:
+        """
+        The route of a request on every job's path (submit, bulk, a job and
+        its result), found by its path's segments rather than Klein's URL
+        map (L{gridlike.server._fast_lane}); the same route Klein would
+        find, or C{None} to leave the request to Klein.  A path with a
+        percent sign or an empty segment is left to Klein, which reads it
+        differently from the segments.
+        """
+        path = request.postpath
+        if len(path) < 3 or path[0] != b"api" or path[1] != b"jobs" or b"%" in request.path:
+            return None
+        if b"" in path:
+            return None
+        args = [segment.decode("utf-8") for segment in path[3:]]
+        method, name = request.method, path[2]
+        if method == b"POST" and len(path) <= 4:
+            if name == b"submit":
+                return self.submit, args
+            if name == b"bulk":
+                return self.bulk, args
+        elif method == b"GET" and name not in _STATIC_JOBS_PATHS:
+            if len(path) == 3:
+                return self.job, [name.decode("utf-8")]
+            if len(path) == 4 and path[3] == b"result":
+                return self.result, [name.decode("utf-8")]
+        return None
 
     # Submit
 
@@ -612,10 +644,11 @@ class _Admitted(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: IResource, gate: Gate) -> None:
+    def __init__(self, routes: IResource, gate: Gate, api: GridLikeAPI) -> None:
         super().__init__()
         self._routes = routes
         self._gate = gate
+        self._api = api
 
     def render(self, request: IRequest) -> bytes | int:
         admission = self._gate.admit(
@@ -631,6 +664,9 @@ class _Admitted(Resource):
         error = admission.refusal or _undecodable(request)
         if error is not None:
             return problem_body(request, error)
+        fast = self._api.fast_route(request)
+        if fast is not None:
+            return answer(cast(Request, request), *fast, self._api.failed)
         return self._routes.render(request)  # type: ignore[no-any-return]
 
 
