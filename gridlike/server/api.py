@@ -91,9 +91,6 @@ def _open_route(path: list[bytes]) -> bool:
     return rest != joined and (b"/" not in rest or _PULL_ROUTE.fullmatch(rest) is not None)
 
 
-_STATIC_JOBS_PATHS = frozenset({b"submit", b"bulk", b"retry", b"delete", b"results"})
-"""The segments after /api/jobs/ that name routes rather than job keys."""
-
 _PULL_ROUTE = re.compile(rb"claim/[^/]+|jobs/[^/]+/(?:result|fail|progress)")
 """The HTTP-pull worker routes under /api/worker/ with more than one segment."""
 
@@ -213,21 +210,18 @@ class GridLikeAPI:
         differently from the segments.
         """
         path = request.postpath
-        if len(path) < 3 or path[0] != b"api" or path[1] != b"jobs" or b"%" in request.path:
+        if len(path) < 3 or path[:2] != [b"api", b"jobs"] or b"" in path or b"%" in request.path:
             return None
-        if b"" in path:
-            return None
-        args = [segment.decode("utf-8") for segment in path[3:]]
-        method, name = request.method, path[2]
-        if method == b"POST" and len(path) <= 4:
+        name, rest = path[2], [segment.decode("utf-8") for segment in path[3:]]
+        if request.method == b"POST" and len(rest) <= 1:
             if name == b"submit":
-                return self.submit, args
+                return self.submit, rest
             if name == b"bulk":
-                return self.bulk, args
-        elif method == b"GET" and name not in _STATIC_JOBS_PATHS:
-            if len(path) == 3:
+                return self.bulk, rest
+        elif request.method == b"GET":
+            if not rest:
                 return self.job, [name.decode("utf-8")]
-            if len(path) == 4 and path[3] == b"result":
+            if rest == ["result"]:
                 return self.result, [name.decode("utf-8")]
         return None
 

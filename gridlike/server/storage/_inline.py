@@ -272,8 +272,8 @@ class InlineStorage:
         self._pinned[name] = data
         self._held[name] = data
         self._held_bytes += len(data) + OBJECT_OVERHEAD
-        if self._held_bytes > self._memory and self._filing is None:
-            self._filing = self._clock.callLater(0, self._file_oldest)
+        if self._held_bytes > self._memory:
+            self._file_soon()
 
     def unsettled(self, job_id: str, kind: str) -> bytes | None:
         return self._pinned.get((job_id, kind))
@@ -294,6 +294,11 @@ class InlineStorage:
         if data is not None:
             self._held_bytes -= len(data) + OBJECT_OVERHEAD
 
+    def _file_soon(self) -> None:
+        """File the oldest objects on the next reactor turn, with those of now."""
+        if self._filing is None:
+            self._filing = self._clock.callLater(0, self._file_oldest)
+
     def _file_oldest(self) -> None:
         """
         File the oldest objects held until the rest fit in three quarters of
@@ -301,9 +306,8 @@ class InlineStorage:
         at most L{FILED_AT_ONCE} at a time, the next as those are written.
         """
         self._filing = None
-        room = self._memory * 3 // 4
         held = self._held
-        while held and self._held_bytes > room and len(self._writing) < FILED_AT_ONCE:
+        while held and self._short() and len(self._writing) < FILED_AT_ONCE:
             name = next(iter(held))
             data = held.pop(name)
             self._held_bytes -= len(data) + OBJECT_OVERHEAD
@@ -343,8 +347,12 @@ class InlineStorage:
     def _written(self, ignored: object, writing: Deferred[Any]) -> None:
         """An object is written: file more, if memory is still short."""
         self._writing.discard(writing)
-        if self._filing is None and self._held_bytes > self._memory * 3 // 4:
-            self._filing = self._clock.callLater(0, self._file_oldest)
+        if self._short():
+            self._file_soon()
+
+    def _short(self) -> bool:
+        """Whether the objects held do not fit three quarters of the memory yet."""
+        return self._held_bytes > self._memory * 3 // 4
 
     # IStorage
 
