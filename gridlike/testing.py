@@ -10,12 +10,13 @@ service does, so that no test wires a registry and a dispatcher by hand.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gridlike.server.config import parse_settings
@@ -25,7 +26,7 @@ from gridlike.server.journal import IJournal
 from gridlike.server.listeners import IJobListener, IWorkerListener, JobChange, WorkerChange
 from gridlike.server.model import Job
 from gridlike.server.storage import KINDS, IPayloadWriter, IStorage
-from gridlike.server.storage.interface import check_size, missing
+from gridlike.server.storage.interface import check_size, missing, write_each
 
 if TYPE_CHECKING:
     from gridlike.server.dispatch import WorkerRecord
@@ -124,6 +125,11 @@ class MemoryStorage:
 
     def writer(self, job_id: str, kind: str, max_size: int | None = None) -> IPayloadWriter:
         return _MemoryWriter(self, (job_id, kind), max_size)
+
+    def write_many(
+        self, objects: Sequence[tuple[str, str, bytes]]
+    ) -> Deferred[list[Failure | None]]:
+        return write_each(self, objects)
 
     def read(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
@@ -64,6 +64,11 @@ class HeldStorage(MemoryStorage):
     def __init__(self) -> None:
         super().__init__()
         self.held: list[tuple[Callable[[], Deferred[int]], Deferred[int]]] = []
+        self.batches: list[int] = []
+
+    def write_many(self, objects: Sequence[tuple[str, str, bytes]]) -> Deferred[list[Failure | None]]:
+        self.batches.append(len(objects))
+        return super().write_many(objects)
 
     def writer(self, job_id: str, kind: str, max_size: int | None = None) -> IPayloadWriter:
         return _HeldWriter(super().writer(job_id, kind, max_size), self)
@@ -118,6 +123,18 @@ class InlineStorageTests(SynchronousTestCase):
         self.assertEqual(inner.objects, {})
         self.assertEqual(storage.take_staged(JOB, PAYLOAD), b"0123456789")
         self.assertIsNone(storage.take_staged(JOB, PAYLOAD))
+
+    def test_write_many(self) -> None:
+        """
+        L{InlineStorage.write_many} does what a writer of each would: a
+        small object is staged, a large one goes to the wrapped storage.
+        """
+        inner = MemoryStorage()
+        storage = InlineStorage(inner, 10, Clock())
+        written = storage.write_many([(JOB, PAYLOAD, b"small"), (JOB, RESULT, b"larger than ten")])
+        self.assertEqual(self.successResultOf(written), [None, None])
+        self.assertEqual(storage.take_staged(JOB, PAYLOAD), b"small")
+        self.assertEqual(inner.objects, {(JOB, RESULT): b"larger than ten"})
 
     def test_large_payload_spills(self) -> None:
         """
@@ -268,6 +285,28 @@ class InlineStorageTests(SynchronousTestCase):
         self.assertEqual(len(inner.held), 2)
         inner.release()
         clock.advance(0)
+        inner.release()
+        self.assertEqual(told.reports, [("filed", job_id, PAYLOAD) for job_id in ids])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_filed_in_batches(self) -> None:
+        """
+        Objects are filed L{FILED_TOGETHER} to an L{IStorage.write_many},
+        within L{FILED_AT_ONCE}.
+        """
+        self.patch(_inline, "FILED_TOGETHER", 2)
+        self.patch(_inline, "FILED_AT_ONCE", 5)
+        inner, clock = HeldStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock, memory=0)
+        told = Told(storage)
+        ids = [f"0123abcd-0000-4000-8000-00000000000{i}" for i in range(7)]
+        for job_id in ids:
+            storage.settle(job_id, PAYLOAD, b"x")
+        clock.advance(0)
+        self.assertEqual(inner.batches, [2, 2, 1])
+        inner.release()
+        clock.advance(0)
+        self.assertEqual(inner.batches, [2, 2, 1, 2])
         inner.release()
         self.assertEqual(told.reports, [("filed", job_id, PAYLOAD) for job_id in ids])
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -188,6 +188,20 @@ class S3ServerTests(TestCase):
 
         return self.run_async(go)
 
+    def test_write_many(self) -> Deferred[None]:
+        """
+        L{S3Storage.write_many} stores each object as a PUT of its own, an
+        empty one among them, and says so for each.
+        """
+        objects = [(JOB, PAYLOAD, b"first"), (JOB, RESULT, b""), (OTHER, PAYLOAD, b"third")]
+
+        async def go() -> None:
+            self.assertEqual(await self.storage.write_many(objects), [None] * 3)
+            for job_id, kind, data in objects:
+                self.assertEqual(await self.storage.read_bytes(job_id, kind, 100), data)
+
+        return self.run_async(go)
+
     def test_empty_object(self) -> Deferred[None]:
         """An empty object is stored and read back."""
 

@@ -1512,6 +1512,101 @@ def job_ids(count: int) -> list[str]:
     return [str(uuid.UUID(int=(n + 1) * 0x0101_0000 << 96)) for n in range(count)]
 
 
+class WriteManyTests(StorageMixin, SynchronousTestCase):
+    """
+    L{FilesystemStorage.write_many} writes whole objects in one thread call,
+    sharing one sync; one that fails leaves nothing and spares the others.
+    """
+
+    def test_round_trip(self) -> None:
+        """
+        Objects of both kinds, an empty one among them, cost one thread call
+        and one sync in all, and read back as written.
+        """
+        storage = self.make_storage()
+        first, second = job_ids(2)
+        objects = [(first, PAYLOAD, b"one"), (first, RESULT, b""), (second, PAYLOAD, payload(100))]
+        self.assertEqual(self.successResultOf(storage.write_many(objects)), [None] * 3)
+        self.assertEqual(self.thread.calls, 1 + self.sync_hops)
+        for job_id, kind, data in objects:
+            self.assertEqual(self.successResultOf(storage.read_bytes(job_id, kind, 1000)), data)
+        self.assertEqual(
+            self.files(),
+            sorted(self.object_path(job_id, kind) for job_id, kind, _ in objects),
+        )
+
+    def test_one_fails(self) -> None:
+        """
+        An object that cannot be written (its directory cannot be made)
+        gets its L{Unavailable}, leaves no temporary file, and the others
+        are written.
+        """
+        storage = self.make_storage()
+        first, second, third = job_ids(3)
+        self.root.mkdir(parents=True)
+        (self.root / second[:2]).write_bytes(b"in the way")
+        outcomes = self.successResultOf(
+            storage.write_many([(job_id, PAYLOAD, b"data") for job_id in (first, second, third)])
+        )
+        self.assertIsNone(outcomes[0])
+        self.assertIsNone(outcomes[2])
+        assert outcomes[1] is not None
+        outcomes[1].trap(Unavailable)
+        self.assertEqual(
+            self.files(), sorted([second[:2], self.object_path(first), self.object_path(third)])
+        )
+
+    def test_bad_name(self) -> None:
+        """A bad job id or kind raises L{ValueError} before anything is written."""
+        storage = self.make_storage()
+        for objects in ([(JOB, PAYLOAD, b"x"), ("nope", PAYLOAD, b"x")], [(JOB, "log", b"x")]):
+            self.assertRaises(ValueError, storage.write_many, objects)
+        self.assertEqual(self.thread.calls, 0)
+
+    def test_kept_once_durable(self) -> None:
+        """
+        With memory for small objects, what C{write_many} wrote is read
+        back without a thread hop, but only once durable: a previous copy
+        of the same name is forgotten at once.
+        """
+        thread = ManualThread()
+        storage = self.make_storage(thread, memory=1000)
+        writer = storage.writer(JOB, PAYLOAD)
+        writer.write(b"old")
+        self.assertEqual(self.settle(writer.finish()), 3)
+        written = storage.write_many([(JOB, PAYLOAD, b"new")])
+        reading = storage.read_bytes(JOB, PAYLOAD, 10)
+        self.assertNoResult(reading)
+        thread.run_all()
+        self.assertEqual(self.successResultOf(written), [None])
+        self.assertEqual(self.successResultOf(reading), b"new")
+        calls = thread.calls
+        self.assertEqual(self.successResultOf(storage.read_bytes(JOB, PAYLOAD, 10)), b"new")
+        self.assertEqual(thread.calls, calls)
+
+
+class BatchedWriteManyTests(WriteManyTests):
+    """L{WriteManyTests}, and what a failing sync does to a batch."""
+
+    def test_sync_failure(self) -> None:
+        """A failing sync fails every object of the batch and removes them."""
+        storage = self.make_storage()
+        self.syncfs.fail_with = errno.EIO
+        outcomes = self.successResultOf(
+            storage.write_many([(job_id, PAYLOAD, b"lost") for job_id in job_ids(3)])
+        )
+        for failure in outcomes:
+            assert failure is not None
+            self.assertIn("Input/output error", failure.trap(Unavailable) and failure.value.problem)
+        self.assertEqual(self.files(), [])
+
+
+class FallbackWriteManyTests(WriteManyTests):
+    """L{WriteManyTests} where each object is fsync'd on its own."""
+
+    batched = False
+
+
 class RecordingOS:
     """
     Stands in for C{os} in L{gridlike.server.storage._fs_sync}: appends

@@ -59,7 +59,7 @@ import threading
 import weakref
 from enum import Enum, auto
 from pathlib import Path
-from typing import Callable, Iterable, cast
+from typing import Callable, Iterable, Sequence, cast
 
 from attrs import field, frozen
 from twisted.internet.defer import Deferred, succeed
@@ -446,8 +446,35 @@ class SyncBatcher:
             with L{Unavailable} if its sync failed; or C{None} if there is
             nothing to wait for.
         """
-        if plan is Plan.BATCH:
-            return self.join(placed, own)
+        return self.settle_all([(plan, placed)], own)[0]
+
+    def settle_all(
+        self, changes: Sequence[tuple[Plan, Placed | None]], own: bool = True
+    ) -> list[Deferred[None] | None]:
+        """
+        L{settle} several changes of one thread call: those to be batched
+        wait for the same sync.
+
+        @param changes: The plan and placed file of each.
+        @param own: See L{_Waiter.own}.
+
+        @return: What L{settle} returns, for each.
+        """
+        waits: list[Deferred[None] | None] = []
+        for plan, placed in changes:
+            if plan is Plan.BATCH:
+                waits.append(self._wait(placed, own))
+            else:
+                self._unbatched(plan)
+                waits.append(None)
+        self._next()
+        return waits
+
+    def _unbatched(self, plan: Plan) -> None:
+        """
+        A change that waits for no batched sync: the first fsync'd on its
+        own is logged; under C{"interval"}, a sync is due.
+        """
         if plan is Plan.EACH and not self._told_fallback:
             self._told_fallback = True
             log.info(
@@ -457,7 +484,6 @@ class SyncBatcher:
             )
         elif self._policy == "interval":
             self._schedule()
-        return None
 
     def join(self, placed: Placed | None = None, own: bool = True) -> Deferred[None]:
         """
@@ -468,9 +494,16 @@ class SyncBatcher:
 
         @return: A L{Deferred} firing once that sync has succeeded.
         """
+        deferred = self._wait(placed, own)
+        self._next()
+        return deferred
+
+    def _wait(self, placed: Placed | None, own: bool) -> Deferred[None]:
+        """
+        @return: A L{Deferred} of the next sync to start, for a change.
+        """
         deferred: Deferred[None] = Deferred()
         self._waiting.append(_Waiter(deferred, placed, own))
-        self._next()
         return deferred
 
     def _next(self) -> None:

@@ -435,15 +435,10 @@ class FileWriter:
         @raise Unavailable: If that fails; then nothing remains.
         """
         with self._cleaning_up():
-            plan = self._sync_target.plan()
-            if self._fd is None:
-                self._fd = open_temporary(self._temporary, plan is Plan.EACH)
-            write_all(self._fd, pieces)
-            if plan is Plan.EACH:
-                os.fsync(self._fd)
             fd, self._fd = self._fd, None
-            os.close(fd)
-            self._placed = self._sync_target.commit(self._temporary, self._final, plan)
+            plan, self._placed = finish_file(
+                self._sync_target, fd, self._temporary, self._final, pieces
+            )
         return plan
 
     @contextmanager
@@ -482,3 +477,33 @@ class FileWriter:
         finally:
             with suppress(FileNotFoundError):
                 os.unlink(self._temporary)
+
+
+def finish_file(
+    target: SyncTarget, fd: int | None, temporary: Path, final: Path, pieces: list[bytes]
+) -> tuple[Plan, Placed]:
+    """
+    The last step of writing an object, in a thread: append its last bytes
+    to its temporary file (created if need be), close it and rename it into
+    place; under L{Plan.EACH}, fsync the file first and its directory after.
+    On failure the descriptor is closed; the caller removes the file.
+
+    @param target: Says how the object is made durable, and renames it.
+    @param fd: The temporary file, or C{None} if it is yet to be created.
+    @param temporary: Its name.
+    @param final: Where it goes.
+    @param pieces: The last bytes.
+
+    @return: The plan (under L{Plan.BATCH} the object waits for a sync),
+        and the file now in place.
+    """
+    plan = target.plan()
+    if fd is None:
+        fd = open_temporary(temporary, plan is Plan.EACH)
+    try:
+        write_all(fd, pieces)
+        if plan is Plan.EACH:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return plan, target.commit(temporary, final, plan)

@@ -27,23 +27,29 @@ streams from then on.
 
 from __future__ import annotations
 
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Sequence
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IProducer, IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from ..errors import Damaged, PayloadTooLarge
 from ._fs_common import check_job_id, check_kind
-from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size
+from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size, write_each
 
 __all__ = ["OBJECT_OVERHEAD", "IInlineStorage", "ISettleListener", "InlineStorage"]
 
 FILED_AT_ONCE = 512
 """The most objects being written to the wrapped storage at a time: enough
-to share its syncs, few enough that their writers (several times an
-object's size) do not outgrow the memory the objects are filed to save."""
+to share its syncs, few enough that writing them does not outgrow the
+memory the objects are filed to save."""
+
+FILED_TOGETHER = 64
+"""Objects written in one L{IStorage.write_many}: a filesystem writes them
+in one thread call, sparing the reactor a writer and a thread hop each."""
 
 OBJECT_OVERHEAD = 256
 """Bytes an object held in memory is counted for beyond its own: its name,
@@ -51,6 +57,8 @@ its entries, so that empty objects are bounded too."""
 
 
 _Name = tuple[str, str]
+
+log = Logger()
 
 
 class IInlineStorage(IStorage):
@@ -238,11 +246,14 @@ class InlineStorage:
         self._staged: dict[_Name, bytes] = {}
         self._pinned: dict[_Name, bytes] = {}
         """Objects settled but not filed yet, which reads are served from."""
-        self._held: dict[_Name, bytes] = {}
-        """Of those, the ones waiting in memory to be filed, oldest first."""
+        self._held: OrderedDict[_Name, bytes] = OrderedDict()
+        """Of those, the ones waiting in memory to be filed, oldest first
+        (an L{OrderedDict}: taking the first of a plain C{dict} over and
+        over walks past every entry taken before, quadratic in a burst)."""
         self._held_bytes = 0
         self._filing: IDelayedCall | None = None
         self._writing: set[Deferred[Any]] = set()
+        self._being_filed = 0
         self._listener: ISettleListener | None = None
 
     @property
@@ -282,7 +293,7 @@ class InlineStorage:
         if self._filing is not None:
             self._filing.cancel()
             self._filing = None
-        self._held, self._held_bytes = {}, 0
+        self._held, self._held_bytes = OrderedDict(), 0
         return DeferredList(list(self._writing)).addCallback(lambda _: None)
 
     def _release(self, name: _Name) -> None:
@@ -303,50 +314,69 @@ class InlineStorage:
         """
         File the oldest objects held until the rest fit in three quarters of
         the memory, so that filing comes in batches that share their syncs;
-        at most L{FILED_AT_ONCE} at a time, the next as those are written.
+        L{FILED_TOGETHER} to a batch, at most L{FILED_AT_ONCE} being written
+        at a time, the next as those are.
         """
         self._filing = None
         held = self._held
-        while held and self._short() and len(self._writing) < FILED_AT_ONCE:
-            name = next(iter(held))
-            data = held.pop(name)
+        batch: list[tuple[_Name, bytes]] = []
+        while held and self._short() and self._being_filed + len(batch) < FILED_AT_ONCE:
+            name, data = held.popitem(last=False)
             self._held_bytes -= len(data) + OBJECT_OVERHEAD
-            self._file(name, data)
+            batch.append((name, data))
+            if len(batch) == FILED_TOGETHER:
+                self._file(batch)
+                batch = []
+        if batch:
+            self._file(batch)
 
-    def _file(self, name: _Name, data: bytes) -> None:
+    def _file(self, batch: list[tuple[_Name, bytes]]) -> None:
         """
-        Write a settled object to the wrapped storage, and tell the listener
-        how that went.
+        Write settled objects to the wrapped storage in one go, and tell the
+        listener how that went for each.
 
-        @param name: the object.
-        @param data: its bytes.
+        @param batch: the name and bytes of each object.
         """
-        job_id, kind = name
-        writer = self.inner.writer(job_id, kind)
-        writer.write(data)
-
-        def filed(size: int) -> Deferred[None] | None:
-            pinned = self._pinned.get(name)
-            if pinned is data:
-                del self._pinned[name]
-                if self._listener is not None:
-                    self._listener.filed(job_id, kind)
-            elif pinned is None:  # Deleted while it was being filed.
-                return self.inner.delete(job_id)
-            return None  # Settled again meanwhile: the newer bytes are filed next.
-
-        def unfiled(failure: Failure) -> None:
-            if self._listener is not None:
-                self._listener.unfiled(job_id, kind, failure)
-
-        writing = writer.finish().addCallback(filed).addErrback(unfiled)
+        self._being_filed += len(batch)
+        writing = self.inner.write_many(
+            [(job_id, kind, data) for (job_id, kind), data in batch]
+        ).addCallback(self._filed, batch)
         if not writing.called:
             self._writing.add(writing)
-            writing.addBoth(self._written, writing)
+        writing.addBoth(self._written, writing, len(batch))
 
-    def _written(self, ignored: object, writing: Deferred[Any]) -> None:
-        """An object is written: file more, if memory is still short."""
+    def _filed(
+        self, outcomes: list[Failure | None], batch: list[tuple[_Name, bytes]]
+    ) -> Deferred[Any] | None:
+        """
+        A batch is written: the objects still pinned to the bytes written
+        are filed; one deleted meanwhile is deleted again (its file may have
+        landed after the deletion); one settled again meanwhile waits for
+        its newer bytes to be filed.
+
+        @return: the deletions, if any.
+        """
+        listener = self._listener
+        deleting = []
+        for ((job_id, kind), data), failure in zip(batch, outcomes):
+            pinned = self._pinned.get((job_id, kind))
+            if failure is not None:
+                if listener is not None:
+                    listener.unfiled(job_id, kind, failure)
+            elif pinned is data:
+                del self._pinned[job_id, kind]
+                if listener is not None:
+                    listener.filed(job_id, kind)
+            elif pinned is None:
+                deleting.append(self.inner.delete(job_id))
+        return DeferredList(deleting, consumeErrors=True) if deleting else None
+
+    def _written(self, outcome: object, writing: Deferred[Any], count: int) -> None:
+        """A batch is written: file more, if memory is still short."""
         self._writing.discard(writing)
+        self._being_filed -= count
+        if isinstance(outcome, Failure):
+            log.failure("filing objects in storage failed", failure=outcome)
         if self._short():
             self._file_soon()
 
@@ -412,6 +442,12 @@ class InlineStorage:
         writer = self.inner.writer(dst_id, dst_kind)
         writer.write(data)
         return writer.finish().addCallback(lambda size: None)
+
+    def write_many(
+        self, objects: Sequence[tuple[str, str, bytes]]
+    ) -> Deferred[list[Failure | None]]:
+        # As writers would: small ones are staged for their journal record.
+        return write_each(self, objects)
 
     def delete(self, job_id: str) -> Deferred[None]:
         self._forget(job_id)

@@ -34,7 +34,7 @@ import os
 import secrets
 from contextlib import suppress
 from pathlib import Path
-from typing import Callable, ParamSpec, TypeVar, cast
+from typing import Callable, ParamSpec, Sequence, TypeVar, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IReactorFromThreads, IReactorTime
@@ -63,11 +63,11 @@ from ._fs_common import (
     subdirectories,
     write_all,
 )
-from ._fs_cache import BUDGET, CachingWriter, SmallObjects
+from ._fs_cache import BUDGET, SMALL, CachingWriter, SmallObjects
 from ._fs_reader import FileReader, read_whole
 from ._fs_sync import SYNC_POLICIES, Placed, Plan, SyncBatcher, SyncOps, SyncTarget
-from ._fs_writer import FileWriter
-from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size
+from ._fs_writer import FileWriter, finish_file
+from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size, outcomes
 
 __all__ = [
     "SYNC_POLICIES",
@@ -281,6 +281,48 @@ class FilesystemStorage:
             return writer
         return CachingWriter(writer, self._small, (job_id, kind))
 
+    def write_many(
+        self, objects: Sequence[tuple[str, str, bytes]]
+    ) -> Deferred[list[Failure | None]]:
+        """
+        See L{IStorage.write_many}: one thread call writes and renames them
+        all into place, and they wait for the same batched sync.
+
+        @param objects: (job id, kind, bytes) of each.
+
+        @return: A L{Deferred} firing with the outcome of each.
+
+        @raise ValueError: If a job id or kind is invalid; then nothing is
+            written.
+        """
+        files = [
+            (self._new_temporary(), self.path(job_id, kind), data)
+            for job_id, kind, data in objects
+        ]
+        for job_id, kind, _ in objects:
+            self._small.forget((job_id, kind))
+
+        def placed(
+            written: list[tuple[Plan, Placed] | Unavailable],
+        ) -> Deferred[list[Failure | None]]:
+            durable = iter(
+                self._sync_batcher.settle_all(
+                    [outcome for outcome in written if not isinstance(outcome, Unavailable)]
+                )
+            )
+            settling: list[Deferred[None]] = []
+            for (job_id, kind, data), outcome in zip(objects, written):
+                if isinstance(outcome, Unavailable):
+                    settling.append(fail(outcome))
+                    continue
+                settled = next(durable) or succeed(None)
+                if len(data) <= SMALL:
+                    settled.addCallback(self._keep, (job_id, kind), data)
+                settling.append(settled)
+            return outcomes(settling)
+
+        return self._run("write", self._write_files, files).addCallback(placed)
+
     def read(
         self,
         job_id: str,
@@ -347,6 +389,13 @@ class FilesystemStorage:
         if cached is not None and len(cached) <= limit:
             return succeed(cached)
         return self._run("read", read_whole, path, job_id, kind, limit, expected_size)
+
+    def _keep(self, ignored: None, name: tuple[str, str], data: bytes) -> None:
+        """
+        An object written whole is durable: keep a copy for reading, as a
+        L{CachingWriter} would.
+        """
+        self._small.put(name, data)
 
     def _cached(self, job_id: str, kind: str, expected_size: int | None) -> bytes | None:
         """
@@ -470,6 +519,26 @@ class FilesystemStorage:
         return self._run("sweep", self._sweep)
 
     # Blocking calls, in the thread pool.
+
+    def _write_files(
+        self, files: list[tuple[Path, Path, bytes]]
+    ) -> list[tuple[Plan, Placed] | Unavailable]:
+        """
+        Write whole objects and rename each into place, on its own: one
+        that fails leaves nothing behind and the others go on.
+
+        @param files: The temporary file, final name and bytes of each.
+
+        @return: For each, its plan and the file placed, or why it failed.
+        """
+        written: list[tuple[Plan, Placed] | Unavailable] = []
+        for temporary, final, data in files:
+            try:
+                written.append(finish_file(self._sync_target, None, temporary, final, [data]))
+            except OSError as error:
+                remove_quietly(temporary)
+                written.append(Unavailable(f"cannot store the object: {reason(error)}"))
+        return written
 
     def _link(
         self, source: Path, destination: Path, missing: str

@@ -34,7 +34,7 @@ from calendar import timegm
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Awaitable, TypeVar, cast
+from typing import Any, Awaitable, Sequence, TypeVar, cast
 from urllib.parse import quote
 
 import treq
@@ -52,7 +52,7 @@ from ._fs_common import check_job_id, check_kind
 from ._s3_http import Body, Location, S3Client, S3Error, S3Unreachable, xml_root
 from ._s3_reader import S3Reader, abandon, open_object
 from ._s3_writer import S3Writer
-from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size
+from .interface import KINDS, IPayloadWriter, IStorage, check_offset, check_size, write_each
 
 __all__ = ["Location", "S3Storage", "load_credentials"]
 
@@ -270,6 +270,12 @@ class S3Storage:
             problem=self.problem,
             uploads=self._uploads,
         )
+
+    def write_many(
+        self, objects: Sequence[tuple[str, str, bytes]]
+    ) -> Deferred[list[Failure | None]]:
+        # One PUT each: a bucket has no sync to share.
+        return write_each(self, objects)
 
     def read(
         self,
