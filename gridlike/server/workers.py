@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from automat import NoTransition
@@ -50,6 +50,7 @@ from gridlike.server._worker_machine import (
     WorkerInputs,
     new_worker_machine,
 )
+from gridlike.server._unmasking import UnmaskingProtocol
 from gridlike.server._worker_results import ReadThrottle, Result, store_result
 from gridlike.server._worker_v2 import Session
 from gridlike.server._worker_sending import (
@@ -166,7 +167,7 @@ def _cap_logs(logs: str | None) -> str | None:
 
 
 @implementer(IWorkerLink)
-class WorkerProtocol(WebSocketServerProtocol):
+class WorkerProtocol(UnmaskingProtocol):
     """
     One worker's WebSocket connection.
 
@@ -752,6 +753,7 @@ class WorkerFactory(WebSocketServerFactory):
             maxFramePayloadSize=0,
             maxMessagePayloadSize=0,
             perMessageCompressionAccept=lambda offers: None,
+            applyMask=False,  # UnmaskingProtocol unmasks.
             # A WebSocket-level violation (invalid UTF-8, a bad frame) gets a
             # close frame with its code and reason, not a silent drop.
             failByDrop=False,
