@@ -135,6 +135,9 @@ class InlineStorageTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(written), [None, None])
         self.assertEqual(storage.take_staged(JOB, PAYLOAD), b"small")
         self.assertEqual(inner.objects, {(JOB, RESULT): b"larger than ten"})
+        with self.assertRaises(ValueError):
+            storage.write_many([(JOB, PAYLOAD, b"staged?"), ("nope", PAYLOAD, b"x")])
+        self.assertIsNone(storage.take_staged(JOB, PAYLOAD))
 
     def test_large_payload_spills(self) -> None:
         """
@@ -264,19 +267,28 @@ class InlineStorageTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(storage.read_bytes(ids[5], PAYLOAD, 10)), b"005")
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def settled(self, count: int) -> tuple[HeldStorage, Clock, Told, list[str]]:
+        """
+        @return: an L{InlineStorage} with no memory over a L{HeldStorage},
+            after C{count} objects were settled and the filing visit ran: the
+            wrapped storage, the clock, the listener and the objects' job ids.
+        """
+        inner, clock = HeldStorage(), Clock()
+        storage = InlineStorage(inner, 10, clock, memory=0)
+        told = Told(storage)
+        ids = [f"0123abcd-0000-4000-8000-00000000000{i}" for i in range(count)]
+        for job_id in ids:
+            storage.settle(job_id, PAYLOAD, b"x")
+        clock.advance(0)
+        return inner, clock, told, ids
+
     def test_filed_a_few_at_a_time(self) -> None:
         """
         At most L{FILED_AT_ONCE} objects are written at a time; the next go
         as those are written, until the rest fit.
         """
         self.patch(_inline, "FILED_AT_ONCE", 2)
-        inner, clock = HeldStorage(), Clock()
-        storage = InlineStorage(inner, 10, clock, memory=0)
-        told = Told(storage)
-        ids = [f"0123abcd-0000-4000-8000-00000000000{i}" for i in range(5)]
-        for job_id in ids:
-            storage.settle(job_id, PAYLOAD, b"x")
-        clock.advance(0)
+        inner, clock, told, ids = self.settled(5)
         self.assertEqual(len(inner.held), 2)
         inner.release()
         self.assertEqual(len(told.reports), 2)
@@ -296,13 +308,7 @@ class InlineStorageTests(SynchronousTestCase):
         """
         self.patch(_inline, "FILED_TOGETHER", 2)
         self.patch(_inline, "FILED_AT_ONCE", 5)
-        inner, clock = HeldStorage(), Clock()
-        storage = InlineStorage(inner, 10, clock, memory=0)
-        told = Told(storage)
-        ids = [f"0123abcd-0000-4000-8000-00000000000{i}" for i in range(7)]
-        for job_id in ids:
-            storage.settle(job_id, PAYLOAD, b"x")
-        clock.advance(0)
+        inner, clock, told, ids = self.settled(7)
         self.assertEqual(inner.batches, [2, 2, 1])
         inner.release()
         clock.advance(0)

@@ -190,6 +190,9 @@ class IStorage(Interface):
             (under the provider's durability policy) or the L{Failure} its
             writing met (L{gridlike.server.errors.Unavailable}; nothing of
             it remains).
+
+        @raise ValueError: if a job id or kind is invalid; then nothing is
+            written.
         """
 
     def read(
@@ -355,9 +358,10 @@ def write_each(storage: IStorage, objects: Sequence[tuple[str, str, bytes]]) -> 
 
     @return: See L{IStorage.write_many}.
     """
+    # Every writer first: a bad name raises before anything is written.
+    writers = [(storage.writer(job_id, kind), data) for job_id, kind, data in objects]
     writing: list[Deferred[int]] = []
-    for job_id, kind, data in objects:
-        writer = storage.writer(job_id, kind)
+    for writer, data in writers:
         writer.write(data)
         writing.append(writer.finish())
     return outcomes(writing)
