@@ -655,9 +655,12 @@ class FastLaneTests(SynchronousTestCase):
                 if fast is None:
                     continue
                 with self.subTest(method=method, path=path):
-                    route, args = fast
-                    endpoint, kwargs = urls.match(path, method=method)
-                    self.assertEqual((route.__name__, args), (endpoint, list(kwargs.values())))
+                    route, args, pattern = fast
+                    rule, kwargs = urls.match(path, method=method, return_rule=True)
+                    self.assertEqual(
+                        (route.__name__, args, pattern),
+                        (rule.endpoint, list(kwargs.values()), rule.rule),
+                    )
                     taken.add((method, path))
         for hot in [
             ("POST", "/api/jobs/submit"),

@@ -136,6 +136,7 @@ class FakeRequest:
     path: bytes
     code: int = 200
     requestHeaders: Headers = Headers()
+    route_pattern: str | None = None
 
     def getHeader(self, name: bytes) -> bytes | None:
         values = self.requestHeaders.getRawHeaders(name)
@@ -539,6 +540,24 @@ class HookTests(SynchronousTestCase):
         self.assertEqual(value(families, requests, method="GET", route="unmatched", status="404"), 1)
         self.assertEqual(value(families, requests, method="other", route="unmatched", status="405"), 1)
         self.assertEqual(value(families, requests, method="GET", route="/api/jobs/<key>", status="400"), 1)
+
+    def test_http_route_named(self) -> None:
+        """
+        A request whose route the API's fast lane found is counted under
+        the pattern it named, its path not matched again.
+        """
+        h = Harness()
+        h.metrics._routes = None  # matching would find nothing now
+        h.metrics.request_finished(
+            FakeRequest(b"GET", b"/api/jobs/job-1/result", route_pattern="/api/jobs/<key>/result")  # type: ignore[arg-type]
+        )
+        h.metrics.request_finished(FakeRequest(b"GET", b"/api/jobs/job-1/result"))  # type: ignore[arg-type]
+        families = h.scrape()
+        requests = "gridlike_http_requests_total"
+        self.assertEqual(
+            value(families, requests, method="GET", route="/api/jobs/<key>/result", status="200"), 1
+        )
+        self.assertEqual(value(families, requests, method="GET", route="unmatched", status="200"), 1)
 
     def test_http_routes_under_prefix(self) -> None:
         """Under a path prefix the pattern is the route's; outside it, unmatched."""

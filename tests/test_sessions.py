@@ -238,7 +238,7 @@ class GateTests(SynchronousTestCase):
         self.gate = Gate(frozenset(), ("key",), sessions=self.sessions)
 
     def refusal(self, r: Request, page: bool = True) -> object:
-        return self.gate.admit(r, protected=True, page=page).refusal
+        return self.gate.admit(r, protected=True, page=lambda: page).refusal
 
     def test_cookie_on_page_routes(self) -> None:
         """A live session's cookie opens the page's routes."""

@@ -200,29 +200,31 @@ class GridLikeAPI:
         api = self._settings.server.path_prefix.rstrip("/") + "/api/"
         return f"no such path {path}: the API is under {api} here; is the URL's path prefix right?"
 
-    def fast_route(self, request: IRequest) -> tuple[Route, list[str]] | None:
+    def fast_route(self, request: IRequest) -> tuple[Route, list[str], str] | None:
         """
         The route of a request on every job's path (submit, bulk, a job and
         its result), found by its path's segments rather than Klein's URL
         map (L{gridlike.server._fast_lane}); the same route Klein would
-        find, or C{None} to leave the request to Klein.  A path with a
-        percent sign or an empty segment is left to Klein, which reads it
-        differently from the segments.
+        find, with its arguments and the pattern of its Klein rule (which
+        the metrics label requests by), or C{None} to leave the request to
+        Klein.  A path with a percent sign or an empty segment is left to
+        Klein, which reads it differently from the segments.
         """
         path = request.postpath
         if len(path) < 3 or path[:2] != [b"api", b"jobs"] or b"" in path or b"%" in request.path:
             return None
         name, rest = path[2], [segment.decode("utf-8") for segment in path[3:]]
         if request.method == b"POST" and len(rest) <= 1:
+            typed = "/<type>" if rest else ""
             if name == b"submit":
-                return self.submit, rest
+                return self.submit, rest, "/api/jobs/submit" + typed
             if name == b"bulk":
-                return self.bulk, rest
+                return self.bulk, rest, "/api/jobs/bulk" + typed
         elif request.method == b"GET":
             if not rest:
-                return self.job, [name.decode("utf-8")]
+                return self.job, [name.decode("utf-8")], "/api/jobs/<key>"
             if rest == ["result"]:
-                return self.result, [name.decode("utf-8")]
+                return self.result, [name.decode("utf-8")], "/api/jobs/<key>/result"
         return None
 
     # Submit
@@ -648,7 +650,7 @@ class _Admitted(Resource):
         admission = self._gate.admit(
             request,
             protected=not _open_route(request.postpath),
-            page=page_route(request.method, request.postpath),
+            page=lambda: page_route(request.method, request.postpath),
         )
         for name, value in admission.headers:
             request.setHeader(name, value)
@@ -660,7 +662,9 @@ class _Admitted(Resource):
             return problem_body(request, error)
         fast = self._api.fast_route(request)
         if fast is not None:
-            return answer(cast(Request, request), *fast, self._api.failed)
+            route, args, pattern = fast
+            request.route_pattern = pattern  # type: ignore[attr-defined]
+            return answer(cast(Request, request), route, args, self._api.failed)
         return self._routes.render(request)  # type: ignore[no-any-return]
 
 

@@ -8,7 +8,7 @@ its body is read.
 from __future__ import annotations
 
 import hmac
-from typing import Iterable
+from typing import Callable, Iterable
 
 from attrs import frozen
 from twisted.web.iweb import IRequest
@@ -94,12 +94,16 @@ class Gate:
         """
         return self._refusal(request, self._origin(request), True, True)
 
-    def admit(self, request: IRequest, protected: bool, page: bool = False) -> Admission:
+    def admit(
+        self, request: IRequest, protected: bool, page: Callable[[], bool] = lambda: False
+    ) -> Admission:
         """
         @param request: a request about to be served.
         @param protected: whether its route needs an API key.
-        @param page: whether its route is one the dashboard uses, where a
-            session cookie may stand for the API key.
+        @param page: tells whether its route is one the dashboard uses,
+            where a session cookie may stand for the API key; asked only of
+            a request without a valid key, since matching the dashboard's
+            routes costs more than the rest of the check.
         @return: whether and how to serve it.
         """
         kind = self._origin(request)
@@ -135,7 +139,7 @@ class Gate:
         kind: Origin,
         changes: bool,
         protected: bool,
-        page: bool = False,
+        page: Callable[[], bool] = lambda: False,
     ) -> GridLikeError | None:
         if changes and kind is Origin.FOREIGN:
             return foreign(_header(request, b"origin"))
@@ -144,7 +148,7 @@ class Gate:
             and self.api_keys
             and not matches_any(request.getHeader(b"x-api-key"), self.api_keys)
         ):
-            session = self.sessions.of(request) if page and self.sessions else None
+            session = self.sessions.of(request) if self.sessions and page() else None
             if session is None:
                 return Unauthorized("an X-API-KEY header with a valid key is required")
             if not session.allows(request):

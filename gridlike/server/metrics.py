@@ -439,9 +439,15 @@ class Metrics:
         """
         @return: the pattern of the route that C{request}'s path matches
             under C{path_prefix}, such as C{/api/jobs/<key>}, or
-            L{UNMATCHED}.  Recent answers are kept, so that the paths
-            requested over and over (submissions) are matched once.
+            L{UNMATCHED}: the one the API's fast lane named, if it did (a
+            job's own path, new with every job, would be matched each
+            time); else found in the API's URL map.  Recent answers are
+            kept, so that the paths requested over and over are matched
+            once.
         """
+        named: str | None = getattr(request, "route_pattern", None)
+        if named is not None:
+            return named
         path: bytes = request.path
         seen = self._seen_routes
         known = seen.get((request.method, path))

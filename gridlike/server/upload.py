@@ -297,6 +297,11 @@ class UploadRequest(Request):
     _streaming: bool = False
     upload: MultipartUpload | None = None
     upload_refused: GridLikeError | None = None
+    route_pattern: str | None = None
+    """The pattern of the API route that answers it, when the API found
+    the route without Klein (L{GridLikeAPI.fast_route
+    <gridlike.server.api.GridLikeAPI.fast_route>}): the metrics label the
+    request by it instead of matching its path again."""
     _policy: UploadPolicy | None = None
     _address: str = ""
     _rejected: bool = False

@@ -98,6 +98,9 @@ def test_metrics_against_stats(make_daemon: Callable[..., Daemon]) -> None:
     worker.fail("bad input")
     worker.ready()
     worker.result(b"three")
+    for key in keys[:2]:
+        answered = requests.get(server.url + f"/api/jobs/{key}/result", headers=KEY, timeout=10)
+        assert answered.status_code in (200, 409), answered.text
     deadline = time.monotonic() + 10
     while True:
         families, figures = scrape(server), stats(server)
@@ -132,7 +135,9 @@ def test_metrics_against_stats(make_daemon: Callable[..., Daemon]) -> None:
     assert storage[(("kind", "result"),)] == len(b"one") + len(b"three")
     requests_ = samples(families, "gridlike_http_requests", "gridlike_http_requests_total")
     assert requests_[(("method", "POST"), ("route", "/api/jobs/submit/<type>"), ("status", "202"))] == 5
-    assert all(dict(labels)["route"] != f"/api/jobs/{keys[0]}" for labels in requests_)
+    results = [n for labels, n in requests_.items() if dict(labels)["route"] == "/api/jobs/<key>/result"]
+    assert sum(results) == 2
+    assert all(keys[0] not in dict(labels)["route"] for labels in requests_)
     worker.ws.close()
 
 
